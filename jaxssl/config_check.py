@@ -1,0 +1,31 @@
+"""Checks a config's names and values before any data is prepared, any model compiled, or any file written."""
+
+from __future__ import annotations
+
+import ml_collections
+
+MODES = ('train', 'eval')
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError with the problem and the fix; cheap (imports no model code's heavy parts)."""
+  from jaxssl.data.datasets import DATASETS  # pylint: disable=import-outside-toplevel
+  from jaxssl.models import BACKBONES  # pylint: disable=import-outside-toplevel
+  from jaxssl.tasks import check_tasks  # pylint: disable=import-outside-toplevel
+  from jaxssl.train.optim import OPTIMIZERS, SCHEDULES  # pylint: disable=import-outside-toplevel
+
+  def choose(what, value, choices, flag):
+    if value not in choices:
+      raise ValueError(f"unknown {what} '{value}'; choose one of: {', '.join(choices)} (set {flag})")
+
+  choose('mode', config.mode, MODES, '--mode or --config.mode')
+  choose('dataset', config.data.name, sorted(DATASETS), '--config.data.name')
+  choose('model', config.model.name, list(BACKBONES), '--config.model.name')
+  choose('optimizer', config.optim.name, OPTIMIZERS, '--config.optim.name')
+  choose('schedule', config.optim.schedule, SCHEDULES, '--config.optim.schedule')
+  check_tasks(config.tasks)
+  for key in ('batch_size', 'eval_batch_size', 'log_every', 'checkpoint_every', 'keep_checkpoints'):
+    if config[key] <= 0:
+      raise ValueError(f'--config.{key}={config[key]} must be positive')
+  if config.total_steps <= 0 and config.num_epochs <= 0:
+    raise ValueError('set --config.num_epochs or --config.total_steps to a positive value')

@@ -1,0 +1,108 @@
+"""grain pipelines: random-access source -> per-process shard -> shuffle -> batch -> task transforms.
+
+Transforms run on whole batches (one vectorized numpy call per batch, not a Python loop per image): on this
+2-core CPU that is several times faster than per-record maps. ``random_map`` hands every batch a generator
+seeded from (seed, batch position), so a batch's content depends only on the seed and its position: the
+iterator state (a position) is all a checkpoint needs, and workers produce what one process would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import grain
+import jax
+import numpy as np
+
+from jaxssl.tasks.base import Batch, Task
+
+
+def stack_records(records: Sequence[dict[str, Any]]) -> Batch:
+  """Raw records -> one batch; every example gets weight 1 (padding rows get 0 later)."""
+  batch = {'image': np.stack([np.asarray(r['image']) for r in records])}
+  if 'label' in records[0]:
+    batch['label'] = np.asarray([r['label'] for r in records], np.int64)
+  batch['weight'] = np.ones(len(records), np.float32)
+  return batch
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskTransforms(grain.transforms.RandomMap):
+  """Applies every task's batch transform; each task draws from its own stream so adding one keeps the rest."""
+  tasks: tuple[Task, ...]
+  train: bool
+
+  def random_map(self, batch: Batch, rng: np.random.Generator) -> dict[str, Batch]:
+    seeds = rng.integers(0, 2**63 - 1, size=len(self.tasks))
+    return {t.name: t.transform(batch, np.random.default_rng(int(s)), train=self.train)
+            for t, s in zip(self.tasks, seeds)}
+
+
+def process_shard(ds: grain.MapDataset) -> grain.MapDataset:
+  """This process's share of the records (every process gets a disjoint, near-equal slice)."""
+  return ds[jax.process_index()::jax.process_count()]
+
+
+def local_batch_size(global_batch: int) -> int:
+  if global_batch % jax.process_count():
+    raise ValueError(f'batch_size={global_batch} must be divisible by the number of processes '
+                     f'({jax.process_count()}); set --config.batch_size to a multiple of it.')
+  return global_batch // jax.process_count()
+
+
+def train_dataset(source, tasks: Sequence[Task], *, global_batch: int, seed: int) -> grain.MapDataset:
+  """Endless, shuffled with a new order every epoch, batched and transformed."""
+  ds = process_shard(grain.MapDataset.source(source))
+  ds = ds.shuffle(seed=seed).repeat(None, reseed_each_epoch=True)
+  ds = ds.batch(local_batch_size(global_batch), drop_remainder=True, batch_fn=stack_records)
+  return ds.random_map(TaskTransforms(tuple(tasks), train=True), seed=seed + 1)
+
+
+def train_iterator(source, tasks, *, global_batch: int, seed: int, num_workers: int = 0):
+  """A checkpointable iterator (``get_state``/``set_state``) over :func:`train_dataset`."""
+  it = train_dataset(source, tasks, global_batch=global_batch, seed=seed).to_iter_dataset()
+  if num_workers > 0:
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+  return iter(it)
+
+
+def _pad(batch: Batch, size: int) -> Batch:
+  """Fills a short final batch up to ``size`` by repeating its first row with weight 0."""
+  n = len(batch['weight'])
+  if n == size:
+    return batch
+  idx = np.concatenate([np.arange(n), np.zeros(size - n, np.int64)])
+  out = {k: v[idx] for k, v in batch.items()}
+  out['weight'][n:] = 0.0
+  return out
+
+
+def read_records(source, indices: Sequence[int]) -> list[dict[str, Any]]:
+  """Batched random access where the source offers it (tfds sources do), else one record at a time."""
+  indices = [int(i) for i in indices]
+  getitems = getattr(source, '__getitems__', None)
+  return list(getitems(indices)) if getitems else [source[i] for i in indices]
+
+
+def num_eval_batches(num_records: int, global_batch: int) -> int:
+  longest = -(-num_records // jax.process_count())
+  return -(-longest // local_batch_size(global_batch))
+
+
+def eval_batches(source, tasks: Sequence[Task], *, global_batch: int, seed: int = 0) -> Iterator[dict[str, Batch]]:
+  """One pass over ``source`` in order, every record exactly once, in full batches padded with weight 0.
+
+  Every process yields the same number of batches (collectives would hang otherwise), so processes whose
+  slice is shorter finish with all-padding batches.
+  """
+  local = local_batch_size(global_batch)
+  indices = np.arange(jax.process_index(), len(source), jax.process_count())
+  transform = TaskTransforms(tuple(tasks), train=False)
+  for i in range(num_eval_batches(len(source), global_batch)):
+    idx = indices[i * local:(i + 1) * local]
+    batch = _pad(stack_records(read_records(source, idx if len(idx) else [0])), local)
+    if not len(idx):
+      batch['weight'][:] = 0.0
+    yield transform.random_map(batch, np.random.default_rng([seed, i]))

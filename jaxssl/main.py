@@ -1,0 +1,74 @@
+r"""jaxssl: train and evaluate (self-)supervised models on images.
+
+  python -m jaxssl.main --config configs/fmnist_supervised.py --workdir runs/fmnist
+  python -m jaxssl.main --config configs/fmnist_supervised.py:quick --workdir /tmp/q --config.optim.lr=0.1
+  python -m jaxssl.main --config configs/fmnist_supervised.py --workdir runs/fmnist --mode=eval
+
+Modes: train (resumes from the latest checkpoint in --workdir), eval (restores a checkpoint,
+--config.eval_step=-1 for the latest, and evaluates --config.data.eval_split).
+"""
+
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/fmnist_supervised.py[:arg].',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, metrics, plots.')
+_MODE = flags.DEFINE_string('mode', None, 'Overrides config.mode: train or eval.')
+_MULTIHOST = flags.DEFINE_bool('multihost', False, 'Call jax.distributed.initialize() first (TPU pods, Slurm, '
+                               'GPU clusters: arguments are detected from the environment).')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def _config_import_path(argv):
+  """Config files may import their siblings (`from configs import x`): make the folder above importable."""
+  for i, arg in enumerate(argv):
+    path = arg.split('=', 1)[1] if arg.startswith('--config=') else argv[i + 1] if arg == '--config' and \
+        i + 1 < len(argv) else None
+    if path:
+      configs_dir = os.path.dirname(os.path.abspath(path.split(':', 1)[0]))
+      sys.path.insert(0, os.path.dirname(configs_dir))
+      return
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  config = _CONFIG.value
+  if _MODE.value:
+    with config.unlocked():
+      config.mode = _MODE.value
+
+  from jaxssl.config_check import check_config  # pylint: disable=import-outside-toplevel
+  try:
+    check_config(config)
+  except ValueError as e:
+    raise app.UsageError(f'bad config: {e}') from None
+
+  import jax  # pylint: disable=import-outside-toplevel
+  if _MULTIHOST.value:
+    jax.distributed.initialize()
+
+  from jaxssl.data.fashion_mnist import ChecksumError, DataNotFoundError  # pylint: disable=import-outside-toplevel
+  from jaxssl.train import loop  # pylint: disable=import-outside-toplevel
+  try:
+    if config.mode == 'train':
+      result = loop.train_and_evaluate(config, _WORKDIR.value)
+      sys.exit(result['exit_code'])
+    elif config.mode == 'eval':
+      loop.evaluate_checkpoint(config, _WORKDIR.value)
+  except (DataNotFoundError, ChecksumError, FileNotFoundError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+
+
+def run():
+  _config_import_path(sys.argv)
+  app.run(main)
+
+
+if __name__ == '__main__':
+  run()
