@@ -61,11 +61,17 @@ def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
 
 
 class LinearHead(nnx.Module):
-  """A linear classifier on one named backbone feature (flattened)."""
+  """A linear classifier on one named backbone feature (flattened).
 
-  def __init__(self, in_features: int, num_outputs: int, *, feature: str, rngs: nnx.Rngs):
+  Zero-initialized, as big_vision does: every class starts equally likely (loss = log #classes), so the
+  first large-learning-rate steps cannot blow up the backbone through huge random logits.
+  """
+
+  def __init__(self, in_features: int, num_outputs: int, *, feature: str, rngs: nnx.Rngs,
+               zero_init: bool = True):
     self.feature = feature
-    self.dense = nnx.Linear(in_features, num_outputs, rngs=rngs)
+    init = nnx.initializers.zeros_init() if zero_init else nnx.initializers.lecun_normal()
+    self.dense = nnx.Linear(in_features, num_outputs, kernel_init=init, rngs=rngs)
 
   def __call__(self, features: dict[str, jax.Array]) -> jax.Array:
     h = features[self.feature]

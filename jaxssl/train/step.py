@@ -41,7 +41,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sc
         state.params, state.model_state)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {**metrics, 'loss': loss, 'lr': schedule(state.step), 'grad_norm': optax.global_norm(grads)}
+    metrics = {**metrics, 'loss': loss, 'lr': schedule(state.step), 'grad_norm': optax.tree.norm(grads)}
     return TrainState(step=state.step + 1, params=params, model_state=model_state, opt_state=opt_state), metrics
 
   return train_step
