@@ -1,0 +1,150 @@
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxssl.models import BACKBONES, build_backbone, feature_shapes
+
+# Small configs so a real forward pass is cheap on CPU. On CPU the cost is mostly XLA
+# compiles (one per distinct init shape, one per jitted forward), so configs share shapes.
+SMALL = [
+    ('cifarnet', (28, 28, 1), {'dropout': 0.5}),
+    ('cifarnet', (32, 32, 3), {}),
+    ('resnet20', (32, 32, 3), {}),
+    ('resnet18_cifar', (28, 28, 1), {'width': 0.25}),
+    ('resnet18', (28, 28, 1), {'width': 0.25}),
+    ('resnet50', (28, 28, 1), {'width': 0.25}),
+]
+
+
+@functools.lru_cache(maxsize=None)
+def _built(name, input_shape, opts):
+  return build_backbone(name, input_shape=input_shape, rngs=nnx.Rngs(0), **dict(opts))
+
+
+def built(name, input_shape, **opts):
+  """A fresh copy of a cached model: eager init compiles per shape, so build each once."""
+  return nnx.clone(_built(name, input_shape, tuple(sorted(opts.items()))))
+
+
+def jit_forward(model, x, train=False):
+  """One compile for the whole net instead of one per eager op; BN updates are kept."""
+  return nnx.jit(lambda m, x: m(x, train=train))(model, x)
+
+
+def n_params(model):
+  return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def abstract(name, input_shape, **opts):
+  return nnx.eval_shape(lambda: build_backbone(name, input_shape=input_shape,
+                                               rngs=nnx.Rngs(0), **opts))
+
+
+def batch(input_shape, b=2, seed=0):
+  return jax.random.normal(jax.random.key(seed), (b, *input_shape))
+
+
+@pytest.mark.parametrize('name,input_shape,opts', SMALL)
+def test_features_match_predicted_shapes(name, input_shape, opts):
+  model = built(name, input_shape, **opts)
+  shapes = feature_shapes(model, input_shape)
+  out = jit_forward(model, batch(input_shape, b=3))
+  # (jit returns dicts key-sorted; eager order is checked in the tests below)
+  assert set(out) == set(model.feature_names) and tuple(shapes) == model.feature_names
+  for k, v in out.items():
+    assert v.shape == (3, *shapes[k]), k
+  assert out[model.output_name].ndim == 2
+  assert np.all(np.isfinite(out[model.output_name]))
+
+
+def test_cifarnet_param_count():
+  expected = (5 * 5 * 3 * 64 + 64) + (5 * 5 * 64 * 64 + 64) + (8 * 8 * 64 * 384 + 384) + (384 * 192 + 192)
+  assert n_params(abstract('cifarnet', (32, 32, 3))) == expected
+  assert feature_shapes(abstract('cifarnet', (28, 28, 1)), (28, 28, 1))['pool2'] == (7, 7, 64)
+
+
+@pytest.mark.parametrize('name,expected', [
+    ('resnet20', 0.27e6),        # He et al. 2016 table 6 (incl. a 650-param head)
+    ('resnet18', 11_176_512),    # torchvision 11,689,512 minus the 512x1000 fc
+    ('resnet50', 23_508_032),    # torchvision 25,557,032 minus the 2048x1000 fc
+])
+def test_resnet_param_counts(name, expected):
+  shape = (32, 32, 3) if name == 'resnet20' else (224, 224, 3)
+  model = abstract(name, shape)
+  assert abs(n_params(model) - expected) / expected < 0.02
+  if name == 'resnet50':
+    assert feature_shapes(model, shape) == {
+        'stem': (56, 56, 64), 'stage1': (56, 56, 256), 'stage2': (28, 28, 512),
+        'stage3': (14, 14, 1024), 'stage4': (7, 7, 2048), 'pool': (2048,)}
+
+
+def test_batchstats_update_only_in_train_mode():
+  model = built('resnet20', (32, 32, 3))
+  x = batch((32, 32, 3), b=4)
+  # nnx.state holds the live Variables, so snapshot the values.
+  stats = lambda: jax.tree.map(np.array, nnx.state(model, nnx.BatchStat))
+  before = stats()
+  model(x, train=False)
+  jax.tree.map(np.testing.assert_array_equal, before, stats())
+  model(x, train=True)
+  diffs = jax.tree.map(lambda a, b: np.abs(a - b).max(), before, stats())
+  assert len(jax.tree.leaves(diffs)) == 2 * 21  # mean+var for 19 convs + 2 projections
+  assert all(d > 0 for d in jax.tree.leaves(diffs))
+
+
+def test_eval_deterministic_and_dropout_uses_rng():
+  model = built('cifarnet', (28, 28, 1), dropout=0.5)
+  x = batch((28, 28, 1))
+  assert tuple(model(x)) == model.feature_names
+  np.testing.assert_array_equal(model(x)['fc2'], model(x)['fc2'])
+  a = model(x, train=True, rng=jax.random.key(1))['fc2']
+  b = model(x, train=True, rng=jax.random.key(2))['fc2']
+  c = model(x, train=True, rng=jax.random.key(1))['fc2']
+  assert not np.allclose(a, b)
+  np.testing.assert_array_equal(a, c)
+  with pytest.raises(ValueError, match='rng'):
+    model(x, train=True)
+
+
+def test_split_merge_inside_jit():
+  model = built('resnet20', (32, 32, 3))
+  eager = nnx.clone(model)
+  x = batch((32, 32, 3), b=4)
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+  @jax.jit
+  def step(params, rest, x):
+    m = nnx.merge(graphdef, params, rest)
+    out = m(x, train=True)
+    return out, nnx.state(m, nnx.BatchStat), m(x, train=False)
+
+  out, stats, evl = step(params, rest, x)
+  ref = eager(x, train=True)
+  assert tuple(ref) == model.feature_names
+  for k in ref:
+    np.testing.assert_allclose(out[k], ref[k], rtol=1e-4, atol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               stats, nnx.state(eager, nnx.BatchStat))
+  np.testing.assert_allclose(evl['pool'], eager(x)['pool'], rtol=1e-4, atol=1e-5)
+
+
+def test_unknown_name_lists_choices():
+  with pytest.raises(ValueError) as e:
+    build_backbone('vgg', input_shape=(32, 32, 3), rngs=nnx.Rngs(0))
+  assert "unknown model 'vgg'" in str(e.value)
+  for name in BACKBONES:
+    assert name in str(e.value)
+
+
+@pytest.mark.parametrize('name,opts', [('cifarnet', {'dtype': 'bfloat16'}),  # as a config gives it
+                                       ('resnet18_cifar', {'width': 0.25, 'dtype': jnp.bfloat16})])
+def test_bf16_compute_float32_params(name, opts):
+  model = built(name, (28, 28, 1), **opts)
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+  out = jit_forward(model, batch((28, 28, 1)), train=True)
+  assert all(v.dtype == jnp.bfloat16 for v in out.values())
+  assert all(s.dtype == jnp.float32 for s in jax.tree.leaves(nnx.state(model, nnx.BatchStat)))
