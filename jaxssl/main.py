@@ -46,7 +46,7 @@ def main(argv):
   try:
     check_config(config)
   except ValueError as e:
-    raise app.UsageError(f'bad config: {e}') from None
+    sys.exit(f'error: bad config: {e}')
 
   import jax  # pylint: disable=import-outside-toplevel
   if _MULTIHOST.value:
@@ -65,9 +65,20 @@ def main(argv):
     sys.exit(2)
 
 
+def _parse_flags(argv):
+  """absl's parser, plus one clean line for a config override naming a field that does not exist."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    sys.exit(f'FATAL Flags parsing error: {e}\nPass --helpfull to see help on flags.')
+  except (AttributeError, KeyError) as e:  # ml_collections: unknown field, with a suggestion
+    msg = str(e).strip('\'"').replace('\\n', ' ').replace('\\\'', "'")
+    sys.exit(f'FATAL Flags parsing error: no such config field: {msg}')
+
+
 def run():
   _config_import_path(sys.argv)
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == '__main__':

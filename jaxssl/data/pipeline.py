@@ -22,8 +22,9 @@ from jaxssl.tasks.base import Batch, Task
 def stack_records(records: Sequence[dict[str, Any]]) -> Batch:
   """Raw records -> one batch; every example gets weight 1 (padding rows get 0 later)."""
   batch = {'image': np.stack([np.asarray(r['image']) for r in records])}
-  if 'label' in records[0]:
-    batch['label'] = np.asarray([r['label'] for r in records], np.int64)
+  for key in ('label', 'index'):  # 'index': the record's position in its split (kNN, predictions)
+    if key in records[0]:
+      batch[key] = np.asarray([r[key] for r in records], np.int64)
   batch['weight'] = np.ones(len(records), np.float32)
   return batch
 

@@ -1,0 +1,44 @@
+"""The command line: bad input gets one clear error before anything is compiled or written."""
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+CONFIG = str(REPO / 'configs/fmnist_supervised.py')
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--config.model.name=vgg'], "unknown model 'vgg'; choose one of: cifarnet"),
+    (['--config.data.name=cifar10'], "unknown dataset 'cifar10'; choose one of: fashion_mnist"),
+    (['--mode=predict'], "unknown mode 'predict'; choose one of: train, eval"),
+    (['--config.optim.lrr=0.1'], 'lrr'),                       # typo: ml_collections suggests 'lr'
+    (['--config.batch_size=big'], 'batch_size'),               # ill-typed override
+    (['--config.tasks.classify.crop=2'], 'no such config field: crop'),
+], ids=['model', 'dataset', 'mode', 'typo', 'type', 'task-option'])
+def test_bad_input_is_one_clear_error_and_writes_nothing(tmp_path, args, message):
+  workdir = tmp_path / 'run'
+  out = subprocess.run([sys.executable, '-m', 'jaxssl.main', '--config', CONFIG, '--workdir', str(workdir), *args],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert out.returncode != 0
+  assert message in out.stderr + out.stdout, out.stderr[-2000:]
+  assert 'Traceback' not in out.stderr
+  assert not workdir.exists()
+
+
+def test_eval_without_checkpoints_says_what_to_do(tmp_path):
+  out = subprocess.run([sys.executable, '-m', 'jaxssl.main', '--config', CONFIG, '--workdir', str(tmp_path),
+                        '--mode=eval'], cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert out.returncode == 2
+  assert 'no checkpoints in' in out.stderr and 'train first' in out.stderr
+
+
+def test_task_options_are_checked_against_the_task_class():
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  from jaxssl.tasks import check_tasks  # pylint: disable=import-outside-toplevel
+  with pytest.raises(ValueError, match=r"task 'classify' \(Classification\) has no option\(s\) \['crop'\]; its options are: .*crop_padding"):
+    check_tasks(ml_collections.ConfigDict({'classify': {'crop': 2}}))
+  with pytest.raises(ValueError, match="unknown task kind 'rotate'"):
+    check_tasks(ml_collections.ConfigDict({'r': {'kind': 'rotate'}}))
