@@ -8,11 +8,12 @@ Modes: train (resumes from the latest checkpoint in --workdir), eval (restores a
 --config.eval_step=-1 for the latest, and evaluates --config.data.eval_split).
 """
 
-import os
 import sys
 
 from absl import app, flags
 from ml_collections import config_flags
+
+from jaxssl import cli
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/fmnist_supervised.py[:arg].',
                                           lock_config=True)
@@ -21,17 +22,6 @@ _MODE = flags.DEFINE_string('mode', None, 'Overrides config.mode: train or eval.
 _MULTIHOST = flags.DEFINE_bool('multihost', False, 'Call jax.distributed.initialize() first (TPU pods, Slurm, '
                                'GPU clusters: arguments are detected from the environment).')
 flags.mark_flags_as_required(['config', 'workdir'])
-
-
-def _config_import_path(argv):
-  """Config files may import their siblings (`from configs import x`): make the folder above importable."""
-  for i, arg in enumerate(argv):
-    path = arg.split('=', 1)[1] if arg.startswith('--config=') else argv[i + 1] if arg == '--config' and \
-        i + 1 < len(argv) else None
-    if path:
-      configs_dir = os.path.dirname(os.path.abspath(path.split(':', 1)[0]))
-      sys.path.insert(0, os.path.dirname(configs_dir))
-      return
 
 
 def main(argv):
@@ -65,20 +55,9 @@ def main(argv):
     sys.exit(2)
 
 
-def _parse_flags(argv):
-  """absl's parser, plus one clean line for a config override naming a field that does not exist."""
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    sys.exit(f'FATAL Flags parsing error: {e}\nPass --helpfull to see help on flags.')
-  except (AttributeError, KeyError) as e:  # ml_collections: unknown field, with a suggestion
-    msg = str(e).strip('\'"').replace('\\n', ' ').replace('\\\'', "'")
-    sys.exit(f'FATAL Flags parsing error: no such config field: {msg}')
-
-
 def run():
-  _config_import_path(sys.argv)
-  app.run(main, flags_parser=_parse_flags)
+  cli.add_config_import_path(sys.argv)
+  app.run(main, flags_parser=cli.parse_flags)
 
 
 if __name__ == '__main__':

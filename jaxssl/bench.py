@@ -1,0 +1,99 @@
+r"""Measures a config's speed and prints one JSON line.
+
+  python -m jaxssl.bench --config configs/fmnist_supervised.py
+  python -m jaxssl.bench --config configs/fmnist_supervised.py --config.batch_size=128 --steps 30 --peak_gflops 166
+
+Figures: compile time of the train step; steady-state step time and images/s (compile excluded, the step
+fed from a fixed device batch so only the step is timed); the input pipeline's images/s on its own (source
+images, before any pretext multiplies them); FLOPs per step from XLA's cost analysis, the achieved GFLOP/s
+and their fraction of --peak_gflops (default: this 2-core CPU's FP32 peak, 2 cores x 32 FLOP/cycle x 2.6 GHz).
+"""
+
+import json
+import platform
+import statistics
+import time
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from jaxssl import cli
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file to measure.', lock_config=True)
+_STEPS = flags.DEFINE_integer('steps', 20, 'Timed train steps (after warm-up).')
+_WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed steps after compilation.')
+_PIPELINE_BATCHES = flags.DEFINE_integer('pipeline_batches', 30, 'Batches drawn to time the input pipeline.')
+_PEAK = flags.DEFINE_float('peak_gflops', 166.0, 'Peak GFLOP/s of the device, for the utilization figure.')
+flags.mark_flags_as_required(['config'])
+
+
+def measure(config, *, steps: int, warmup: int, pipeline_batches: int, peak_gflops: float) -> dict:
+  import jax  # pylint: disable=import-outside-toplevel
+  from jaxssl.data import pipeline  # pylint: disable=import-outside-toplevel
+  from jaxssl.train import loop, mesh as mesh_lib  # pylint: disable=import-outside-toplevel
+
+  exp = loop.build_experiment(config)
+  it = pipeline.train_iterator(exp.train_source, exp.tasks, global_batch=config.batch_size, seed=config.seed,
+                               num_workers=config.data.get('num_workers', 0))
+  next(it)  # first batch pays for opening files / starting workers
+  t0 = time.perf_counter()
+  for _ in range(pipeline_batches):
+    host_batch = next(it)
+  pipeline_ips = pipeline_batches * config.batch_size / (time.perf_counter() - t0)
+
+  batch = mesh_lib.shard_batch(host_batch, exp.mesh)
+  rng = jax.random.PRNGKey(0)
+  t0 = time.perf_counter()
+  compiled = exp.train_step.lower(exp.state, batch, rng).compile()
+  compile_s = time.perf_counter() - t0
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = float(cost.get('flops', 0.0)) if cost else 0.0
+
+  state = exp.state
+  for _ in range(warmup):
+    state, metrics = compiled(state, batch, rng)
+  jax.block_until_ready(metrics)
+  times = []
+  for _ in range(steps):
+    t0 = time.perf_counter()
+    state, metrics = compiled(state, batch, rng)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - t0)
+  step_s = statistics.median(times)
+  train_ips = config.batch_size / step_s
+  return {
+      'config': config.get('name', ''), 'model': config.model.name, 'tasks': sorted(config.tasks.keys()),
+      'dataset': config.data.name, 'batch_size': config.batch_size,
+      'devices': f'{jax.device_count()}x {jax.devices()[0].device_kind}', 'host': platform.processor() or
+      platform.machine(), 'jax': jax.__version__,
+      'compile_s': round(compile_s, 2), 'step_ms_median': round(1e3 * step_s, 2),
+      'step_ms_min': round(1e3 * min(times), 2), 'train_images_per_s': round(train_ips, 1),
+      'pipeline_images_per_s': round(pipeline_ips, 1),
+      'pipeline_to_step_ratio': round(pipeline_ips / train_ips, 2),
+      'gflops_per_step': round(flops / 1e9, 3), 'achieved_gflops': round(flops / step_s / 1e9, 2),
+      'peak_gflops': peak_gflops, 'peak_fraction': round(flops / step_s / 1e9 / peak_gflops, 4),
+  }
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  from jaxssl.config_check import check_config  # pylint: disable=import-outside-toplevel
+  try:
+    check_config(_CONFIG.value)
+  except ValueError as e:
+    raise SystemExit(f'error: bad config: {e}') from None
+  from jaxssl.data.fashion_mnist import ChecksumError, DataNotFoundError  # pylint: disable=import-outside-toplevel
+  try:
+    result = measure(_CONFIG.value, steps=_STEPS.value, warmup=_WARMUP.value,
+                     pipeline_batches=_PIPELINE_BATCHES.value, peak_gflops=_PEAK.value)
+  except (DataNotFoundError, ChecksumError) as e:
+    raise SystemExit(f'error: {e}') from None
+  print(json.dumps(result), flush=True)
+
+
+if __name__ == '__main__':
+  import sys
+  cli.add_config_import_path(sys.argv)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -1,0 +1,28 @@
+"""Command-line plumbing shared by ``jaxssl.main`` and ``jaxssl.bench`` (defines no flags itself)."""
+
+import os
+import sys
+
+from absl import flags
+
+
+def add_config_import_path(argv):
+  """Config files may import their siblings (`from configs import x`): make the folder above importable."""
+  for i, arg in enumerate(argv):
+    path = arg.split('=', 1)[1] if arg.startswith('--config=') else argv[i + 1] if arg == '--config' and \
+        i + 1 < len(argv) else None
+    if path:
+      configs_dir = os.path.dirname(os.path.abspath(path.split(':', 1)[0]))
+      sys.path.insert(0, os.path.dirname(configs_dir))
+      return
+
+
+def parse_flags(argv):
+  """absl's parser, plus one clean line for a config override naming a field that does not exist."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    sys.exit(f'FATAL Flags parsing error: {e}\nPass --helpfull to see help on flags.')
+  except (AttributeError, KeyError) as e:  # ml_collections: unknown field, with a suggestion
+    msg = str(e).strip('\'"').replace('\\n', ' ').replace('\\\'', "'")
+    sys.exit(f'FATAL Flags parsing error: no such config field: {msg}')
