@@ -14,7 +14,7 @@ import platform
 import statistics
 import time
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from jaxssl import cli
@@ -79,6 +79,8 @@ def measure(config, *, steps: int, warmup: int, pipeline_batches: int, peak_gflo
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
   from jaxssl.config_check import check_config  # pylint: disable=import-outside-toplevel
   try:
     check_config(_CONFIG.value)

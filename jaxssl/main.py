@@ -10,7 +10,7 @@ Modes: train (resumes from the latest checkpoint in --workdir), eval (restores a
 
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from jaxssl import cli
@@ -27,6 +27,8 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  if not flags.FLAGS['verbosity'].present:  # orbax/tfds INFO lines drown the progress; --verbosity=0 shows them
+    logging.set_verbosity(logging.WARNING)
   config = _CONFIG.value
   if _MODE.value:
     with config.unlocked():
