@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -106,6 +107,16 @@ def _write_config(config: ml_collections.ConfigDict, workdir: str, step: int) ->
     f.write(text)
 
 
+def _write_artifacts(tasks, workdir: str) -> None:
+  """Arrays a task is defined by (e.g. the jigsaw permutation set), saved as artifacts/<task>/<name>."""
+  if jax.process_index():
+    return
+  for task in tasks:
+    for name, array in (task.artifacts() if hasattr(task, 'artifacts') else {}).items():
+      os.makedirs(os.path.join(workdir, 'artifacts', task.name), exist_ok=True)
+      np.save(os.path.join(workdir, 'artifacts', task.name, name), np.asarray(array))  # adds .npy if missing
+
+
 class _StopFlag:
   """SIGTERM (preemption, Ctrl-C of a scheduler) asks the loop to checkpoint and leave at the next step."""
 
@@ -134,34 +145,45 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   """Trains (resuming from the latest checkpoint in ``workdir``), evaluates, and writes the summary.
 
   ``stop_after``: leave after this many steps of this call, checkpointed, as a preemption would (tests).
-  Returns ``{'step', 'eval': metrics, 'finished': bool}``.
+  Returns ``{'step', 'eval': metrics, 'finished': bool, 'exit_code'}``.
   """
   os.makedirs(workdir, exist_ok=True)
   exp = build_experiment(config)
-  state, rng = exp.state, jax.random.PRNGKey(config.seed)
-  train_iter = pipeline.train_iterator(exp.train_source, exp.tasks, global_batch=config.batch_size,
-                                       seed=config.seed, num_workers=config.data.get('num_workers', 0))
-  ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'), max_to_keep=config.keep_checkpoints)
-  if ckpt.latest_step() is not None:
-    state, rng, _ = ckpt.restore(None, state, mesh_lib.replicated(exp.mesh), data_iter=train_iter)
-    log(f'resumed from {ckpt.directory} at step {int(state.step)}')
-  step = int(state.step)
-  _write_config(config, workdir, step)
-  log(f'{config.model.name} ({count_params(state.params):,} parameters) on {exp.info.name}: '
-      f'{len(exp.train_source)} train / {len(exp.eval_source)} {config.data.eval_split} records, '
-      f'{exp.steps_per_epoch} steps/epoch, {exp.total_steps} steps, batch {config.batch_size} over '
-      f'{exp.mesh.size} {jax.devices()[0].platform} device(s) in {jax.process_count()} process(es)')
+  with contextlib.ExitStack() as cleanup, _StopFlag() as stop:
+    # Closed on every exit: grain workers hold shared memory, async saves must land, events must flush.
+    train_iter = pipeline.train_iterator(exp.train_source, exp.tasks, global_batch=config.batch_size,
+                                         seed=config.seed, num_workers=config.data.get('num_workers', 0))
+    cleanup.callback(getattr(train_iter, 'close', lambda: None))
+    ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'), max_to_keep=config.keep_checkpoints)
+    cleanup.callback(ckpt.close)
+    state, rng = exp.state, jax.random.PRNGKey(config.seed)
+    if ckpt.latest_step() is not None:
+      state, rng, _ = ckpt.restore(None, state, mesh_lib.replicated(exp.mesh), data_iter=train_iter)
+      log(f'resumed from {ckpt.directory} at step {int(state.step)}')
+    step = int(state.step)
+    _write_config(config, workdir, step)
+    _write_artifacts(exp.tasks, workdir)
+    log(f'{config.model.name} ({count_params(state.params):,} parameters) on {exp.info.name}: '
+        f'{len(exp.train_source)} train / {len(exp.eval_source)} {config.data.eval_split} records, '
+        f'{exp.steps_per_epoch} steps/epoch, {exp.total_steps} steps, batch {config.batch_size} over '
+        f'{exp.mesh.size} {jax.devices()[0].platform} device(s) in {jax.process_count()} process(es)')
+    writer = MetricWriter(workdir)
+    cleanup.callback(writer.close)
 
-  writer = MetricWriter(workdir)
-  progress = Progress(exp.total_steps, config.batch_size, step)
-  window, first, steps_this_run = [], step, 0
-  eval_metrics: dict[str, float] = {}
-  with _StopFlag() as stop:
+    def save(force=False):
+      ckpt.save(step, state, rng, train_iter, {'epoch': step / exp.steps_per_epoch}, force=force)
+
+    def run_eval():
+      metrics = evaluate(exp, state)
+      writer.write(step, config.data.eval_split, metrics)
+      return metrics
+
+    progress = Progress(exp.total_steps, config.batch_size, step)
+    window, first = [], step
+    eval_metrics: dict[str, float] = {}
     while step < exp.total_steps:
-      batch = mesh_lib.shard_batch(next(train_iter), exp.mesh)
-      state, metrics = exp.train_step(state, batch, rng)
+      state, metrics = exp.train_step(state, mesh_lib.shard_batch(next(train_iter), exp.mesh), rng)
       step += 1
-      steps_this_run += 1
       window.append(metrics)
       if step == first + 1:  # the first step compiled; throughput counts from here
         jax.block_until_ready(metrics)
@@ -173,33 +195,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         writer.write(step, 'train', {**mean, 'images_per_s': rate, 'epoch': step / exp.steps_per_epoch})
         log(msg)
       if config.eval_every and step % config.eval_every == 0 and step < exp.total_steps:
-        eval_metrics = evaluate(exp, state)
-        writer.write(step, config.data.eval_split, eval_metrics)
-        log(f'eval {config.data.eval_split} @ {step}: ' + ', '.join(f'{k}={v:.4f}' for k, v in eval_metrics.items()))
-      interrupted = stop.signum is not None or (stop_after is not None and steps_this_run >= stop_after)
+        eval_metrics = run_eval()
+        log(f'eval {config.data.eval_split} @ {step}: {_fmt(eval_metrics)}')
+      interrupted = stop.signum is not None or (stop_after is not None and step - first >= stop_after)
       if step % config.checkpoint_every == 0 or interrupted:
-        ckpt.save(step, state, rng, train_iter, {'epoch': step / exp.steps_per_epoch}, force=interrupted)
+        save(force=interrupted)
       if interrupted and step < exp.total_steps:
-        ckpt.wait()
-        ckpt.close()
-        writer.close()
         why = f'signal {stop.signum}' if stop.signum is not None else f'stop_after={stop_after}'
         log(f'stopped at step {step}/{exp.total_steps} ({why}); checkpoint saved. Rerun the same command to resume.')
         return {'step': step, 'eval': eval_metrics, 'finished': False,
                 'exit_code': PREEMPTED_EXIT_CODE if stop.signum is not None else 0}
 
-  # Final evaluation and checkpoint.
-  eval_metrics = evaluate(exp, state)
-  writer.write(step, config.data.eval_split, eval_metrics)
-  if ckpt.latest_step() != step:
-    ckpt.save(step, state, rng, train_iter, {'epoch': step / exp.steps_per_epoch}, force=True)
-  ckpt.wait()
-  ckpt.close()
-  writer.close()
+    eval_metrics = run_eval()
+    if ckpt.latest_step() != step:
+      save(force=True)
   summary = {'step': step, 'eval': eval_metrics, 'finished': True, 'exit_code': 0}
   _write_summary(workdir, config, summary)
-  log(f'final {config.data.eval_split} @ {step}: ' + ', '.join(f'{k}={v:.4f}' for k, v in eval_metrics.items()))
+  log(f'final {config.data.eval_split} @ {step}: {_fmt(eval_metrics)}')
   return summary
+
+
+def _fmt(metrics: dict[str, float]) -> str:
+  return ', '.join(f'{k}={v:.4f}' for k, v in metrics.items())
 
 
 def _write_summary(workdir: str, config, summary: dict[str, Any]) -> None:
@@ -229,7 +246,6 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
     path = os.path.join(workdir, f'eval_{config.data.eval_split}_step{step}.json')
     with open(path, 'w', encoding='utf-8') as f:
       json.dump(result, f, indent=2)
-    log(f'eval {config.data.eval_split} @ step {step} ({time.perf_counter() - t0:.1f}s): '
-        + ', '.join(f'{k}={v:.4f}' for k, v in metrics.items()) + f' -> {path}')
+    log(f'eval {config.data.eval_split} @ step {step} ({time.perf_counter() - t0:.1f}s): {_fmt(metrics)} -> {path}')
   ckpt.close()
   return result

@@ -35,7 +35,9 @@ def build_model(model_cfg: ml_collections.ConfigDict, input_shape: tuple[int, ..
                 seed: int) -> SSLModel:
   rngs = nnx.Rngs(seed)
   options = dict(model_cfg.get('options', {}))
-  backbone = build_backbone(model_cfg.name, input_shape=tuple(input_shape), rngs=rngs, **options)
+  # Built for what the first task feeds it (jigsaw: tiles); every head then checks that its task's inputs fit.
+  shape = getattr(tasks[0], 'backbone_input_shape', lambda s: s)(tuple(input_shape))
+  backbone = build_backbone(model_cfg.name, input_shape=tuple(shape), rngs=rngs, **options)
   heads = {t.name: t.make_head(backbone, tuple(input_shape), rngs) for t in tasks}
   return SSLModel(backbone, heads)
 
