@@ -14,6 +14,9 @@ from jaxssl.tasks.base import Task
 # kind -> 'module:Class'; imported lazily so a config error is reported before anything heavy loads.
 TASKS: dict[str, str] = {
     'classify': 'jaxssl.tasks.classification:Classification',
+    'rotation': 'jaxssl.pretext.rotation:Rotation',
+    'jigsaw': 'jaxssl.pretext.jigsaw:JigsawPermutation',
+    'jigsaw_coords': 'jaxssl.pretext.jigsaw:JigsawCoords',
 }
 
 # Options every task class receives from the dataset rather than from the config.

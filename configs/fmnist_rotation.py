@@ -1,0 +1,48 @@
+"""RotNet pretraining of CifarNet on the Fashion-MNIST training images, without their labels.
+
+Every image is shown in all four rotations (0/90/180/270 degrees) and the network predicts which one it sees;
+the task ignores the dataset's labels. The held-out figure is the rotation accuracy on the test images
+(``rotation/acc`` in final_metrics.json; chance is 25%).
+
+  python -m jaxssl.main --config configs/fmnist_rotation.py --workdir runs/fmnist_rotation
+
+15 epochs of 128 images (512 rotated examples) per step: 7020 steps. Expected: to be measured (the full run
+has not been done yet; on 2 CPU cores it takes hours, on a GPU minutes). Quick look, 150 steps of 32 images
+(128 rotated) on 6400 images, evaluated on 1000 test images:
+
+  python -m jaxssl.main --config configs/fmnist_rotation.py:quick --workdir /tmp/fmnist_rotation_quick
+
+Measured (2 shared CPU cores, 2.5 min): held-out rotation accuracy 90.9% on the first 1000 test images
+(rotation/acc=0.9093; 89.5% at step 100, 50.2% at step 50).
+Note: lr 0.05 (the supervised setting) stalls at chance (loss log 4) on this task; 0.02 learns.
+"""
+
+import ml_collections
+
+from configs import fmnist_supervised
+
+
+def get_config(arg: str = '') -> ml_collections.ConfigDict:
+  c = fmnist_supervised.get_config()
+  c.tasks = ml_collections.ConfigDict()
+  c.tasks.rotation = ml_collections.ConfigDict({'angles': (0, 90, 180, 270)})
+  c.batch_size = 128           # images per step; the rotation task makes 4x as many examples of them
+  c.eval_batch_size = 250
+  c.num_epochs = 15.0
+  c.optim.lr = 0.02
+  c.optim.warmup_epochs = 0.5
+  c.eval_every = 936           # ~2 epochs
+  c.checkpoint_every = 468
+
+  if arg == 'quick':
+    c.data.train_limit = 6400
+    c.data.eval_limit = 1000
+    c.batch_size = 32
+    c.total_steps = 150
+    c.optim.warmup_epochs = 0.0
+    c.eval_every = 50
+    c.checkpoint_every = 50
+    c.log_every = 10
+  elif arg:
+    raise ValueError(f"unknown config argument '{arg}'; this config knows: quick")
+  return c
