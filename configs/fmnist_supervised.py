@@ -27,6 +27,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.data.eval_split = 'test'
   c.data.train_limit = 0      # > 0: only the first N training records (quick runs)
   c.data.eval_limit = 0
+  c.data.train_fraction = 1.0  # < 1: a class-stratified random subset of the training records (after train_limit)
+  c.data.subset_seed = 0       # which subset
   c.data.num_workers = 0      # grain worker processes (0: in the main process)
 
   c.model = ml_collections.ConfigDict()
@@ -34,7 +36,12 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.model.options = ml_collections.ConfigDict({'dropout': 0.0})
 
   c.tasks = ml_collections.ConfigDict()
-  c.tasks.classify = ml_collections.ConfigDict({'crop_padding': 2, 'flip': True})
+  c.tasks.classify = ml_collections.ConfigDict({'crop_padding': 2, 'flip': True, 'feature': '',
+                                                'freeze_backbone': False, 'pool': 'flatten'})
+
+  # Transfer (configs/fmnist_linear.py, fmnist_finetune.py, fmnist_knn.py): the backbone of another run.
+  c.init_from = ''             # '' (from scratch) | a workdir | <workdir>/checkpoints/<step>
+  c.init_step = -1             # with a workdir: which step (-1 = latest)
 
   c.batch_size = 256
   c.eval_batch_size = 500
@@ -52,6 +59,12 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.optim.step_size_epochs = 3.0   # schedule='step' only: lr *= gamma every step_size_epochs
   c.optim.gamma = 0.1
   c.optim.grad_clip_norm = 0.0
+  c.optim.trainable = 'all'        # 'all' | 'heads' (linear probe) | 'last:K' (last K backbone layers + heads)
+  c.optim.backbone_lr_scale = 1.0  # the backbone's lr multiplier (0: frozen for the optimizer)
+
+  # --mode=knn: weighted k-NN on L2-normalized backbone features (Wu et al. 2018's 200-NN protocol).
+  c.knn = ml_collections.ConfigDict({'k': 200, 'temperature': 0.07, 'feature': '', 'pool': 'avg',
+                                     'batch_size': 500})
 
   c.log_every = 50
   c.eval_every = 470           # ~2 epochs

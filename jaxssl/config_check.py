@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ml_collections
 
-MODES = ('train', 'eval')
+MODES = ('train', 'eval', 'knn')
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -27,5 +27,14 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   for key in ('batch_size', 'eval_batch_size', 'log_every', 'checkpoint_every', 'keep_checkpoints'):
     if config[key] <= 0:
       raise ValueError(f'--config.{key}={config[key]} must be positive')
+  from jaxssl.tasks.classification import POOLS  # pylint: disable=import-outside-toplevel
+  from jaxssl.train.optim import parse_trainable  # pylint: disable=import-outside-toplevel
+  parse_trainable(config.optim.get('trainable', 'all'))
+  if config.optim.get('backbone_lr_scale', 1.0) < 0:
+    raise ValueError('--config.optim.backbone_lr_scale must be >= 0 (0 freezes the backbone)')
+  if 'knn' in config:
+    choose('knn pool', config.knn.pool, POOLS, '--config.knn.pool')
+    if config.knn.k <= 0 or config.knn.temperature <= 0:
+      raise ValueError('--config.knn.k and --config.knn.temperature must be positive')
   if config.total_steps <= 0 and config.num_epochs <= 0:
     raise ValueError('set --config.num_epochs or --config.total_steps to a positive value')

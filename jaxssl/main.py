@@ -5,7 +5,8 @@ r"""jaxssl: train and evaluate (self-)supervised models on images.
   python -m jaxssl.main --config configs/fmnist_supervised.py --workdir runs/fmnist --mode=eval
 
 Modes: train (resumes from the latest checkpoint in --workdir), eval (restores a checkpoint,
---config.eval_step=-1 for the latest, and evaluates --config.data.eval_split).
+--config.eval_step=-1 for the latest, and evaluates --config.data.eval_split), knn (weighted k-NN probe of the
+backbone of --config.init_from, or of --workdir's latest checkpoint; writes knn_<split>.json).
 """
 
 import sys
@@ -18,7 +19,7 @@ from jaxssl import cli
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/fmnist_supervised.py[:arg].',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, metrics, plots.')
-_MODE = flags.DEFINE_string('mode', None, 'Overrides config.mode: train or eval.')
+_MODE = flags.DEFINE_string('mode', None, 'Overrides config.mode: train, eval or knn.')
 _MULTIHOST = flags.DEFINE_bool('multihost', False, 'Call jax.distributed.initialize() first (TPU pods, Slurm, '
                                'GPU clusters: arguments are detected from the environment).')
 flags.mark_flags_as_required(['config', 'workdir'])
@@ -46,13 +47,17 @@ def main(argv):
 
   from jaxssl.data.fashion_mnist import ChecksumError, DataNotFoundError  # pylint: disable=import-outside-toplevel
   from jaxssl.train import loop  # pylint: disable=import-outside-toplevel
+  from jaxssl.train.transfer import TransferError  # pylint: disable=import-outside-toplevel
   try:
     if config.mode == 'train':
       result = loop.train_and_evaluate(config, _WORKDIR.value)
       sys.exit(result['exit_code'])
     elif config.mode == 'eval':
       loop.evaluate_checkpoint(config, _WORKDIR.value)
-  except (DataNotFoundError, ChecksumError, FileNotFoundError) as e:
+    elif config.mode == 'knn':
+      from jaxssl.eval import knn  # pylint: disable=import-outside-toplevel
+      knn.evaluate_knn(config, _WORKDIR.value)
+  except (DataNotFoundError, ChecksumError, FileNotFoundError, TransferError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
 

@@ -14,6 +14,14 @@ from jaxssl.models import feature_shapes
 from jaxssl.tasks.base import Batch, LinearHead, normalize, topk_correct, weighted_mean
 
 
+POOLS = ('flatten', 'avg')
+
+
+def pool_feature(h: jax.Array, pool: str) -> jax.Array:
+  """[B, H, W, C] -> [B, C] by global average ('avg'); anything else is flattened by the head."""
+  return h.mean(axis=tuple(range(1, h.ndim - 1))) if pool == 'avg' and h.ndim > 2 else h
+
+
 @dataclasses.dataclass
 class Classification:
   """Softmax classification of the dataset's labels from one backbone feature."""
@@ -26,6 +34,14 @@ class Classification:
   flip: bool = False                  # random horizontal flip when training
   label_smoothing: float = 0.0
   topk: tuple[int, ...] = (1, 3, 5)
+  # Transfer (linear probe): the backbone runs in inference mode (BatchNorm statistics untouched) and no
+  # gradient flows into it, so the probe costs one forward and trains only the head.
+  freeze_backbone: bool = False
+  pool: str = 'flatten'               # a spatial feature map -> vector: 'flatten' or 'avg' (global average)
+
+  def __post_init__(self):
+    if self.pool not in POOLS:
+      raise ValueError(f"task '{self.name}': unknown pool '{self.pool}'; choose one of: {', '.join(POOLS)}")
 
   def transform(self, batch: Batch, rng: np.random.Generator, *, train: bool) -> Batch:
     if 'label' not in batch:
@@ -39,12 +55,20 @@ class Classification:
 
   def make_head(self, backbone, input_shape, rngs: nnx.Rngs) -> nnx.Module:
     feature = self.feature or backbone.output_name
-    in_features = int(np.prod(feature_shapes(backbone, input_shape)[feature]))
+    shapes = feature_shapes(backbone, input_shape)
+    if feature not in shapes:
+      raise ValueError(f"task '{self.name}': the backbone has no feature '{feature}'; it has: {', '.join(shapes)}")
+    shape = shapes[feature]
+    in_features = int(shape[-1] if self.pool == 'avg' and len(shape) > 1 else np.prod(shape))
     return LinearHead(in_features, self.num_classes, feature=feature, rngs=rngs)
 
   def forward(self, backbone, head, batch: Batch, *, train: bool, rng):
     x = normalize(batch['image'], self.mean, self.std)
-    return head(backbone(x, train=train, rng=rng))
+    if self.freeze_backbone:
+      features = jax.lax.stop_gradient(backbone(x, train=False, rng=None))
+    else:
+      features = backbone(x, train=train, rng=rng)
+    return head({head.feature: pool_feature(features[head.feature], self.pool)})
 
   def loss(self, logits: jax.Array, batch: Batch):
     labels, weight = batch['label'], batch['weight']

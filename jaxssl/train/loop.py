@@ -20,7 +20,7 @@ from flax import nnx
 from jaxssl.data import datasets, pipeline
 from jaxssl.tasks import build_tasks
 from jaxssl.train import mesh as mesh_lib
-from jaxssl.train import optim, step as step_lib
+from jaxssl.train import optim, step as step_lib, transfer
 from jaxssl.train.checkpoint import Checkpointer
 from jaxssl.train.logging import MetricWriter, Progress, log
 from jaxssl.train.state import TrainState, build_model, count_params, init_train_state
@@ -46,20 +46,37 @@ class Experiment:
   total_steps: int
   train_step: Callable
   eval_step: Callable
+  init_info: dict[str, Any] | None = None   # where the backbone came from (config.init_from), if anywhere
 
 
-def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
+def build_experiment(config: ml_collections.ConfigDict, *, load_init: bool = True) -> Experiment:
+  """``load_init``: copy ``config.init_from``'s backbone in (False where a checkpoint of the run itself will
+  replace the state anyway: resume, eval)."""
   # Data.
   info = datasets.get_dataset(config.data.name)
   train_source = datasets.load_split(info, config.data.train_split, config.data, config.data.get('train_limit', 0))
   eval_source = datasets.load_split(info, config.data.eval_split, config.data, config.data.get('eval_limit', 0))
+  if config.data.get('train_fraction', 1.0) < 1.0:  # label-efficiency studies: the same images for every init
+    from jaxssl.data import subsets  # pylint: disable=import-outside-toplevel
+    train_source = subsets.IndexedSubset(train_source, subsets.stratified_subset(
+        subsets.source_labels(train_source), config.data.train_fraction, config.data.get('subset_seed', 0)))
   steps_per_epoch = max(1, len(train_source) // config.batch_size)
   total_steps = int(config.total_steps or round(config.num_epochs * steps_per_epoch))
 
   # Tasks, model, optimizer.
   tasks, weights = build_tasks(config.tasks, info)
   model = build_model(config.model, info.input_shape, tasks, config.seed)
-  tx, schedule = optim.make_optimizer(config.optim, total_steps, steps_per_epoch)
+  init_info = None
+  if load_init and config.get('init_from', ''):  # before the optimizer state exists: it starts from these
+    init_info = transfer.load_backbone(model, transfer.resolve_checkpoint(config.init_from,
+                                                                          config.get('init_step', -1)))
+    log(f"backbone initialized from {init_info['checkpoint']} ({init_info['parameters']:,} values)")
+  transfer.check_frozen_tasks(config.optim, tasks)
+  layers = None
+  if config.optim.get('trainable', 'all').startswith('last:'):
+    layers = transfer.backbone_layers(model.backbone, getattr(tasks[0], 'backbone_input_shape',
+                                                              lambda s: s)(tuple(info.input_shape)))
+  tx, schedule = optim.make_optimizer(config.optim, total_steps, steps_per_epoch, backbone_layers=layers)
   graphdef, state = init_train_state(model, tx)
 
   # Mesh: batch split over every device, parameters replicated.
@@ -73,7 +90,7 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
       step_lib.make_eval_step(graphdef, tasks, weights),
       replicated, mesh_lib.batch_sharding(mesh), replicated)
   return Experiment(config, info, train_source, eval_source, tasks, weights, mesh, graphdef, state, tx, schedule,
-                    steps_per_epoch, total_steps, train_step, eval_step)
+                    steps_per_epoch, total_steps, train_step, eval_step, init_info)
 
 
 def evaluate(exp: Experiment, state: TrainState, source=None) -> dict[str, float]:
@@ -148,7 +165,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   Returns ``{'step', 'eval': metrics, 'finished': bool, 'exit_code'}``.
   """
   os.makedirs(workdir, exist_ok=True)
-  exp = build_experiment(config)
+  exp = build_experiment(config, load_init=not transfer.has_checkpoint(workdir))  # init_from: fresh runs only
   with contextlib.ExitStack() as cleanup, _StopFlag() as stop:
     # Closed on every exit: grain workers hold shared memory, async saves must land, events must flush.
     train_iter = pipeline.train_iterator(exp.train_source, exp.tasks, global_batch=config.batch_size,
@@ -162,6 +179,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       log(f'resumed from {ckpt.directory} at step {int(state.step)}')
     step = int(state.step)
     _write_config(config, workdir, step)
+    if exp.init_info:
+      transfer.write_init_info(workdir, exp.init_info)
     _write_artifacts(exp.tasks, workdir)
     log(f'{config.model.name} ({count_params(state.params):,} parameters) on {exp.info.name}: '
         f'{len(exp.train_source)} train / {len(exp.eval_source)} {config.data.eval_split} records, '
@@ -206,7 +225,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         return {'step': step, 'eval': eval_metrics, 'finished': False,
                 'exit_code': PREEMPTED_EXIT_CODE if stop.signum is not None else 0}
 
-    eval_metrics = run_eval()
+    eval_metrics = {**run_eval(), **_class_report(exp, state, workdir, 'confusion')}
     if ckpt.latest_step() != step:
       save(force=True)
   summary = {'step': step, 'eval': eval_metrics, 'finished': True, 'exit_code': 0}
@@ -216,7 +235,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
 
 def _fmt(metrics: dict[str, float]) -> str:
-  return ', '.join(f'{k}={v:.4f}' for k, v in metrics.items())
+  return ', '.join(f'{k}={v:.4f}' for k, v in metrics.items() if isinstance(v, (int, float)))
+
+
+def _class_report(exp: Experiment, state: TrainState, workdir: str, stem: str) -> dict[str, Any]:
+  """Per-class top-1 of the classification tasks; their confusion matrices go to <workdir>/<stem>.csv|png."""
+  from jaxssl.eval import confusion  # pylint: disable=import-outside-toplevel
+  return confusion.classification_report(exp, state, workdir, stem)
 
 
 def _write_summary(workdir: str, config, summary: dict[str, Any]) -> None:
@@ -234,13 +259,14 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
   if not os.path.isdir(ckpt_dir):
     raise FileNotFoundError(f'no checkpoints in {workdir}: train first with the same --workdir '
                             '(--mode=train), or point --workdir at a trained run')
-  exp = build_experiment(config)
+  exp = build_experiment(config, load_init=False)
   ckpt = Checkpointer(ckpt_dir, read_only=True)
   want = None if config.eval_step < 0 else config.eval_step
   state, _, _ = ckpt.restore(want, exp.state, mesh_lib.replicated(exp.mesh))
   t0 = time.perf_counter()
-  metrics = evaluate(exp, state)
   step = int(state.step)
+  metrics = {**evaluate(exp, state),
+             **_class_report(exp, state, workdir, f'confusion_{config.data.eval_split}_step{step}')}
   result = {'step': step, 'split': config.data.eval_split, **metrics}
   if jax.process_index() == 0:
     path = os.path.join(workdir, f'eval_{config.data.eval_split}_step{step}.json')

@@ -33,9 +33,79 @@ def decay_mask(params):
   return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int,
-                   steps_per_epoch: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def _key(entry) -> str:
+  for attr in ('key', 'idx', 'name'):
+    if hasattr(entry, attr):
+      return str(getattr(entry, attr))
+  return str(entry)
+
+
+def parse_trainable(trainable: str) -> int | None:
+  """'all' -> None (every layer), 'heads' -> 0 (no backbone layer), 'last:K' -> K."""
+  if trainable == 'all':
+    return None
+  if trainable == 'heads':
+    return 0
+  if trainable.startswith('last:') and trainable[5:].isdigit() and int(trainable[5:]) > 0:
+    return int(trainable[5:])
+  raise ValueError(f"unknown optim.trainable '{trainable}'; choose 'all', 'heads' or 'last:K' (K >= 1 backbone "
+                   'layers, counted from the output)')
+
+
+def param_labels(params, trainable: str = 'all', backbone_lr_scale: float = 1.0,
+                 backbone_layers=None):
+  """Per-leaf label: 'head' (full lr), 'backbone' (lr x backbone_lr_scale) or 'frozen' (no update at all).
+
+  Paths are ``backbone/...`` and ``heads/...``; ``backbone_layers`` (module paths below ``backbone``, one
+  group per layer, in call order: transfer.backbone_layers) says which are the last K for 'last:K'.
+  """
+  last = parse_trainable(trainable)
+  if last is None:
+    train_prefixes = [()]
+  elif last == 0:
+    train_prefixes = []
+  else:
+    if backbone_layers is None:
+      raise ValueError(f"optim.trainable='{trainable}' needs the backbone's layer order")
+    if last > len(backbone_layers):
+      raise ValueError(f"optim.trainable='{trainable}' but the backbone has only {len(backbone_layers)} "
+                       'parameterized layers')
+    train_prefixes = [tuple(p) for group in backbone_layers[-last:] for p in group]
+  backbone_label = 'backbone' if backbone_lr_scale > 0 else 'frozen'
+
+  def label(path, _):
+    keys = tuple(_key(p) for p in path)
+    if keys[0] != 'backbone':
+      return 'head'
+    inner = keys[1:]
+    trains = any(inner[:len(prefix)] == prefix for prefix in train_prefixes)
+    return backbone_label if trains else 'frozen'
+
+  return jax.tree_util.tree_map_with_path(label, params)
+
+
+def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int, steps_per_epoch: int,
+                   backbone_layers=None) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """The optimizer of ``cfg``; with ``trainable`` other than 'all' or ``backbone_lr_scale`` != 1, one copy per
+  label of :func:`param_labels` (frozen leaves: ``set_to_zero``, so no momentum and no weight decay)."""
   schedule = make_schedule(cfg, total_steps, steps_per_epoch)
+  trainable, scale = cfg.get('trainable', 'all'), float(cfg.get('backbone_lr_scale', 1.0))
+  parse_trainable(trainable)
+  if scale < 0:
+    raise ValueError(f'optim.backbone_lr_scale={scale} must be >= 0 (0 freezes the backbone)')
+  tx = _base_optimizer(cfg, schedule)
+  if trainable != 'all' or scale != 1.0:
+    # Kept out of the 'all' case: the plain optimizer's state (and old checkpoints) stay as they were.
+    tx = optax.multi_transform(
+        {'head': tx, 'backbone': _base_optimizer(cfg, lambda step: scale * schedule(step)),
+         'frozen': optax.set_to_zero()},
+        lambda params: param_labels(params, trainable, scale, backbone_layers))
+  if cfg.get('grad_clip_norm', 0.0):
+    tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), tx)
+  return tx, schedule
+
+
+def _base_optimizer(cfg: ml_collections.ConfigDict, schedule) -> optax.GradientTransformation:
   wd = cfg.get('weight_decay', 0.0)
   if cfg.name == 'sgd':
     # Coupled L2, added to the gradient before momentum: the classic SGD weight decay.
@@ -49,6 +119,4 @@ def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int,
     tx = optax.adamw(schedule, b1=cfg.get('b1', 0.9), b2=cfg.get('b2', 0.999), weight_decay=wd, mask=decay_mask)
   else:
     raise ValueError(f"unknown optimizer '{cfg.name}'; choose one of: {', '.join(OPTIMIZERS)}")
-  if cfg.get('grad_clip_norm', 0.0):
-    tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), tx)
-  return tx, schedule
+  return tx

@@ -1,0 +1,149 @@
+r"""Label-efficiency study: test accuracy against the fraction of labelled training images, per initialization.
+
+  python -m jaxssl.study --config configs/fmnist_label_efficiency.py --workdir runs/fmnist_label_efficiency
+
+Every cell (init x fraction x seed) is one ordinary training run of the config in
+``<workdir>/cells/<init>_f<fraction>_s<seed>/``; a cell whose ``final_metrics.json`` exists is skipped, so
+rerunning the command resumes the study (and a cell interrupted mid-run resumes from its checkpoint). The
+labelled subset is class-stratified and depends only on (fraction, seed): every init sees the same images.
+Writes ``results.csv`` (one row per cell), ``results.json`` (mean and std over seeds per init and fraction)
+and ``label_efficiency.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+from typing import Any
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from jaxssl import cli
+
+_FLAGS: dict = {}
+
+
+def _define_flags():
+  # Defined when run as the command only: importing this module (tests) must not claim --config, which
+  # jaxssl.main and jaxssl.bench define too.
+  _FLAGS['config'] = config_flags.DEFINE_config_file(
+      'config', None, 'Study config, e.g. configs/fmnist_label_efficiency.py.', lock_config=True)
+  _FLAGS['workdir'] = flags.DEFINE_string('workdir', None, 'Study directory: cells/, results.csv, results.json, '
+                                          'the plot.')
+  flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def cell_name(init: str, fraction: float, seed: int) -> str:
+  return f'{init}_f{fraction:g}_s{seed}'
+
+
+def cell_config(config, init_from: str, fraction: float, seed: int, num_records: int, devices: int = 1):
+  """The study's base config for one cell: its init, labelled subset and seed; enough steps for small subsets
+  (``study.epochs`` over the subset, at least ``study.min_steps``) and a batch no larger than the subset."""
+  c = config.copy_and_resolve_references()
+  with c.unlocked():
+    del c['study']
+    c.init_from = init_from
+    c.data.train_fraction = float(fraction)
+    c.data.subset_seed = int(seed)
+    c.seed = int(seed)
+    n = max(1, int(round(fraction * num_records)))
+    c.batch_size = max(devices, min(c.batch_size, n // devices * devices))
+    c.total_steps = max(int(config.study.min_steps), int(round(config.study.epochs * n / c.batch_size)))
+    c.eval_every = 0
+    c.checkpoint_every = max(1, min(c.checkpoint_every, c.total_steps))
+  return c
+
+
+def run_study(config, workdir: str) -> list[dict[str, Any]]:
+  import jax  # pylint: disable=import-outside-toplevel
+  from jaxssl.data import datasets  # pylint: disable=import-outside-toplevel
+  from jaxssl.train import loop  # pylint: disable=import-outside-toplevel
+  from jaxssl.train.logging import log  # pylint: disable=import-outside-toplevel
+  info = datasets.get_dataset(config.data.name)
+  num_records = len(datasets.load_split(info, config.data.train_split, config.data,
+                                        config.data.get('train_limit', 0)))
+  rows = []
+  cells = [(init, f, s) for init in config.study.inits for f in config.study.fractions for s in config.study.seeds]
+  for i, (init, fraction, seed) in enumerate(cells):
+    cell_dir = os.path.join(workdir, 'cells', cell_name(init, fraction, seed))
+    final = os.path.join(cell_dir, 'final_metrics.json')
+    if not os.path.exists(final):
+      log(f'study cell {i + 1}/{len(cells)}: {cell_name(init, fraction, seed)}')
+      c = cell_config(config, config.study.inits[init], fraction, seed, num_records, jax.device_count())
+      result = loop.train_and_evaluate(c, cell_dir)
+      if not result['finished']:
+        log('study interrupted; rerun the same command to continue')
+        sys.exit(result['exit_code'])
+    with open(final, encoding='utf-8') as f:
+      metrics = json.load(f)
+    rows.append({'init': init, 'fraction': float(fraction), 'seed': int(seed), 'step': metrics['step'],
+                 **{k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k != 'step'}})
+  if jax.process_index() == 0:
+    write_results(rows, workdir, config.study.metric)
+  return rows
+
+
+def summarize(rows, metric: str) -> list[dict[str, Any]]:
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  out = []
+  for init in dict.fromkeys(r['init'] for r in rows):
+    for fraction in sorted({r['fraction'] for r in rows if r['init'] == init}):
+      vals = [r[metric] for r in rows if r['init'] == init and r['fraction'] == fraction]
+      out.append({'init': init, 'fraction': fraction, 'n': len(vals), 'mean': float(np.mean(vals)),
+                  'std': float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0})
+  return out
+
+
+def write_results(rows, workdir: str, metric: str) -> None:
+  keys = list(dict.fromkeys(k for r in rows for k in r))
+  with open(os.path.join(workdir, 'results.csv'), 'w', newline='', encoding='utf-8') as f:
+    w = csv.DictWriter(f, fieldnames=keys)
+    w.writeheader()
+    w.writerows(rows)
+  summary = summarize(rows, metric)
+  with open(os.path.join(workdir, 'results.json'), 'w', encoding='utf-8') as f:
+    json.dump({'metric': metric, 'cells': summary}, f, indent=2)
+  from jaxssl.eval import plots  # pylint: disable=import-outside-toplevel  (Agg backend)
+  plt = plots.plt
+  fig, ax = plt.subplots(figsize=(5.5, 3.8))
+  for init in dict.fromkeys(s['init'] for s in summary):
+    pts = [s for s in summary if s['init'] == init]
+    ax.errorbar([100 * s['fraction'] for s in pts], [s['mean'] for s in pts], yerr=[s['std'] for s in pts],
+                marker='o', ms=3, capsize=3, label=init)
+  ax.set_xscale('log')
+  ax.set_xlabel('labelled training images (%)')
+  ax.set_ylabel(metric)
+  ax.grid(alpha=0.3, which='both')
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(os.path.join(workdir, 'label_efficiency.png'), dpi=110)
+  plt.close(fig)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
+  config, workdir = _FLAGS['config'].value, _FLAGS['workdir'].value
+  from jaxssl.config_check import check_config  # pylint: disable=import-outside-toplevel
+  try:
+    check_config(config)
+  except ValueError as e:
+    sys.exit(f'error: bad config: {e}')
+  os.makedirs(workdir, exist_ok=True)
+  run_study(config, workdir)
+
+
+def run():
+  _define_flags()
+  cli.add_config_import_path(sys.argv)
+  app.run(main, flags_parser=cli.parse_flags)
+
+
+if __name__ == '__main__':
+  run()

@@ -1,0 +1,203 @@
+"""Starting a model from another run's backbone (``config.init_from``), and which of its layers train.
+
+The source checkpoint's ``state`` item is read from its own metadata (no target model needed, so a pretext
+run's checkpoint loads into a classifier), and only the ``backbone`` subtrees of ``params`` and
+``model_state`` are taken: a pretext head has nothing to do with the downstream task.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+BACKBONE = 'backbone'
+# Normalization layers join the layer called just before them: a conv and its BatchNorm train together.
+_NORMS = (nnx.BatchNorm, nnx.LayerNorm, nnx.GroupNorm, nnx.RMSNorm)
+
+
+class TransferError(ValueError):
+  """A backbone cannot be carried from one run into another: the message names both sides and the fix."""
+
+
+def resolve_checkpoint(init_from: str, init_step: int = -1) -> str:
+  """A workdir, a ``checkpoints/`` folder or one ``checkpoints/<step>`` folder -> that step's folder."""
+  path = os.path.abspath(os.path.expanduser(init_from))
+  if os.path.isdir(os.path.join(path, 'state')):
+    if init_step >= 0 and os.path.basename(path) != str(init_step):
+      raise TransferError(f'init_from={init_from} is the checkpoint of step {os.path.basename(path)}, but '
+                       f'init_step={init_step}; give the workdir instead, or init_step=-1')
+    return path
+  ckpt_dir = path if os.path.basename(path) == 'checkpoints' else os.path.join(path, 'checkpoints')
+  steps = sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit()) if os.path.isdir(ckpt_dir) else []
+  # Only finished saves: orbax writes into a temporary folder and renames it when committed.
+  steps = [s for s in steps if os.path.isdir(os.path.join(ckpt_dir, str(s), 'state'))]
+  if not steps:
+    raise FileNotFoundError(f'init_from={init_from}: no checkpoint in {ckpt_dir}; point --config.init_from at a '
+                            'trained workdir or one of its checkpoints/<step> folders')
+  step = steps[-1] if init_step < 0 else init_step
+  if step not in steps:
+    raise FileNotFoundError(f'init_from={init_from}: no checkpoint at step {step} in {ckpt_dir}; '
+                            f'available steps: {steps}')
+  return os.path.join(ckpt_dir, str(step))
+
+
+def _key(entry) -> str:
+  for attr in ('key', 'idx', 'name'):
+    if hasattr(entry, attr):
+      return str(getattr(entry, attr))
+  return str(entry)
+
+
+def _flat(tree) -> dict[tuple[str, ...], Any]:
+  """{path of string keys: leaf}; a Variable's ``value`` attribute is dropped, so saved trees (where it is a
+  dict key) and live nnx.States give the same paths."""
+  out = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    keys = tuple(_key(p) for p in path)
+    out[keys[:-1] if keys and keys[-1] == 'value' else keys] = leaf
+  return out
+
+
+def read_backbone(checkpoint: str) -> dict[tuple[str, ...], np.ndarray]:
+  """The backbone's arrays (parameters and BatchNorm statistics) of one checkpoint step folder, by path
+  below ``backbone``."""
+  state_dir = os.path.join(checkpoint, 'state')
+  if not os.path.isdir(state_dir):
+    raise FileNotFoundError(f'no train state in {checkpoint} (expected {state_dir})')
+  meta = ocp.StandardCheckpointer().metadata(state_dir)
+  tree = getattr(meta, 'item_metadata', meta)
+  tree = getattr(tree, 'tree', tree)
+  wanted = {part: {BACKBONE: tree[part][BACKBONE]} for part in ('params', 'model_state')
+            if isinstance(tree, dict) and isinstance(tree.get(part), dict) and BACKBONE in tree[part]}
+  if 'params' not in wanted:
+    raise TransferError(f'the checkpoint {checkpoint} has no params/{BACKBONE} subtree (top-level items: '
+                     f'{sorted(tree) if isinstance(tree, dict) else type(tree).__name__}); it is not a jaxssl run')
+  # Restored whole onto this host's first device, whatever mesh saved it; the caller replicates it.
+  sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sharding), wanted)
+  restore_args = jax.tree.map(lambda a: ocp.ArrayRestoreArgs(sharding=sharding), abstract)
+  with ocp.PyTreeCheckpointer() as ckptr:  # partial: the optimizer state and heads are not read
+    restored = ckptr.restore(state_dir, args=ocp.args.PyTreeRestore(abstract, restore_args, partial_restore=True))
+  out = {}
+  for part in restored:
+    out.update(_flat(restored[part][BACKBONE]))
+  return {k: np.asarray(v) for k, v in out.items()}
+
+
+def load_backbone(model, checkpoint: str) -> dict[str, Any]:
+  """Copies the backbone of ``checkpoint`` into ``model.backbone`` in place; returns what was loaded.
+
+  Every backbone array of the model must be in the checkpoint with the same shape, and nothing else may be
+  there: anything else means a different architecture or input size, reported with both sides.
+  """
+  source = read_backbone(checkpoint)
+  state = nnx.state(model.backbone)
+  target = _flat(state)
+  where = f'checkpoint {checkpoint} vs. the model built from this config'
+  missing = sorted(set(target) - set(source))
+  extra = sorted(set(source) - set(target))
+  if missing or extra:
+    raise TransferError(f'backbone mismatch ({where}): missing in the checkpoint: '
+                     f'{["/".join(p) for p in missing[:5]]}{" ..." if len(missing) > 5 else ""}; only in the '
+                     f'checkpoint: {["/".join(p) for p in extra[:5]]}{" ..." if len(extra) > 5 else ""}. '
+                     'Use the same --config.model.name and model.options as the source run.')
+  for path, leaf in target.items():
+    if tuple(source[path].shape) != tuple(leaf.shape) or source[path].dtype != leaf.dtype:
+      raise TransferError(
+          f'backbone shape mismatch at {BACKBONE}/{"/".join(path)}: {tuple(source[path].shape)} '
+          f'{source[path].dtype} in the checkpoint {checkpoint}, {tuple(leaf.shape)} {leaf.dtype} in the model '
+          'built from this config. The source backbone was built for other inputs or options (e.g. CifarNet on '
+          'jigsaw tiles has fc1 sized for the tile, not the image): use a backbone that takes any size '
+          '(resnet20, ...) or the same input size and model options.')
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(state)
+  new = [jax.numpy.asarray(source[tuple(k for k in _flat_path(p))]) for p, _ in leaves]
+  nnx.update(model.backbone, jax.tree_util.tree_unflatten(treedef, new))
+  return {'checkpoint': checkpoint, 'step': int(os.path.basename(checkpoint)) if os.path.basename(
+      checkpoint).isdigit() else None, 'arrays': len(source), 'parameters': int(sum(v.size for v in source.values()))}
+
+
+def _flat_path(path) -> tuple[str, ...]:
+  keys = tuple(_key(p) for p in path)
+  return keys[:-1] if keys and keys[-1] == 'value' else keys
+
+
+def write_init_info(workdir: str, info: dict[str, Any]) -> None:
+  if jax.process_index():
+    return
+  with open(os.path.join(workdir, 'init_from.json'), 'w', encoding='utf-8') as f:
+    json.dump(info, f, indent=2)
+
+
+def has_checkpoint(workdir: str) -> bool:
+  ckpt_dir = os.path.join(workdir, 'checkpoints')
+  return os.path.isdir(ckpt_dir) and any(
+      d.isdigit() and os.path.isdir(os.path.join(ckpt_dir, d)) for d in os.listdir(ckpt_dir))
+
+
+# ---- Layer order, for 'last:K' fine-tuning.
+
+def backbone_layers(backbone, input_shape) -> list[tuple[tuple[str, ...], ...]]:
+  """Module paths (below ``backbone``) of the backbone's parameterized layers, one group per layer, in the
+  order the forward calls them.
+
+  Traced abstractly (no FLOPs; the backbone may itself be abstract, from nnx.eval_shape) by recording the calls
+  of every module that owns parameters directly; a normalization layer joins the layer called before it.
+  Attribute or graph order would be alphabetical ('stages' before 'stem_conv') or depend on how
+  ``__init__`` was written.
+  """
+  graphdef, state = nnx.split(backbone)
+  calls: list[tuple[str, ...]] = []
+  norms: set[tuple[str, ...]] = set()
+
+  def forward(state, x):
+    model = nnx.merge(graphdef, state)
+    owners = {id(m): tuple(str(p) for p in path) for path, m in nnx.iter_modules(model)
+              if any(isinstance(v, nnx.Param) for v in vars(m).values())}
+    norms.update(owners[id(m)] for _, m in nnx.iter_modules(model) if id(m) in owners and isinstance(m, _NORMS))
+    originals = {type(m): type(m).__call__ for _, m in nnx.iter_modules(model) if id(m) in owners}
+
+    def recorder(original):
+      def call(self, *args, **kwargs):
+        if id(self) in owners and owners[id(self)] not in calls:
+          calls.append(owners[id(self)])
+        return original(self, *args, **kwargs)
+      return call
+
+    try:
+      for cls, original in originals.items():
+        cls.__call__ = recorder(original)
+      return model(x, train=False)
+    finally:
+      for cls, original in originals.items():
+        cls.__call__ = original
+
+  jax.eval_shape(forward, state, jax.ShapeDtypeStruct((1, *input_shape), np.float32))
+  layers: list[list[tuple[str, ...]]] = []
+  for path in calls:
+    if path in norms and layers:
+      layers[-1].append(path)
+    else:
+      layers.append([path])
+  return [tuple(group) for group in layers]
+
+
+def check_frozen_tasks(optim_cfg, tasks) -> None:
+  """A linear probe (trainable='heads') must also run its backbone frozen: otherwise BatchNorm statistics
+  would still move and a backward pass through the backbone would be spent for nothing."""
+  if optim_cfg.get('trainable', 'all') != 'heads':
+    # The converse: no task trains the backbone, yet the optimizer would still move it (weight decay).
+    if all(getattr(t, 'freeze_backbone', False) for t in tasks) and optim_cfg.get('backbone_lr_scale', 1.0) > 0:
+      raise TransferError("every task runs the backbone frozen (freeze_backbone=True), but the optimizer would still "
+                       "update it (weight decay): set --config.optim.trainable=heads")
+    return
+  loose = [t.name for t in tasks if not getattr(t, 'freeze_backbone', False)]
+  if loose:
+    raise TransferError(f"optim.trainable='heads' freezes the backbone, but task(s) {loose} do not run it frozen: "
+                     + ', '.join(f'set --config.tasks.{n}.freeze_backbone=True' for n in loose)
+                     + ' (only tasks with a freeze_backbone option, e.g. classify, can be probes)')
