@@ -61,12 +61,6 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     c.optim.weight_decay = 1e-4
 
   if quick:
-    c.data.train_limit = 6400
-    c.data.eval_limit = 1000
-    c.batch_size = 64
-    c.total_steps = 200
-    c.optim.warmup_epochs = 0.0
-    c.eval_every = 100
-    c.checkpoint_every = 100
-    c.log_every = 10
+    fmnist_supervised.make_quick(c, train_limit=6400, eval_limit=1000, batch_size=64, total_steps=200,
+                                 eval_every=100)
   return c

@@ -34,14 +34,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.checkpoint_every = 468
 
   if arg == 'quick':
-    c.data.train_limit = 6400
-    c.data.eval_limit = 500
-    c.batch_size = 32
-    c.total_steps = 100
-    c.optim.warmup_epochs = 0.0
-    c.eval_every = 50
-    c.checkpoint_every = 50
-    c.log_every = 10
+    fmnist_supervised.make_quick(c, train_limit=6400, eval_limit=500, batch_size=32, total_steps=100,
+                                 eval_every=50)
   elif arg:
     raise ValueError(f"unknown config argument '{arg}'; this config knows: quick")
   return c

