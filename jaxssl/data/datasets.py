@@ -55,29 +55,9 @@ def get_dataset(name: str) -> DatasetInfo:
   return DATASETS[name]()
 
 
-class Subset:
-  """The first ``n`` records of a source: quick runs and tests on real data."""
-
-  def __init__(self, source, n: int):
-    self.source, self.n = source, min(n, len(source))
-
-  def __len__(self):
-    return self.n
-
-  def __getitem__(self, i):
-    if not -self.n <= i < self.n:
-      raise IndexError(i)
-    return self.source[i % self.n]
-
-  def __getitems__(self, indices):
-    from jaxssl.data.pipeline import read_records  # pylint: disable=import-outside-toplevel
-    if any(not 0 <= i < self.n for i in indices):
-      raise IndexError(indices)
-    return read_records(self.source, indices)
-
-
 def load_split(info: DatasetInfo, split: str, data_cfg: ml_collections.ConfigDict, limit: int = 0):
   if split not in info.splits:
     raise ValueError(f"dataset '{info.name}' has no split '{split}'; it has: {', '.join(info.splits)}")
+  from jaxssl.data.subsets import IndexedSubset  # pylint: disable=import-outside-toplevel
   source = info.load(split, data_cfg)
-  return Subset(source, limit) if limit else source
+  return IndexedSubset(source, range(min(limit, len(source)))) if limit else source  # quick runs, tests

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from collections.abc import Sequence
 
 import ml_collections
 
@@ -56,6 +55,3 @@ def build_tasks(tasks_cfg: ml_collections.ConfigDict, info) -> tuple[list[Task],
     weights[name] = float(cfg.get('weight', 1.0))
   return tasks, weights
 
-
-def task_names(tasks: Sequence[Task]) -> list[str]:
-  return [t.name for t in tasks]

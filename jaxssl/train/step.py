@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 import jax
-import jax.numpy as jnp
 import optax
 from flax import nnx
 
@@ -80,6 +79,3 @@ def jit_steps(train_step, eval_step, state_sharding, batch_sharding, replicated)
   evaluate = jax.jit(eval_step, in_shardings=(state_sharding, batch_sharding), out_shardings=replicated)
   return train, evaluate
 
-
-def zeros_like_sums(example: Mapping[str, jax.Array]):
-  return {k: jnp.zeros_like(v) for k, v in example.items()}
