@@ -19,6 +19,23 @@ def fashion_mnist_dir() -> str | None:
   return None
 
 
+def deepfashion_sample_dir() -> str | None:
+  """$JAXSSL_DEEPFASHION_SAMPLE_DIR, else ../shared/data/deepfashion_attr_sample beside the checkout."""
+  for d in (os.environ.get('JAXSSL_DEEPFASHION_SAMPLE_DIR'), REPO.parent / 'shared' / 'data' / 'deepfashion_attr_sample'):
+    if d and (pathlib.Path(d) / 'split' / 'train_attr.txt').exists():
+      return str(d)
+  return None
+
+
+@pytest.fixture(scope='session')
+def deepfashion_sample():
+  src = deepfashion_sample_dir()
+  if not src:
+    pytest.skip('the real DeepFashion attribute sample was not found: set JAXSSL_DEEPFASHION_SAMPLE_DIR to the '
+                'folder holding img/ and split/ (../shared/data/deepfashion_attr_sample beside the checkout)')
+  return src
+
+
 def pytest_configure(config):  # pylint: disable=unused-argument
   # grain's multiprocess prefetch reads absl flags; pytest does not parse them.
   from absl import flags  # pylint: disable=import-outside-toplevel

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import ml_collections
+import numpy as np
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,6 +22,14 @@ class DatasetInfo:
   # (split, data config) -> a random-access source: len(), __getitem__ (and ideally __getitems__) giving
   # dicts with 'image' (uint8 HWC) and, for labelled data, 'label'.
   load: Callable[[str, ml_collections.ConfigDict], Any]
+  # Multi-label data (DeepFashion; records also carry 'category', 'attributes', 'has_attributes', 'image_hw',
+  # 'file_path'): attribute names, the group (type) of each, whether every image has exactly one attribute per
+  # group, and the training split's fraction of positives per attribute (positive weighting, initial bias).
+  attribute_names: tuple[str, ...] = ()
+  attribute_groups: tuple[int, ...] = ()
+  exclusive_groups: bool = False
+  attribute_frequency: tuple[float, ...] = ()
+  category_base: int = 0   # how the dataset's own files number categories (predictions are written so)
 
   @property
   def num_classes(self) -> int:
@@ -33,7 +42,8 @@ def tfds_data_dir(data_cfg: ml_collections.ConfigDict) -> str:
                             or '~/tensorflow_datasets')
 
 
-def _fashion_mnist() -> DatasetInfo:
+def _fashion_mnist(data_cfg: ml_collections.ConfigDict) -> DatasetInfo:
+  del data_cfg  # one fixed shape and set of splits
   from jaxssl.data import fashion_mnist as fm  # pylint: disable=import-outside-toplevel
 
   def load(split, data_cfg):
@@ -43,16 +53,46 @@ def _fashion_mnist() -> DatasetInfo:
                      ('train', 'test'), load)
 
 
-DATASETS: dict[str, Callable[[], DatasetInfo]] = {
+def _deepfashion(layout: str, name: str) -> Callable[[ml_collections.ConfigDict], DatasetInfo]:
+  """A DeepFashion layout (jaxssl/data/deepfashion.py): prepared on first use at ``data.image_size``, so its
+  names, splits and statistics come from the prepared copy."""
+
+  def make(data_cfg: ml_collections.ConfigDict) -> DatasetInfo:
+    from jaxssl.data import deepfashion as df  # pylint: disable=import-outside-toplevel
+    meta = df.builder(layout, data_cfg).info.metadata
+    splits = meta['splits']
+    stats = splits.get('train') or next(iter(splits.values()))  # pixel statistics of the training images
+    positives = np.asarray(stats['attribute_positives'], np.float64)
+
+    def load(split, cfg):
+      return df.builder(layout, cfg).as_data_source(split=split)
+
+    size = int(meta['image_size'])
+    return DatasetInfo(
+        name, (size, size, 3), tuple(meta['category_names']), tuple(stats['mean']), tuple(stats['std']),
+        tuple(splits), load, attribute_names=tuple(meta['attribute_names']),
+        attribute_groups=tuple(meta['attribute_types']), exclusive_groups=bool(meta['exclusive_groups']),
+        attribute_frequency=tuple((positives / max(stats['attribute_labelled'], 1)).tolist()),
+        category_base=int(meta['category_base']))
+
+  return make
+
+
+DATASETS: dict[str, Callable[[ml_collections.ConfigDict], DatasetInfo]] = {
     'fashion_mnist': _fashion_mnist,
+    'deepfashion': _deepfashion('benchmark', 'deepfashion'),            # the official benchmark
+    'deepfashion_attr': _deepfashion('attr_challenge', 'deepfashion_attr'),  # 6 exclusive groups, 26 attributes
+    'image_csv': _deepfashion('csv', 'image_csv'),                      # image folder + annotation CSVs
 }
 
 
-def get_dataset(name: str) -> DatasetInfo:
+def get_dataset(name: str, data_cfg: ml_collections.ConfigDict | None = None) -> DatasetInfo:
+  """``data_cfg`` (the config's ``data``) decides what a dataset built at prepare time looks like (DeepFashion's
+  image size); Fashion-MNIST ignores it."""
   if name not in DATASETS:
     raise ValueError(f"unknown dataset '{name}'; choose one of: {', '.join(sorted(DATASETS))} "
                      '(set --config.data.name)')
-  return DATASETS[name]()
+  return DATASETS[name](data_cfg if data_cfg is not None else ml_collections.ConfigDict())
 
 
 def load_split(info: DatasetInfo, split: str, data_cfg: ml_collections.ConfigDict, limit: int = 0):

@@ -20,11 +20,18 @@ from jaxssl.tasks.base import Batch, Task
 
 
 def stack_records(records: Sequence[dict[str, Any]]) -> Batch:
-  """Raw records -> one batch; every example gets weight 1 (padding rows get 0 later)."""
+  """Raw records -> one batch; every example gets weight 1 (padding rows get 0 later).
+
+  Every numeric field travels ('label'; 'index', the record's position in its split, for kNN and predictions;
+  DeepFashion's 'category', 'attributes', 'has_attributes', 'image_hw'); text fields (file paths) stay behind,
+  since batches go to devices.
+  """
   batch = {'image': np.stack([np.asarray(r['image']) for r in records])}
-  for key in ('label', 'index'):  # 'index': the record's position in its split (kNN, predictions)
-    if key in records[0]:
+  for key, value in records[0].items():
+    if key in ('label', 'index'):
       batch[key] = np.asarray([r[key] for r in records], np.int64)
+    elif key not in ('image', 'weight') and np.asarray(value).dtype.kind in 'biuf':
+      batch[key] = np.stack([np.asarray(r[key]) for r in records])
   batch['weight'] = np.ones(len(records), np.float32)
   return batch
 
