@@ -7,11 +7,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxssl.models.alexnet import AlexNet
 from jaxssl.models.cifarnet import CifarNet
 from jaxssl.models.resnet import ResNet, resnet18, resnet18_cifar, resnet20, resnet50
 
 BACKBONES: dict[str, Callable[..., nnx.Module]] = {
     'cifarnet': CifarNet,
+    'alexnet': AlexNet,
     'resnet20': resnet20,
     'resnet18_cifar': resnet18_cifar,
     'resnet18': resnet18,
@@ -41,5 +43,5 @@ def feature_shapes(backbone: nnx.Module, input_shape) -> dict[str, tuple[int, ..
   return {k: tuple(out[k].shape[1:]) for k in backbone.feature_names}
 
 
-__all__ = ['BACKBONES', 'CifarNet', 'ResNet', 'build_backbone', 'feature_shapes',
+__all__ = ['AlexNet', 'BACKBONES', 'CifarNet', 'ResNet', 'build_backbone', 'feature_shapes',
            'resnet18', 'resnet18_cifar', 'resnet20', 'resnet50']
