@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ml_collections
 
-MODES = ('train', 'eval', 'knn')
+MODES = ('train', 'eval', 'knn', 'predict')
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -36,5 +36,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     choose('knn pool', config.knn.pool, POOLS, '--config.knn.pool')
     if config.knn.k <= 0 or config.knn.temperature <= 0:
       raise ValueError('--config.knn.k and --config.knn.temperature must be positive')
+  if 'multitask' in config or config.mode == 'predict':
+    from jaxssl.eval.multitask import check_options  # pylint: disable=import-outside-toplevel
+    check_options(config)
   if config.total_steps <= 0 and config.num_epochs <= 0:
     raise ValueError('set --config.num_epochs or --config.total_steps to a positive value')

@@ -6,7 +6,9 @@ r"""jaxssl: train and evaluate (self-)supervised models on images.
 
 Modes: train (resumes from the latest checkpoint in --workdir), eval (restores a checkpoint,
 --config.eval_step=-1 for the latest, and evaluates --config.data.eval_split), knn (weighted k-NN probe of the
-backbone of --config.init_from, or of --workdir's latest checkpoint; writes knn_<split>.json).
+backbone of --config.init_from, or of --workdir's latest checkpoint; writes knn_<split>.json), predict (a
+multi-task DeepFashion model's submission files, predictions/category.csv and attribute.csv, for
+--config.multitask.predict_split; see jaxssl/eval/multitask.py).
 """
 
 import sys
@@ -19,7 +21,7 @@ from jaxssl import cli
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/fmnist_supervised.py[:arg].',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, metrics, plots.')
-_MODE = flags.DEFINE_string('mode', None, 'Overrides config.mode: train, eval or knn.')
+_MODE = flags.DEFINE_string('mode', None, 'Overrides config.mode: train, eval, knn or predict.')
 _MULTIHOST = flags.DEFINE_bool('multihost', False, 'Call jax.distributed.initialize() first (TPU pods, Slurm, '
                                'GPU clusters: arguments are detected from the environment).')
 flags.mark_flags_as_required(['config', 'workdir'])
@@ -45,6 +47,8 @@ def main(argv):
   if _MULTIHOST.value:
     jax.distributed.initialize()
 
+  from jaxssl.data.deepfashion import DataNotFoundError as DeepFashionNotFound  # pylint: disable=import-outside-toplevel
+  from jaxssl.data.deepfashion_layouts import AnnotationError  # pylint: disable=import-outside-toplevel
   from jaxssl.data.fashion_mnist import ChecksumError, DataNotFoundError  # pylint: disable=import-outside-toplevel
   from jaxssl.train import loop  # pylint: disable=import-outside-toplevel
   from jaxssl.train.transfer import TransferError  # pylint: disable=import-outside-toplevel
@@ -57,7 +61,11 @@ def main(argv):
     elif config.mode == 'knn':
       from jaxssl.eval import knn  # pylint: disable=import-outside-toplevel
       knn.evaluate_knn(config, _WORKDIR.value)
-  except (DataNotFoundError, ChecksumError, FileNotFoundError, TransferError) as e:
+    elif config.mode == 'predict':
+      from jaxssl.eval import multitask  # pylint: disable=import-outside-toplevel
+      multitask.predict_checkpoint(config, _WORKDIR.value)
+  except (DataNotFoundError, ChecksumError, FileNotFoundError, TransferError, DeepFashionNotFound,
+          AnnotationError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
 

@@ -66,3 +66,18 @@ def test_thresholds_and_decisions():
   groups = [1, 1, 2, 2, 2]
   probs5 = np.array([[0.1, 0.2, 0.9, 0.8, 0.1], [0.6, 0.5, 0.1, 0.2, 0.3]])
   np.testing.assert_array_equal(am.group_argmax_decision(probs5, groups), [[0, 1, 1, 0, 0], [1, 0, 0, 0, 1]])
+
+
+def test_numpy_and_jax_arrays_give_the_same_values():
+  """Host reports run on numpy; the training loss runs the same functions on jax arrays under jit."""
+  import jax  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  scores = rng.random((50, 7)).astype(np.float32)
+  true = (rng.random((50, 7)) < 0.3).astype(np.float32)
+  true[:, 6] = 0                                         # one attribute without positives
+  pred = (scores > 0.6).astype(np.float32)
+  for fn in (am.mean_sample_f1, am.macro_f1, am.micro_f1):
+    assert float(jax.jit(fn)(pred, true)) == pytest.approx(float(fn(pred, true)), rel=1e-6)
+  for k in (1, 3):
+    assert float(jax.jit(am.topk_recall, static_argnums=2)(scores, true, k)) == pytest.approx(
+        float(am.topk_recall(scores, true, k)), rel=1e-6)

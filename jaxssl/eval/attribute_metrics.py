@@ -1,4 +1,5 @@
-"""Multi-label attribute metrics and category top-k, as pure jax.numpy functions (numpy or jax arrays in).
+"""Multi-label attribute metrics and category top-k: pure functions of numpy arrays (computed with numpy) or
+jax arrays (with jax.numpy, so they also run inside a jitted loss).
 
 Which F1 is which (``pred`` and ``true`` are 0/1 arrays [N samples, A attributes]):
 
@@ -24,29 +25,43 @@ pools all (sample, true attribute) pairs instead. Neither needs a threshold.
 
 from __future__ import annotations
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxssl.tasks.base import topk_correct
-
 THRESHOLD_METRICS = ('mean_sample_f1', 'macro_f1', 'micro_f1')
 
 
-def _f32(x):
-  return jnp.asarray(x, jnp.float32)
+def _xp(*arrays):
+  """jax.numpy for jax arrays (inside the jitted loss), numpy otherwise: host-side reports on numpy arrays
+  then cost no compilation per operation and shape."""
+  return jnp if any(isinstance(a, jax.Array) for a in arrays) else np
 
 
-def f1_from_counts(tp, fp, fn, empty=jnp.nan):
+def _f32(xp, x):
+  return xp.asarray(x, xp.float32)
+
+
+def _nanmean(xp, x):
+  with warnings.catch_warnings():  # numpy warns on an all-NaN mean; NaN is the documented answer
+    warnings.simplefilter('ignore', RuntimeWarning)
+    return xp.nanmean(x)
+
+
+def f1_from_counts(tp, fp, fn, empty=np.nan):
   """2TP / (2TP + FP + FN), and ``empty`` where there are neither positives nor predictions."""
+  xp = _xp(tp, fp, fn)
   denom = 2 * tp + fp + fn
-  return jnp.where(denom > 0, 2 * tp / jnp.maximum(denom, 1e-12), empty)
+  return xp.where(denom > 0, 2 * tp / xp.maximum(denom, 1e-12), empty)
 
 
 def counts(pred, true, axis: int):
   """(TP, FP, FN) summed over ``axis`` (0: per attribute, 1: per sample)."""
-  pred, true = _f32(pred), _f32(true)
-  return (jnp.sum(pred * true, axis), jnp.sum(pred * (1 - true), axis), jnp.sum((1 - pred) * true, axis))
+  xp = _xp(pred, true)
+  pred, true = _f32(xp, pred), _f32(xp, true)
+  return (xp.sum(pred * true, axis), xp.sum(pred * (1 - true), axis), xp.sum((1 - pred) * true, axis))
 
 
 def per_attribute_f1(pred, true):
@@ -56,7 +71,7 @@ def per_attribute_f1(pred, true):
 
 def macro_f1(pred, true):
   """Mean of the defined per-attribute F1s (NaN only if none is defined)."""
-  return jnp.nanmean(per_attribute_f1(pred, true))
+  return _nanmean(_xp(pred, true), per_attribute_f1(pred, true))
 
 
 def per_sample_f1(pred, true):
@@ -66,37 +81,47 @@ def per_sample_f1(pred, true):
 
 def mean_sample_f1(pred, true):
   """The competition's mean F1: the mean over samples of each sample's F1."""
-  return jnp.mean(per_sample_f1(pred, true))
+  return _xp(pred, true).mean(per_sample_f1(pred, true))
 
 
 def micro_f1(pred, true):
-  tp, fp, fn = (jnp.sum(c) for c in counts(pred, true, 0))
+  xp = _xp(pred, true)
+  tp, fp, fn = (xp.sum(c) for c in counts(pred, true, 0))
   return f1_from_counts(tp, fp, fn, empty=1.0)
 
 
 def topk_mask(scores, k: int):
-  """1 where an attribute is among its sample's k highest scores (ties broken by position)."""
+  """1 where an attribute is among its sample's k highest scores (ties: the lower index first, as
+  ``jax.lax.top_k`` and a stable sort both break them)."""
+  xp = _xp(scores)
   k = min(int(k), scores.shape[-1])
-  idx = jax.lax.top_k(_f32(scores), k)[1]
-  return jnp.sum(jax.nn.one_hot(idx, scores.shape[-1], dtype=jnp.float32), axis=-2)
+  if xp is jnp:
+    idx = jax.lax.top_k(_f32(xp, scores), k)[1]
+  else:
+    idx = np.argsort(-_f32(xp, scores), axis=-1, kind='stable')[..., :k]
+  return xp.sum(xp.eye(scores.shape[-1], dtype=xp.float32)[idx], axis=-2)
 
 
 def topk_recall(scores, true, k: int):
   """DeepFashion's top-k recall, per attribute then averaged over attributes with a positive sample."""
-  true = _f32(true)
-  hits, positives = jnp.sum(topk_mask(scores, k) * true, 0), jnp.sum(true, 0)
-  return jnp.nanmean(jnp.where(positives > 0, hits / jnp.maximum(positives, 1), jnp.nan))
+  xp = _xp(scores, true)
+  true = _f32(xp, true)
+  hits, positives = xp.sum(topk_mask(scores, k) * true, 0), xp.sum(true, 0)
+  return _nanmean(xp, xp.where(positives > 0, hits / xp.maximum(positives, 1), np.nan))
 
 
 def topk_recall_micro(scores, true, k: int):
   """The fraction of all true (sample, attribute) pairs whose attribute is in the sample's top k."""
-  true = _f32(true)
-  return jnp.sum(topk_mask(scores, k) * true) / jnp.maximum(jnp.sum(true), 1)
+  xp = _xp(scores, true)
+  true = _f32(xp, true)
+  return xp.sum(topk_mask(scores, k) * true) / xp.maximum(xp.sum(true), 1)
 
 
 def category_topk(logits, labels, k: int):
   """Fraction of samples whose label is among the k highest logits."""
-  return jnp.mean(topk_correct(_f32(logits), jnp.asarray(labels), k))
+  xp = _xp(logits, labels)
+  onehot = xp.eye(logits.shape[-1], dtype=xp.float32)[xp.asarray(labels)]
+  return xp.mean(xp.sum(topk_mask(logits, k) * onehot, -1))
 
 
 # ---------------------------------------------------------------------------------------------- decisions
@@ -104,17 +129,17 @@ def category_topk(logits, labels, k: int):
 
 def threshold_decision(probs, thresholds):
   """1 where a probability reaches its threshold (a scalar, or one per attribute)."""
-  return (_f32(probs) >= _f32(thresholds)).astype(jnp.float32)
+  xp = _xp(probs)
+  return (_f32(xp, probs) >= _f32(xp, thresholds)).astype(xp.float32)
 
 
 def group_argmax_decision(probs, groups):
   """Exactly one attribute per group: the most probable (for layouts whose groups are mutually exclusive)."""
-  probs, groups = _f32(probs), np.asarray(groups)
-  out = jnp.zeros_like(probs)
+  probs, groups = np.asarray(probs, np.float32), np.asarray(groups)
+  out = np.zeros_like(probs)
   for g in np.unique(groups):
     members = np.flatnonzero(groups == g)
-    best = members[jnp.argmax(probs[:, members], axis=1)]
-    out = out.at[jnp.arange(probs.shape[0]), best].set(1.0)
+    out[np.arange(len(probs)), members[np.argmax(probs[:, members], axis=1)]] = 1.0
   return out
 
 
@@ -126,9 +151,8 @@ def best_threshold(probs, true, metric: str = 'mean_sample_f1', grid=DEFAULT_GRI
   """The global threshold of ``grid`` maximizing ``metric`` (the smallest on ties), and that score."""
   if metric not in _SCORES:
     raise ValueError(f"unknown threshold metric '{metric}'; choose one of: {', '.join(THRESHOLD_METRICS)}")
-  score = jax.jit(lambda p, y, t: _SCORES[metric](threshold_decision(p, t), y))
-  probs, true = _f32(probs), _f32(true)
-  values = np.array([float(score(probs, true, t)) for t in grid])
+  probs, true = np.asarray(probs, np.float32), np.asarray(true, np.float32)
+  values = np.array([float(_SCORES[metric](threshold_decision(probs, t), true)) for t in grid])
   best = int(np.nanargmax(values))
   return float(grid[best]), float(values[best])
 
@@ -136,8 +160,7 @@ def best_threshold(probs, true, metric: str = 'mean_sample_f1', grid=DEFAULT_GRI
 def best_attribute_thresholds(probs, true, fallback: float, grid=DEFAULT_GRID) -> np.ndarray:
   """One threshold per attribute maximizing its own F1; ``fallback`` for an attribute without a positive
   sample (nothing to tune on)."""
-  probs, true = _f32(probs), _f32(true)
-  f1 = jax.jit(lambda p, y, t: per_attribute_f1(threshold_decision(p, t), y))
-  table = np.stack([np.asarray(f1(probs, true, t)) for t in grid])           # [T, A]
+  probs, true = np.asarray(probs, np.float32), np.asarray(true, np.float32)
+  table = np.stack([per_attribute_f1(threshold_decision(probs, t), true) for t in grid])    # [T, A]
   best = np.asarray(grid)[np.argmax(np.nan_to_num(table, nan=-1.0), axis=0)]
-  return np.where(np.asarray(jnp.sum(true, 0)) > 0, best, fallback).astype(np.float32)
+  return np.where(true.sum(0) > 0, best, fallback).astype(np.float32)

@@ -16,10 +16,11 @@ TASKS: dict[str, str] = {
     'rotation': 'jaxssl.pretext.rotation:Rotation',
     'jigsaw': 'jaxssl.pretext.jigsaw:JigsawPermutation',
     'jigsaw_coords': 'jaxssl.pretext.jigsaw:JigsawCoords',
+    'multitask': 'jaxssl.tasks.multitask:CategoryAttributes',   # DeepFashion: category + attributes
 }
 
 # Options every task class receives from the dataset rather than from the config.
-_FROM_DATASET = ('num_classes', 'mean', 'std')
+_FROM_DATASET = ('num_classes', 'mean', 'std', 'num_attributes', 'attribute_frequency')
 
 
 def task_class(kind: str):
@@ -49,7 +50,8 @@ def build_tasks(tasks_cfg: ml_collections.ConfigDict, info) -> tuple[list[Task],
     cls = task_class(cfg.get('kind', name))
     options = {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items() if k not in ('kind', 'weight')}
     fields = {f.name for f in dataclasses.fields(cls)}
-    from_dataset = {'num_classes': info.num_classes, 'mean': info.mean, 'std': info.std}
+    from_dataset = {'num_classes': info.num_classes, 'mean': info.mean, 'std': info.std,
+                    'num_attributes': len(info.attribute_names), 'attribute_frequency': info.attribute_frequency}
     options.update({k: v for k, v in from_dataset.items() if k in fields})
     tasks.append(cls(name=name, **options))
     weights[name] = float(cfg.get('weight', 1.0))

@@ -53,7 +53,7 @@ def build_experiment(config: ml_collections.ConfigDict, *, load_init: bool = Tru
   """``load_init``: copy ``config.init_from``'s backbone in (False where a checkpoint of the run itself will
   replace the state anyway: resume, eval)."""
   # Data.
-  info = datasets.get_dataset(config.data.name)
+  info = datasets.get_dataset(config.data.name, config.data)
   train_source = datasets.load_split(info, config.data.train_split, config.data, config.data.get('train_limit', 0))
   eval_source = datasets.load_split(info, config.data.eval_split, config.data, config.data.get('eval_limit', 0))
   if config.data.get('train_fraction', 1.0) < 1.0:  # label-efficiency studies: the same images for every init
@@ -225,7 +225,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         return {'step': step, 'eval': eval_metrics, 'finished': False,
                 'exit_code': PREEMPTED_EXIT_CODE if stop.signum is not None else 0}
 
-    eval_metrics = {**run_eval(), **_class_report(exp, state, workdir, 'confusion')}
+    eval_metrics = {**run_eval(), **_class_report(exp, state, workdir, 'confusion'),
+                    **_attribute_report(exp, state, workdir)}
     if ckpt.latest_step() != step:
       save(force=True)
   summary = {'step': step, 'eval': eval_metrics, 'finished': True, 'exit_code': 0}
@@ -242,6 +243,13 @@ def _class_report(exp: Experiment, state: TrainState, workdir: str, stem: str) -
   """Per-class top-1 of the classification tasks; their confusion matrices go to <workdir>/<stem>.csv|png."""
   from jaxssl.eval import confusion  # pylint: disable=import-outside-toplevel
   return confusion.classification_report(exp, state, workdir, stem)
+
+
+def _attribute_report(exp: Experiment, state: TrainState, workdir: str) -> dict[str, Any]:
+  """Multi-task (DeepFashion) runs: the attribute threshold chosen on the validation split and saved to
+  <workdir>/thresholds.json (--mode=predict uses it), and the report split's F1s and recall at it."""
+  from jaxssl.eval import multitask  # pylint: disable=import-outside-toplevel
+  return multitask.attribute_report(exp, state, workdir)
 
 
 def _write_summary(workdir: str, config, summary: dict[str, Any]) -> None:
@@ -266,7 +274,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
   t0 = time.perf_counter()
   step = int(state.step)
   metrics = {**evaluate(exp, state),
-             **_class_report(exp, state, workdir, f'confusion_{config.data.eval_split}_step{step}')}
+             **_class_report(exp, state, workdir, f'confusion_{config.data.eval_split}_step{step}'),
+             **_attribute_report(exp, state, workdir)}
   result = {'step': step, 'split': config.data.eval_split, **metrics}
   if jax.process_index() == 0:
     path = os.path.join(workdir, f'eval_{config.data.eval_split}_step{step}.json')

@@ -1,0 +1,299 @@
+"""The multi-task model after training: the attribute decision threshold chosen on the validation split, the
+test metrics at that threshold, and ``--mode=predict``'s submission files.
+
+Threshold. The model's attribute probabilities on ``multitask.threshold_split`` (default ``val``) are gathered
+and the global threshold maximizing ``multitask.threshold_metric`` (default ``mean_sample_f1``, the
+competition's score) is chosen from 0.02, 0.03, ..., 0.98; with ``multitask.per_attribute_threshold`` each
+attribute also gets the threshold maximizing its own F1 (the global one where the split has no positive of
+it). The choice is saved as ``<workdir>/thresholds.json`` with the checkpoint step it belongs to;
+``multitask.decision='group_argmax'`` instead takes the most probable attribute of every group (only for
+layouts whose groups are mutually exclusive, such as the attribute-challenge sample).
+
+Report (end of training and ``--mode=eval``): on ``multitask.report_split`` (default ``test``) macro F1, the
+mean-sample F1 (competition), micro F1, per-attribute F1 (by name, in ``attributes_<split>_step<N>.json``),
+DeepFashion top-3/5 recall and category top-1/3/5; the definitions are in jaxssl/eval/attribute_metrics.py.
+
+Predictions (``--mode=predict``): ``<workdir>/predictions/category.csv`` with the header
+``file_path,category_label`` and ``<workdir>/predictions/attribute.csv`` with ``file_path,attribute_label``,
+one row per image of ``multitask.predict_split`` (default ``test``) in dataset order. File paths are those of
+the annotation files. Category labels are numbered as the dataset's own files number them (the benchmark's
+list_category_img.txt: 1-based; CSV folders: 0-based); attribute labels are 0-based attribute indices (the
+attribute-challenge sample's convention; for the benchmark, the line of list_attr_cloth.txt minus 3), in
+increasing order, separated by spaces, empty when none is predicted. A dataset without categories gets no
+category.csv.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from jaxssl.data import datasets, pipeline
+from jaxssl.eval import attribute_metrics as am
+from jaxssl.eval.knn import _host
+from jaxssl.train import mesh as mesh_lib
+from jaxssl.train.logging import log
+from jaxssl.train.state import merge_model
+
+DECISIONS = ('threshold', 'group_argmax')
+DEFAULTS = {'threshold_split': 'val', 'threshold_metric': 'mean_sample_f1', 'per_attribute_threshold': False,
+            'decision': 'threshold', 'report_split': 'test', 'predict_split': 'test'}
+THRESHOLDS_FILE = 'thresholds.json'
+
+
+def options(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  return {**DEFAULTS, **dict(config.get('multitask', {}) or {})}
+
+
+def check_options(config: ml_collections.ConfigDict) -> None:
+  """Part of the config check: a bad choice is one line before anything runs."""
+  opts = options(config)
+  unknown = set(opts) - set(DEFAULTS)
+  if unknown:
+    raise ValueError(f'config.multitask has no option(s) {sorted(unknown)}; its options are: {sorted(DEFAULTS)}')
+  if opts['decision'] not in DECISIONS:
+    raise ValueError(f"unknown multitask.decision '{opts['decision']}'; choose one of: {', '.join(DECISIONS)} "
+                     '(set --config.multitask.decision)')
+  if opts['threshold_metric'] not in am.THRESHOLD_METRICS:
+    raise ValueError(f"unknown multitask.threshold_metric '{opts['threshold_metric']}'; choose one of: "
+                     f"{', '.join(am.THRESHOLD_METRICS)} (set --config.multitask.threshold_metric)")
+
+
+def multitask_task(tasks):
+  from jaxssl.tasks.multitask import CategoryAttributes  # pylint: disable=import-outside-toplevel
+  return next((t for t in tasks if isinstance(t, CategoryAttributes)), None)
+
+
+# ------------------------------------------------------------------------------------------------ outputs
+
+
+def make_output_fn(exp, task):
+  """Jitted (state, task batch) -> attribute probabilities (and category logits), batch split over the mesh."""
+
+  def outputs(state, batch):
+    model = merge_model(exp.graphdef, state.params, state.model_state)
+    out = task.forward(model.backbone, model.heads[task.name], batch, train=False, rng=None)
+    return {'attribute_probs': jax.nn.sigmoid(out['attributes']), **({'category_logits': out['category']}
+                                                                      if 'category' in out else {})}
+
+  sharding = mesh_lib.batch_sharding(exp.mesh)
+  return jax.jit(outputs, in_shardings=(mesh_lib.replicated(exp.mesh), sharding), out_shardings=sharding)
+
+
+def gather(exp, state, source, task, output_fn=None) -> dict[str, np.ndarray]:
+  """The model's outputs and the labels of every record of ``source``, in record order (padding dropped).
+
+  ``category`` is -1 where a record has none; ``has_attributes`` is False where its split carries no attribute
+  labels; ``index`` is each record's ``index`` field (its position in the prepared split).
+  """
+  output_fn = output_fn or make_output_fn(exp, task)
+  parts: dict[str, list[np.ndarray]] = {}
+  for batch in pipeline.eval_batches(source, [task], global_batch=exp.config.eval_batch_size,
+                                     seed=exp.config.seed):
+    sharded = mesh_lib.shard_batch(batch[task.name], exp.mesh)
+    out = {k: _host(v) for k, v in output_fn(state, sharded).items()}
+    b = {k: _host(sharded[k]) for k in ('weight', 'category', 'category_weight', 'attributes',
+                                        'attribute_weight', 'index')}
+    keep = b['weight'] > 0
+    rows = {**out, 'category': np.where(b['category_weight'] > 0, b['category'], -1),
+            'attributes': b['attributes'], 'has_attributes': b['attribute_weight'] > 0, 'index': b['index']}
+    for k, v in rows.items():
+      parts.setdefault(k, []).append(v[keep])
+  got = {k: np.concatenate(v) for k, v in parts.items()}
+  order = np.argsort(got['index'], kind='stable')  # processes interleave their slices: back to record order
+  return {k: v[order] for k, v in got.items()}
+
+
+def decide(probs: np.ndarray, thresholds: dict[str, Any], groups) -> np.ndarray:
+  """0/1 attribute decisions [N, A] under a saved threshold record (see :func:`choose_thresholds`)."""
+  if thresholds['decision'] == 'group_argmax':
+    return np.asarray(am.group_argmax_decision(probs, groups), np.uint8)
+  t = thresholds['per_attribute'] if thresholds.get('per_attribute') is not None else thresholds['threshold']
+  return np.asarray(am.threshold_decision(probs, np.asarray(t, np.float32)), np.uint8)
+
+
+# --------------------------------------------------------------------------------------------- thresholds
+
+
+def _load_source(exp, split: str, limit: int = 0):
+  return datasets.load_split(exp.info, split, exp.config.data, limit)
+
+
+def choose_thresholds(exp, state, task, step: int, output_fn=None) -> dict[str, Any]:
+  opts = options(exp.config)
+  record = {'step': int(step), 'decision': opts['decision'], 'metric': opts['threshold_metric'],
+            'split': opts['threshold_split'], 'threshold': 0.5, 'per_attribute': None, 'score': None}
+  if opts['decision'] == 'group_argmax':
+    if not exp.info.exclusive_groups:
+      raise ValueError(f"multitask.decision='group_argmax' needs mutually exclusive attribute groups; dataset "
+                       f"'{exp.info.name}' has none: use multitask.decision='threshold'")
+    return record
+  if opts['threshold_split'] not in exp.info.splits:
+    log(f"note: dataset '{exp.info.name}' has no split '{opts['threshold_split']}' to choose the attribute "
+        'threshold on; using 0.5')
+    record['split'] = None
+    return record
+  g = gather(exp, state, _load_source(exp, opts['threshold_split'], exp.config.data.get('eval_limit', 0)), task,
+             output_fn)
+  labelled = g['has_attributes']
+  probs, true = g['attribute_probs'][labelled], g['attributes'][labelled]
+  record['threshold'], record['score'] = am.best_threshold(probs, true, opts['threshold_metric'])
+  if opts['per_attribute_threshold']:
+    record['per_attribute'] = am.best_attribute_thresholds(probs, true, record['threshold']).tolist()
+  return record
+
+
+def save_thresholds(workdir: str, record: dict[str, Any]) -> str:
+  path = os.path.join(workdir, THRESHOLDS_FILE)
+  if jax.process_index() == 0:
+    with open(path, 'w', encoding='utf-8') as f:
+      json.dump(record, f, indent=2)
+  return path
+
+
+def saved_thresholds(workdir: str, step: int, decision: str) -> dict[str, Any] | None:
+  """The record saved for this checkpoint step and decision rule, if any."""
+  path = os.path.join(workdir, THRESHOLDS_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding='utf-8') as f:
+    record = json.load(f)
+  return record if record.get('step') == step and record.get('decision') == decision else None
+
+
+# ------------------------------------------------------------------------------------------------- report
+
+
+def _clean(x: float) -> float | None:
+  return None if x is None or math.isnan(x) else float(x)
+
+
+def score(g: dict[str, np.ndarray], thresholds: dict[str, Any], info) -> dict[str, Any]:
+  """Every attribute and category metric of gathered outputs at a threshold record."""
+  out: dict[str, Any] = {}
+  labelled = g['has_attributes']
+  if labelled.any():
+    probs, true = g['attribute_probs'][labelled], g['attributes'][labelled]
+    pred = decide(probs, thresholds, info.attribute_groups)
+    half = np.asarray(am.threshold_decision(probs, 0.5))
+    out.update({'macro_f1': float(am.macro_f1(pred, true)), 'mean_sample_f1': float(am.mean_sample_f1(pred, true)),
+                'micro_f1': float(am.micro_f1(pred, true)),
+                'macro_f1@0.5': float(am.macro_f1(half, true)), 'mean_sample_f1@0.5': float(am.mean_sample_f1(half, true))})
+    for k in (3, 5):
+      out[f'top{k}_recall'] = float(am.topk_recall(probs, true, k))
+      out[f'top{k}_recall_micro'] = float(am.topk_recall_micro(probs, true, k))
+    out['attribute_count'] = int(labelled.sum())
+    out['per_attribute_f1'] = dict(zip(info.attribute_names, map(_clean, np.asarray(am.per_attribute_f1(pred, true)).tolist())))
+  if 'category_logits' in g and (g['category'] >= 0).any():
+    known = g['category'] >= 0
+    for k in (1, 3, 5):
+      out[f'category_top{k}'] = float(am.category_topk(g['category_logits'][known], g['category'][known], k))
+    out['category_count'] = int(known.sum())
+  return out
+
+
+def attribute_report(exp, state, workdir: str) -> dict[str, Any]:
+  """Chooses and saves the threshold, scores ``multitask.report_split``; returns the scalar metrics as
+  ``<task>/<split>/<metric>`` (merged into final_metrics.json); the full report goes to
+  ``attributes_<split>_step<N>.json``. Empty when no task is a multitask one."""
+  task = multitask_task(exp.tasks)
+  if task is None:
+    return {}
+  step, opts = int(state.step), options(exp.config)
+  output_fn = make_output_fn(exp, task)   # one compiled function for both splits
+  thresholds = choose_thresholds(exp, state, task, step, output_fn)
+  save_thresholds(workdir, thresholds)
+  split = opts['report_split']
+  if split not in exp.info.splits:
+    log(f"note: dataset '{exp.info.name}' has no split '{split}' to report attribute metrics on")
+    return {f'{task.name}/threshold': thresholds['threshold']}
+  result = score(gather(exp, state, _load_source(exp, split, exp.config.data.get('eval_limit', 0)), task,
+                        output_fn), thresholds, exp.info)
+  result = {'step': step, 'split': split, 'thresholds': thresholds, **result}
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, f'attributes_{split}_step{step}.json'), 'w', encoding='utf-8') as f:
+      json.dump(result, f, indent=2)
+  scalars = {k: v for k, v in result.items() if isinstance(v, float)}
+  log(f"{task.name} on {split} @ {step}, decision {thresholds['decision']} "
+      f"(threshold {thresholds['threshold']:.2f} chosen on {thresholds['split']}): "
+      + ', '.join(f'{k}={v:.4f}' for k, v in scalars.items()))
+  return {f'{task.name}/threshold': thresholds['threshold'], **{f'{task.name}/{split}/{k}': v for k, v in scalars.items()}}
+
+
+# ------------------------------------------------------------------------------------------------ predict
+
+
+def file_paths(source, count: int) -> list[str]:
+  """The ``file_path`` of records 0..count-1 (reading them again: text never travels with the batches)."""
+  paths = []
+  for start in range(0, count, 1024):
+    for i, r in enumerate(pipeline.read_records(source, range(start, min(count, start + 1024))), start=start):
+      if int(r['index']) != i:
+        raise ValueError(f'record {i} has index {r["index"]}: predictions need a whole prepared split, not a subset')
+      p = r['file_path']
+      paths.append(p.decode('utf-8') if isinstance(p, bytes) else str(p))
+  return paths
+
+
+def write_predictions(directory: str, paths, category_labels, attribute_decisions) -> dict[str, str]:
+  """The two submission files; ``category_labels`` None writes only attribute.csv."""
+  os.makedirs(directory, exist_ok=True)
+  written = {}
+  if category_labels is not None:
+    written['category'] = os.path.join(directory, 'category.csv')
+    with open(written['category'], 'w', newline='', encoding='utf-8') as f:
+      w = csv.writer(f)
+      w.writerow(['file_path', 'category_label'])
+      w.writerows(zip(paths, (int(c) for c in category_labels)))
+  written['attribute'] = os.path.join(directory, 'attribute.csv')
+  with open(written['attribute'], 'w', newline='', encoding='utf-8') as f:
+    w = csv.writer(f)
+    w.writerow(['file_path', 'attribute_label'])
+    w.writerows((p, ' '.join(str(a) for a in np.flatnonzero(row))) for p, row in zip(paths, attribute_decisions))
+  return written
+
+
+def predict_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """``--mode=predict``: restore a checkpoint (``config.eval_step``, -1 = latest), decide with its saved
+  threshold (chosen on the validation split now if none was saved for that step) and write the submission
+  files for ``multitask.predict_split``."""
+  from jaxssl.train import loop  # pylint: disable=import-outside-toplevel
+  from jaxssl.train.checkpoint import Checkpointer  # pylint: disable=import-outside-toplevel
+  ckpt_dir = os.path.join(workdir, 'checkpoints')
+  if not os.path.isdir(ckpt_dir):
+    raise FileNotFoundError(f'no checkpoints in {workdir}: train first with the same --workdir, or point '
+                            '--workdir at a trained run')
+  exp = loop.build_experiment(config, load_init=False)
+  task = multitask_task(exp.tasks)
+  if task is None:
+    raise ValueError("--mode=predict needs a task of kind 'multitask' (configs/deepfashion_multitask.py)")
+  ckpt = Checkpointer(ckpt_dir, read_only=True)
+  state, _, _ = ckpt.restore(None if config.eval_step < 0 else config.eval_step, exp.state,
+                             mesh_lib.replicated(exp.mesh))
+  ckpt.close()
+  step, opts = int(state.step), options(config)
+  output_fn = make_output_fn(exp, task)
+  thresholds = saved_thresholds(workdir, step, opts['decision'])
+  if thresholds is None:
+    thresholds = choose_thresholds(exp, state, task, step, output_fn)
+    save_thresholds(workdir, thresholds)
+  split = opts['predict_split']
+  source = _load_source(exp, split)
+  g = gather(exp, state, source, task, output_fn)
+  paths = file_paths(source, len(g['index']))
+  categories = (np.argmax(g['category_logits'], axis=1) + exp.info.category_base
+                if 'category_logits' in g else None)
+  written = {}
+  if jax.process_index() == 0:
+    written = write_predictions(os.path.join(workdir, 'predictions'), paths, categories,
+                                decide(g['attribute_probs'], thresholds, exp.info.attribute_groups))
+    log(f"predicted {len(paths)} {split} images at step {step} (decision {thresholds['decision']}, threshold "
+        f"{thresholds['threshold']:.2f}) -> {', '.join(written.values())}")
+  return {'step': step, 'split': split, 'count': len(paths), 'thresholds': thresholds, 'files': written}

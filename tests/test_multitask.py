@@ -1,0 +1,166 @@
+"""The category + attribute multi-task model: crops, loss, heads, the submission files, and a short run on the
+real DeepFashion sample whose predictions parse back to the model's outputs."""
+
+import csv
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import deepfashion_multitask
+from jaxssl.data import augment
+from jaxssl.eval import multitask as mt_eval
+from jaxssl.tasks.multitask import CategoryAttributes
+from jaxssl.train import loop
+from jaxssl.train import mesh as mesh_lib
+from jaxssl.train.checkpoint import Checkpointer
+
+STATS = {'mean': (0.5, 0.5, 0.5), 'std': (0.25, 0.25, 0.25)}
+
+
+def raw_batch(n=4, size=32, hw=((40, 20), (20, 40), (30, 30), (10, 50))):
+  rng = np.random.default_rng(0)
+  return {'image': rng.integers(0, 256, (n, size, size, 3), np.uint8), 'image_hw': np.asarray(hw[:n], np.int32),
+          'category': np.array([2, -1, 0, 1][:n]), 'attributes': rng.integers(0, 2, (n, 5)).astype(np.uint8),
+          'has_attributes': np.array([1, 1, 0, 1][:n], np.uint8), 'index': np.arange(n),
+          'weight': np.ones(n, np.float32)}
+
+
+def test_short_side_crop_boxes_and_resize():
+  # A 40x20 (h x w) original stored at 32x32: its 20x20 square is 16 rows x 32 columns of the stored image.
+  boxes = augment.short_side_boxes(np.array([[40, 20], [20, 40], [30, 30]]), (32, 32), None)
+  np.testing.assert_allclose(boxes, [[8, 0, 16, 32], [0, 8, 32, 16], [0, 0, 32, 32]])
+  rnd = augment.short_side_boxes(np.tile([[40, 20]], (200, 1)), (32, 32), np.random.default_rng(0))
+  assert np.all(rnd[:, 2:] == [16, 32]) and rnd[:, 0].min() < 1 and rnd[:, 0].max() > 15 and np.all(rnd[:, 1] == 0)
+  images = np.random.default_rng(1).random((3, 32, 32, 3)).astype(np.float32)
+  whole = augment.crop_resize(images, np.tile([[0, 0, 32, 32]], (3, 1)), 32)
+  np.testing.assert_allclose(whole, images, atol=1e-6)                        # the whole image: unchanged
+  part = augment.crop_resize(images, np.tile([[8, 4, 16, 16]], (3, 1)), 16)
+  np.testing.assert_allclose(part, images[:, 8:24, 4:20], atol=1e-6)          # same size: an exact cut
+
+
+class Pooled(nnx.Module):
+  """A stand-in backbone (one linear layer on the mean colour): the heads start with zero kernels, so the
+  initial losses do not depend on the backbone, and this one costs nothing to build."""
+  feature_names = ('pooled',)
+  output_name = 'pooled'
+
+  def __init__(self, rngs):
+    self.dense = nnx.Linear(3, 4, rngs=rngs)
+
+  def __call__(self, x, *, train=False, rng=None):  # pylint: disable=unused-argument
+    return {'pooled': self.dense(x.mean(axis=(1, 2)))}
+
+
+def test_transform_weights_and_heads():
+  task = CategoryAttributes(num_classes=3, num_attributes=5, **STATS, crop_size=24,
+                            attribute_frequency=(0.5, 0.1, 0.01, 0.9, 0.3))
+  out = task.transform(raw_batch(), np.random.default_rng(0), train=False)
+  np.testing.assert_array_equal(out['category'], [2, 0, 0, 1])                 # -1 becomes 0 with weight 0
+  np.testing.assert_array_equal(out['category_weight'], [1, 0, 1, 1])
+  np.testing.assert_array_equal(out['attribute_weight'], [1, 1, 0, 1])         # no attribute labels: weight 0
+  assert task.backbone_input_shape((32, 32, 3)) == (24, 24, 3)
+  # The attribute bias starts at the training log-odds: sigmoid(bias) = frequency ('none'), 1/2 ('balanced').
+  np.testing.assert_allclose(jax.nn.sigmoid(task.initial_attribute_bias()), task.frequencies(), rtol=1e-5)
+  balanced = CategoryAttributes(num_classes=3, num_attributes=5, **STATS, pos_weight='balanced',
+                                attribute_frequency=(0.5, 0.1, 0.01, 0.9, 0.3))
+  np.testing.assert_allclose(balanced.positive_weights(), [1, 9, 50, 1 / 9, 7 / 3], rtol=1e-5)   # 99 capped at 50
+  np.testing.assert_allclose(np.asarray(jax.nn.sigmoid(balanced.initial_attribute_bias()))[[0, 1, 3, 4]], 0.5,
+                             atol=1e-6)
+
+  rngs = nnx.Rngs(0)
+  backbone = Pooled(rngs)
+  head = task.make_head(backbone, (32, 32, 3), rngs)
+  outputs = nnx.jit(lambda b, h, x: task.forward(b, h, x, train=False, rng=None))(backbone, head, out)
+  assert outputs['category'].shape == (4, 3) and outputs['attributes'].shape == (4, 5)
+  loss, metrics = task.loss(outputs, out)
+  # Zero kernels: every category equally likely, every attribute at its prior.
+  f = task.frequencies()
+  prior_bce = -np.mean(out['attributes'] * np.log(f) + (1 - out['attributes']) * np.log(1 - f), axis=1)
+  assert metrics['category_loss'] == pytest.approx(np.log(3), rel=1e-5)
+  assert metrics['attribute_loss'] == pytest.approx(prior_bce[[0, 1, 3]].mean(), rel=1e-5)
+  assert float(loss) == pytest.approx(float(metrics['category_loss'] + metrics['attribute_loss']), rel=1e-6)
+
+  attr_only = CategoryAttributes(num_classes=0, num_attributes=5, **STATS, category_weight=3.0, crop_size=24)
+  head = attr_only.make_head(backbone, (24, 24, 3), rngs)
+  batch = attr_only.transform(raw_batch(), np.random.default_rng(0), train=True)
+  outputs = nnx.jit(lambda b, h, x: attr_only.forward(b, h, x, train=False, rng=None))(backbone, head, batch)
+  assert set(outputs) == {'attributes'}
+  _, metrics = attr_only.loss(outputs, batch)
+  assert 'category_loss' not in metrics and 'top1' not in metrics
+
+
+# ------------------------------------------------------------------------------------- train, then predict
+
+
+def small_config(variant, source_dir, data_dir):
+  c = deepfashion_multitask.get_config(f'{variant},quick')
+  c.data.source_dir, c.data.data_dir, c.data.image_size = str(source_dir), str(data_dir), 32
+  c.model.name, c.model.options = 'cifarnet', {'dropout': 0.0}
+  c.tasks.multitask.crop_size = 32
+  c.batch_size, c.eval_batch_size = 8, 16
+  c.total_steps, c.eval_every, c.checkpoint_every, c.log_every = 3, 3, 3, 1
+  return c
+
+
+def read_csv(path):
+  with open(path, newline='', encoding='utf-8') as f:
+    rows = list(csv.reader(f))
+  return rows[0], rows[1:]
+
+
+def model_outputs(config, workdir):
+  """The restored model's outputs on the predicted split, independently of predict_checkpoint."""
+  exp = loop.build_experiment(config, load_init=False)
+  ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'), read_only=True)
+  state, _, _ = ckpt.restore(None, exp.state, mesh_lib.replicated(exp.mesh))
+  ckpt.close()
+  source = exp.info.load('test', config.data)
+  task = mt_eval.multitask_task(exp.tasks)
+  return exp, mt_eval.gather(exp, state, source, task), mt_eval.file_paths(source, len(source))
+
+
+def test_short_run_on_the_real_sample_then_predict(deepfashion_sample, tmp_path):
+  config, workdir = small_config('sample', deepfashion_sample, tmp_path / 'tfds'), str(tmp_path / 'run')
+  summary = loop.train_and_evaluate(config, workdir)
+  assert summary['finished'] and 0 < summary['eval']['multitask/threshold'] < 1
+  report = json.load(open(os.path.join(workdir, 'attributes_test_step3.json'), encoding='utf-8'))
+  assert report['attribute_count'] == 35 and len(report['per_attribute_f1']) == 26
+  for key in ('macro_f1', 'mean_sample_f1', 'micro_f1', 'top3_recall', 'top5_recall'):
+    assert 0 <= report[key] <= 1 and summary['eval'][f'multitask/test/{key}'] == report[key]
+  thresholds = json.load(open(os.path.join(workdir, 'thresholds.json'), encoding='utf-8'))
+  assert thresholds['step'] == 3 and thresholds['split'] == 'val'
+
+  result = mt_eval.predict_checkpoint(config, workdir)                    # uses the saved global threshold
+  assert result['count'] == 35 and set(result['files']) == {'attribute'}   # no categories: no category.csv
+  assert result['thresholds'] == thresholds
+  header, rows = read_csv(os.path.join(workdir, 'predictions', 'attribute.csv'))
+  assert header == ['file_path', 'attribute_label']
+  _, g, paths = model_outputs(config, workdir)
+  assert [r[0] for r in rows] == paths and paths[0] == 'img/00009.jpg'     # the test split: i % 10 == 9
+  expected = g['attribute_probs'] >= thresholds['threshold']
+  assert [[int(a) for a in r[1].split()] for r in rows] == [np.flatnonzero(e).tolist() for e in expected]
+
+  # Per-attribute thresholds: predict chooses them on val (none saved for this rule) and applies them.
+  config.multitask.per_attribute_threshold = True
+  os.remove(os.path.join(workdir, 'thresholds.json'))
+  per = mt_eval.predict_checkpoint(config, workdir)['thresholds']['per_attribute']
+  assert len(per) == 26 and json.load(open(os.path.join(workdir, 'thresholds.json'), encoding='utf-8'))['per_attribute'] == per
+  _, rows = read_csv(os.path.join(workdir, 'predictions', 'attribute.csv'))
+  expected = g['attribute_probs'] >= np.asarray(per, np.float32)
+  assert [[int(a) for a in r[1].split()] for r in rows] == [np.flatnonzero(e).tolist() for e in expected]
+
+
+def test_prediction_files_parse_back(tmp_path):
+  """Paths with commas survive (csv quoting); categories are written as given, attributes 0-based, sorted."""
+  paths = ['img/Floral_Dress/img_00000001.jpg', 'img/Shorts, Denim/img_00000002.jpg', 'img/x/img_3.jpg']
+  logits = np.array([[0.1, 2.0, 0.3], [3.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+  decisions = np.array([[1, 0, 0, 1], [0, 0, 0, 0], [0, 1, 1, 1]])
+  files = mt_eval.write_predictions(str(tmp_path), paths, np.argmax(logits, 1) + 1, decisions)
+  header, rows = read_csv(files['category'])
+  assert header == ['file_path', 'category_label'] and rows == [[p, c] for p, c in zip(paths, ['2', '1', '3'])]
+  header, rows = read_csv(files['attribute'])
+  assert header == ['file_path', 'attribute_label'] and rows == [[p, a] for p, a in zip(paths, ['0 3', '', '1 2 3'])]
