@@ -164,3 +164,17 @@ def test_prediction_files_parse_back(tmp_path):
   assert header == ['file_path', 'category_label'] and rows == [[p, c] for p, c in zip(paths, ['2', '1', '3'])]
   header, rows = read_csv(files['attribute'])
   assert header == ['file_path', 'attribute_label'] and rows == [[p, a] for p, a in zip(paths, ['0 3', '', '1 2 3'])]
+
+
+def test_deepfashion_configs_pass_the_config_check():
+  from configs import deepfashion_jigsaw, deepfashion_rotation  # pylint: disable=import-outside-toplevel
+  from jaxssl.config_check import check_config  # pylint: disable=import-outside-toplevel
+  for module in (deepfashion_multitask, deepfashion_rotation, deepfashion_jigsaw):
+    for arg in ('', 'sample', 'csv', 'sample,quick', 'benchmark,quick'):
+      check_config(module.get_config(arg))
+  with pytest.raises(ValueError, match="it knows: benchmark, sample, csv"):
+    deepfashion_multitask.get_config('sampel')
+  bad = deepfashion_multitask.get_config('sample')
+  bad.multitask.decision = 'argmax'
+  with pytest.raises(ValueError, match="unknown multitask.decision 'argmax'"):
+    check_config(bad)
