@@ -30,10 +30,15 @@ configs/deepfashion_jigsaw.py):
   python -m jaxssl.main --config configs/deepfashion_multitask.py --workdir runs/df_multitask_rot \
       --config.init_from=runs/df_rotation --config.optim.backbone_lr_scale=0.1
 
-Quick look on the real sample (120 steps of 32 images, 112 px stored, 96 px crops, AlexNet width 0.5 / fc 512):
+Quick look on the real sample (200 steps of 32 images, 112 px stored, 96 px crops, AlexNet width 0.5 / fc 512):
 
   python -m jaxssl.main --config configs/deepfashion_multitask.py:sample,quick --workdir /tmp/df_quick
   python -m jaxssl.main --config configs/deepfashion_multitask.py:sample,quick --workdir /tmp/df_quick --mode=predict
+
+Measured 2026-11-22 on the 2-core CPU (shared with other jobs; 1.5 min, predict 10 s): threshold 0.34 chosen on
+the 35 val images; on the 35 test images macro F1 0.277, mean-sample F1 0.601 (competition), micro F1 0.599,
+top-3 / top-5 recall 0.162 / 0.255. Training frequencies as scores give 0.244 / 0.596 / 0.596, 0.136 / 0.227:
+two minutes on 287 images barely beat the priors; the sample checks the path, the benchmark gives figures.
 """
 
 import os
@@ -82,7 +87,11 @@ def base_config(variant: str, quick: bool) -> ml_collections.ConfigDict:
       {'dropout': 0.5, 'norm': 'batch', 'fc_width': 4096, 'width': 1.0})})
   c.batch_size = 128
   c.eval_batch_size = 256
-  c.optim.lr = 0.01
+  # AdamW: the attribute loss is a mean over attributes (1/A of one attribute's gradient each); Adam's
+  # per-parameter scale lets the attribute head learn anyway (SGD at 0.01 left the sample at its priors).
+  c.optim.name = 'adamw'
+  c.optim.lr = 1e-3
+  c.optim.weight_decay = 0.01
   c.optim.warmup_epochs = 1.0
   if quick:
     c.data.image_size = 112
@@ -112,5 +121,5 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     c.eval_every = c.checkpoint_every = 100
   if quick:
     c.tasks.multitask.crop_size = 96
-    fmnist_supervised.make_quick(c, train_limit=0, eval_limit=0, batch_size=32, total_steps=120, eval_every=40)
+    fmnist_supervised.make_quick(c, train_limit=0, eval_limit=0, batch_size=32, total_steps=200, eval_every=50)
   return c

@@ -111,6 +111,15 @@ def gather(exp, state, source, task, output_fn=None) -> dict[str, np.ndarray]:
   return {k: v[order] for k, v in got.items()}
 
 
+def describe(thresholds: dict[str, Any]) -> str:
+  if thresholds['decision'] == 'group_argmax':
+    return 'decision: the most probable attribute of each group'
+  where = f"chosen on {thresholds['split']} for {thresholds['metric']}" if thresholds['split'] else 'default'
+  if thresholds.get('per_attribute') is not None:
+    return f"per-attribute thresholds {where} (global {thresholds['threshold']:.2f})"
+  return f"threshold {thresholds['threshold']:.2f} ({where})"
+
+
 def decide(probs: np.ndarray, thresholds: dict[str, Any], groups) -> np.ndarray:
   """0/1 attribute decisions [N, A] under a saved threshold record (see :func:`choose_thresholds`)."""
   if thresholds['decision'] == 'group_argmax':
@@ -221,9 +230,7 @@ def attribute_report(exp, state, workdir: str) -> dict[str, Any]:
     with open(os.path.join(workdir, f'attributes_{split}_step{step}.json'), 'w', encoding='utf-8') as f:
       json.dump(result, f, indent=2)
   scalars = {k: v for k, v in result.items() if isinstance(v, float)}
-  log(f"{task.name} on {split} @ {step}, decision {thresholds['decision']} "
-      f"(threshold {thresholds['threshold']:.2f} chosen on {thresholds['split']}): "
-      + ', '.join(f'{k}={v:.4f}' for k, v in scalars.items()))
+  log(f'{task.name} on {split} @ {step}, {describe(thresholds)}: ' + ', '.join(f'{k}={v:.4f}' for k, v in scalars.items()))
   return {f'{task.name}/threshold': thresholds['threshold'], **{f'{task.name}/{split}/{k}': v for k, v in scalars.items()}}
 
 
@@ -294,6 +301,5 @@ def predict_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if jax.process_index() == 0:
     written = write_predictions(os.path.join(workdir, 'predictions'), paths, categories,
                                 decide(g['attribute_probs'], thresholds, exp.info.attribute_groups))
-    log(f"predicted {len(paths)} {split} images at step {step} (decision {thresholds['decision']}, threshold "
-        f"{thresholds['threshold']:.2f}) -> {', '.join(written.values())}")
+    log(f"predicted {len(paths)} {split} images at step {step} ({describe(thresholds)}) -> {', '.join(written.values())}")
   return {'step': step, 'split': split, 'count': len(paths), 'thresholds': thresholds, 'files': written}
