@@ -18,7 +18,10 @@ configs/deepfashion_jigsaw.py's backbone. Arguments as in configs/deepfashion_mu
   python -m jaxssl.main --config configs/deepfashion_multitask.py:sample,quick --workdir /tmp/df_ft_quick \
       --config.init_from=/tmp/df_rot_quick --config.optim.backbone_lr_scale=0.1
 
-Expected: to be measured (the benchmark is not on this machine).
+Measured 2026-11-22 on the 2-core CPU (shared), ``sample,quick`` (100 steps of 16 images, 2 min): rotation
+accuracy 82.9% on the 35 val images (chance 25%); the quick multi-task model fine-tuned from it (the second
+command above): test macro F1 0.259, mean-sample F1 0.591 at threshold 0.35, against 0.277 / 0.601 from
+scratch: no gain at this scale (35 test images, 287 training images). Benchmark: to be measured.
 """
 
 import ml_collections
