@@ -45,8 +45,8 @@ def test_small_forward_train_and_eval():
   model = build_backbone('alexnet', input_shape=(72, 72, 3), rngs=nnx.Rngs(0), norm='batch', width=0.25,
                          fc_width=32)
   x = jax.random.normal(jax.random.key(0), (2, 72, 72, 3))
-  train = nnx.jit(lambda m, x: m(x, train=True, rng=jax.random.key(1)))(model, x)
-  test = nnx.jit(lambda m, x: m(x, train=False))(model, x)
+  # One compiled function for both modes (compiling is most of this test's time on a CPU).
+  train, test = nnx.jit(lambda m, x: (m(x, train=True, rng=jax.random.key(1)), m(x, train=False)))(model, x)
   shapes = feature_shapes(model, (72, 72, 3))
   for k in model.feature_names:
     assert test[k].shape == (2, *shapes[k]) and np.all(np.isfinite(test[k]))

@@ -12,12 +12,14 @@ CONFIG = str(REPO / 'configs/fmnist_supervised.py')
 
 @pytest.mark.parametrize('args, message', [
     (['--config.model.name=vgg'], "unknown model 'vgg'; choose one of: cifarnet"),
-    (['--config.data.name=cifar10'], "unknown dataset 'cifar10'; choose one of: fashion_mnist"),
-    (['--mode=predict'], "unknown mode 'predict'; choose one of: train, eval"),
+    (['--config.data.name=cifar10'], "unknown dataset 'cifar10'; choose one of: deepfashion, deepfashion_attr, "
+                                     'fashion_mnist'),
+    (['--mode=serve'], "unknown mode 'serve'; choose one of: train, eval, knn, predict"),
+    (['--mode=predict'], "needs a task of kind 'multitask'"),
     (['--config.optim.lrr=0.1'], 'lrr'),                       # typo: ml_collections suggests 'lr'
     (['--config.batch_size=big'], 'batch_size'),               # ill-typed override
     (['--config.tasks.classify.crop=2'], 'no such config field: crop'),
-], ids=['model', 'dataset', 'mode', 'typo', 'type', 'task-option'])
+], ids=['model', 'dataset', 'mode', 'predict', 'typo', 'type', 'task-option'])
 def test_bad_input_is_one_clear_error_and_writes_nothing(tmp_path, args, message):
   workdir = tmp_path / 'run'
   out = subprocess.run([sys.executable, '-m', 'jaxssl.main', '--config', CONFIG, '--workdir', str(workdir), *args],

@@ -11,12 +11,11 @@ import pytest
 from flax import nnx
 
 from configs import deepfashion_multitask
-from jaxssl.data import augment
+from jaxssl.data import augment, datasets, pipeline
+from jaxssl.eval import attribute_metrics as am
 from jaxssl.eval import multitask as mt_eval
 from jaxssl.tasks.multitask import CategoryAttributes
 from jaxssl.train import loop
-from jaxssl.train import mesh as mesh_lib
-from jaxssl.train.checkpoint import Checkpointer
 
 STATS = {'mean': (0.5, 0.5, 0.5), 'std': (0.25, 0.25, 0.25)}
 
@@ -36,9 +35,10 @@ def test_short_side_crop_boxes_and_resize():
   rnd = augment.short_side_boxes(np.tile([[40, 20]], (200, 1)), (32, 32), np.random.default_rng(0))
   assert np.all(rnd[:, 2:] == [16, 32]) and rnd[:, 0].min() < 1 and rnd[:, 0].max() > 15 and np.all(rnd[:, 1] == 0)
   images = np.random.default_rng(1).random((3, 32, 32, 3)).astype(np.float32)
-  whole = augment.crop_resize(images, np.tile([[0, 0, 32, 32]], (3, 1)), 32)
+  crop_resize = jax.jit(augment.crop_resize, static_argnums=2)
+  whole = crop_resize(images, np.tile([[0, 0, 32, 32]], (3, 1)), 32)
   np.testing.assert_allclose(whole, images, atol=1e-6)                        # the whole image: unchanged
-  part = augment.crop_resize(images, np.tile([[8, 4, 16, 16]], (3, 1)), 16)
+  part = crop_resize(images, np.tile([[8, 4, 16, 16]], (3, 1)), 16)
   np.testing.assert_allclose(part, images[:, 8:24, 4:20], atol=1e-6)          # same size: an exact cut
 
 
@@ -112,17 +112,6 @@ def read_csv(path):
   return rows[0], rows[1:]
 
 
-def model_outputs(config, workdir):
-  """The restored model's outputs on the predicted split, independently of predict_checkpoint."""
-  exp = loop.build_experiment(config, load_init=False)
-  ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'), read_only=True)
-  state, _, _ = ckpt.restore(None, exp.state, mesh_lib.replicated(exp.mesh))
-  ckpt.close()
-  source = exp.info.load('test', config.data)
-  task = mt_eval.multitask_task(exp.tasks)
-  return exp, mt_eval.gather(exp, state, source, task), mt_eval.file_paths(source, len(source))
-
-
 def test_short_run_on_the_real_sample_then_predict(deepfashion_sample, tmp_path):
   config, workdir = small_config('sample', deepfashion_sample, tmp_path / 'tfds'), str(tmp_path / 'run')
   summary = loop.train_and_evaluate(config, workdir)
@@ -131,27 +120,30 @@ def test_short_run_on_the_real_sample_then_predict(deepfashion_sample, tmp_path)
   assert report['attribute_count'] == 35 and len(report['per_attribute_f1']) == 26
   for key in ('macro_f1', 'mean_sample_f1', 'micro_f1', 'top3_recall', 'top5_recall'):
     assert 0 <= report[key] <= 1 and summary['eval'][f'multitask/test/{key}'] == report[key]
-  thresholds = json.load(open(os.path.join(workdir, 'thresholds.json'), encoding='utf-8'))
-  assert thresholds['step'] == 3 and thresholds['split'] == 'val'
+  saved = json.load(open(os.path.join(workdir, 'thresholds.json'), encoding='utf-8'))
+  assert saved['step'] == 3 and saved['split'] == 'val' and saved['per_attribute'] is None
+  assert mt_eval.saved_thresholds(workdir, 3, 'threshold') == saved         # what predict reuses
+  assert mt_eval.saved_thresholds(workdir, 4, 'threshold') is None          # another checkpoint: chosen again
 
-  result = mt_eval.predict_checkpoint(config, workdir)                    # uses the saved global threshold
-  assert result['count'] == 35 and set(result['files']) == {'attribute'}   # no categories: no category.csv
-  assert result['thresholds'] == thresholds
-  header, rows = read_csv(os.path.join(workdir, 'predictions', 'attribute.csv'))
-  assert header == ['file_path', 'attribute_label']
-  _, g, paths = model_outputs(config, workdir)
-  assert [r[0] for r in rows] == paths and paths[0] == 'img/00009.jpg'     # the test split: i % 10 == 9
-  expected = g['attribute_probs'] >= thresholds['threshold']
-  assert [[int(a) for a in r[1].split()] for r in rows] == [np.flatnonzero(e).tolist() for e in expected]
-
-  # Per-attribute thresholds: predict chooses them on val (none saved for this rule) and applies them.
+  # Predict with per-attribute thresholds: none saved for that rule, so they are chosen on val now.
   config.multitask.per_attribute_threshold = True
   os.remove(os.path.join(workdir, 'thresholds.json'))
-  per = mt_eval.predict_checkpoint(config, workdir)['thresholds']['per_attribute']
-  assert len(per) == 26 and json.load(open(os.path.join(workdir, 'thresholds.json'), encoding='utf-8'))['per_attribute'] == per
-  _, rows = read_csv(os.path.join(workdir, 'predictions', 'attribute.csv'))
-  expected = g['attribute_probs'] >= np.asarray(per, np.float32)
-  assert [[int(a) for a in r[1].split()] for r in rows] == [np.flatnonzero(e).tolist() for e in expected]
+  result = mt_eval.predict_checkpoint(config, workdir)
+  assert result['count'] == 35 and set(result['files']) == {'attribute'}   # no categories: no category.csv
+  per = np.asarray(result['thresholds']['per_attribute'], np.float32)
+  assert per.shape == (26,) and result['thresholds']['threshold'] == saved['threshold']
+  g = result['outputs']
+  # The restored checkpoint is the model the training run scored: same test F1 at the same global threshold.
+  assert float(am.mean_sample_f1(g['attribute_probs'] >= saved['threshold'], g['attributes'])) == \
+      pytest.approx(report['mean_sample_f1'], abs=1e-6)
+
+  header, rows = read_csv(result['files']['attribute'])
+  assert header == ['file_path', 'attribute_label']
+  paths = [r['file_path'].decode() for r in pipeline.read_records(
+      datasets.load_split(datasets.get_dataset('deepfashion_attr', config.data), 'test', config.data), range(35))]
+  assert [r[0] for r in rows] == paths and paths[0] == 'img/00009.jpg'     # the test split: i % 10 == 9
+  assert [[int(a) for a in r[1].split()] for r in rows] == \
+      [np.flatnonzero(p >= per).tolist() for p in g['attribute_probs']]
 
 
 def test_prediction_files_parse_back(tmp_path):

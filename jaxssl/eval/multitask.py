@@ -61,6 +61,10 @@ def check_options(config: ml_collections.ConfigDict) -> None:
   if opts['decision'] not in DECISIONS:
     raise ValueError(f"unknown multitask.decision '{opts['decision']}'; choose one of: {', '.join(DECISIONS)} "
                      '(set --config.multitask.decision)')
+  if config.get('mode') == 'predict' and not any(cfg.get('kind', name) == 'multitask'
+                                                 for name, cfg in config.tasks.items()):
+    raise ValueError("--mode=predict writes DeepFashion submission files and needs a task of kind 'multitask'; "
+                     'use configs/deepfashion_multitask.py')
   if opts['threshold_metric'] not in am.THRESHOLD_METRICS:
     raise ValueError(f"unknown multitask.threshold_metric '{opts['threshold_metric']}'; choose one of: "
                      f"{', '.join(am.THRESHOLD_METRICS)} (set --config.multitask.threshold_metric)")
@@ -270,7 +274,7 @@ def write_predictions(directory: str, paths, category_labels, attribute_decision
 def predict_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """``--mode=predict``: restore a checkpoint (``config.eval_step``, -1 = latest), decide with its saved
   threshold (chosen on the validation split now if none was saved for that step) and write the submission
-  files for ``multitask.predict_split``."""
+  files for ``multitask.predict_split``. Returns what was written and the gathered outputs it came from."""
   from jaxssl.train import loop  # pylint: disable=import-outside-toplevel
   from jaxssl.train.checkpoint import Checkpointer  # pylint: disable=import-outside-toplevel
   ckpt_dir = os.path.join(workdir, 'checkpoints')
@@ -302,4 +306,5 @@ def predict_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[
     written = write_predictions(os.path.join(workdir, 'predictions'), paths, categories,
                                 decide(g['attribute_probs'], thresholds, exp.info.attribute_groups))
     log(f"predicted {len(paths)} {split} images at step {step} ({describe(thresholds)}) -> {', '.join(written.values())}")
-  return {'step': step, 'split': split, 'count': len(paths), 'thresholds': thresholds, 'files': written}
+  return {'step': step, 'split': split, 'count': len(paths), 'thresholds': thresholds, 'files': written,
+          'outputs': g, 'file_paths': paths}
