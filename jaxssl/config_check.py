@@ -21,6 +21,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   choose('mode', config.mode, MODES, '--mode or --config.mode')
   choose('dataset', config.data.name, sorted(DATASETS), '--config.data.name')
   choose('model', config.model.name, list(BACKBONES), '--config.model.name')
+  from jaxssl.ops.conv import IMPLS  # pylint: disable=import-outside-toplevel
+  choose('conv impl', config.model.get('conv_impl', 'auto'), IMPLS, '--config.model.conv_impl')
   choose('optimizer', config.optim.name, OPTIMIZERS, '--config.optim.name')
   choose('schedule', config.optim.schedule, SCHEDULES, '--config.optim.schedule')
   check_tasks(config.tasks)

@@ -5,6 +5,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxssl.ops.conv import make_conv_general_dilated
+from jaxssl.ops.pool import max_pool
+
 # TF-slim used truncated normals with hand-picked stddevs (5e-2 convs, 4e-2 fc) tuned for
 # 32x32x3 input. He-normal (fan-in, truncated) gives the same scale regime for ReLU nets
 # but adapts to any input shape / channel count, so 28x28x1 works unchanged.
@@ -16,9 +19,9 @@ def _halve(n: int) -> int:
   return -(-n // 2)  # ceil(n / 2): output size of a SAME stride-2 op
 
 
-def _pool(h: jax.Array) -> jax.Array:
+def _pool(h: jax.Array, impl: str) -> jax.Array:
   # Overlapping 3x3/2 pooling, as in the original cifar10 tutorial.
-  return nnx.max_pool(h, (3, 3), strides=(2, 2), padding='SAME')
+  return max_pool(h, (3, 3), (2, 2), 'SAME', impl=impl)
 
 
 class CifarNet(nnx.Module):
@@ -26,14 +29,16 @@ class CifarNet(nnx.Module):
   output_name = 'fc2'
 
   def __init__(self, *, input_shape: tuple[int, int, int], rngs: nnx.Rngs,
-               dropout: float = 0.0, dtype=jnp.float32):
+               dropout: float = 0.0, dtype=jnp.float32, conv_impl: str = 'auto'):
     h, w, c = input_shape
     dtype = jnp.dtype(dtype)  # configs may give a name such as 'bfloat16'
     kw = dict(dtype=dtype, kernel_init=_KERNEL_INIT, bias_init=_BIAS_INIT, rngs=rngs)
     self.dtype = dtype
+    self.conv_impl = conv_impl
     self.dropout_rate = float(dropout)
-    self.conv1 = nnx.Conv(c, 64, (5, 5), padding='SAME', **kw)
-    self.conv2 = nnx.Conv(64, 64, (5, 5), padding='SAME', **kw)
+    conv = make_conv_general_dilated(conv_impl)  # 'auto': im2col on CPU, XLA's own elsewhere (jaxssl/ops)
+    self.conv1 = nnx.Conv(c, 64, (5, 5), padding='SAME', conv_general_dilated=conv, **kw)
+    self.conv2 = nnx.Conv(64, 64, (5, 5), padding='SAME', conv_general_dilated=conv, **kw)
     # Two SAME stride-2 pools: 28 -> 7, 32 -> 8.
     flat = _halve(_halve(h)) * _halve(_halve(w)) * 64
     self.fc1 = nnx.Linear(flat, 384, **kw)
@@ -47,9 +52,9 @@ class CifarNet(nnx.Module):
     f = {}
     x = x.astype(self.dtype)
     f['conv1'] = h = jax.nn.relu(self.conv1(x))
-    f['pool1'] = h = _pool(h)
+    f['pool1'] = h = _pool(h, self.conv_impl)
     f['conv2'] = h = jax.nn.relu(self.conv2(h))
-    f['pool2'] = h = _pool(h)
+    f['pool2'] = h = _pool(h, self.conv_impl)
     h = h.reshape(h.shape[0], -1)
     f['fc1'] = h = jax.nn.relu(self.fc1(h))
     h = self.drop(h, deterministic=not train, rngs=rng)

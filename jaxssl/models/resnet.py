@@ -7,17 +7,21 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxssl.ops.conv import make_conv_general_dilated
+from jaxssl.ops.pool import max_pool
+
 # He-normal over fan_out, as torchvision does: keeps gradient variance stable through
 # the deep ReLU stacks (BN follows every conv so the forward scale is normalised anyway).
 _CONV_INIT = nnx.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
 
-def _conv(cin, cout, k, stride, *, dtype, rngs):
+def _conv(cin, cout, k, stride, *, dtype, rngs, conv_impl='auto'):
   # Symmetric k//2 padding (not 'SAME') so stride-2 layers match torchvision exactly;
   # no bias because the following BatchNorm has its own shift.
   p = k // 2
   return nnx.Conv(cin, cout, (k, k), strides=stride, padding=((p, p), (p, p)),
-                  use_bias=False, kernel_init=_CONV_INIT, dtype=dtype, rngs=rngs)
+                  use_bias=False, kernel_init=_CONV_INIT, dtype=dtype, rngs=rngs,
+                  conv_general_dilated=make_conv_general_dilated(conv_impl))
 
 
 def _bn(c, *, dtype, rngs, zero_scale=False):
@@ -32,8 +36,8 @@ def _bn(c, *, dtype, rngs, zero_scale=False):
 class _Shortcut(nnx.Module):
   """Projection (1x1 conv + BN) used when the block changes shape."""
 
-  def __init__(self, cin, cout, stride, *, dtype, rngs):
-    self.conv = _conv(cin, cout, 1, stride, dtype=dtype, rngs=rngs)
+  def __init__(self, cin, cout, stride, *, dtype, rngs, conv_impl='auto'):
+    self.conv = _conv(cin, cout, 1, stride, dtype=dtype, rngs=rngs, conv_impl=conv_impl)
     self.bn = _bn(cout, dtype=dtype, rngs=rngs)
 
   def __call__(self, x, train):
@@ -43,13 +47,13 @@ class _Shortcut(nnx.Module):
 class BasicBlock(nnx.Module):
   expansion = 1
 
-  def __init__(self, cin, c, stride, *, dtype, rngs):
+  def __init__(self, cin, c, stride, *, dtype, rngs, conv_impl='auto'):
     cout = c * self.expansion
-    self.conv1 = _conv(cin, c, 3, stride, dtype=dtype, rngs=rngs)
+    self.conv1 = _conv(cin, c, 3, stride, dtype=dtype, rngs=rngs, conv_impl=conv_impl)
     self.bn1 = _bn(c, dtype=dtype, rngs=rngs)
-    self.conv2 = _conv(c, cout, 3, 1, dtype=dtype, rngs=rngs)
+    self.conv2 = _conv(c, cout, 3, 1, dtype=dtype, rngs=rngs, conv_impl=conv_impl)
     self.bn2 = _bn(cout, dtype=dtype, rngs=rngs, zero_scale=True)
-    self.shortcut = (_Shortcut(cin, cout, stride, dtype=dtype, rngs=rngs)
+    self.shortcut = (_Shortcut(cin, cout, stride, dtype=dtype, rngs=rngs, conv_impl=conv_impl)
                      if stride != 1 or cin != cout else None)
 
   def __call__(self, x, train):
@@ -63,15 +67,15 @@ class BasicBlock(nnx.Module):
 class Bottleneck(nnx.Module):
   expansion = 4
 
-  def __init__(self, cin, c, stride, *, dtype, rngs):
+  def __init__(self, cin, c, stride, *, dtype, rngs, conv_impl='auto'):
     cout = c * self.expansion
-    self.conv1 = _conv(cin, c, 1, 1, dtype=dtype, rngs=rngs)
+    self.conv1 = _conv(cin, c, 1, 1, dtype=dtype, rngs=rngs, conv_impl=conv_impl)
     self.bn1 = _bn(c, dtype=dtype, rngs=rngs)
-    self.conv2 = _conv(c, c, 3, stride, dtype=dtype, rngs=rngs)
+    self.conv2 = _conv(c, c, 3, stride, dtype=dtype, rngs=rngs, conv_impl=conv_impl)
     self.bn2 = _bn(c, dtype=dtype, rngs=rngs)
-    self.conv3 = _conv(c, cout, 1, 1, dtype=dtype, rngs=rngs)
+    self.conv3 = _conv(c, cout, 1, 1, dtype=dtype, rngs=rngs, conv_impl=conv_impl)
     self.bn3 = _bn(cout, dtype=dtype, rngs=rngs, zero_scale=True)
-    self.shortcut = (_Shortcut(cin, cout, stride, dtype=dtype, rngs=rngs)
+    self.shortcut = (_Shortcut(cin, cout, stride, dtype=dtype, rngs=rngs, conv_impl=conv_impl)
                      if stride != 1 or cin != cout else None)
 
   def __call__(self, x, train):
@@ -94,7 +98,7 @@ class ResNet(nnx.Module):
   def __init__(self, *, input_shape: tuple[int, int, int], rngs: nnx.Rngs,
                block: type = BasicBlock, stage_sizes: Sequence[int] = (2, 2, 2, 2),
                stage_widths: Sequence[int] = (64, 128, 256, 512),
-               imagenet_stem: bool = True, width: float = 1.0, dtype=jnp.float32):
+               imagenet_stem: bool = True, width: float = 1.0, dtype=jnp.float32, conv_impl: str = 'auto'):
     if width <= 0:
       raise ValueError(f'width must be > 0, got {width}')
     widths = [max(1, int(round(w * width))) for w in stage_widths]
@@ -102,10 +106,11 @@ class ResNet(nnx.Module):
     kw = dict(dtype=dtype, rngs=rngs)
     self.dtype = dtype
     self.imagenet_stem = imagenet_stem
+    self.conv_impl = conv_impl
     self.feature_names = ('stem', *[f'stage{i + 1}' for i in range(len(widths))], 'pool')
     cin = input_shape[-1]
     self.stem_conv = _conv(cin, widths[0], 7 if imagenet_stem else 3,
-                           2 if imagenet_stem else 1, **kw)
+                           2 if imagenet_stem else 1, conv_impl=conv_impl, **kw)
     self.stem_bn = _bn(widths[0], **kw)
     cin = widths[0]
     stages = []
@@ -113,7 +118,7 @@ class ResNet(nnx.Module):
       blocks = []
       for j in range(n):
         stride = 2 if (i > 0 and j == 0) else 1
-        blocks.append(block(cin, c, stride, **kw))
+        blocks.append(block(cin, c, stride, conv_impl=conv_impl, **kw))
         cin = c * block.expansion
       stages.append(nnx.List(blocks))
     self.stages = nnx.List(stages)
@@ -127,7 +132,7 @@ class ResNet(nnx.Module):
     h = jax.nn.relu(self.stem_bn(self.stem_conv(h), use_running_average=not train))
     if self.imagenet_stem:
       # Pad with -inf (what max_pool's explicit padding does) == torchvision's padding=1.
-      h = nnx.max_pool(h, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+      h = max_pool(h, (3, 3), (2, 2), ((1, 1), (1, 1)), impl=self.conv_impl)
     f['stem'] = h
     for i, stage in enumerate(self.stages):
       for blk in stage:
@@ -137,22 +142,22 @@ class ResNet(nnx.Module):
     return f
 
 
-def resnet20(*, input_shape, rngs, width=1.0, dtype=jnp.float32):
+def resnet20(*, input_shape, rngs, width=1.0, dtype=jnp.float32, conv_impl='auto'):
   """He et al. 2016 CIFAR ResNet-20 (projection rather than zero-pad shortcuts)."""
   return ResNet(input_shape=input_shape, rngs=rngs, block=BasicBlock, stage_sizes=(3, 3, 3),
-                stage_widths=(16, 32, 64), imagenet_stem=False, width=width, dtype=dtype)
+                stage_widths=(16, 32, 64), imagenet_stem=False, width=width, dtype=dtype, conv_impl=conv_impl)
 
 
-def resnet18_cifar(*, input_shape, rngs, width=1.0, dtype=jnp.float32):
+def resnet18_cifar(*, input_shape, rngs, width=1.0, dtype=jnp.float32, conv_impl='auto'):
   return ResNet(input_shape=input_shape, rngs=rngs, block=BasicBlock, stage_sizes=(2, 2, 2, 2),
-                imagenet_stem=False, width=width, dtype=dtype)
+                imagenet_stem=False, width=width, dtype=dtype, conv_impl=conv_impl)
 
 
-def resnet18(*, input_shape, rngs, width=1.0, dtype=jnp.float32):
+def resnet18(*, input_shape, rngs, width=1.0, dtype=jnp.float32, conv_impl='auto'):
   return ResNet(input_shape=input_shape, rngs=rngs, block=BasicBlock, stage_sizes=(2, 2, 2, 2),
-                imagenet_stem=True, width=width, dtype=dtype)
+                imagenet_stem=True, width=width, dtype=dtype, conv_impl=conv_impl)
 
 
-def resnet50(*, input_shape, rngs, width=1.0, dtype=jnp.float32):
+def resnet50(*, input_shape, rngs, width=1.0, dtype=jnp.float32, conv_impl='auto'):
   return ResNet(input_shape=input_shape, rngs=rngs, block=Bottleneck, stage_sizes=(3, 4, 6, 3),
-                imagenet_stem=True, width=width, dtype=dtype)
+                imagenet_stem=True, width=width, dtype=dtype, conv_impl=conv_impl)

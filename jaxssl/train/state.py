@@ -35,6 +35,8 @@ def build_model(model_cfg: ml_collections.ConfigDict, input_shape: tuple[int, ..
                 seed: int) -> SSLModel:
   rngs = nnx.Rngs(seed)
   options = dict(model_cfg.get('options', {}))
+  if model_cfg.get('conv_impl'):  # how convolutions run, not what they compute: checkpoints are interchangeable
+    options['conv_impl'] = model_cfg.conv_impl
   # Built for what the first task feeds it (jigsaw: tiles); every head then checks that its task's inputs fit.
   shape = getattr(tasks[0], 'backbone_input_shape', lambda s: s)(tuple(input_shape))
   backbone = build_backbone(model_cfg.name, input_shape=tuple(shape), rngs=rngs, **options)

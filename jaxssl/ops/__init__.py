@@ -1,0 +1,1 @@
+"""Custom operations with hand-written gradients (see conv.py for why)."""
