@@ -156,6 +156,10 @@ def choose_thresholds(exp, state, task, step: int, output_fn=None) -> dict[str, 
   g = gather(exp, state, _load_source(exp, opts['threshold_split'], exp.config.data.get('eval_limit', 0)), task,
              output_fn)
   labelled = g['has_attributes']
+  if not labelled.any():
+    log(f"note: split '{opts['threshold_split']}' has no attribute labels to choose the threshold on; using 0.5")
+    record['split'] = None
+    return record
   probs, true = g['attribute_probs'][labelled], g['attributes'][labelled]
   record['threshold'], record['score'] = am.best_threshold(probs, true, opts['threshold_metric'])
   if opts['per_attribute_threshold']:
