@@ -34,17 +34,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.tasks = ml_collections.ConfigDict()
   c.tasks.jigsaw = ml_collections.ConfigDict({'kind': 'jigsaw', 'grid': 3, 'num_permutations': 100,
                                               'permutation_seed': 0, 'tile_norm': True})
-  c.batch_size = 64            # puzzles per step (9 tiles each)
-  c.num_epochs = 30.0
-  c.eval_every = 3000
-  c.checkpoint_every = 1500
-  if variant == 'sample':
-    c.batch_size = 32
-    c.num_epochs = 100.0
-    c.eval_every = c.checkpoint_every = 200
-  if quick:
+  if quick:   # AlexNet needs tiles of at least 67 px
     c.data.image_size = 160
     c.tasks.jigsaw.grid, c.tasks.jigsaw.num_permutations = 2, 24
-    deepfashion_multitask.fmnist_supervised.make_quick(c, train_limit=0, eval_limit=0, batch_size=16,
-                                                       total_steps=100, eval_every=50)
-  return c
+  return deepfashion_multitask.pretext_schedule(c, variant, quick)   # 64 puzzles (of 9 tiles) per step

@@ -100,6 +100,18 @@ def base_config(variant: str, quick: bool) -> ml_collections.ConfigDict:
   return c
 
 
+def pretext_schedule(c: ml_collections.ConfigDict, variant: str, quick: bool) -> ml_collections.ConfigDict:
+  """Batch, length and evaluation of the pretext configs (rotation, jigsaw): 30 epochs of 64 images on the
+  benchmark, 100 of 32 on the sample, 100 steps of 16 for a quick look."""
+  c.batch_size, c.num_epochs, c.eval_every, c.checkpoint_every = 64, 30.0, 3000, 1500
+  if variant == 'sample':
+    c.batch_size, c.num_epochs = 32, 100.0
+    c.eval_every = c.checkpoint_every = 200
+  if quick:
+    fmnist_supervised.make_quick(c, train_limit=0, eval_limit=0, batch_size=16, total_steps=100, eval_every=50)
+  return c
+
+
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
   variant, quick = parse(arg, 'deepfashion_multitask.py')
   c = base_config(variant, quick)

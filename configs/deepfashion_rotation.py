@@ -34,15 +34,4 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c = deepfashion_multitask.base_config(variant, quick)
   c.tasks = ml_collections.ConfigDict()
   c.tasks.rotation = ml_collections.ConfigDict({'angles': (0, 90, 180, 270), 'flip': True})
-  c.batch_size = 64            # images per step; 256 rotated examples
-  c.num_epochs = 30.0
-  c.eval_every = 3000
-  c.checkpoint_every = 1500
-  if variant == 'sample':
-    c.batch_size = 32
-    c.num_epochs = 100.0
-    c.eval_every = c.checkpoint_every = 200
-  if quick:
-    deepfashion_multitask.fmnist_supervised.make_quick(c, train_limit=0, eval_limit=0, batch_size=16,
-                                                       total_steps=100, eval_every=50)
-  return c
+  return deepfashion_multitask.pretext_schedule(c, variant, quick)   # 64 images (256 rotated) per step
