@@ -84,7 +84,7 @@ def base_config(variant: str, quick: bool) -> ml_collections.ConfigDict:
       'train_split': 'train', 'eval_split': 'val', 'train_limit': 0, 'eval_limit': 0,
       'train_fraction': 1.0, 'subset_seed': 0, 'num_workers': 0})
   c.model = ml_collections.ConfigDict({'name': 'alexnet', 'options': ml_collections.ConfigDict(
-      {'dropout': 0.5, 'norm': 'batch', 'fc_width': 4096, 'width': 1.0})})
+      {'dropout': 0.5, 'norm': 'batch', 'fc_width': 4096, 'width': 1.0}), 'conv_impl': 'auto'})
   c.batch_size = 128
   c.eval_batch_size = 256
   # AdamW: the attribute loss is a mean over attributes (1/A of one attribute's gradient each); Adam's

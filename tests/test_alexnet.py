@@ -67,3 +67,18 @@ def test_adaptive_pool_and_lrn_match_their_definitions():
   np.testing.assert_allclose(got[..., c], x[..., c] / (2.0 + 1e-4 * window) ** 0.75, rtol=1e-5)
   edge = jnp.sum(jnp.square(x[..., 0:3]), -1)      # channel 0 sees channels 0..2 only
   np.testing.assert_allclose(got[..., 0], x[..., 0] / (2.0 + 1e-4 * edge) ** 0.75, rtol=1e-5)
+
+
+def test_cpu_fast_paths_give_xla_gradients():
+  """conv_impl='im2col' (the stride-4 11x11 conv1, the VALID 3x3/2 pools) against XLA's own ops."""
+  x = jax.random.normal(jax.random.key(0), (2, 67, 67, 3))
+
+  def grads(impl):
+    model = build_backbone('alexnet', input_shape=(67, 67, 3), rngs=nnx.Rngs(0), width=0.125, fc_width=8,
+                           dropout=0.0, conv_impl=impl)
+    graphdef, params = nnx.split(model)
+    # Only the layers unlike ResNet's (tests/test_ops.py covers those): XLA drops the rest of the net.
+    loss = lambda p: jnp.sum(jnp.sin(nnx.merge(graphdef, p)(x)['pool2']))
+    return jax.jit(jax.grad(loss))(params)
+
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5), grads('im2col'), grads('xla'))

@@ -18,14 +18,17 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxssl.ops.conv import make_conv_general_dilated
+from jaxssl.ops.pool import max_pool
+
 NORMS = ('none', 'lrn', 'batch')
 POOL5_SIZE = 6
 _KERNEL_INIT = nnx.initializers.he_normal()
 _BIAS_INIT = nnx.initializers.zeros_init()
 
 
-def _pool(h: jax.Array) -> jax.Array:
-  return nnx.max_pool(h, (3, 3), strides=(2, 2), padding='VALID')  # overlapping pooling, the paper's 3x3/2
+def _pool(h: jax.Array, impl: str) -> jax.Array:
+  return max_pool(h, (3, 3), (2, 2), 'VALID', impl=impl)  # overlapping pooling, the paper's 3x3/2
 
 
 def local_response_norm(x: jax.Array, size: int = 5, k: float = 2.0, alpha: float = 1e-4,
@@ -62,9 +65,11 @@ class AlexNet(nnx.Module):
   output_name = 'fc7'
 
   def __init__(self, *, input_shape: tuple[int, int, int], rngs: nnx.Rngs, dropout: float = 0.5,
-               norm: str = 'none', fc_width: int = 4096, width: float = 1.0, dtype=jnp.float32):
+               norm: str = 'none', fc_width: int = 4096, width: float = 1.0, dtype=jnp.float32,
+               conv_impl: str = 'auto'):
     """``width`` scales the convolution channels and ``fc_width`` the fully connected layers (small variants
-    for quick runs and tests; 1.0 and 4096 are the paper's)."""
+    for quick runs and tests; 1.0 and 4096 are the paper's). ``conv_impl``: how convolutions and pools run
+    (jaxssl/ops: 'auto' takes the CPU fast paths on one CPU device), not what they compute."""
     if norm not in NORMS:
       raise ValueError(f"AlexNet: unknown norm '{norm}'; choose one of: {', '.join(NORMS)} "
                        '(set --config.model.options.norm)')
@@ -76,12 +81,13 @@ class AlexNet(nnx.Module):
     dtype = jnp.dtype(dtype)
     ch = [max(1, round(k * width)) for k in (96, 256, 384, 384, 256)]
     kw = dict(dtype=dtype, kernel_init=_KERNEL_INIT, bias_init=_BIAS_INIT, rngs=rngs)
-    self.dtype, self.norm, self.dropout_rate = dtype, norm, float(dropout)
-    self.conv1 = nnx.Conv(c, ch[0], (11, 11), strides=(4, 4), padding='VALID', **kw)
-    self.conv2 = nnx.Conv(ch[0], ch[1], (5, 5), padding=((2, 2), (2, 2)), **kw)
-    self.conv3 = nnx.Conv(ch[1], ch[2], (3, 3), padding=((1, 1), (1, 1)), **kw)
-    self.conv4 = nnx.Conv(ch[2], ch[3], (3, 3), padding=((1, 1), (1, 1)), **kw)
-    self.conv5 = nnx.Conv(ch[3], ch[4], (3, 3), padding=((1, 1), (1, 1)), **kw)
+    conv = dict(kw, conv_general_dilated=make_conv_general_dilated(conv_impl))  # 'auto': im2col on one CPU
+    self.dtype, self.norm, self.dropout_rate, self.conv_impl = dtype, norm, float(dropout), conv_impl
+    self.conv1 = nnx.Conv(c, ch[0], (11, 11), strides=(4, 4), padding='VALID', **conv)
+    self.conv2 = nnx.Conv(ch[0], ch[1], (5, 5), padding=((2, 2), (2, 2)), **conv)
+    self.conv3 = nnx.Conv(ch[1], ch[2], (3, 3), padding=((1, 1), (1, 1)), **conv)
+    self.conv4 = nnx.Conv(ch[2], ch[3], (3, 3), padding=((1, 1), (1, 1)), **conv)
+    self.conv5 = nnx.Conv(ch[3], ch[4], (3, 3), padding=((1, 1), (1, 1)), **conv)
     if norm == 'batch':
       self.bns = nnx.List([nnx.BatchNorm(k, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs) for k in ch])
     self.fc6 = nnx.Linear(POOL5_SIZE * POOL5_SIZE * ch[4], fc_width, **kw)
@@ -103,13 +109,13 @@ class AlexNet(nnx.Module):
     f = {}
     h = x.astype(self.dtype)
     f['conv1'] = h = self._conv(0, self.conv1, h, train)
-    f['pool1'] = h = _pool(h)
+    f['pool1'] = h = _pool(h, self.conv_impl)
     f['conv2'] = h = self._conv(1, self.conv2, h, train)
-    f['pool2'] = h = _pool(h)
+    f['pool2'] = h = _pool(h, self.conv_impl)
     f['conv3'] = h = self._conv(2, self.conv3, h, train)
     f['conv4'] = h = self._conv(3, self.conv4, h, train)
     f['conv5'] = h = self._conv(4, self.conv5, h, train)
-    f['pool5'] = h = _pool(h)
+    f['pool5'] = h = _pool(h, self.conv_impl)
     h = adaptive_avg_pool(h, POOL5_SIZE).reshape(h.shape[0], -1)
     h = self.drop(h, deterministic=not train, rngs=rngs[0])
     f['fc6'] = h = jax.nn.relu(self.fc6(h))
