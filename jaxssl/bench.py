@@ -2,11 +2,19 @@ r"""Measures a config's speed and prints one JSON line.
 
   python -m jaxssl.bench --config configs/fmnist_supervised.py
   python -m jaxssl.bench --config configs/fmnist_supervised.py --config.batch_size=128 --steps 30 --peak_gflops 166
+  python -m jaxssl.bench --config configs/fmnist_rotation.py --config.model.conv_impl=xla   # XLA's own convs
 
 Figures: compile time of the train step; steady-state step time and images/s (compile excluded, the step
 fed from a fixed device batch so only the step is timed); the input pipeline's images/s on its own (source
-images, before any pretext multiplies them); FLOPs per step from XLA's cost analysis, the achieved GFLOP/s
-and their fraction of --peak_gflops (default: this 2-core CPU's FP32 peak, 2 cores x 32 FLOP/cycle x 2.6 GHz).
+images, before any pretext multiplies them); model FLOPs per step (XLA's cost analysis of the step written with
+plain convolutions, so the figure does not depend on --config.model.conv_impl), the achieved GFLOP/s and their
+fraction of --peak_gflops (model-FLOPs utilization; default peak: this 2-core CPU's FP32 peak, 2 cores x 32
+FLOP/cycle x 2.6 GHz).
+
+With PyTorch installed (``pip install torch==2.13.0``; never required) and --torch (default), the same model,
+pretext batch and SGD step run in PyTorch eager (channels_last) in the same process, and the line gains
+torch_images_per_s and jax_over_torch (>1: jaxssl is faster). Models with a PyTorch twin: cifarnet, resnet20,
+resnet18_cifar; tasks: rotation, classify.
 """
 
 import json
@@ -24,6 +32,7 @@ _STEPS = flags.DEFINE_integer('steps', 20, 'Timed train steps (after warm-up).')
 _WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed steps after compilation.')
 _PIPELINE_BATCHES = flags.DEFINE_integer('pipeline_batches', 30, 'Batches drawn to time the input pipeline.')
 _PEAK = flags.DEFINE_float('peak_gflops', 166.0, 'Peak GFLOP/s of the device, for the utilization figure.')
+_TORCH = flags.DEFINE_bool('torch', True, 'Also time the PyTorch twin of the model and task, when torch is installed.')
 flags.mark_flags_as_required(['config'])
 
 
@@ -46,9 +55,7 @@ def measure(config, *, steps: int, warmup: int, pipeline_batches: int, peak_gflo
   t0 = time.perf_counter()
   compiled = exp.train_step.lower(exp.state, batch, rng).compile()
   compile_s = time.perf_counter() - t0
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = float(cost.get('flops', 0.0)) if cost else 0.0
+  flops = _model_flops(config, exp, batch, rng)
 
   state = exp.state
   for _ in range(warmup):
@@ -65,6 +72,7 @@ def measure(config, *, steps: int, warmup: int, pipeline_batches: int, peak_gflo
   return {
       'config': config.get('name', ''), 'model': config.model.name, 'tasks': sorted(config.tasks.keys()),
       'dataset': config.data.name, 'batch_size': config.batch_size,
+      'conv_impl': config.model.get('conv_impl', 'auto'), 'dtype': str(config.model.options.get('dtype', 'float32')),
       'devices': f'{jax.device_count()}x {jax.devices()[0].device_kind}', 'host': platform.processor() or
       platform.machine(), 'jax': jax.__version__,
       'compile_s': round(compile_s, 2), 'step_ms_median': round(1e3 * step_s, 2),
@@ -74,6 +82,34 @@ def measure(config, *, steps: int, warmup: int, pipeline_batches: int, peak_gflo
       'gflops_per_step': round(flops / 1e9, 3), 'achieved_gflops': round(flops / step_s / 1e9, 2),
       'peak_gflops': peak_gflops, 'peak_fraction': round(flops / step_s / 1e9 / peak_gflops, 4),
   }
+
+
+def _model_flops(config, exp, batch, rng) -> float:
+  """FLOPs of the step with XLA's plain convolutions: the im2col path hides its matmuls inside loops, whose
+  bodies XLA's cost analysis counts once."""
+  from jaxssl.train import loop  # pylint: disable=import-outside-toplevel
+  if config.model.get('conv_impl', 'auto') != 'xla':
+    plain = config.copy_and_resolve_references()
+    with plain.unlocked():
+      plain.model.conv_impl = 'xla'
+    exp = loop.build_experiment(plain, load_init=False)
+  cost = exp.train_step.lower(exp.state, batch, rng).cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get('flops', 0.0)) if cost else 0.0
+
+
+def _torch_figures(config, steps: int, warmup: int) -> dict:
+  try:
+    from jaxssl import bench_torch  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    return {'torch': 'not installed (pip install torch==2.13.0 for the comparison)'}
+  from jaxssl.data.datasets import get_dataset  # pylint: disable=import-outside-toplevel
+  kinds = [t.get('kind', name) for name, t in config.tasks.items()]
+  if len(kinds) != 1 or kinds[0] not in bench_torch.SUPPORTED_TASKS or \
+      config.model.name not in bench_torch.SUPPORTED_MODELS:
+    return {'torch': f'no PyTorch twin for model {config.model.name} with tasks {kinds}'}
+  shape = get_dataset(config.data.name).input_shape
+  return bench_torch.measure(config.model.name, kinds[0], config.batch_size, shape, steps=steps, warmup=warmup)
 
 
 def main(argv):
@@ -92,6 +128,10 @@ def main(argv):
                      pipeline_batches=_PIPELINE_BATCHES.value, peak_gflops=_PEAK.value)
   except (DataNotFoundError, ChecksumError) as e:
     raise SystemExit(f'error: {e}') from None
+  if _TORCH.value:
+    result.update(_torch_figures(_CONFIG.value, _STEPS.value, _WARMUP.value))
+    if 'torch_images_per_s' in result:
+      result['jax_over_torch'] = round(result['train_images_per_s'] / result['torch_images_per_s'], 3)
   print(json.dumps(result), flush=True)
 
 

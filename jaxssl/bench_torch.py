@@ -1,0 +1,118 @@
+"""The PyTorch side of ``python -m jaxssl.bench``: the same backbone, head, pretext batch and optimizer step,
+timed the same way, so the two images/s figures can be compared in one run.
+
+Only imported when torch is installed (``pip install torch==2.13.0`` gets the CPU build); jaxssl never needs
+it. Models are written here from their papers, with the shapes of jaxssl's (jaxssl/models): CifarNet (5x5
+convs, 3x3/2 max pools, fc 384 and 192) and the CIFAR-style ResNets (3x3 stem, basic blocks, projection
+shortcuts). PyTorch runs eagerly in channels_last, the layout its CPU convolutions (oneDNN) are fastest in.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+from torch import nn
+
+SUPPORTED_MODELS = ('cifarnet', 'resnet20', 'resnet18_cifar')
+# task kind -> (images fed to the backbone per source image, classes of its head)
+SUPPORTED_TASKS = {'rotation': (4, 4), 'classify': (1, 10)}
+
+
+class CifarNet(nn.Module):
+
+  def __init__(self, in_ch: int, hw: int, num_outputs: int):
+    super().__init__()
+    self.conv1 = nn.Conv2d(in_ch, 64, 5, padding=2)
+    self.conv2 = nn.Conv2d(64, 64, 5, padding=2)
+    self.pool = nn.MaxPool2d(3, 2, padding=1)
+    side = -(-(-(-hw // 2)) // 2)
+    self.fc1 = nn.Linear(side * side * 64, 384)
+    self.fc2 = nn.Linear(384, 192)
+    self.head = nn.Linear(192, num_outputs)
+
+  def forward(self, x):
+    h = self.pool(torch.relu(self.conv1(x)))
+    h = self.pool(torch.relu(self.conv2(h)))
+    h = torch.relu(self.fc1(h.flatten(1)))
+    return self.head(torch.relu(self.fc2(h)))
+
+
+class _Block(nn.Module):
+
+  def __init__(self, cin: int, c: int, stride: int):
+    super().__init__()
+    self.conv1 = nn.Conv2d(cin, c, 3, stride, 1, bias=False)
+    self.bn1 = nn.BatchNorm2d(c)
+    self.conv2 = nn.Conv2d(c, c, 3, 1, 1, bias=False)
+    self.bn2 = nn.BatchNorm2d(c)
+    self.short = (nn.Sequential(nn.Conv2d(cin, c, 1, stride, bias=False), nn.BatchNorm2d(c))
+                  if stride != 1 or cin != c else nn.Identity())
+
+  def forward(self, x):
+    h = torch.relu(self.bn1(self.conv1(x)))
+    return torch.relu(self.bn2(self.conv2(h)) + self.short(x))
+
+
+class CifarResNet(nn.Module):
+
+  def __init__(self, in_ch: int, sizes, widths, num_outputs: int):
+    super().__init__()
+    self.stem = nn.Sequential(nn.Conv2d(in_ch, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU())
+    blocks, cin = [], widths[0]
+    for i, (n, c) in enumerate(zip(sizes, widths)):
+      for j in range(n):
+        blocks.append(_Block(cin, c, 2 if i > 0 and j == 0 else 1))
+        cin = c
+    self.blocks = nn.Sequential(*blocks)
+    self.head = nn.Linear(cin, num_outputs)
+
+  def forward(self, x):
+    return self.head(self.blocks(self.stem(x)).mean((2, 3)))
+
+
+def build(model: str, in_ch: int, hw: int, num_outputs: int) -> nn.Module:
+  if model == 'cifarnet':
+    return CifarNet(in_ch, hw, num_outputs)
+  if model == 'resnet20':
+    return CifarResNet(in_ch, (3, 3, 3), (16, 32, 64), num_outputs)
+  if model == 'resnet18_cifar':
+    return CifarResNet(in_ch, (2, 2, 2, 2), (64, 128, 256, 512), num_outputs)
+  raise ValueError(f'no PyTorch twin for model {model!r}; have: {", ".join(SUPPORTED_MODELS)}')
+
+
+def measure(model: str, task: str, batch_size: int, input_shape, *, steps: int, warmup: int,
+            lr: float = 0.01, threads: int | None = None) -> dict:
+  """Images/s of one SGD step (forward, cross-entropy, backward, update) on ``batch_size`` source images."""
+  if task not in SUPPORTED_TASKS:
+    raise ValueError(f'no PyTorch twin for task {task!r}; have: {", ".join(SUPPORTED_TASKS)}')
+  if threads:
+    torch.set_num_threads(threads)
+  per_image, classes = SUPPORTED_TASKS[task]
+  h, w, c = input_shape
+  net = build(model, c, h, classes).to(memory_format=torch.channels_last)
+  opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+  gen = torch.Generator().manual_seed(0)
+  x = torch.randn(batch_size * per_image, c, h, w, generator=gen).contiguous(memory_format=torch.channels_last)
+  y = torch.randint(0, classes, (batch_size * per_image,), generator=gen)
+  loss_fn = nn.CrossEntropyLoss()
+  net.train()
+
+  def step():
+    opt.zero_grad(set_to_none=True)
+    loss = loss_fn(net(x), y)
+    loss.backward()
+    opt.step()
+    return loss
+
+  for _ in range(warmup + 1):
+    step()
+  times = []
+  for _ in range(steps):
+    t0 = time.perf_counter()
+    step().item()
+    times.append(time.perf_counter() - t0)
+  step_s = statistics.median(times)
+  return {'torch': torch.__version__, 'torch_threads': torch.get_num_threads(),
+          'torch_step_ms_median': round(1e3 * step_s, 2), 'torch_images_per_s': round(batch_size / step_s, 1)}
