@@ -18,10 +18,11 @@ configs/deepfashion_jigsaw.py's backbone. Arguments as in configs/deepfashion_mu
   python -m jaxssl.main --config configs/deepfashion_multitask.py:sample,quick --workdir /tmp/df_ft_quick \
       --config.init_from=/tmp/df_rot_quick --config.optim.backbone_lr_scale=0.1
 
-Measured 2026-11-22 on the 2-core CPU (shared), ``sample,quick`` (100 steps of 16 images, 2 min): rotation
-accuracy 82.9% on the 35 val images (chance 25%); the quick multi-task model fine-tuned from it (the second
-command above): test macro F1 0.259, mean-sample F1 0.591 at threshold 0.35, against 0.277 / 0.601 from
-scratch: no gain at this scale (35 test images, 287 training images). Benchmark: to be measured.
+Measured 2026-11-22 on the 2-core CPU (shared), ``sample,quick`` (100 steps of 16 images, 1.5 min): rotation
+accuracy 83.6% on the 35 val images (chance 25%); the quick multi-task model fine-tuned from it (the second
+command above): test macro F1 0.292, mean-sample F1 0.604 at threshold 0.27, against 0.255 / 0.594 from
+scratch. A rerun with XLA's convolution gradients (other rounding) gave 82.9%, 0.259 / 0.591 against 0.277 /
+0.601: at 287 training and 35 test images the difference is noise. Benchmark: to be measured.
 """
 
 import ml_collections
