@@ -25,6 +25,8 @@ def plot_curves(workdir: str, eval_split: str = 'test', out: str | None = None) 
   keys = sorted({k for r in rows for k in r if k not in ('step', 'split')})
   accs = [k for k in keys if k.endswith(('top1', '/acc', 'accuracy', 'exact'))]
   losses = [k for k in keys if k == 'loss' or k.endswith('/loss')]
+  if len(losses) == 2 and 'loss' in losses:  # one task: its loss is the total (times its weight); draw it once
+    losses = ['loss']
   panels = [('loss', losses)] + [(k, [k]) for k in accs]
   fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
   for ax, (title, ks) in zip(axes[0], panels):
