@@ -35,7 +35,7 @@ def reference(tfds_dir, tmp_path_factory):
 def test_uninterrupted_run_learns_and_leaves_its_files(reference):
   workdir, summary = reference
   assert summary['finished'] and summary['step'] == 16
-  for name in ('config.json', 'metrics.jsonl', 'final_metrics.json', 'curves.png'):
+  for name in ('config.json', 'metrics.jsonl', 'final_metrics.json', 'curves.png', 'filters.png'):
     assert os.path.exists(os.path.join(workdir, name)), name
   assert os.listdir(os.path.join(workdir, 'tensorboard'))
   rows = read_metrics(workdir)

@@ -104,7 +104,8 @@ def accuracy_report(scores: np.ndarray, labels: np.ndarray, class_names) -> dict
 
 def evaluate_knn(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """``--mode=knn``: the backbone of ``config.init_from`` (or this workdir's latest checkpoint), kNN-classifies
-  ``data.eval_split`` from ``data.train_split``; writes ``knn_<split>.json`` into the workdir."""
+  ``data.eval_split`` from ``data.train_split``; writes ``knn_<split>.json`` and ``embedding.png|csv`` (PCA of
+  the features of the first 2,000 eval images) into the workdir."""
   from jaxssl.train import loop, transfer  # pylint: disable=import-outside-toplevel
   from jaxssl.train.checkpoint import Checkpointer  # pylint: disable=import-outside-toplevel
   os.makedirs(workdir, exist_ok=True)
@@ -135,12 +136,15 @@ def evaluate_knn(config: ml_collections.ConfigDict, workdir: str) -> dict[str, A
   scores = knn_predict(train_f, train_y, test_f, kcfg.k, kcfg.temperature, exp.info.num_classes)
   result = {'split': config.data.eval_split, 'train_split': config.data.train_split, 'feature': feature,
             'pool': kcfg.pool, 'dim': int(train_f.shape[1]), 'k': int(kcfg.k), 'temperature': float(kcfg.temperature),
-            'train_count': int(len(train_y)), 'backbone': origin,
-            **accuracy_report(scores, test_y, exp.info.class_names)}
+            'train_count': int(len(train_y)), 'backbone': origin, 'dataset': config.data.name,
+            'model': config.model.name, **accuracy_report(scores, test_y, exp.info.class_names)}
   if jax.process_index() == 0:
     path = os.path.join(workdir, f'knn_{config.data.eval_split}.json')
     with open(path, 'w', encoding='utf-8') as f:
       json.dump(result, f, indent=2)
+    from jaxssl.eval import embedding  # pylint: disable=import-outside-toplevel
+    embedding.embedding_for_run(test_f, test_y, exp.info.class_names, workdir, f'{feature}/{kcfg.pool}',
+                                config.data.eval_split)
     log(f"knn {feature}/{kcfg.pool} k={kcfg.k} on {config.data.eval_split} "
         f"({time.perf_counter() - t0:.1f}s): top1={result['top1']:.4f} top5={result['top5']:.4f} -> {path}")
   return result

@@ -227,6 +227,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
     eval_metrics = {**run_eval(), **_class_report(exp, state, workdir, 'confusion'),
                     **_attribute_report(exp, state, workdir)}
+    _write_pictures(exp, state, workdir)
     if ckpt.latest_step() != step:
       save(force=True)
   summary = {'step': step, 'eval': eval_metrics, 'finished': True, 'exit_code': 0}
@@ -250,6 +251,14 @@ def _attribute_report(exp: Experiment, state: TrainState, workdir: str) -> dict[
   <workdir>/thresholds.json (--mode=predict uses it), and the report split's F1s and recall at it."""
   from jaxssl.eval import multitask  # pylint: disable=import-outside-toplevel
   return multitask.attribute_report(exp, state, workdir)
+
+
+def _write_pictures(exp: Experiment, state: TrainState, workdir: str) -> None:
+  """filters.png (the first conv's kernels); for a linear probe also embedding.png|csv (PCA of the probed
+  layer on eval images). A second or two: one forward pass over 2,000 images at most."""
+  from jaxssl.eval import embedding, filters  # pylint: disable=import-outside-toplevel
+  filters.write_run_filters(exp, state, workdir)
+  embedding.write_probe_embedding(exp, state, workdir)
 
 
 def _write_summary(workdir: str, config, summary: dict[str, Any]) -> None:
