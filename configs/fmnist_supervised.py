@@ -31,6 +31,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.data.train_fraction = 1.0  # < 1: a class-stratified random subset of the training records (after train_limit)
   c.data.subset_seed = 0       # which subset
   c.data.num_workers = 0      # grain worker processes (0: in the main process)
+  c.data.read_threads = 1     # threads preparing batches in each process
+  c.data.prefetch_batches = 4  # batches prepared ahead (grain's default of 500 starves a small CPU's step)
 
   c.model = ml_collections.ConfigDict()
   c.model.name = 'cifarnet'

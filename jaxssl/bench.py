@@ -43,7 +43,7 @@ def measure(config, *, steps: int, warmup: int, pipeline_batches: int, peak_gflo
 
   exp = loop.build_experiment(config)
   it = pipeline.train_iterator(exp.train_source, exp.tasks, global_batch=config.batch_size, seed=config.seed,
-                               num_workers=config.data.get('num_workers', 0))
+                               **pipeline.iterator_options(config.data))
   next(it)  # first batch pays for opening files / starting workers
   t0 = time.perf_counter()
   for _ in range(pipeline_batches):

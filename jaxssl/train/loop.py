@@ -169,7 +169,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   with contextlib.ExitStack() as cleanup, _StopFlag() as stop:
     # Closed on every exit: grain workers hold shared memory, async saves must land, events must flush.
     train_iter = pipeline.train_iterator(exp.train_source, exp.tasks, global_batch=config.batch_size,
-                                         seed=config.seed, num_workers=config.data.get('num_workers', 0))
+                                         seed=config.seed, **pipeline.iterator_options(config.data))
     cleanup.callback(getattr(train_iter, 'close', lambda: None))
     ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'), max_to_keep=config.keep_checkpoints)
     cleanup.callback(ckpt.close)
