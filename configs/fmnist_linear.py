@@ -14,7 +14,10 @@ spatial map instead of flattening it:
 
 Baselines with the same command: a random backbone (leave ``init_from`` empty: the probe of an untrained
 network), or a supervised one (``--config.init_from=runs/fmnist_supervised``: the upper reference).
-Default layer: fc1. Expected: to be measured.
+Default layer: fc1. Expected at full scale: to be measured. Measured at a reduced scale (README, "The experiment,
+measured at a reduced scale"; 2-core CPU, 2026-11-22): ``:pool2`` for 300 steps (1.3 epochs) gave 81.3% test
+top-1 (first 2,000 test images) on a backbone after 400 steps of rotation pretraining, and 85.0% on a random
+backbone.
 """
 
 import ml_collections

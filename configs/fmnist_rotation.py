@@ -14,6 +14,9 @@ has not been done yet; on 2 CPU cores it takes hours, on a GPU minutes). Quick l
 
 Measured (2 shared CPU cores, 2.5 min): held-out rotation accuracy 90.9% on the first 1000 test images
 (rotation/acc=0.9093; 89.5% at step 100, 50.2% at step 50).
+Longer quick run (README, "The experiment, measured at a reduced scale"; 2-core CPU, 2026-11-22):
+``:quick --config.total_steps=400 --config.batch_size=64 --config.data.train_limit=20000
+--config.data.eval_limit=2000``: 94.9% rotation accuracy on 2,000 test images in 5.2 minutes.
 Note: lr 0.05 (the supervised setting) stalls at chance (loss log 4) on this task; 0.02 learns.
 """
 

@@ -115,7 +115,11 @@ def write_results(rows, workdir: str, metric: str) -> None:
     ax.errorbar([100 * s['fraction'] for s in pts], [s['mean'] for s in pts], yerr=[s['std'] for s in pts],
                 marker='o', ms=3, capsize=3, label=init)
   ax.set_xscale('log')
-  ax.set_xlabel('labelled training images (%)')
+  # Ticks at the studied fractions, written plainly ('1', '5', '100'), not as powers of ten.
+  ticks = sorted({100 * s['fraction'] for s in summary})
+  ax.set_xticks(ticks, [f'{t:g}' for t in ticks])
+  ax.xaxis.set_minor_locator(plots.matplotlib.ticker.NullLocator())
+  ax.set_xlabel('labelled training images (%, log scale)')
   ax.set_ylabel(metric)
   ax.grid(alpha=0.3, which='both')
   ax.legend()
