@@ -61,13 +61,7 @@ def sample_dir() -> str:
 
 def parse(arg: str, config_name: str) -> tuple[str, bool]:
   """``VARIANT[,quick]`` -> (variant, quick), shared by the DeepFashion configs."""
-  parts = [p for p in (arg or '').split(',') if p]
-  quick = 'quick' in parts
-  names = [p for p in parts if p != 'quick'] or ['benchmark']
-  if len(names) != 1 or names[0] not in VARIANTS:
-    raise ValueError(f"unknown config argument '{arg}' for {config_name}; it knows: {', '.join(VARIANTS)}, each "
-                     "optionally followed by ',quick'")
-  return names[0], quick
+  return fmnist_supervised.parse_variant(arg, VARIANTS, 'benchmark', config_name)
 
 
 def base_config(variant: str, quick: bool) -> ml_collections.ConfigDict:

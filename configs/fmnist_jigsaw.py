@@ -37,23 +37,12 @@ VARIANTS = {
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
-  parts = [p for p in (arg or '').split(',') if p]
-  quick = 'quick' in parts
-  names = [p for p in parts if p != 'quick'] or ['3x3_perm']
-  if len(names) != 1 or names[0] not in VARIANTS:
-    raise ValueError(f"unknown config argument '{arg}'; this config knows: {', '.join(VARIANTS)}, "
-                     "each optionally followed by ',quick'")
+  variant, quick = fmnist_supervised.parse_variant(arg, VARIANTS, '3x3_perm', 'fmnist_jigsaw.py')
   c = fmnist_supervised.get_config()
   c.tasks = ml_collections.ConfigDict()
-  c.tasks.jigsaw = ml_collections.ConfigDict({**VARIANTS[names[0]], 'tile_norm': True})
-  c.batch_size = 128
-  c.eval_batch_size = 250
-  c.num_epochs = 15.0
-  c.optim.lr = 0.02
-  c.optim.warmup_epochs = 0.5
-  c.eval_every = 936           # ~2 epochs
-  c.checkpoint_every = 468
-  if VARIANTS[names[0]]['kind'] == 'jigsaw_coords':
+  c.tasks.jigsaw = ml_collections.ConfigDict({**VARIANTS[variant], 'tile_norm': True})
+  fmnist_supervised.set_pretext_schedule(c, lr=0.02)
+  if VARIANTS[variant]['kind'] == 'jigsaw_coords':
     # The coordinate regression sits at the mean prediction (loss 0.25 on 2x2) under SGD 0.02 and diverges at
     # 0.1; Adam leaves that plateau within 50 steps.
     c.optim.name = 'adamw'

@@ -29,13 +29,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c = fmnist_supervised.get_config()
   c.tasks = ml_collections.ConfigDict()
   c.tasks.rotation = ml_collections.ConfigDict({'angles': (0, 90, 180, 270)})
-  c.batch_size = 128           # images per step; the rotation task makes 4x as many examples of them
-  c.eval_batch_size = 250
-  c.num_epochs = 15.0
-  c.optim.lr = 0.02
-  c.optim.warmup_epochs = 0.5
-  c.eval_every = 936           # ~2 epochs
-  c.checkpoint_every = 468
+  # 128 images per step; the rotation task makes 4x as many examples of them.
+  fmnist_supervised.set_pretext_schedule(c, lr=0.02)
 
   if arg == 'quick':
     fmnist_supervised.make_quick(c, train_limit=6400, eval_limit=1000, batch_size=32, total_steps=150,

@@ -25,13 +25,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.tasks = ml_collections.ConfigDict()
   c.tasks.rotation = ml_collections.ConfigDict({'weight': 1.0})
   c.tasks.jigsaw = ml_collections.ConfigDict({'kind': 'jigsaw', 'weight': 0.5, 'grid': 2, 'num_permutations': 24})
-  c.batch_size = 128           # images; rotation makes 512 examples of them, jigsaw 128 puzzles of 4 tiles
-  c.eval_batch_size = 250
-  c.num_epochs = 15.0
-  c.optim.lr = 0.05
-  c.optim.warmup_epochs = 0.5
-  c.eval_every = 936
-  c.checkpoint_every = 468
+  # 128 images per step; rotation makes 512 examples of them, jigsaw 128 puzzles of 4 tiles.
+  fmnist_supervised.set_pretext_schedule(c, lr=0.05)
 
   if arg == 'quick':
     fmnist_supervised.make_quick(c, train_limit=6400, eval_limit=500, batch_size=32, total_steps=100,

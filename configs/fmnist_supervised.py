@@ -94,3 +94,25 @@ def make_quick(c: ml_collections.ConfigDict, *, train_limit: int, eval_limit: in
   c.eval_every = c.checkpoint_every = eval_every
   c.log_every = 10
   return c
+
+
+def parse_variant(arg: str, variants, default: str, config_name: str) -> tuple[str, bool]:
+  """``VARIANT[,quick]`` -> (variant, quick): the argument of configs that come in named variants."""
+  parts = [p for p in (arg or '').split(',') if p]
+  names = [p for p in parts if p != 'quick'] or [default]
+  if len(names) != 1 or names[0] not in variants:
+    raise ValueError(f"unknown config argument '{arg}' for {config_name}; it knows: {', '.join(variants)}, each "
+                     "optionally followed by ',quick'")
+  return names[0], 'quick' in parts
+
+
+def set_pretext_schedule(c: ml_collections.ConfigDict, *, lr: float) -> ml_collections.ConfigDict:
+  """The Fashion-MNIST pretext runs' schedule: 15 epochs of 128 source images, SGD at ``lr``."""
+  c.batch_size = 128
+  c.eval_batch_size = 250
+  c.num_epochs = 15.0
+  c.optim.lr = lr
+  c.optim.warmup_epochs = 0.5
+  c.eval_every = 936           # ~2 epochs
+  c.checkpoint_every = 468
+  return c
