@@ -59,10 +59,6 @@ def _windows(xp: jax.Array, k: tuple[int, int], stride: tuple[int, int], out_hw:
   return jnp.concatenate(cols, axis=-1).reshape(-1, kh * kw * xp.shape[-1])
 
 
-def _dot(a, b, out_dtype):
-  return lax.dot(a, b, preferred_element_type=jnp.float32).astype(out_dtype)
-
-
 def _kernel_grad(xp: jax.Array, g: jax.Array, kernel_shape, stride, block_bytes: int) -> jax.Array:
   """d loss / d kernel = sum over pixels of window^T @ output-gradient, accumulated block by block."""
   b, hp, wp, c = xp.shape
