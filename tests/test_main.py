@@ -19,7 +19,8 @@ CONFIG = str(REPO / 'configs/fmnist_supervised.py')
     (['--config.optim.lrr=0.1'], 'lrr'),                       # typo: ml_collections suggests 'lr'
     (['--config.batch_size=big'], 'batch_size'),               # ill-typed override
     (['--config.tasks.classify.crop=2'], 'no such config field: crop'),
-], ids=['model', 'dataset', 'mode', 'predict', 'typo', 'type', 'task-option'])
+    (['--config.model.conv_impl=fast'], "unknown conv impl 'fast'; choose one of: auto, xla, im2col"),
+], ids=['model', 'dataset', 'mode', 'predict', 'typo', 'type', 'task-option', 'conv-impl'])
 def test_bad_input_is_one_clear_error_and_writes_nothing(tmp_path, args, message):
   workdir = tmp_path / 'run'
   out = subprocess.run([sys.executable, '-m', 'jaxssl.main', '--config', CONFIG, '--workdir', str(workdir), *args],

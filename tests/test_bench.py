@@ -1,0 +1,34 @@
+"""The bench's PyTorch twins are the same networks as jaxssl's (skipped where torch is not installed)."""
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxssl.models import build_backbone
+
+torch = pytest.importorskip('torch')
+bench_torch = pytest.importorskip('jaxssl.bench_torch')
+
+
+@pytest.mark.parametrize('model, shape', [('cifarnet', (28, 28, 1)), ('cifarnet', (32, 32, 3)),
+                                          ('resnet20', (28, 28, 1)), ('resnet18_cifar', (32, 32, 3))])
+def test_torch_twin_has_the_same_parameters(model, shape):
+  """Same layers, same shapes: equal parameter counts for backbone + a 4-way head, and the same kernel sizes."""
+  backbone = build_backbone(model, input_shape=shape, rngs=nnx.Rngs(0))
+  feature = jax.eval_shape(lambda: backbone(np.zeros((1, *shape), np.float32)))[backbone.output_name]
+  head = feature.shape[-1] * 4 + 4
+  params = nnx.state(backbone, nnx.Param)
+  jax_kernels = sorted(p.shape for p in jax.tree.leaves(params) if len(p.shape) == 4)
+  twin = bench_torch.build(model, shape[2], shape[0], 4)
+  assert sum(p.size for p in jax.tree.leaves(params)) + head == sum(p.numel() for p in twin.parameters())
+  torch_kernels = sorted((k1, k2, i, o) for o, i, k1, k2 in (m.weight.shape for m in twin.modules()
+                                                                if isinstance(m, torch.nn.Conv2d)))
+  assert jax_kernels == torch_kernels
+
+
+def test_measure_reports_images_per_second():
+  result = bench_torch.measure('cifarnet', 'rotation', 8, (28, 28, 1), steps=2, warmup=0)
+  assert result['torch_images_per_s'] > 0 and result['torch_step_ms_median'] > 0
+  with pytest.raises(ValueError, match='no PyTorch twin for task'):
+    bench_torch.measure('cifarnet', 'jigsaw', 8, (28, 28, 1), steps=1, warmup=0)
