@@ -24,6 +24,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.data.data_dir = ''        # prepared tfds data; '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
   c.data.source_dir = ''      # folder with the four official .gz files; '' = $JAXSSL_FASHION_MNIST_DIR,
                               # /usr/share/datasets/fashion-mnist, then the official download
+  c.data.pad_to = 0           # > 28: zero-pad the 28x28 images to this size (32: the LeNet/CIFAR input size)
   c.data.train_split = 'train'
   c.data.eval_split = 'test'
   c.data.train_limit = 0      # > 0: only the first N training records (quick runs)
@@ -37,8 +38,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.name = 'cifarnet'
   c.model.options = ml_collections.ConfigDict({'dropout': 0.0})
-  # 'auto': convolutions as blocked im2col matmuls with a custom VJP on CPU (2-4x faster training there,
-  # same numbers to float32 rounding), XLA's own on GPU/TPU; 'xla' or 'im2col' force one (jaxssl/ops/conv.py).
+  # 'auto': convolutions as gathered-window (im2col) matmuls with a custom VJP on a single CPU device (2-4x
+  # faster training there, same numbers to float32 rounding), XLA's own on GPU/TPU; 'xla' or 'im2col' force
+  # one (jaxssl/ops/conv.py).
   c.model.conv_impl = 'auto'
 
   c.tasks = ml_collections.ConfigDict()

@@ -108,7 +108,7 @@ def _torch_figures(config, steps: int, warmup: int) -> dict:
   if len(kinds) != 1 or kinds[0] not in bench_torch.SUPPORTED_TASKS or \
       config.model.name not in bench_torch.SUPPORTED_MODELS:
     return {'torch': f'no PyTorch twin for model {config.model.name} with tasks {kinds}'}
-  shape = get_dataset(config.data.name).input_shape
+  shape = get_dataset(config.data.name, config.data).input_shape
   return bench_torch.measure(config.model.name, kinds[0], config.batch_size, shape, steps=steps, warmup=warmup)
 
 

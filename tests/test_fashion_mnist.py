@@ -167,3 +167,22 @@ def test_unknown_split(tmp_path):
         fm.load_arrays('validation')
     with pytest.raises(ValueError, match=r"\['test', 'train'\]"):
         fm.data_source('val', data_dir=str(tmp_path))
+
+
+@needs_real
+def test_pad_to_32_centres_the_real_images(tfds_dir, arrays):
+    """data.pad_to=32: the model sees 32x32x1, each image is the official one with 2 px of background around it."""
+    import ml_collections  # pylint: disable=import-outside-toplevel
+    from jaxssl.data import datasets  # pylint: disable=import-outside-toplevel
+    cfg = ml_collections.ConfigDict({'data_dir': tfds_dir, 'source_dir': '', 'pad_to': 32})
+    info = datasets.get_dataset('fashion_mnist', cfg)
+    assert info.input_shape == (32, 32, 1)
+    src = datasets.load_split(info, 'test', cfg)
+    x, y = arrays['test']
+    idx = [0, 9999, 1234]
+    for i, rec in zip(idx, [src[idx[0]], *src.__getitems__(idx[1:])]):
+        assert rec['image'].shape == (32, 32, 1) and rec['label'] == y[i]
+        np.testing.assert_array_equal(rec['image'][2:30, 2:30], x[i])
+        assert rec['image'].sum() == x[i].astype(np.int64).sum()  # the border is zeros
+    with pytest.raises(ValueError, match='pad_to=20.*at least 28'):
+        datasets.get_dataset('fashion_mnist', ml_collections.ConfigDict({'pad_to': 20}))

@@ -25,6 +25,11 @@ NHWC = conv_ops._NHWC  # pylint: disable=protected-access
     (4, 7, 2, 3, 5, 1, ((2, 1), (0, 2))),  # asymmetric padding
     (4, 10, 3, 4, 4, 2, 'SAME'),           # even kernel, strided
     (3, 12, 3, 4, 7, 2, ((3, 3), (3, 3))),  # ImageNet stem
+    (4, 9, 1, 6, 5, 1, 'SAME'),            # one input channel (CifarNet's conv1 on grayscale)
+    (2, 6, 80, 4, 3, 1, 'SAME'),           # wide input: XLA's forward, gathered input gradient
+    (2, 6, 3, 80, 3, 1, 'SAME'),           # wide output: gathered forward, XLA's input gradient
+    (2, 11, 3, 4, 3, 3, ((0, 2), (1, 0))),  # stride 3, odd size, lopsided padding: input-gradient phases
+    (2, 9, 4, 3, 2, 2, ((0, 0), (1, 1))),   # even kernel smaller than its stride's phases
 ])
 def test_conv_values_and_gradients_match_xla(batch, size, cin, cout, k, stride, padding):
   x = jax.random.normal(jax.random.PRNGKey(0), (batch, size, size, cin))

@@ -42,14 +42,44 @@ def tfds_data_dir(data_cfg: ml_collections.ConfigDict) -> str:
                             or '~/tensorflow_datasets')
 
 
+class PaddedImages:
+  """A random-access source whose images are zero-padded, centred, to ``size`` x ``size`` (Fashion-MNIST at
+  32x32, the LeNet/CIFAR input size: its background is 0, so the padding is more background)."""
+
+  def __init__(self, source, size: int):
+    self.source, self.size = source, int(size)
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def _pad(self, record: dict) -> dict:
+    image = record['image']
+    dh, dw = self.size - image.shape[0], self.size - image.shape[1]
+    pads = ((dh // 2, dh - dh // 2), (dw // 2, dw - dw // 2)) + ((0, 0),) * (image.ndim - 2)
+    return {**record, 'image': np.pad(image, pads)}
+
+  def __getitem__(self, index):
+    return self._pad(self.source[index])
+
+  def __getitems__(self, indices):
+    getitems = getattr(self.source, '__getitems__', None)
+    records = getitems(indices) if getitems else [self.source[i] for i in indices]
+    return [self._pad(r) for r in records]
+
+
 def _fashion_mnist(data_cfg: ml_collections.ConfigDict) -> DatasetInfo:
-  del data_cfg  # one fixed shape and set of splits
+  """28x28x1, or zero-padded to ``data.pad_to`` (e.g. 32) pixels."""
   from jaxssl.data import fashion_mnist as fm  # pylint: disable=import-outside-toplevel
+  size = int(data_cfg.get('pad_to', 0) or 28)
+  if size < 28:
+    raise ValueError(f'--config.data.pad_to={size}: Fashion-MNIST images are 28x28 and can only be padded; '
+                     'give a size of at least 28 (32 for the LeNet/CIFAR input size), or 0 for none')
 
   def load(split, data_cfg):
-    return fm.data_source(split, data_dir=tfds_data_dir(data_cfg), source_dir=data_cfg.get('source_dir') or None)
+    source = fm.data_source(split, data_dir=tfds_data_dir(data_cfg), source_dir=data_cfg.get('source_dir') or None)
+    return source if size == 28 else PaddedImages(source, size)
 
-  return DatasetInfo('fashion_mnist', (28, 28, 1), tuple(fm.CLASS_NAMES), (fm.MEAN,), (fm.STD,),
+  return DatasetInfo('fashion_mnist', (size, size, 1), tuple(fm.CLASS_NAMES), (fm.MEAN,), (fm.STD,),
                      ('train', 'test'), load)
 
 
@@ -88,7 +118,7 @@ DATASETS: dict[str, Callable[[ml_collections.ConfigDict], DatasetInfo]] = {
 
 def get_dataset(name: str, data_cfg: ml_collections.ConfigDict | None = None) -> DatasetInfo:
   """``data_cfg`` (the config's ``data``) decides what a dataset built at prepare time looks like (DeepFashion's
-  image size); Fashion-MNIST ignores it."""
+  image size, Fashion-MNIST's ``pad_to``)."""
   if name not in DATASETS:
     raise ValueError(f"unknown dataset '{name}'; choose one of: {', '.join(sorted(DATASETS))} "
                      '(set --config.data.name)')

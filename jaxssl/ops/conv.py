@@ -1,21 +1,26 @@
-"""2-D convolution whose kernel gradient is a blocked matrix product (im2col), for the CPU.
+"""2-D convolution computed as gathered-window (im2col) matrix products on the CPU, with a custom VJP.
 
-Why. XLA's CPU convolution runs the forward pass and the input gradient at a useful speed, but its kernel
-gradient (a convolution whose "kernel" is the whole output map) is 3-5x slower: on the 2-core machine jaxssl is
-developed on, CifarNet's 5x5x64x64 layer at batch 256 took ~150 ms forward, ~150 ms for the input gradient and
-~500 ms for the kernel gradient. The same arithmetic as one matrix product per small block of images,
-accumulated over the blocks, took ~125-180 ms.
+Why. XLA's CPU convolutions (YNNPACK in jax 0.10) reach a third to half of this CPU's matmul speed on the layers
+of the small nets jaxssl trains, and its kernel gradient (a convolution whose "kernel" is the whole output map)
+far less: on the 2-core machine jaxssl is developed on, CifarNet's 5x5, 64->64 layer on a rotation batch
+(1,024 14x14 maps) took ~750 ms forward, ~750 ms for the input gradient and ~2,600 ms for the kernel gradient,
+while XLA's matmul of the same arithmetic, once the windows are laid out as a matrix, runs at ~130 GFLOP/s.
 
-How. A custom VJP: the forward pass and the input gradient are XLA's own convolutions; the kernel gradient
-is, for each block of images (``lax.scan``), the k*k shifted windows of the padded input gathered into one
-[pixels, k*k*C] matrix, transposed and multiplied by the output gradient seen as [pixels, O], summed over the
-blocks. Blocks are sized so one block's window matrix stays in cache (``block_bytes``): materializing the window
-matrix of the whole batch (321 MB for that layer) costs more than the arithmetic it saves. A gathered forward
-pass and input gradient were measured too: at best ~25% faster than XLA's, and they tripled the compile time of
-deep ResNets, so both stay XLA's.
+How. For each block of images (``lax.scan``), one gather lays the k*k shifted windows of the padded input out as
+a [pixels, k*k*C] matrix (columns ordered (i, j, c), like an HWIO kernel), which one matmul contracts:
+  - forward: windows @ kernel[k*k*C, O];
+  - input gradient (stride 1): the forward convolution of the output gradient with the kernel flipped in space
+    and transposed in channels (padding k-1-p), the same gathered path;
+  - kernel gradient: windows^T @ output-gradient[pixels, O], summed over the blocks.
+Blocks are sized so one block's window matrix stays in cache (``block_bytes``, 8 MiB): materializing the whole
+batch's (1.3 GB for that layer) costs more than the arithmetic. One gather builds the windows 1.3-1.8x faster
+than concatenating k*k strided slices. Measured (tables in docs/speed.md): the gathered forward and input gradient
+are 1.5-2x faster than XLA's when the convolution's input has 2-64 channels, and level with or slower than XLA's
+at 128-512 channels and at one channel, so ``_gathered`` picks per layer; the kernel gradient is always faster
+gathered. Strided input gradients (which would multiply zeros) and 1x1 convolutions stay XLA's.
 
-Numerics are those of a float32 dot with float32 accumulation: gradients equal XLA's to float32 rounding
-(tests/test_ops.py). The step stays a pure, jittable function.
+Numerics are those of a float32 dot with float32 accumulation: values and gradients equal XLA's to float32
+rounding (tests/test_ops.py). The step stays a pure, jittable function.
 
 Per backend. ``impl='auto'`` uses this path only when the default backend is a single CPU device; on GPU and
 TPU XLA's own convolutions (cuDNN, the TPU's MXU) are the right choice, so 'auto' leaves them alone, and so it
@@ -30,12 +35,14 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 IMPLS = ('auto', 'xla', 'im2col')
 
 _NHWC = lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))  # what nnx.Conv passes for 2-D
-_BLOCK_BYTES = 8 << 20  # per block of images; 1-16 MiB measured on ResNet-18 and CifarNet shapes, 8 best overall
+_BLOCK_BYTES = 8 << 20  # per block of images; 2-16 MiB measured on ResNet-18 and CifarNet shapes, 8 best overall
+_GATHER_CHANNELS = (1, 64)  # input channels for which the gathered forward beats XLA's (docs/speed.md)
 
 
 def use_im2col(impl: str) -> bool:
@@ -46,17 +53,58 @@ def use_im2col(impl: str) -> bool:
   return impl == 'im2col' or (impl == 'auto' and jax.default_backend() == 'cpu' and jax.device_count() == 1)
 
 
+def _gathered(kernel_hw: tuple[int, int], in_channels: int) -> bool:
+  """Whether a convolution (forward, or the input gradient seen as one) is faster gathered than XLA's."""
+  return kernel_hw != (1, 1) and _GATHER_CHANNELS[0] <= in_channels <= _GATHER_CHANNELS[1]
+
+
 def _block_size(batch: int, bytes_per_image: int, block_bytes: int) -> int:
   """The largest divisor of ``batch`` whose window matrix fits in ``block_bytes`` (at least 1)."""
   target = max(1, block_bytes // max(bytes_per_image, 1))
   return max(d for d in range(1, min(batch, target) + 1) if batch % d == 0)
 
 
+def _out_hw(padded_hw, k, stride) -> tuple[int, int]:
+  return tuple((p - kk) // s + 1 for p, kk, s in zip(padded_hw, k, stride))
+
+
+@functools.lru_cache(maxsize=256)
+def _window_index(padded_hw, k, stride, out_hw) -> np.ndarray:
+  """Flat (row-major) positions in the padded map of every output pixel's k*k window, ordered (pixel, i, j)."""
+  (wp,), (kh, kw), (sh, sw), (ho, wo) = padded_hw[1:], k, stride, out_hw
+  rows = (np.arange(ho)[:, None, None, None] * sh + np.arange(kh)[None, None, :, None]) * wp
+  cols = np.arange(wo)[None, :, None, None] * sw + np.arange(kw)[None, None, None, :]
+  return (rows + cols).reshape(-1).astype(np.int32)
+
+
 def _windows(xp: jax.Array, k: tuple[int, int], stride: tuple[int, int], out_hw: tuple[int, int]) -> jax.Array:
   """[b, Hp, Wp, C] padded input -> [b*Ho*Wo, kh*kw*C], columns ordered (i, j, c) like an HWIO kernel."""
-  (kh, kw), (sh, sw), (ho, wo) = k, stride, out_hw
-  cols = [xp[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :] for i in range(kh) for j in range(kw)]
-  return jnp.concatenate(cols, axis=-1).reshape(-1, kh * kw * xp.shape[-1])
+  b, hp, wp, c = xp.shape
+  idx = _window_index((hp, wp), k, stride, out_hw)
+  flat = xp.reshape(b, hp * wp, c).at[:, idx].get(mode='promise_in_bounds', indices_are_sorted=False,
+                                                   unique_indices=False)
+  return flat.reshape(b * out_hw[0] * out_hw[1], k[0] * k[1] * c)
+
+
+def _dot(a, b, contract):
+  return lax.dot_general(a, b, (contract, ((), ())), preferred_element_type=jnp.float32)
+
+
+def _gathered_conv(x: jax.Array, w: jax.Array, stride, padding, block_bytes: int) -> jax.Array:
+  """The convolution as, per block of images, one window gather and one matmul."""
+  kh, kw, c, o = w.shape
+  xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+  b, hp, wp, _ = xp.shape
+  ho, wo = _out_hw((hp, wp), (kh, kw), stride)
+  bs = _block_size(b, ho * wo * kh * kw * c * xp.dtype.itemsize, block_bytes)
+  wm = w.reshape(kh * kw * c, o)
+
+  def body(_, xb):
+    y = _dot(_windows(xb, (kh, kw), stride, (ho, wo)), wm, ((1,), (0,)))
+    return None, y.astype(x.dtype).reshape(bs, ho, wo, o)
+
+  _, y = lax.scan(body, None, xp.reshape(b // bs, bs, hp, wp, c))
+  return y.reshape(b, ho, wo, o)
 
 
 def _kernel_grad(xp: jax.Array, g: jax.Array, kernel_shape, stride, block_bytes: int) -> jax.Array:
@@ -66,15 +114,12 @@ def _kernel_grad(xp: jax.Array, g: jax.Array, kernel_shape, stride, block_bytes:
   ho, wo = g.shape[1:3]
   if kh == kw == 1:
     xs = xp[:, ::stride[0], ::stride[1], :][:, :ho, :wo]
-    return lax.dot_general(xs.reshape(-1, c), g.reshape(-1, o), (((0,), (0,)), ((), ())),
-                           preferred_element_type=jnp.float32).reshape(kernel_shape)
+    return _dot(xs.reshape(-1, c), g.reshape(-1, o), ((0,), (0,))).reshape(kernel_shape)
   bs = _block_size(b, ho * wo * kh * kw * c * xp.dtype.itemsize, block_bytes)
 
   def body(acc, blk):
     xb, gb = blk
-    cols = _windows(xb, (kh, kw), stride, (ho, wo))
-    return acc + lax.dot_general(cols, gb.reshape(-1, o), (((0,), (0,)), ((), ())),
-                                 preferred_element_type=jnp.float32), None
+    return acc + _dot(_windows(xb, (kh, kw), stride, (ho, wo)), gb.reshape(-1, o), ((0,), (0,))), None
 
   acc, _ = lax.scan(body, jnp.zeros((kh * kw * c, o), jnp.float32),
                     (xp.reshape(b // bs, bs, hp, wp, c), g.reshape(b // bs, bs, ho, wo, o)))
@@ -85,13 +130,63 @@ def _lax_conv(x, w, stride, padding):
   return lax.conv_general_dilated(x, w, stride, padding, dimension_numbers=_NHWC)
 
 
+def _forward(x, w, stride, padding, block_bytes):
+  if _gathered(w.shape[:2], w.shape[2]):
+    return _gathered_conv(x, w, stride, padding, block_bytes)
+  return _lax_conv(x, w, stride, padding)
+
+
+def _phase_taps(k: int, s: int, lo: int, n_in: int, n_out: int):
+  """One spatial dimension of a strided convolution's input gradient split into its ``s`` phases.
+
+  Input position q = s*m + a receives g[m + t] * w[a + lo - s*t] for every t with a valid tap, so each phase a is
+  a stride-1 correlation of g with taps t_min..t_max. Returns the taps table [T, s] (-1: no tap), the number of
+  positions per phase m and the (lo, hi) padding of g (negative: cropping) that aligns the correlation."""
+  t_min, t_max = -((k - 1 - lo) // s), (s - 1 + lo) // s
+  taps = np.array([[a + lo - s * t for a in range(s)] for t in range(t_min, t_max + 1)])
+  taps[(taps < 0) | (taps >= k)] = -1
+  m = -(-n_in // s)
+  return taps, m, (-t_min, m - 1 + t_max - (n_out - 1))
+
+
+def _strided_input_grad(w, g, x_hw, stride, padding, block_bytes):
+  """The input gradient of a strided convolution as ONE stride-1 convolution of g, whose s_h*s_w*C output
+  channels are the input's stride phases, then interleaved. XLA's own transposed convolution would convolve the
+  (s-1)-zero-dilated g: s*s times the multiplications, and on the CPU a slow generic path (measured ~2-4x)."""
+  kh, kw, c, o = w.shape
+  (th, mh, ph), (tw, mw, pw) = (_phase_taps(k, s, lo, n, n_out) for k, s, (lo, _), n, n_out in
+                                zip((kh, kw), stride, padding, x_hw, g.shape[1:3]))
+  wt = w.transpose(0, 1, 3, 2)  # [kh, kw, O, C]
+  sub = wt[np.maximum(th, 0)[:, None, :, None], np.maximum(tw, 0)[None, :, None, :]]  # [Th, Tw, sh, sw, O, C]
+  valid = ((th >= 0)[:, None, :, None] & (tw >= 0)[None, :, None, :])[..., None, None]
+  sub = jnp.where(valid, sub, 0).transpose(0, 1, 4, 2, 3, 5).reshape(th.shape[0], tw.shape[0], o, -1)
+  gp = lax.pad(g, jnp.zeros((), g.dtype), ((0, 0, 0), (*ph, 0), (*pw, 0), (0, 0, 0)))
+  phases = _forward(gp, sub, (1, 1), ((0, 0), (0, 0)), block_bytes)  # [N, mh, mw, sh*sw*C]
+  (sh, sw), n = stride, g.shape[0]
+  dx = phases.reshape(n, mh, mw, sh, sw, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, mh * sh, mw * sw, c)
+  return dx[:, :x_hw[0], :x_hw[1]]
+
+
+def _input_grad(x, w, g, stride, padding, block_bytes):
+  kh, kw, _, o = w.shape
+  if stride != (1, 1):
+    return _strided_input_grad(w, g, x.shape[1:3], stride, padding, block_bytes)
+  flipped_pads = tuple((k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip((kh, kw), padding))
+  if _gathered((kh, kw), o) and min(min(p) for p in flipped_pads) >= 0:
+    # Stride 1: the input gradient is the forward convolution of g with the kernel flipped in space and
+    # transposed in channels, padded k-1-p on each side.
+    w_t = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)
+    return _gathered_conv(g, w_t, (1, 1), flipped_pads, block_bytes)
+  _, input_vjp = jax.vjp(lambda x_: _lax_conv(x_, w, stride, padding), x)  # XLA's transposed convolution
+  return input_vjp(g)[0]
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def conv2d(x: jax.Array, w: jax.Array, stride: tuple[int, int], padding: tuple[tuple[int, int], ...],
            block_bytes: int = _BLOCK_BYTES) -> jax.Array:
-  """NHWC input, HWIO kernel, explicit ((lo, hi), (lo, hi)) padding: XLA's convolution, whose kernel
-  gradient is computed by blocked im2col matrix products."""
-  del block_bytes
-  return _lax_conv(x, w, stride, padding)
+  """NHWC input, HWIO kernel, explicit ((lo, hi), (lo, hi)) padding: gathered-window matrix products where they
+  beat XLA's convolution on this CPU (``_gathered``), XLA's convolution elsewhere; same for the gradients."""
+  return _forward(x, w, stride, padding, block_bytes)
 
 
 def _fwd(x, w, stride, padding, block_bytes):
@@ -100,8 +195,7 @@ def _fwd(x, w, stride, padding, block_bytes):
 
 def _bwd(stride, padding, block_bytes, res, g):
   x, w = res
-  _, input_vjp = jax.vjp(lambda x_: _lax_conv(x_, w, stride, padding), x)  # XLA's transposed convolution
-  dx, = input_vjp(g)
+  dx = _input_grad(x, w, g, stride, padding, block_bytes).astype(x.dtype)
   xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
   dw = _kernel_grad(xp, g, w.shape, stride, block_bytes).astype(w.dtype)
   return dx, dw
