@@ -26,10 +26,10 @@ NHWC = conv_ops._NHWC  # pylint: disable=protected-access
     (4, 10, 3, 4, 4, 2, 'SAME'),           # even kernel, strided
     (3, 12, 3, 4, 7, 2, ((3, 3), (3, 3))),  # ImageNet stem
     (4, 9, 1, 6, 5, 1, 'SAME'),            # one input channel (CifarNet's conv1 on grayscale)
-    (2, 6, 80, 4, 3, 1, 'SAME'),           # wide input: XLA's forward, gathered input gradient
-    (2, 6, 3, 80, 3, 1, 'SAME'),           # wide output: gathered forward, XLA's input gradient
-    (2, 11, 3, 4, 3, 3, ((0, 2), (1, 0))),  # stride 3, odd size, lopsided padding: input-gradient phases
-    (2, 9, 4, 3, 2, 2, ((0, 0), (1, 1))),   # even kernel smaller than its stride's phases
+    (2, 6, 80, 4, 3, 1, 'SAME'),           # wide input
+    (2, 6, 3, 80, 3, 1, 'SAME'),           # wide output
+    (2, 11, 3, 4, 3, 3, ((0, 2), (1, 0))),  # stride 3, odd size, lopsided padding
+    (2, 9, 4, 3, 1, 3, ((0, 0), (1, 1))),   # strided 1x1 whose input gradient is spread out, padded
 ])
 def test_conv_values_and_gradients_match_xla(batch, size, cin, cout, k, stride, padding):
   x = jax.random.normal(jax.random.PRNGKey(0), (batch, size, size, cin))
@@ -115,3 +115,14 @@ def test_whole_backbone_gradients_match_between_impls(name, shape):
   np.testing.assert_allclose(v0, v1, rtol=1e-5)
   for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
     np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4 * max(float(jnp.abs(a).max()), 1e-6))
+
+
+def test_bench_ops_checks_and_times_every_pass():
+  """The per-layer bench checks each fast pass against XLA's before it times it, and says what 'auto' takes."""
+  from jaxssl import bench_ops  # pylint: disable=import-outside-toplevel
+  row = bench_ops.measure_layer(4, 8, 3, 5, 3, 1, repeats=1)
+  assert row['auto_takes'] == 'fwd:gathered dx:gathered dw:gathered'
+  for key in ('fwd_xla_ms', 'fwd_fast_ms', 'dx_xla_ms', 'dx_fast_ms', 'dw_xla_ms', 'dw_fast_ms'):
+    assert row[key] > 0
+  assert bench_ops.measure_layer(4, 8, 3, 5, 3, 2, repeats=1)['auto_takes'] == 'fwd:gathered dx:xla dw:gathered'
+  assert bench_ops.measure_layer(2, 6, 3, 4, 1, 2, repeats=1)['auto_takes'] == 'fwd:xla dx:spread dw:matmul'

@@ -1,23 +1,24 @@
 """2-D convolution computed as gathered-window (im2col) matrix products on the CPU, with a custom VJP.
 
-Why. XLA's CPU convolutions (YNNPACK in jax 0.10) reach a third to half of this CPU's matmul speed on the layers
-of the small nets jaxssl trains, and its kernel gradient (a convolution whose "kernel" is the whole output map)
-far less: on the 2-core machine jaxssl is developed on, CifarNet's 5x5, 64->64 layer on a rotation batch
-(1,024 14x14 maps) took ~750 ms forward, ~750 ms for the input gradient and ~2,600 ms for the kernel gradient,
-while XLA's matmul of the same arithmetic, once the windows are laid out as a matrix, runs at ~130 GFLOP/s.
+Why. XLA's CPU convolutions (YNNPACK in jax 0.10) run the small nets jaxssl trains at a third to a half of this
+CPU's matmul speed, and their kernel gradient (a convolution whose "kernel" is the whole output map) far slower:
+on the 2-core machine jaxssl is developed on, CifarNet's 5x5, 64->64 layer on a rotation batch (1,024 14x14
+maps) took ~800 ms forward, ~760 ms for the input gradient and ~2,600 ms for the kernel gradient, while XLA's
+matmul of the same arithmetic, once the windows are laid out as a matrix, runs at ~130 GFLOP/s.
 
 How. For each block of images (``lax.scan``), one gather lays the k*k shifted windows of the padded input out as
 a [pixels, k*k*C] matrix (columns ordered (i, j, c), like an HWIO kernel), which one matmul contracts:
   - forward: windows @ kernel[k*k*C, O];
-  - input gradient (stride 1): the forward convolution of the output gradient with the kernel flipped in space
+  - input gradient, stride 1: the forward convolution of the output gradient with the kernel flipped in space
     and transposed in channels (padding k-1-p), the same gathered path;
   - kernel gradient: windows^T @ output-gradient[pixels, O], summed over the blocks.
 Blocks are sized so one block's window matrix stays in cache (``block_bytes``, 8 MiB): materializing the whole
 batch's (1.3 GB for that layer) costs more than the arithmetic. One gather builds the windows 1.3-1.8x faster
-than concatenating k*k strided slices. Measured (tables in docs/speed.md): the gathered forward and input gradient
-are 1.5-2x faster than XLA's when the convolution's input has 2-64 channels, and level with or slower than XLA's
-at 128-512 channels and at one channel, so ``_gathered`` picks per layer; the kernel gradient is always faster
-gathered. Strided input gradients (which would multiply zeros) and 1x1 convolutions stay XLA's.
+than concatenating k*k strided slices. 1x1 convolutions are matmuls already and stay XLA's, except a strided
+one's input gradient, which XLA computes as a convolution of the zero-dilated gradient: here one matmul spread
+out by zeros (1.7x faster). A strided k x k layer's input gradient stays XLA's (its stride phases as one stride-1
+convolution were no faster). ``python -m jaxssl.bench_ops`` times every pass of every CifarNet and ResNet-18
+layer both ways, beside PyTorch's (README, "Benchmark").
 
 Numerics are those of a float32 dot with float32 accumulation: values and gradients equal XLA's to float32
 rounding (tests/test_ops.py). The step stays a pure, jittable function.
@@ -42,7 +43,6 @@ IMPLS = ('auto', 'xla', 'im2col')
 
 _NHWC = lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))  # what nnx.Conv passes for 2-D
 _BLOCK_BYTES = 8 << 20  # per block of images; 2-16 MiB measured on ResNet-18 and CifarNet shapes, 8 best overall
-_GATHER_CHANNELS = (1, 64)  # input channels for which the gathered forward beats XLA's (docs/speed.md)
 
 
 def use_im2col(impl: str) -> bool:
@@ -53,9 +53,10 @@ def use_im2col(impl: str) -> bool:
   return impl == 'im2col' or (impl == 'auto' and jax.default_backend() == 'cpu' and jax.device_count() == 1)
 
 
-def _gathered(kernel_hw: tuple[int, int], in_channels: int) -> bool:
-  """Whether a convolution (forward, or the input gradient seen as one) is faster gathered than XLA's."""
-  return kernel_hw != (1, 1) and _GATHER_CHANNELS[0] <= in_channels <= _GATHER_CHANNELS[1]
+def _gathered(kernel_hw: tuple[int, int]) -> bool:
+  """Whether a convolution (forward, or the input gradient seen as one) goes through window gathers: every
+  kernel but 1x1, whose "windows" are the input itself (XLA's convolution is then a plain matmul)."""
+  return tuple(kernel_hw) != (1, 1)
 
 
 def _block_size(batch: int, bytes_per_image: int, block_bytes: int) -> int:
@@ -131,61 +132,41 @@ def _lax_conv(x, w, stride, padding):
 
 
 def _forward(x, w, stride, padding, block_bytes):
-  if _gathered(w.shape[:2], w.shape[2]):
+  if _gathered(w.shape[:2]):
     return _gathered_conv(x, w, stride, padding, block_bytes)
   return _lax_conv(x, w, stride, padding)
 
 
-def _phase_taps(k: int, s: int, lo: int, n_in: int, n_out: int):
-  """One spatial dimension of a strided convolution's input gradient split into its ``s`` phases.
-
-  Input position q = s*m + a receives g[m + t] * w[a + lo - s*t] for every t with a valid tap, so each phase a is
-  a stride-1 correlation of g with taps t_min..t_max. Returns the taps table [T, s] (-1: no tap), the number of
-  positions per phase m and the (lo, hi) padding of g (negative: cropping) that aligns the correlation."""
-  t_min, t_max = -((k - 1 - lo) // s), (s - 1 + lo) // s
-  taps = np.array([[a + lo - s * t for a in range(s)] for t in range(t_min, t_max + 1)])
-  taps[(taps < 0) | (taps >= k)] = -1
-  m = -(-n_in // s)
-  return taps, m, (-t_min, m - 1 + t_max - (n_out - 1))
-
-
-def _strided_input_grad(w, g, x_hw, stride, padding, block_bytes):
-  """The input gradient of a strided convolution as ONE stride-1 convolution of g, whose s_h*s_w*C output
-  channels are the input's stride phases, then interleaved. XLA's own transposed convolution would convolve the
-  (s-1)-zero-dilated g: s*s times the multiplications, and on the CPU a slow generic path (measured ~2-4x)."""
-  kh, kw, c, o = w.shape
-  (th, mh, ph), (tw, mw, pw) = (_phase_taps(k, s, lo, n, n_out) for k, s, (lo, _), n, n_out in
-                                zip((kh, kw), stride, padding, x_hw, g.shape[1:3]))
-  wt = w.transpose(0, 1, 3, 2)  # [kh, kw, O, C]
-  sub = wt[np.maximum(th, 0)[:, None, :, None], np.maximum(tw, 0)[None, :, None, :]]  # [Th, Tw, sh, sw, O, C]
-  valid = ((th >= 0)[:, None, :, None] & (tw >= 0)[None, :, None, :])[..., None, None]
-  sub = jnp.where(valid, sub, 0).transpose(0, 1, 4, 2, 3, 5).reshape(th.shape[0], tw.shape[0], o, -1)
-  gp = lax.pad(g, jnp.zeros((), g.dtype), ((0, 0, 0), (*ph, 0), (*pw, 0), (0, 0, 0)))
-  phases = _forward(gp, sub, (1, 1), ((0, 0), (0, 0)), block_bytes)  # [N, mh, mw, sh*sw*C]
-  (sh, sw), n = stride, g.shape[0]
-  dx = phases.reshape(n, mh, mw, sh, sw, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, mh * sh, mw * sw, c)
-  return dx[:, :x_hw[0], :x_hw[1]]
+def _strided_pointwise_input_grad(w, g, x_hw, stride, padding):
+  """A strided 1x1 convolution's input gradient: every input position takes at most one output position's
+  g @ w^T, so it is one matmul spread out by zeros (XLA convolves the zero-dilated g instead: ~1.7x slower)."""
+  y = _dot(g, w[0, 0], ((3,), (1,))).astype(g.dtype)
+  pads = [(-lo, n - 1 - s * (m - 1) + lo, s - 1) for (lo, _), s, n, m in zip(padding, stride, x_hw, g.shape[1:3])]
+  return lax.pad(y, jnp.zeros((), y.dtype), ((0, 0, 0), *pads, (0, 0, 0)))
 
 
 def _input_grad(x, w, g, stride, padding, block_bytes):
-  kh, kw, _, o = w.shape
-  if stride != (1, 1):
-    return _strided_input_grad(w, g, x.shape[1:3], stride, padding, block_bytes)
+  kh, kw = w.shape[:2]
+  if stride != (1, 1) and kh == kw == 1:
+    return _strided_pointwise_input_grad(w, g, x.shape[1:3], stride, padding)
   flipped_pads = tuple((k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip((kh, kw), padding))
-  if _gathered((kh, kw), o) and min(min(p) for p in flipped_pads) >= 0:
+  if stride == (1, 1) and _gathered((kh, kw)) and min(min(p) for p in flipped_pads) >= 0:
     # Stride 1: the input gradient is the forward convolution of g with the kernel flipped in space and
     # transposed in channels, padded k-1-p on each side.
     w_t = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)
     return _gathered_conv(g, w_t, (1, 1), flipped_pads, block_bytes)
-  _, input_vjp = jax.vjp(lambda x_: _lax_conv(x_, w, stride, padding), x)  # XLA's transposed convolution
+  # Strided k x k: XLA's transposed convolution. Splitting it into its stride phases (one stride-1 convolution
+  # with s*s*C outputs) was measured level with XLA's on ResNet-18's first downsampling layer and 1.4x slower on
+  # its second, so it is not used.
+  _, input_vjp = jax.vjp(lambda x_: _lax_conv(x_, w, stride, padding), x)
   return input_vjp(g)[0]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def conv2d(x: jax.Array, w: jax.Array, stride: tuple[int, int], padding: tuple[tuple[int, int], ...],
            block_bytes: int = _BLOCK_BYTES) -> jax.Array:
-  """NHWC input, HWIO kernel, explicit ((lo, hi), (lo, hi)) padding: gathered-window matrix products where they
-  beat XLA's convolution on this CPU (``_gathered``), XLA's convolution elsewhere; same for the gradients."""
+  """NHWC input, HWIO kernel, explicit ((lo, hi), (lo, hi)) padding: gathered-window matrix products for k x k
+  kernels, XLA's convolution (a matmul) for 1x1; the gradients as the module docstring says."""
   return _forward(x, w, stride, padding, block_bytes)
 
 

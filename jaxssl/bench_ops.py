@@ -1,0 +1,157 @@
+r"""Times convolution layers' three passes, XLA's against jaxssl's CPU fast path, one JSON line per layer.
+
+  python -m jaxssl.bench_ops                        # the layers of CifarNet and ResNet-18 (CIFAR stem), 28x28 input
+  python -m jaxssl.bench_ops --layers=cifarnet_conv2,resnet_stage1 --batch=256 --repeats=7 --json=ops.json
+
+For each layer: the forward pass, the input gradient and the kernel gradient, each jitted on its own, as XLA's
+convolution (``lax.conv_general_dilated`` and its VJP: ``conv_impl=xla``, columns ``*_xla_ms``) and as the fast
+path of jaxssl/ops/conv.py (``*_fast_ms``): the gathered-window matmuls, also where 'auto' would not take them,
+so the table shows both sides of each choice; a strided layer's input gradient as 'auto' computes it (1x1: one
+matmul spread out by zeros; k x k: XLA's). PyTorch's times (oneDNN, channels_last) come beside them when torch is
+installed. Times are the minimum of --repeats runs after one warm-up. Every fast result is checked against
+XLA's before it is timed. ``auto_takes`` says which path ``conv_impl=auto`` runs for each pass.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from absl import app, flags, logging
+
+# name: (images, height = width, input channels, output channels, kernel, stride). Batches are a rotation step's:
+# CifarNet at batch 256 sees 1,024 images, ResNet-18 at batch 64 sees 256.
+LAYERS = {
+    'cifarnet_conv1': (1024, 28, 1, 64, 5, 1),
+    'cifarnet_conv2': (1024, 14, 64, 64, 5, 1),
+    'resnet_stem': (256, 28, 1, 64, 3, 1),
+    'resnet_stage1': (256, 28, 64, 64, 3, 1),
+    'resnet_stage2_down': (256, 28, 64, 128, 3, 2),
+    'resnet_stage2_shortcut': (256, 28, 64, 128, 1, 2),
+    'resnet_stage2': (256, 14, 128, 128, 3, 1),
+    'resnet_stage3_down': (256, 14, 128, 256, 3, 2),
+    'resnet_stage3': (256, 7, 256, 256, 3, 1),
+    'resnet_stage4': (256, 4, 512, 512, 3, 1),
+}
+
+_LAYERS = flags.DEFINE_list('layers', list(LAYERS), f'Layers to time, from: {", ".join(LAYERS)}.')
+_BATCH = flags.DEFINE_integer('batch', 0, 'Images per pass (0: each layer\'s rotation-step batch, see LAYERS).')
+_REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed runs per pass; the minimum is reported.')
+_TORCH = flags.DEFINE_bool('torch', True, 'Also time PyTorch, when it is installed.')
+_JSON = flags.DEFINE_string('json', '', 'Also write the rows to this JSON file.')
+
+
+def _time(fn, *args, repeats: int) -> float:
+  import jax  # pylint: disable=import-outside-toplevel
+  jax.block_until_ready(fn(*args))
+  best = float('inf')
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    best = min(best, time.perf_counter() - t0)
+  return 1e3 * best
+
+
+def measure_layer(n: int, hw: int, cin: int, cout: int, k: int, stride: int, *, repeats: int) -> dict:
+  """Milliseconds per pass for XLA and the gathered path (``None``: the path does not exist for this layer)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from jax import lax  # pylint: disable=import-outside-toplevel
+  from jaxssl.ops import conv as ops  # pylint: disable=import-outside-toplevel
+
+  x = jax.random.normal(jax.random.PRNGKey(0), (n, hw, hw, cin))
+  w = jax.random.normal(jax.random.PRNGKey(1), (k, k, cin, cout)) * (2.0 / (k * k * cin)) ** 0.5
+  st = (stride, stride)
+  pad = tuple(tuple(p) for p in lax.padtype_to_pads((hw, hw), (k, k), st, 'SAME'))
+  bb = ops._BLOCK_BYTES  # pylint: disable=protected-access
+  xla_fwd = jax.jit(lambda x, w: ops._lax_conv(x, w, st, pad))  # pylint: disable=protected-access
+  y = xla_fwd(x, w)
+  g = jax.random.normal(jax.random.PRNGKey(2), y.shape)
+  xla_dx = jax.jit(lambda x, w, g: jax.vjp(lambda a: ops._lax_conv(a, w, st, pad), x)[1](g)[0])  # pylint: disable=protected-access
+  xla_dw = jax.jit(lambda x, w, g: jax.vjp(lambda b: ops._lax_conv(x, b, st, pad), w)[1](g)[0])  # pylint: disable=protected-access
+
+  def fast_dx(x, w, g):
+    if stride == 1 and k > 1:  # the gathered path, whatever 'auto' would choose
+      flipped = tuple((k - 1 - lo, k - 1 - hi) for lo, hi in pad)
+      return ops._gathered_conv(g, jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2), (1, 1), flipped, bb)  # pylint: disable=protected-access
+    return ops._input_grad(x, w, g, st, pad, bb)  # pylint: disable=protected-access
+
+  passes = {
+      'fwd': (xla_fwd, jax.jit(lambda x, w: ops._gathered_conv(x, w, st, pad, bb)), (x, w)),  # pylint: disable=protected-access
+      'dx': (xla_dx, jax.jit(fast_dx), (x, w, g)),
+      'dw': (xla_dw, jax.jit(lambda x, w, g: ops._kernel_grad(jnp.pad(x, ((0, 0), *pad, (0, 0))), g, w.shape, st, bb)),  # pylint: disable=protected-access
+             (x, w, g)),
+  }
+  row = {'layer_shape': f'{n}x{hw}x{hw}x{cin} -> {cout}, {k}x{k}/{stride}',
+         'gflop_per_pass': round(2 * y.size * k * k * cin / 1e9, 2)}
+  for name, (xla_fn, fast_fn, args) in passes.items():
+    ref = xla_fn(*args)
+    got = fast_fn(*args)
+    scale = float(jnp.abs(ref).max()) or 1.0
+    err = float(jnp.abs(got - ref).max()) / scale
+    if not np.isfinite(err) or err > 1e-4:
+      raise AssertionError(f'gathered {name} differs from XLA\'s by {err:.2e} (relative to its largest value)')
+    row[f'{name}_xla_ms'] = round(_time(xla_fn, *args, repeats=repeats), 1)
+    row[f'{name}_fast_ms'] = round(_time(fast_fn, *args, repeats=repeats), 1)
+  pointwise = k == 1
+  auto = {'fwd': 'xla' if pointwise else 'gathered',
+          'dx': ('spread' if pointwise else 'xla') if stride != 1 else 'xla' if pointwise else 'gathered',
+          'dw': 'matmul' if pointwise else 'gathered'}
+  row['auto_takes'] = ' '.join(f'{p}:{v}' for p, v in auto.items())
+  return row
+
+
+def measure_torch(n: int, hw: int, cin: int, cout: int, k: int, stride: int, *, repeats: int) -> dict:
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    return {}
+  import os  # pylint: disable=import-outside-toplevel
+  torch.set_num_threads(len(os.sched_getaffinity(0)))
+  conv = torch.nn.Conv2d(cin, cout, k, stride, k // 2, bias=False).to(memory_format=torch.channels_last)
+  x = torch.randn(n, cin, hw, hw).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+  g = torch.randn_like(conv(x))
+
+  def best(fn):
+    fn()
+    out = float('inf')
+    for _ in range(repeats):
+      t0 = time.perf_counter()
+      fn()
+      out = min(out, time.perf_counter() - t0)
+    return 1e3 * out
+
+  with torch.no_grad():
+    fwd = best(lambda: conv(x))
+  y = conv(x)
+  both = best(lambda: torch.autograd.grad(y, [x, conv.weight], g, retain_graph=True))
+  return {'torch_fwd_ms': round(fwd, 1), 'torch_dx_plus_dw_ms': round(both, 1)}
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  unknown = [name for name in _LAYERS.value if name not in LAYERS]
+  if unknown:
+    raise app.UsageError(f'unknown layer(s) {", ".join(unknown)}; choose from: {", ".join(LAYERS)}')
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
+  import jax  # pylint: disable=import-outside-toplevel
+  print(f'# {jax.devices()[0].device_kind}, jax {jax.__version__}; ms per pass, min of {_REPEATS.value}', flush=True)
+  rows = []
+  for name in _LAYERS.value:
+    n, hw, cin, cout, k, stride = LAYERS[name]
+    n = _BATCH.value or n
+    row = {'layer': name, **measure_layer(n, hw, cin, cout, k, stride, repeats=_REPEATS.value)}
+    if _TORCH.value:
+      row.update(measure_torch(n, hw, cin, cout, k, stride, repeats=_REPEATS.value))
+    rows.append(row)
+    print(json.dumps(row), flush=True)
+  if _JSON.value:
+    with open(_JSON.value, 'w', encoding='utf-8') as f:
+      json.dump(rows, f, indent=1)
+
+
+if __name__ == '__main__':
+  app.run(main)
