@@ -65,6 +65,11 @@ def test_unsupported_convolutions_fall_back_to_lax():
   y = FAST(x, w, (1, 1), 'SAME', dimension_numbers=NHWC, feature_group_count=2)  # grouped
   np.testing.assert_allclose(y, lax.conv_general_dilated(x, w, (1, 1), 'SAME', dimension_numbers=NHWC,
                                                          feature_group_count=2), rtol=1e-6)
+  w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 4, 4))
+  crop = ((-1, 1), (0, -1))  # negative padding crops: lax's
+  y = jax.grad(lambda w: jnp.sum(FAST(x, w, (1, 1), crop, dimension_numbers=NHWC) ** 2))(w)
+  np.testing.assert_allclose(y, jax.grad(lambda w: jnp.sum(lax.conv_general_dilated(
+      x, w, (1, 1), crop, dimension_numbers=NHWC) ** 2))(w), rtol=1e-5)
 
 
 def test_auto_uses_xla_off_the_cpu(monkeypatch):

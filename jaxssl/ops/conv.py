@@ -206,7 +206,7 @@ def make_conv_general_dilated(impl: str = 'auto'):
              and all(d in (None, 1) for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
              and dimension_numbers == _NHWC and not kwargs.get('out_sharding'))
     pads = _explicit_padding(padding, lhs.shape, rhs.shape, strides) if plain else None
-    if fast and pads is not None and lhs.dtype == rhs.dtype:
+    if fast and pads is not None and min(map(min, pads)) >= 0 and lhs.dtype == rhs.dtype:  # no cropping pads
       return conv2d(lhs, rhs, strides, pads)
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                     dimension_numbers, feature_group_count, precision=precision,
