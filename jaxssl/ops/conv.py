@@ -11,7 +11,7 @@ a [pixels, k*k*C] matrix (columns ordered (i, j, c), like an HWIO kernel), which
   - forward: windows @ kernel[k*k*C, O];
   - input gradient, stride 1: the forward convolution of the output gradient with the kernel flipped in space
     and transposed in channels (padding k-1-p), the same gathered path;
-  - kernel gradient: windows^T @ output-gradient[pixels, O], summed over the blocks.
+  - kernel gradient: output-gradient[pixels, O]^T @ windows, summed over the blocks, transposed once.
 Blocks are sized so one block's window matrix stays in cache (``block_bytes``, 8 MiB): materializing the whole
 batch's (1.3 GB for that layer) costs more than the arithmetic. One gather builds the windows 1.3-1.8x faster
 than concatenating k*k strided slices. 1x1 convolutions are matmuls already and stay XLA's, except a strided
@@ -118,13 +118,15 @@ def _kernel_grad(xp: jax.Array, g: jax.Array, kernel_shape, stride, block_bytes:
     return _dot(xs.reshape(-1, c), g.reshape(-1, o), ((0,), (0,))).reshape(kernel_shape)
   bs = _block_size(b, ho * wo * kh * kw * c * xp.dtype.itemsize, block_bytes)
 
+  # Accumulated as g^T @ windows, [O, k*k*C], transposed once at the end: 5-45% faster on this CPU than
+  # windows^T @ g (CifarNet and ResNet-18 layers; the matmul reads the wide window matrix in its own layout).
   def body(acc, blk):
     xb, gb = blk
-    return acc + _dot(_windows(xb, (kh, kw), stride, (ho, wo)), gb.reshape(-1, o), ((0,), (0,))), None
+    return acc + _dot(gb.reshape(-1, o), _windows(xb, (kh, kw), stride, (ho, wo)), ((0,), (0,))), None
 
-  acc, _ = lax.scan(body, jnp.zeros((kh * kw * c, o), jnp.float32),
+  acc, _ = lax.scan(body, jnp.zeros((o, kh * kw * c), jnp.float32),
                     (xp.reshape(b // bs, bs, hp, wp, c), g.reshape(b // bs, bs, ho, wo, o)))
-  return acc.reshape(kernel_shape)
+  return acc.T.reshape(kernel_shape)
 
 
 def _lax_conv(x, w, stride, padding):
