@@ -9,6 +9,7 @@ from jax import lax
 
 from jaxssl.models import build_backbone
 from jaxssl.ops import conv as conv_ops
+from jaxssl.ops import conv_pool as conv_pool_ops
 from jaxssl.ops import pool as pool_ops
 from jaxssl.train.state import merge_model
 
@@ -100,6 +101,74 @@ def test_max_pool_gradient_equals_select_and_scatter(size, window, stride, paddi
   # sums may differ in the last bit only because they are added in another order.
   np.testing.assert_array_equal(dx != 0, dx_ref != 0)
   np.testing.assert_allclose(dx, dx_ref, rtol=1e-6, atol=1e-6)
+
+
+def _conv_relu_pool_reference(x, w, b, stride, padding, window, pool_stride, pool_padding):
+  h = jax.nn.relu(lax.conv_general_dilated(x, w, stride, padding, dimension_numbers=NHWC) + b)
+  return nnx.max_pool(h, window, strides=pool_stride, padding=pool_padding)
+
+
+@pytest.mark.parametrize('batch,size,cin,cout,k,stride,padding,window,pool_stride,pool_padding', [
+    (6, 28, 1, 8, 5, 1, 'SAME', 3, 2, 'SAME'),    # CifarNet conv1 -> pool1 (28 -> 14)
+    (5, 14, 6, 4, 5, 1, 'SAME', 3, 2, 'SAME'),    # CifarNet conv2 -> pool2 (14 -> 7)
+    (4, 16, 3, 5, 5, 1, 'SAME', 3, 2, 'SAME'),    # 32x32 family, even map
+    (3, 35, 3, 4, 11, 4, 'VALID', 3, 2, 'VALID'),  # AlexNet conv1 -> pool1
+    (4, 9, 4, 3, 3, 1, ((1, 1), (1, 1)), 2, 2, 'VALID'),
+    (3, 10, 2, 3, 3, 2, ((1, 0), (0, 1)), 3, 1, ((1, 1), (1, 1))),  # strided conv, stride-1 padded pool
+])
+def test_conv_relu_pool_values_and_gradients_match_xla(batch, size, cin, cout, k, stride, padding, window,
+                                                       pool_stride, pool_padding):
+  x = jax.random.normal(jax.random.PRNGKey(0), (batch, size, size, cin))
+  w = jax.random.normal(jax.random.PRNGKey(1), (k, k, cin, cout)) / k
+  b = 0.3 * jax.random.normal(jax.random.PRNGKey(2), (cout,))  # some channels mostly negative: ReLU zeros
+  args = ((stride,) * 2, padding, (window,) * 2, (pool_stride,) * 2, pool_padding)
+  explicit = conv_pool_ops._explicit  # pylint: disable=protected-access
+  pads = explicit(padding, (size, size), (k, k), (stride,) * 2)
+  conv_hw = lax.conv_general_dilated(x, w, (stride,) * 2, padding, dimension_numbers=NHWC).shape[1:3]
+  pool_pads = explicit(pool_padding, conv_hw, (window,) * 2, (pool_stride,) * 2)
+
+  def fused(x, w, b):
+    return conv_pool_ops.conv_pool_relu(x, w, b, (stride,) * 2, pads, (window,) * 2, (pool_stride,) * 2, pool_pads)
+
+  y_ref = _conv_relu_pool_reference(x, w, b, *args)
+  y = jax.jit(fused)(x, w, b)
+  assert y.shape == y_ref.shape
+  np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+  r = jax.random.normal(jax.random.PRNGKey(3), y.shape)
+  ref = jax.grad(lambda *a: jnp.sum(_conv_relu_pool_reference(*a, *args) * r), (0, 1, 2))(x, w, b)
+  got = jax.jit(jax.grad(lambda *a: jnp.sum(fused(*a) * r), (0, 1, 2)))(x, w, b)
+  for g, e in zip(got, ref):
+    assert g.shape == e.shape and g.dtype == e.dtype
+    np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4 * float(jnp.abs(e).max()))
+  # A first layer's input needs no gradient: the kernel and bias gradients are the same without it.
+  got_wb = jax.jit(jax.grad(lambda w, b: jnp.sum(fused(x, w, b) * r), (0, 1)))(w, b)
+  for g, e in zip(got_wb, ref[1:]):
+    np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4 * float(jnp.abs(e).max()))
+
+
+def test_conv_relu_pool_ties_go_to_the_first_maximum():
+  """Flat inputs make every window tie: the gradient lands where select-and-scatter puts it."""
+  x = jnp.round(2 * jax.random.uniform(jax.random.PRNGKey(0), (2, 12, 12, 2)))  # values 0, 1, 2: many ties
+  x = x.at[:, :, 6:].set(1.0)
+  w = jnp.ones((3, 3, 2, 3)).at[..., 1].set(-1.0)  # channel 1 all negative: ReLU zeros everywhere
+  b = jnp.array([0.0, 0.5, -2.0])
+  args = ((1, 1), ((1, 1), (1, 1)), (3, 3), (2, 2), ((0, 1), (0, 1)))
+  r = jax.random.normal(jax.random.PRNGKey(1), (2, 6, 6, 3))
+  ref = jax.grad(lambda x, w: jnp.sum(_conv_relu_pool_reference(x, w, b, *args[:4], args[4]) * r), (0, 1))(x, w)
+  got = jax.jit(jax.grad(lambda x, w: jnp.sum(conv_pool_ops.conv_pool_relu(x, w, b, *args) * r), (0, 1)))(x, w)
+  for g, e in zip(got, ref):
+    np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5)
+
+
+def test_conv_relu_max_pool_takes_an_nnx_conv():
+  conv = nnx.Conv(3, 4, (5, 5), padding='SAME', rngs=nnx.Rngs(0))
+  conv.bias[...] = jnp.linspace(-0.5, 0.5, 4)
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 13, 13, 3))
+  want = nnx.max_pool(jax.nn.relu(conv(x)), (3, 3), strides=(2, 2), padding='SAME')
+  np.testing.assert_allclose(conv_pool_ops.conv_relu_max_pool(conv, x, (3, 3), (2, 2), 'SAME'), want,
+                             rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match='dilation'):
+    conv_pool_ops.conv_relu_max_pool(nnx.Conv(3, 4, (3, 3), kernel_dilation=2, rngs=nnx.Rngs(0)), x, 3, 2, 'SAME')
 
 
 @pytest.mark.parametrize('name,shape', [('cifarnet', (28, 28, 1)), ('resnet20', (12, 12, 3))])
