@@ -171,18 +171,23 @@ def test_conv_relu_max_pool_takes_an_nnx_conv():
     conv_pool_ops.conv_relu_max_pool(nnx.Conv(3, 4, (3, 3), kernel_dilation=2, rngs=nnx.Rngs(0)), x, 3, 2, 'SAME')
 
 
-@pytest.mark.parametrize('name,shape', [('cifarnet', (28, 28, 1)), ('resnet20', (12, 12, 3))])
-def test_whole_backbone_gradients_match_between_impls(name, shape):
+@pytest.mark.parametrize('name,shape,options', [
+    ('cifarnet', (28, 28, 1), {}), ('resnet20', (12, 12, 3), {}),
+    ('alexnet', (67, 67, 3), {'width': 0.125, 'fc_width': 8, 'dropout': 0.0}),  # every pool fused
+    ('alexnet', (67, 67, 3), {'width': 0.125, 'fc_width': 8, 'dropout': 0.0, 'norm': 'lrn'}),  # pool5 fused
+])
+def test_whole_backbone_gradients_match_between_impls(name, shape, options):
   """The same parameters give the same features and parameter gradients with either implementation."""
   x = jax.random.normal(jax.random.PRNGKey(0), (4, *shape))
   results = []
   for impl in ('xla', 'im2col'):
-    model = build_backbone(name, input_shape=shape, rngs=nnx.Rngs(0), conv_impl=impl)
+    model = build_backbone(name, input_shape=shape, rngs=nnx.Rngs(0), conv_impl=impl, **options)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
     def loss(params, rest, graphdef=graphdef):
       m = merge_model(graphdef, params, rest)  # train mode: BatchNorm uses (and updates) batch statistics
-      return jnp.sum(jnp.tanh(m(x, train=True)[m.output_name]))
+      f = m(x, train=True)
+      return jnp.sum(jnp.tanh(f[m.output_name])) + jnp.sum(jnp.tanh(f[m.feature_names[1]]))  # and a pooled map
 
     results.append(jax.jit(jax.value_and_grad(loss))(params, rest))
   (v0, g0), (v1, g1) = results

@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxssl.ops.conv import make_conv_general_dilated
+from jaxssl.ops.conv import make_conv_general_dilated, use_im2col
+from jaxssl.ops.conv_pool import conv_relu_max_pool
 from jaxssl.ops.pool import max_pool
 
 NORMS = ('none', 'lrn', 'batch')
@@ -101,6 +102,14 @@ class AlexNet(nnx.Module):
     h = jax.nn.relu(h)
     return local_response_norm(h) if self.norm == 'lrn' and i < 2 else h
 
+  def _pool(self, i: int, conv: nnx.Conv, conv_in: jax.Array, h: jax.Array) -> jax.Array:
+    """The 3x3/2 pool of ``h``, conv ``i``'s output. Where that is relu(conv(conv_in)) (no norm in between), the
+    CPU fast path computes the pool straight from ``conv_in`` in one fused loop (jaxssl/ops/conv_pool.py);
+    ``h`` is then only a feature, which XLA drops from a step that does not use it."""
+    if use_im2col(self.conv_impl) and (self.norm == 'none' or (self.norm == 'lrn' and i >= 2)):
+      return conv_relu_max_pool(conv, conv_in, (3, 3), (2, 2), 'VALID')
+    return _pool(h, self.conv_impl)
+
   def __call__(self, x: jax.Array, *, train: bool = False,
                rng: jax.Array | None = None) -> dict[str, jax.Array]:
     if train and self.dropout_rate > 0 and rng is None:
@@ -108,14 +117,14 @@ class AlexNet(nnx.Module):
     rngs = (None, None) if rng is None else tuple(jax.random.split(rng))
     f = {}
     h = x.astype(self.dtype)
-    f['conv1'] = h = self._conv(0, self.conv1, h, train)
-    f['pool1'] = h = _pool(h, self.conv_impl)
-    f['conv2'] = h = self._conv(1, self.conv2, h, train)
-    f['pool2'] = h = _pool(h, self.conv_impl)
-    f['conv3'] = h = self._conv(2, self.conv3, h, train)
+    f['conv1'] = self._conv(0, self.conv1, h, train)
+    f['pool1'] = self._pool(0, self.conv1, h, f['conv1'])
+    f['conv2'] = self._conv(1, self.conv2, f['pool1'], train)
+    f['pool2'] = self._pool(1, self.conv2, f['pool1'], f['conv2'])
+    f['conv3'] = h = self._conv(2, self.conv3, f['pool2'], train)
     f['conv4'] = h = self._conv(3, self.conv4, h, train)
-    f['conv5'] = h = self._conv(4, self.conv5, h, train)
-    f['pool5'] = h = _pool(h, self.conv_impl)
+    f['conv5'] = self._conv(4, self.conv5, h, train)
+    f['pool5'] = h = self._pool(4, self.conv5, h, f['conv5'])
     h = adaptive_avg_pool(h, POOL5_SIZE).reshape(h.shape[0], -1)
     h = self.drop(h, deterministic=not train, rngs=rngs[0])
     f['fc6'] = h = jax.nn.relu(self.fc6(h))

@@ -26,7 +26,6 @@ unique; where a window ties, both take the first maximum (tests/test_ops.py).
 from __future__ import annotations
 
 import functools
-import itertools
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +33,7 @@ from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
 from jaxssl.ops.conv import _BLOCK_BYTES, _block_size, _dot, _input_grad, _kernel_grad, _out_hw, _windows
+from jaxssl.ops.pool import pool_with_offsets, unpool
 
 
 def _shapes(x_shape, w_shape, stride, padding, window, pool_strides, pool_pads):
@@ -47,42 +47,6 @@ def _shapes(x_shape, w_shape, stride, padding, window, pool_strides, pool_pads):
   return (hp, wp), conv_hw, pooled_hw, per_image
 
 
-def _pool_block(y, window, strides, pads, pooled_hw):
-  """Max pool of one block and the window offset (row-major, int8) of each maximum; padding never wins."""
-  yp = jnp.pad(y, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf)
-  (ho, wo), (sh, sw) = pooled_hw, strides
-  best = idx = None
-  for k, (i, j) in enumerate(itertools.product(range(window[0]), range(window[1]))):
-    s = yp[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :]
-    if best is None:
-      best, idx = s, jnp.zeros(s.shape, jnp.int8)
-    else:
-      later = s > best  # strictly greater: ties keep the earlier offset
-      best, idx = jnp.where(later, s, best), jnp.where(later, jnp.int8(k), idx)
-  return best, idx
-
-
-def _unpool(gp, idx, window, strides, pads, conv_hw):
-  """The pool's gradient: each pooled gradient added back at its maximum's position, as stride x stride phases
-  of the padded conv map (each a sum of shifted selects on the small grid), interleaved once and cropped."""
-  (sh, sw), (ho, wo) = strides, gp.shape[1:3]
-  hp, wp = conv_hw[0] + sum(pads[0]), conv_hw[1] + sum(pads[1])
-  ha, wa = -(-hp // sh), -(-wp // sw)
-  zero = jnp.zeros((), gp.dtype)
-  phases = [[None] * sw for _ in range(sh)]
-  for k, (i, j) in enumerate(itertools.product(range(window[0]), range(window[1]))):
-    (qi, ri), (qj, rj) = divmod(i, sh), divmod(j, sw)
-    share = lax.pad(jnp.where(idx == k, gp, zero), zero,
-                    ((0, 0, 0), (qi, ha - ho - qi, 0), (qj, wa - wo - qj, 0), (0, 0, 0)))
-    phases[ri][rj] = share if phases[ri][rj] is None else phases[ri][rj] + share
-  b, c = gp.shape[0], gp.shape[3]
-  phases = [[p if p is not None else jnp.zeros((b, ha, wa, c), gp.dtype) for p in row] for row in phases]
-  grid = jnp.stack([jnp.stack(row, axis=3) for row in phases], axis=2)  # [b, ha, sh, wa, sw, C]
-  full = grid.reshape(b, ha * sh, wa * sw, c)
-  (top, _), (left, _) = pads
-  return full[:, top:top + conv_hw[0], left:left + conv_hw[1], :]
-
-
 def _forward(x, w, stride, padding, window, pool_strides, pool_pads, block_bytes):
   kh, kw, c, o = w.shape
   (hp, wp), conv_hw, pooled_hw, per_image = _shapes(x.shape, w.shape, stride, padding, window, pool_strides,
@@ -94,7 +58,7 @@ def _forward(x, w, stride, padding, window, pool_strides, pool_pads, block_bytes
 
   def body(_, xb):
     y = _dot(_windows(xb, (kh, kw), stride, conv_hw), wm, ((1,), (0,))).astype(x.dtype)
-    return None, _pool_block(y.reshape(bs, *conv_hw, o), window, pool_strides, pool_pads, pooled_hw)
+    return None, pool_with_offsets(y.reshape(bs, *conv_hw, o), window, pool_strides, pool_pads, pooled_hw)
 
   _, (pooled, idx) = lax.scan(body, None, xp.reshape(b // bs, bs, hp, wp, c))
   return pooled.reshape(b, *pooled_hw, o), idx.reshape(b, *pooled_hw, o)
@@ -134,7 +98,7 @@ def _bwd(stride, padding, window, pool_strides, pool_pads, block_bytes, res, gy)
   gp = jnp.where(y > 0, gy, jnp.zeros((), gy.dtype))
   db = gp.sum((0, 1, 2), dtype=jnp.float32).astype(y.dtype)
   # The conv output's gradient, once for the whole batch; then the convolution's own gradients (conv.py).
-  g = _unpool(gp, idx, window, pool_strides, pool_pads, conv_hw)
+  g = unpool(gp, idx, window, pool_strides, pool_pads, conv_hw)
   dx = None if x_perturbed is None else _input_grad(x, w, g, stride, padding, block_bytes).astype(x.dtype)
   xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
   dw = _kernel_grad(xp, g, w.shape, stride, block_bytes).astype(w.dtype)

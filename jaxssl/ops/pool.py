@@ -4,12 +4,14 @@ Why. On the CPU, XLA differentiates ``reduce_window(max)`` into ``select_and_sca
 at a time: CifarNet's two overlapping 3x3/2 pools took ~450 ms of backward for 19 ms of forward at batch 256
 (28x28 input, 2-core machine), a third of the whole train step.
 
-How. The forward is XLA's ``reduce_window``. The backward visits the k*k window offsets in row-major order;
-at each, an input position is "the" maximum of an output window if it equals the window's max and no earlier
-offset of that window was (so ties go to the first maximum, exactly like select-and-scatter). Its share of the
-output gradient is added into one of the stride x stride phases of the input grid (shifted on the small output
-grid), and the phases are interleaved into the input-sized gradient once. Every step is an elementwise op XLA
-fuses. Gradients equal select-and-scatter's up to the order in which overlapping windows add (tests/test_ops.py).
+How. Differentiated, the forward takes the max over the k*k strided window slices and keeps, per pooled value,
+the row-major offset of its first maximum (int8; ties go to the first maximum, as in select-and-scatter); the
+backward, for each offset, selects the output gradient where that offset won and adds it into one of the
+stride x stride phases of the input grid (shifted on the small output grid), and interleaves the phases into
+the input-sized gradient once. Every step is an elementwise op XLA fuses, and the input is not kept for the
+backward. Without a gradient (evaluation) the forward is XLA's ``reduce_window``. Gradients equal
+select-and-scatter's up to the order in which overlapping windows add (tests/test_ops.py). Measured: a 3x3/2
+pool of [1024, 28, 28, 64], forward + backward, 251 ms comparing against the input, 205 ms from the offsets.
 
 'auto' takes this path on the CPU and XLA's own elsewhere, like the convolution in conv.py.
 """
@@ -17,6 +19,7 @@ fuses. Gradients equal select-and-scatter's up to the order in which overlapping
 from __future__ import annotations
 
 import functools
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -35,46 +38,69 @@ def _reduce(x, window, strides, pads):
   return lax.reduce_window(x, -jnp.inf, lax.max, (1, *window, 1), (1, *strides, 1), ((0, 0), *pads, (0, 0)))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def pool_with_offsets(y, window, strides, pads, pooled_hw):
+  """Max pool and the window offset (row-major, int8) of each maximum, the first one where a window ties;
+  padding never wins."""
+  yp = jnp.pad(y, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf)
+  (ho, wo), (sh, sw) = pooled_hw, strides
+  best = idx = None
+  for k, (i, j) in enumerate(itertools.product(range(window[0]), range(window[1]))):
+    s = yp[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :]
+    if best is None:
+      best, idx = s, jnp.zeros(s.shape, jnp.int8)
+    else:
+      later = s > best  # strictly greater: ties keep the earlier offset
+      best, idx = jnp.where(later, s, best), jnp.where(later, jnp.int8(k), idx)
+  return best, idx
+
+
+def unpool(gp, idx, window, strides, pads, in_hw):
+  """The pool's gradient from ``pool_with_offsets``'s offsets: each pooled gradient added back at its maximum's
+  position, as stride x stride phases of the padded input (each a sum of shifted selects on the small grid),
+  interleaved once and cropped to ``in_hw``."""
+  (sh, sw), (ho, wo) = strides, gp.shape[1:3]
+  hp, wp = in_hw[0] + sum(pads[0]), in_hw[1] + sum(pads[1])
+  ha, wa = -(-hp // sh), -(-wp // sw)
+  zero = jnp.zeros((), gp.dtype)
+  phases = [[None] * sw for _ in range(sh)]
+  for k, (i, j) in enumerate(itertools.product(range(window[0]), range(window[1]))):
+    (qi, ri), (qj, rj) = divmod(i, sh), divmod(j, sw)
+    share = lax.pad(jnp.where(idx == k, gp, zero), zero,
+                    ((0, 0, 0), (qi, ha - ho - qi, 0), (qj, wa - wo - qj, 0), (0, 0, 0)))
+    phases[ri][rj] = share if phases[ri][rj] is None else phases[ri][rj] + share
+  b, c = gp.shape[0], gp.shape[3]
+  phases = [[p if p is not None else jnp.zeros((b, ha, wa, c), gp.dtype) for p in row] for row in phases]
+  grid = jnp.stack([jnp.stack(row, axis=3) for row in phases], axis=2)  # [b, ha, sh, wa, sw, C]
+  full = grid.reshape(b, ha * sh, wa * sw, c)
+  (top, _), (left, _) = pads
+  return full[:, top:top + in_hw[0], left:left + in_hw[1], :]
+
+
+def _pooled_hw(in_hw, window, strides, pads) -> tuple[int, int]:
+  return tuple((n + lo + hi - k) // s + 1 for n, k, s, (lo, hi) in zip(in_hw, window, strides, pads))
+
+
 def max_pool_2d(x: jax.Array, window: tuple[int, int], strides: tuple[int, int],
                 pads: tuple[tuple[int, int], ...]) -> jax.Array:
   """NHWC max pooling with explicit ((lo, hi), (lo, hi)) padding (padded positions never win)."""
-  return _reduce(x, window, strides, pads)
+  return _max_pool_2d(x, tuple(window), tuple(strides), tuple(map(tuple, pads)), tuple(x.shape[1:3]))
 
 
-def _fwd(x, window, strides, pads):
-  y = _reduce(x, window, strides, pads)
-  return y, (x, y)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
+def _max_pool_2d(x, window, strides, pads, in_hw):
+  del in_hw
+  return _reduce(x, window, strides, pads)  # no gradient wanted: XLA's reduce_window, the fastest forward
 
 
-def _bwd(window, strides, pads, res, g):
-  x, y = res
-  (kh, kw), (sh, sw) = window, strides
-  ho, wo = y.shape[1:3]
-  xp = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf)
-  hp, wp = xp.shape[1:3]
-  # Input row sh*a + i (window offset i = sh*qi + ri) lies in stride phase ri at phase row a + qi. Summing
-  # each phase on the small output grid and interleaving the phases once writes the input-sized array once.
-  ha, wa = -(-hp // sh), -(-wp // sw)
-  zero = jnp.zeros((), g.dtype)
-  phases = [[jnp.zeros((y.shape[0], ha, wa, y.shape[3]), g.dtype) for _ in range(sw)] for _ in range(sh)]
-  taken = jnp.zeros(y.shape, bool)
-  for i in range(kh):
-    for j in range(kw):
-      xs = xp[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :]
-      first = (xs == y) & ~taken  # ties go to the first maximum in window order, as select-and-scatter does
-      taken = taken | first
-      share = jnp.where(first, g, zero)
-      (qi, ri), (qj, rj) = divmod(i, sh), divmod(j, sw)
-      phases[ri][rj] = phases[ri][rj] + lax.pad(share, zero, [(0, 0, 0), (qi, ha - ho - qi, 0),
-                                                               (qj, wa - wo - qj, 0), (0, 0, 0)])
-  grid = jnp.stack([jnp.stack(row, axis=3) for row in phases], axis=2)  # [B, ha, sh, wa, sw, C]
-  dxp = grid.reshape(y.shape[0], ha * sh, wa * sw, y.shape[3])
-  (top, _), (left, _) = pads
-  return (dxp[:, top:top + x.shape[1], left:left + x.shape[2], :],)
+def _fwd(x, window, strides, pads, in_hw):
+  return pool_with_offsets(x, window, strides, pads, _pooled_hw(in_hw, window, strides, pads))
 
 
-max_pool_2d.defvjp(_fwd, _bwd)
+def _bwd(window, strides, pads, in_hw, offsets, g):
+  return (unpool(g, offsets, window, strides, pads, in_hw),)
+
+
+_max_pool_2d.defvjp(_fwd, _bwd)
 
 
 def max_pool(x: jax.Array, window: tuple[int, int], strides: tuple[int, int], padding='VALID', *,
