@@ -12,9 +12,12 @@ fraction of --peak_gflops (model-FLOPs utilization; default peak: this 2-core CP
 FLOP/cycle x 2.6 GHz).
 
 With PyTorch installed (``pip install torch==2.13.0``; never required) and --torch (default), the same model,
-pretext batch and SGD step run in PyTorch eager (channels_last) in the same process, and the line gains
-torch_images_per_s and jax_over_torch (>1: jaxssl is faster). Models with a PyTorch twin: cifarnet, resnet20,
-resnet18_cifar; tasks: rotation, classify.
+pretext batch and SGD step run in PyTorch eager (channels_last) in a process of its own, and the line gains
+torch_step_ms_median, torch_images_per_s and jax_over_torch (>1: jaxssl is faster). The two steps alternate,
+one jaxssl step then one PyTorch step per round, so both see the same machine (on a shared VM, step times drift
+by 10-40% over minutes). Earlier versions timed PyTorch's steps after jaxssl's in the same process, which slowed
+PyTorch by up to 1.5x and overstated jaxssl's ratio accordingly. Models with a
+PyTorch twin: cifarnet, resnet20, resnet18_cifar; tasks: rotation, classify.
 """
 
 import json
@@ -36,7 +39,10 @@ _TORCH = flags.DEFINE_bool('torch', True, 'Also time the PyTorch twin of the mod
 flags.mark_flags_as_required(['config'])
 
 
-def measure(config, *, steps: int, warmup: int, pipeline_batches: int, peak_gflops: float) -> dict:
+def measure(config, *, steps: int, warmup: int, pipeline_batches: int, peak_gflops: float,
+            torch_step=None) -> dict:
+  """The figures of one config. With ``torch_step`` (a PyTorch step, ``bench_torch.make_step``) the two steps
+  are timed alternately, one of each per round, so both see the same machine."""
   import jax  # pylint: disable=import-outside-toplevel
   from jaxssl.data import pipeline  # pylint: disable=import-outside-toplevel
   from jaxssl.train import loop, mesh as mesh_lib  # pylint: disable=import-outside-toplevel
@@ -57,18 +63,30 @@ def measure(config, *, steps: int, warmup: int, pipeline_batches: int, peak_gflo
   compile_s = time.perf_counter() - t0
   flops = _model_flops(config, exp, batch, rng)
 
-  state = exp.state
-  for _ in range(warmup):
-    state, metrics = compiled(state, batch, rng)
-  jax.block_until_ready(metrics)
-  times = []
-  for _ in range(steps):
-    t0 = time.perf_counter()
-    state, metrics = compiled(state, batch, rng)
+  carry = {'state': exp.state}
+
+  def jax_step():
+    carry['state'], metrics = compiled(carry['state'], batch, rng)
     jax.block_until_ready(metrics)
-    times.append(time.perf_counter() - t0)
-  step_s = statistics.median(times)
+
+  fns = {'jax': jax_step, **({'torch': torch_step} if torch_step else {})}
+  for _ in range(warmup):
+    for fn in fns.values():
+      fn()
+  times = {name: [] for name in fns}
+  for _ in range(steps):
+    for name, fn in fns.items():
+      t0 = time.perf_counter()
+      fn()
+      times[name].append(time.perf_counter() - t0)
+  step_s = statistics.median(times['jax'])
   train_ips = config.batch_size / step_s
+  torch_figures = {}
+  if torch_step:
+    torch_s = statistics.median(times['torch'])
+    torch_figures = {'torch_step_ms_median': round(1e3 * torch_s, 2), 'torch_step_ms_min': round(1e3 * min(times['torch']), 2),
+                     'torch_images_per_s': round(config.batch_size / torch_s, 1),
+                     'jax_over_torch': round(torch_s / step_s, 3), 'timing': 'alternating jax and torch steps'}
   return {
       'config': config.get('name', ''), 'model': config.model.name, 'tasks': sorted(config.tasks.keys()),
       'dataset': config.data.name, 'batch_size': config.batch_size,
@@ -76,11 +94,11 @@ def measure(config, *, steps: int, warmup: int, pipeline_batches: int, peak_gflo
       'devices': f'{jax.device_count()}x {jax.devices()[0].device_kind}', 'host': platform.processor() or
       platform.machine(), 'jax': jax.__version__,
       'compile_s': round(compile_s, 2), 'step_ms_median': round(1e3 * step_s, 2),
-      'step_ms_min': round(1e3 * min(times), 2), 'train_images_per_s': round(train_ips, 1),
+      'step_ms_min': round(1e3 * min(times['jax']), 2), 'train_images_per_s': round(train_ips, 1),
       'pipeline_images_per_s': round(pipeline_ips, 1),
       'pipeline_to_step_ratio': round(pipeline_ips / train_ips, 2),
       'gflops_per_step': round(flops / 1e9, 3), 'achieved_gflops': round(flops / step_s / 1e9, 2),
-      'peak_gflops': peak_gflops, 'peak_fraction': round(flops / step_s / 1e9 / peak_gflops, 4),
+      'peak_gflops': peak_gflops, 'peak_fraction': round(flops / step_s / 1e9 / peak_gflops, 4), **torch_figures,
   }
 
 
@@ -98,18 +116,20 @@ def _model_flops(config, exp, batch, rng) -> float:
   return float(cost.get('flops', 0.0)) if cost else 0.0
 
 
-def _torch_figures(config, steps: int, warmup: int) -> dict:
+def _torch_step(config):
+  """(the PyTorch twin's step or None, what to report about it)."""
   try:
     from jaxssl import bench_torch  # pylint: disable=import-outside-toplevel
   except ImportError:
-    return {'torch': 'not installed (pip install torch==2.13.0 for the comparison)'}
+    return None, {'torch': 'not installed (pip install torch==2.13.0 for the comparison)'}
   from jaxssl.data.datasets import get_dataset  # pylint: disable=import-outside-toplevel
   kinds = [t.get('kind', name) for name, t in config.tasks.items()]
   if len(kinds) != 1 or kinds[0] not in bench_torch.SUPPORTED_TASKS or \
       config.model.name not in bench_torch.SUPPORTED_MODELS:
-    return {'torch': f'no PyTorch twin for model {config.model.name} with tasks {kinds}'}
+    return None, {'torch': f'no PyTorch twin for model {config.model.name} with tasks {kinds}'}
   shape = get_dataset(config.data.name, config.data).input_shape
-  return bench_torch.measure(config.model.name, kinds[0], config.batch_size, shape, steps=steps, warmup=warmup)
+  worker = bench_torch.StepProcess(config.model.name, kinds[0], config.batch_size, shape)
+  return worker, worker.info
 
 
 def main(argv):
@@ -123,16 +143,17 @@ def main(argv):
   except ValueError as e:
     raise SystemExit(f'error: bad config: {e}') from None
   from jaxssl.data.fashion_mnist import ChecksumError, DataNotFoundError  # pylint: disable=import-outside-toplevel
+  torch_step = None
   try:
+    torch_step, torch_info = _torch_step(_CONFIG.value) if _TORCH.value else (None, {})
     result = measure(_CONFIG.value, steps=_STEPS.value, warmup=_WARMUP.value,
-                     pipeline_batches=_PIPELINE_BATCHES.value, peak_gflops=_PEAK.value)
+                     pipeline_batches=_PIPELINE_BATCHES.value, peak_gflops=_PEAK.value, torch_step=torch_step)
   except (DataNotFoundError, ChecksumError) as e:
     raise SystemExit(f'error: {e}') from None
-  if _TORCH.value:
-    result.update(_torch_figures(_CONFIG.value, _STEPS.value, _WARMUP.value))
-    if 'torch_images_per_s' in result:
-      result['jax_over_torch'] = round(result['train_images_per_s'] / result['torch_images_per_s'], 3)
-  print(json.dumps(result), flush=True)
+  finally:
+    if torch_step is not None:
+      torch_step.close()
+  print(json.dumps({**result, **torch_info}), flush=True)
 
 
 if __name__ == '__main__':

@@ -82,9 +82,10 @@ def build(model: str, in_ch: int, hw: int, num_outputs: int) -> nn.Module:
   raise ValueError(f'no PyTorch twin for model {model!r}; have: {", ".join(SUPPORTED_MODELS)}')
 
 
-def measure(model: str, task: str, batch_size: int, input_shape, *, steps: int, warmup: int,
-            lr: float = 0.01, threads: int | None = None) -> dict:
-  """Images/s of one SGD step (forward, cross-entropy, backward, update) on ``batch_size`` source images."""
+def make_step(model: str, task: str, batch_size: int, input_shape, *, lr: float = 0.01,
+              threads: int | None = None):
+  """One SGD step (forward, cross-entropy, backward, update) on ``batch_size`` source images, as a function
+  that returns when the step is done (the loss is read back)."""
   if task not in SUPPORTED_TASKS:
     raise ValueError(f'no PyTorch twin for task {task!r}; have: {", ".join(SUPPORTED_TASKS)}')
   if threads:
@@ -99,20 +100,65 @@ def measure(model: str, task: str, batch_size: int, input_shape, *, steps: int, 
   loss_fn = nn.CrossEntropyLoss()
   net.train()
 
-  def step():
+  def step() -> float:
     opt.zero_grad(set_to_none=True)
     loss = loss_fn(net(x), y)
     loss.backward()
     opt.step()
-    return loss
+    return loss.item()
 
+  return step
+
+
+def info() -> dict:
+  return {'torch': torch.__version__, 'torch_threads': torch.get_num_threads()}
+
+
+def measure(model: str, task: str, batch_size: int, input_shape, *, steps: int, warmup: int,
+            lr: float = 0.01, threads: int | None = None) -> dict:
+  """Images/s of the step on its own (``python -m jaxssl.bench`` instead alternates it with jaxssl's)."""
+  step = make_step(model, task, batch_size, input_shape, lr=lr, threads=threads)
   for _ in range(warmup + 1):
     step()
   times = []
   for _ in range(steps):
     t0 = time.perf_counter()
-    step().item()
+    step()
     times.append(time.perf_counter() - t0)
   step_s = statistics.median(times)
-  return {'torch': torch.__version__, 'torch_threads': torch.get_num_threads(),
-          'torch_step_ms_median': round(1e3 * step_s, 2), 'torch_images_per_s': round(batch_size / step_s, 1)}
+  return {**info(), 'torch_step_ms_median': round(1e3 * step_s, 2), 'torch_images_per_s': round(batch_size / step_s, 1)}
+
+
+def _serve(conn, model: str, task: str, batch_size: int, input_shape) -> None:
+  """The worker process's loop: build the step, then run one per request until told to stop."""
+  try:
+    step = make_step(model, task, batch_size, input_shape)
+    conn.send(info())
+    while conn.recv() == 'step':
+      conn.send(step())
+  finally:
+    conn.close()
+
+
+class StepProcess:
+  """The PyTorch step in a process of its own, run one step per call: in one process with JAX, each framework's
+  allocations and threads slowed the other's steps (PyTorch's by up to 1.5x on a 2-core VM)."""
+
+  def __init__(self, model: str, task: str, batch_size: int, input_shape):
+    import multiprocessing  # pylint: disable=import-outside-toplevel
+    ctx = multiprocessing.get_context('spawn')
+    self._conn, child = ctx.Pipe()
+    self._proc = ctx.Process(target=_serve, args=(child, model, task, batch_size, tuple(input_shape)), daemon=True)
+    self._proc.start()
+    child.close()
+    self.info = self._conn.recv()
+
+  def __call__(self) -> float:
+    self._conn.send('step')
+    return self._conn.recv()
+
+  def close(self) -> None:
+    if self._proc.is_alive():
+      self._conn.send('stop')
+      self._proc.join(timeout=30)
+    self._conn.close()

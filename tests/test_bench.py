@@ -32,3 +32,23 @@ def test_measure_reports_images_per_second():
   assert result['torch_images_per_s'] > 0 and result['torch_step_ms_median'] > 0
   with pytest.raises(ValueError, match='no PyTorch twin for task'):
     bench_torch.measure('cifarnet', 'jigsaw', 8, (28, 28, 1), steps=1, warmup=0)
+
+
+def test_bench_alternates_jaxssl_and_torch_steps(tfds_dir):
+  """``python -m jaxssl.bench`` times one jaxssl step then one PyTorch step per round, and their ratio."""
+  from jaxssl import bench  # pylint: disable=import-outside-toplevel
+  from conftest import small_config  # pylint: disable=import-outside-toplevel
+  config = small_config(tfds_dir, batch_size=16)
+  order = []
+  torch_step = bench_torch.make_step('cifarnet', 'classify', 16, (28, 28, 1))
+
+  def recorded_torch_step():
+    order.append('torch')
+    return torch_step()
+
+  result = bench.measure(config, steps=3, warmup=1, pipeline_batches=2, peak_gflops=166.0,
+                         torch_step=recorded_torch_step)
+  assert len(order) == 4  # one per warm-up round and per timed round
+  assert result['jax_over_torch'] == pytest.approx(result['torch_step_ms_median'] / result['step_ms_median'],
+                                                   rel=1e-2)
+  assert result['train_images_per_s'] > 0 and result['gflops_per_step'] > 0
