@@ -84,7 +84,8 @@ def measure(config, *, steps: int, warmup: int, pipeline_batches: int, peak_gflo
   torch_figures = {}
   if torch_step:
     torch_s = statistics.median(times['torch'])
-    torch_figures = {'torch_step_ms_median': round(1e3 * torch_s, 2), 'torch_step_ms_min': round(1e3 * min(times['torch']), 2),
+    torch_figures = {'torch_step_ms_median': round(1e3 * torch_s, 2),
+                     'torch_step_ms_min': round(1e3 * min(times['torch']), 2),
                      'torch_images_per_s': round(config.batch_size / torch_s, 1),
                      'jax_over_torch': round(torch_s / step_s, 3), 'timing': 'alternating jax and torch steps'}
   return {

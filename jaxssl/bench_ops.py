@@ -7,14 +7,16 @@ For each layer: the forward pass, the input gradient and the kernel gradient, ea
 convolution (``lax.conv_general_dilated`` and its VJP: ``conv_impl=xla``, columns ``*_xla_ms``) and as the fast
 path of jaxssl/ops/conv.py (``*_fast_ms``): the gathered-window matmuls, also where 'auto' would not take them,
 so the table shows both sides of each choice; a strided layer's input gradient as 'auto' computes it (1x1: one
-matmul spread out by zeros; k x k: XLA's). PyTorch's times (oneDNN, channels_last) come beside them when torch is
-installed. Times are the minimum of --repeats runs after one warm-up. Every fast result is checked against
+matmul spread out by zeros; k x k: XLA's). PyTorch's times (oneDNN, channels_last; in a process of its own) come
+beside them when torch is installed. Times are the minimum of --repeats runs after one warm-up. Every fast result is checked against
 XLA's before it is timed. ``auto_takes`` says which path ``conv_impl=auto`` runs for each pass.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
+import multiprocessing
 import time
 
 from absl import app, flags, logging
@@ -142,14 +144,17 @@ def main(argv):
   import jax  # pylint: disable=import-outside-toplevel
   print(f'# {jax.devices()[0].device_kind}, jax {jax.__version__}; ms per pass, min of {_REPEATS.value}', flush=True)
   rows = []
+  # PyTorch runs in a process of its own: beside JAX's buffers and threads its steps ran up to 1.5x slower.
+  torch_pool = concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context('spawn'))
   for name in _LAYERS.value:
     n, hw, cin, cout, k, stride = LAYERS[name]
     n = _BATCH.value or n
     row = {'layer': name, **measure_layer(n, hw, cin, cout, k, stride, repeats=_REPEATS.value)}
     if _TORCH.value:
-      row.update(measure_torch(n, hw, cin, cout, k, stride, repeats=_REPEATS.value))
+      row.update(torch_pool.submit(measure_torch, n, hw, cin, cout, k, stride, repeats=_REPEATS.value).result())
     rows.append(row)
     print(json.dumps(row), flush=True)
+  torch_pool.shutdown()
   if _JSON.value:
     with open(_JSON.value, 'w', encoding='utf-8') as f:
       json.dump(rows, f, indent=1)
