@@ -8,8 +8,8 @@ convolution (``lax.conv_general_dilated`` and its VJP: ``conv_impl=xla``, column
 path of jaxssl/ops/conv.py (``*_fast_ms``): the gathered-window matmuls, also where 'auto' would not take them,
 so the table shows both sides of each choice; a strided layer's input gradient as 'auto' computes it (1x1: one
 matmul spread out by zeros; k x k: XLA's). PyTorch's times (oneDNN, channels_last; in a process of its own) come
-beside them when torch is installed. Times are the minimum of --repeats runs after one warm-up. Every fast result is checked against
-XLA's before it is timed. ``auto_takes`` says which path ``conv_impl=auto`` runs for each pass.
+beside them when torch is installed. Times are the minimum of --repeats runs after one warm-up. Every fast result
+is checked against XLA's before it is timed. ``auto_takes`` says which path ``conv_impl=auto`` runs for each pass.
 """
 
 from __future__ import annotations
