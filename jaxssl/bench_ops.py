@@ -6,10 +6,12 @@ r"""Times convolution layers' three passes, XLA's against jaxssl's CPU fast path
 For each layer: the forward pass, the input gradient and the kernel gradient, each jitted on its own, as XLA's
 convolution (``lax.conv_general_dilated`` and its VJP: ``conv_impl=xla``, columns ``*_xla_ms``) and as the fast
 path of jaxssl/ops/conv.py (``*_fast_ms``): the gathered-window matmuls, also where 'auto' would not take them,
-so the table shows both sides of each choice; a strided layer's input gradient as 'auto' computes it (1x1: one
-matmul spread out by zeros; k x k: XLA's). PyTorch's times (oneDNN, channels_last; in a process of its own) come
-beside them when torch is installed. Times are the minimum of --repeats runs after one warm-up. Every fast result
-is checked against XLA's before it is timed. ``auto_takes`` says which path ``conv_impl=auto`` runs for each pass.
+so the table shows both sides of each choice; a strided layer's input gradient as 'im2col' computes it (1x1:
+one matmul spread out by zeros; k x k: XLA's). oneDNN's times through jaxssl's custom calls (``*_onednn_ms``)
+come beside them where those can be built, and PyTorch's (oneDNN, channels_last; in a process of its own) where
+torch is installed. Times are the minimum of --repeats runs after one warm-up. Every fast and oneDNN result is
+checked against XLA's before it is timed. ``im2col_takes`` and ``auto_takes`` say which path ``conv_impl=im2col``
+and ``conv_impl=auto`` run for each pass.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ def measure_layer(n: int, hw: int, cin: int, cout: int, k: int, stride: int, *, 
   import numpy as np  # pylint: disable=import-outside-toplevel
   from jax import lax  # pylint: disable=import-outside-toplevel
   from jaxssl.ops import conv as ops  # pylint: disable=import-outside-toplevel
+  from jaxssl.ops import onednn  # pylint: disable=import-outside-toplevel
 
   x = jax.random.normal(jax.random.PRNGKey(0), (n, hw, hw, cin))
   w = jax.random.normal(jax.random.PRNGKey(1), (k, k, cin, cout)) * (2.0 / (k * k * cin)) ** 0.5
@@ -82,28 +85,42 @@ def measure_layer(n: int, hw: int, cin: int, cout: int, k: int, stride: int, *, 
     return ops._input_grad(x, w, g, st, pad, bb)
 
   passes = {
-      'fwd': (xla_fwd, jax.jit(lambda x, w: ops._gathered_conv(x, w, st, pad, bb)), (x, w)),
-      'dx': (xla_dx, jax.jit(fast_dx), (x, w, g)),
-      'dw': (xla_dw, jax.jit(lambda x, w, g: ops._kernel_grad(jnp.pad(x, ((0, 0), *pad, (0, 0))), g, w.shape, st, bb)),
+      'fwd': (xla_fwd, jax.jit(lambda x, w: ops._gathered_conv(x, w, st, pad, bb)),
+              jax.jit(lambda x, w: onednn.conv_forward(x, w, st, pad)), (x, w)),
+      'dx': (xla_dx, jax.jit(fast_dx), jax.jit(lambda x, w, g: onednn.conv_input_grad(g, w, x.shape, st, pad)),
              (x, w, g)),
+      'dw': (xla_dw, jax.jit(lambda x, w, g: ops._kernel_grad(jnp.pad(x, ((0, 0), *pad, (0, 0))), g, w.shape, st, bb)),
+             jax.jit(lambda x, w, g: onednn.conv_kernel_grad(x, g, w.shape, st, pad)), (x, w, g)),
   }
+  if not onednn.available():
+    passes = {name: (xla_fn, fast_fn, None, args) for name, (xla_fn, fast_fn, _, args) in passes.items()}
   row = {'layer_shape': f'{n}x{hw}x{hw}x{cin} -> {cout}, {k}x{k}/{stride}',
          'gflop_per_pass': round(2 * y.size * k * k * cin / 1e9, 2)}
-  for name, (xla_fn, fast_fn, args) in passes.items():
+  for name, (xla_fn, fast_fn, onednn_fn, args) in passes.items():
     ref = xla_fn(*args)
-    got = fast_fn(*args)
     scale = float(jnp.abs(ref).max()) or 1.0
-    err = float(jnp.abs(got - ref).max()) / scale
-    if not np.isfinite(err) or err > 1e-4:
-      raise AssertionError(f'fast {name} differs from XLA\'s by {err:.2e} (relative to its largest value)')
+    for label, fn in (('fast', fast_fn), ('onednn', onednn_fn)):
+      if fn is None:
+        continue
+      err = float(jnp.abs(fn(*args) - ref).max()) / scale
+      if not np.isfinite(err) or err > 1e-4:
+        raise AssertionError(f'{label} {name} differs from XLA\'s by {err:.2e} (relative to its largest value)')
     row[f'{name}_xla_ms'] = round(_time(xla_fn, *args, repeats=repeats), 1)
     row[f'{name}_fast_ms'] = round(_time(fast_fn, *args, repeats=repeats), 1)
-  pointwise = k == 1
-  auto = {'fwd': 'xla' if pointwise else 'gathered',
-          'dx': ('spread' if pointwise else 'xla') if stride != 1 else 'xla' if pointwise else 'gathered',
-          'dw': 'matmul' if pointwise else 'gathered'}
-  row['auto_takes'] = ' '.join(f'{p}:{v}' for p, v in auto.items())
+    if onednn_fn is not None:
+      row[f'{name}_onednn_ms'] = round(_time(onednn_fn, *args, repeats=repeats), 1)
+  row['im2col_takes'] = _im2col_takes(k, stride)
+  row['auto_takes'] = 'fwd:onednn dx:onednn dw:onednn' if onednn.available() else row['im2col_takes']
   return row
+
+
+def _im2col_takes(k: int, stride: int) -> str:
+  """What ``conv_impl=im2col`` runs for each pass of a k x k / stride layer."""
+  pointwise = k == 1
+  takes = {'fwd': 'xla' if pointwise else 'gathered',
+           'dx': ('spread' if pointwise else 'xla') if stride != 1 else 'xla' if pointwise else 'gathered',
+           'dw': 'matmul' if pointwise else 'gathered'}
+  return ' '.join(f'{p}:{v}' for p, v in takes.items())
 
 
 def measure_torch(n: int, hw: int, cin: int, cout: int, k: int, stride: int, *, repeats: int) -> dict:

@@ -10,10 +10,13 @@ from jax import lax
 from jaxssl.models import build_backbone
 from jaxssl.ops import conv as conv_ops
 from jaxssl.ops import conv_pool as conv_pool_ops
+from jaxssl.ops import onednn
 from jaxssl.ops import pool as pool_ops
 from jaxssl.train.state import merge_model
 
 FAST = conv_ops.make_conv_general_dilated('im2col')
+ONEDNN_REASON = onednn.unavailable_reason()
+needs_onednn = pytest.mark.skipif(ONEDNN_REASON is not None, reason=f'oneDNN unavailable: {ONEDNN_REASON}')
 NHWC = conv_ops._NHWC  # pylint: disable=protected-access
 
 
@@ -32,7 +35,9 @@ NHWC = conv_ops._NHWC  # pylint: disable=protected-access
     (2, 11, 3, 4, 3, 3, ((0, 2), (1, 0))),  # stride 3, odd size, lopsided padding
     (2, 9, 4, 3, 1, 3, ((0, 0), (1, 1))),   # strided 1x1 whose input gradient is spread out, padded
 ])
-def test_conv_values_and_gradients_match_xla(batch, size, cin, cout, k, stride, padding):
+@pytest.mark.parametrize('impl', ['im2col', pytest.param('onednn', marks=needs_onednn)])
+def test_conv_values_and_gradients_match_xla(batch, size, cin, cout, k, stride, padding, impl):
+  fast = conv_ops.make_conv_general_dilated(impl)
   x = jax.random.normal(jax.random.PRNGKey(0), (batch, size, size, cin))
   w = jax.random.normal(jax.random.PRNGKey(1), (k, k, cin, cout))
 
@@ -41,10 +46,10 @@ def test_conv_values_and_gradients_match_xla(batch, size, cin, cout, k, stride, 
     return lambda x, w: jnp.sum(jnp.sin(conv(x, w, (stride, stride), padding, dimension_numbers=NHWC)))
 
   y_ref = lax.conv_general_dilated(x, w, (stride, stride), padding, dimension_numbers=NHWC)
-  y = jax.jit(lambda x, w: FAST(x, w, (stride, stride), padding, dimension_numbers=NHWC))(x, w)
+  y = jax.jit(lambda x, w: fast(x, w, (stride, stride), padding, dimension_numbers=NHWC))(x, w)
   np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-4)
   ref = jax.grad(loss(lax.conv_general_dilated), (0, 1))(x, w)
-  got = jax.jit(jax.grad(loss(FAST), (0, 1)))(x, w)
+  got = jax.jit(jax.grad(loss(fast), (0, 1)))(x, w)
   for g, r in zip(got, ref):
     assert g.shape == r.shape and g.dtype == r.dtype
     np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4 * float(jnp.abs(r).max()))
@@ -74,11 +79,13 @@ def test_unsupported_convolutions_fall_back_to_lax():
 
 
 def test_auto_uses_xla_off_the_cpu(monkeypatch):
-  assert conv_ops.use_im2col('auto') == (jax.default_backend() == 'cpu' and jax.device_count() == 1)
+  assert conv_ops.use_cpu_fast_path('auto') == (jax.default_backend() == 'cpu' and jax.device_count() == 1)
+  if conv_ops.use_cpu_fast_path('auto'):
+    assert conv_ops.cpu_path('auto') == ('onednn' if onednn.available() else 'im2col')
   monkeypatch.setattr(conv_ops.jax, 'default_backend', lambda: 'gpu')
-  assert not conv_ops.use_im2col('auto') and conv_ops.use_im2col('im2col') and not conv_ops.use_im2col('xla')
+  assert [conv_ops.cpu_path(i) for i in ('auto', 'im2col', 'xla')] == ['xla', 'im2col', 'xla']
   with pytest.raises(ValueError, match='conv_impl'):
-    conv_ops.use_im2col('fast')
+    conv_ops.cpu_path('fast')
 
 
 @pytest.mark.parametrize('size,window,stride,padding', [
@@ -116,8 +123,9 @@ def _conv_relu_pool_reference(x, w, b, stride, padding, window, pool_stride, poo
     (4, 9, 4, 3, 3, 1, ((1, 1), (1, 1)), 2, 2, 'VALID'),
     (3, 10, 2, 3, 3, 2, ((1, 0), (0, 1)), 3, 1, ((1, 1), (1, 1))),  # strided conv, stride-1 padded pool
 ])
+@pytest.mark.parametrize('backend', ['im2col', pytest.param('onednn', marks=needs_onednn)])
 def test_conv_relu_pool_values_and_gradients_match_xla(batch, size, cin, cout, k, stride, padding, window,
-                                                       pool_stride, pool_padding):
+                                                       pool_stride, pool_padding, backend):
   x = jax.random.normal(jax.random.PRNGKey(0), (batch, size, size, cin))
   w = jax.random.normal(jax.random.PRNGKey(1), (k, k, cin, cout)) / k
   b = 0.3 * jax.random.normal(jax.random.PRNGKey(2), (cout,))  # some channels mostly negative: ReLU zeros
@@ -128,7 +136,8 @@ def test_conv_relu_pool_values_and_gradients_match_xla(batch, size, cin, cout, k
   pool_pads = explicit(pool_padding, conv_hw, (window,) * 2, (pool_stride,) * 2)
 
   def fused(x, w, b):
-    return conv_pool_ops.conv_pool_relu(x, w, b, (stride,) * 2, pads, (window,) * 2, (pool_stride,) * 2, pool_pads)
+    return conv_pool_ops.conv_pool_relu(x, w, b, (stride,) * 2, pads, (window,) * 2, (pool_stride,) * 2, pool_pads,
+                                        backend=backend)
 
   y_ref = _conv_relu_pool_reference(x, w, b, *args)
   y = jax.jit(fused)(x, w, b)
@@ -177,10 +186,10 @@ def test_conv_relu_max_pool_takes_an_nnx_conv():
     ('alexnet', (67, 67, 3), {'width': 0.125, 'fc_width': 8, 'dropout': 0.0, 'norm': 'lrn'}),  # pool5 fused
 ])
 def test_whole_backbone_gradients_match_between_impls(name, shape, options):
-  """The same parameters give the same features and parameter gradients with either implementation."""
+  """The same parameters give the same features and parameter gradients with every implementation."""
   x = jax.random.normal(jax.random.PRNGKey(0), (4, *shape))
   results = []
-  for impl in ('xla', 'im2col'):
+  for impl in ('xla', 'im2col', *(('onednn',) if onednn.available() else ())):
     model = build_backbone(name, input_shape=shape, rngs=nnx.Rngs(0), conv_impl=impl, **options)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
@@ -190,18 +199,39 @@ def test_whole_backbone_gradients_match_between_impls(name, shape, options):
       return jnp.sum(jnp.tanh(f[m.output_name])) + jnp.sum(jnp.tanh(f[m.feature_names[1]]))  # and a pooled map
 
     results.append(jax.jit(jax.value_and_grad(loss))(params, rest))
-  (v0, g0), (v1, g1) = results
-  np.testing.assert_allclose(v0, v1, rtol=1e-5)
-  for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
-    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4 * max(float(jnp.abs(a).max()), 1e-6))
+  (v0, g0), *others = results
+  for v1, g1 in others:
+    np.testing.assert_allclose(v0, v1, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
+      np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4 * max(float(jnp.abs(a).max()), 1e-6))
+
+
+def test_onednn_unavailable_is_one_clear_error(monkeypatch):
+  """Asked for by name where it cannot be built: an error saying why and what to use; 'auto' falls back."""
+  monkeypatch.setattr(onednn, '_load', lambda: 'no oneDNN found (test)')
+  with pytest.raises(ValueError, match=r'conv_impl=onednn: no oneDNN found \(test\); or set --config.model.conv_impl='):
+    conv_ops.cpu_path('onednn')
+  if jax.default_backend() == 'cpu' and jax.device_count() == 1:
+    assert conv_ops.cpu_path('auto') == 'im2col'
+
+
+@needs_onednn
+def test_onednn_library_is_built_once_and_reused(tmp_path, monkeypatch):
+  monkeypatch.setenv('JAXSSL_CACHE_DIR', str(tmp_path))
+  first = onednn._build()  # pylint: disable=protected-access
+  stamp = first.stat().st_mtime_ns
+  assert onednn._build() == first and first.stat().st_mtime_ns == stamp  # pylint: disable=protected-access
+  assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temporary files left behind
 
 
 def test_bench_ops_checks_and_times_every_pass():
   """The per-layer bench checks each fast pass against XLA's before it times it, and says what 'auto' takes."""
   from jaxssl import bench_ops  # pylint: disable=import-outside-toplevel
   row = bench_ops.measure_layer(4, 8, 3, 5, 3, 1, repeats=1)
-  assert row['auto_takes'] == 'fwd:gathered dx:gathered dw:gathered'
-  for key in ('fwd_xla_ms', 'fwd_fast_ms', 'dx_xla_ms', 'dx_fast_ms', 'dw_xla_ms', 'dw_fast_ms'):
+  assert row['im2col_takes'] == 'fwd:gathered dx:gathered dw:gathered'
+  assert row['auto_takes'] == ('fwd:onednn dx:onednn dw:onednn' if onednn.available() else row['im2col_takes'])
+  for key in ('fwd_xla_ms', 'fwd_fast_ms', 'dx_xla_ms', 'dx_fast_ms', 'dw_xla_ms', 'dw_fast_ms',
+              *(('fwd_onednn_ms', 'dx_onednn_ms', 'dw_onednn_ms') if onednn.available() else ())):
     assert row[key] > 0
-  assert bench_ops.measure_layer(4, 8, 3, 5, 3, 2, repeats=1)['auto_takes'] == 'fwd:gathered dx:xla dw:gathered'
-  assert bench_ops.measure_layer(2, 6, 3, 4, 1, 2, repeats=1)['auto_takes'] == 'fwd:xla dx:spread dw:matmul'
+  assert bench_ops.measure_layer(4, 8, 3, 5, 3, 2, repeats=1)['im2col_takes'] == 'fwd:gathered dx:xla dw:gathered'
+  assert bench_ops.measure_layer(2, 6, 3, 4, 1, 2, repeats=1)['im2col_takes'] == 'fwd:xla dx:spread dw:matmul'

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxssl.ops.conv import make_conv_general_dilated, use_im2col
+from jaxssl.ops.conv import make_conv_general_dilated, use_cpu_fast_path
 from jaxssl.ops.conv_pool import conv_relu_max_pool
 from jaxssl.ops.pool import max_pool
 
@@ -106,8 +106,8 @@ class AlexNet(nnx.Module):
     """The 3x3/2 pool of ``h``, conv ``i``'s output. Where that is relu(conv(conv_in)) (no norm in between), the
     CPU fast path computes the pool straight from ``conv_in`` in one fused loop (jaxssl/ops/conv_pool.py);
     ``h`` is then only a feature, which XLA drops from a step that does not use it."""
-    if use_im2col(self.conv_impl) and (self.norm == 'none' or (self.norm == 'lrn' and i >= 2)):
-      return conv_relu_max_pool(conv, conv_in, (3, 3), (2, 2), 'VALID')
+    if use_cpu_fast_path(self.conv_impl) and (self.norm == 'none' or (self.norm == 'lrn' and i >= 2)):
+      return conv_relu_max_pool(conv, conv_in, (3, 3), (2, 2), 'VALID', impl=self.conv_impl)
     return _pool(h, self.conv_impl)
 
   def __call__(self, x: jax.Array, *, train: bool = False,

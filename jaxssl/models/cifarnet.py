@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxssl.ops.conv import make_conv_general_dilated, use_im2col
+from jaxssl.ops.conv import make_conv_general_dilated, use_cpu_fast_path
 from jaxssl.ops.conv_pool import conv_relu_max_pool
 from jaxssl.ops.pool import max_pool
 
@@ -27,8 +27,8 @@ def _conv_relu_pool(conv: nnx.Conv, x: jax.Array, impl: str) -> tuple[jax.Array,
   the full-resolution map; that map is then only a feature, which XLA drops from a step that does not use it.
   """
   h = jax.nn.relu(conv(x))
-  if use_im2col(impl):
-    return h, conv_relu_max_pool(conv, x, (3, 3), (2, 2), 'SAME')
+  if use_cpu_fast_path(impl):
+    return h, conv_relu_max_pool(conv, x, (3, 3), (2, 2), 'SAME', impl=impl)
   return h, max_pool(h, (3, 3), (2, 2), 'SAME', impl=impl)
 
 

@@ -23,10 +23,11 @@ layer both ways, beside PyTorch's (README, "Benchmark").
 Numerics are those of a float32 dot with float32 accumulation: values and gradients equal XLA's to float32
 rounding (tests/test_ops.py). The step stays a pure, jittable function.
 
-Per backend. ``impl='auto'`` uses this path only when the default backend is a single CPU device; on GPU and
-TPU XLA's own convolutions (cuDNN, the TPU's MXU) are the right choice, so 'auto' leaves them alone, and so it
-does with several CPU devices, whose data-parallel sharding of the batch the blocked loop would cut across.
-Shapes the fast path does not cover (dilation, feature groups, layouts other than NHWC/HWIO) go to ``lax``.
+Per backend (``cpu_path``). ``impl='auto'`` takes oneDNN's convolutions (onednn.py; faster still) on a single
+CPU device where they can be built, this path there where they cannot, and XLA's own on GPU and TPU (cuDNN,
+the TPU's MXU are the right choice there) and over several CPU devices, whose data-parallel sharding of the batch
+the blocked loop would cut across. Shapes neither covers (dilation, feature groups, layouts other than
+NHWC/HWIO) go to ``lax``.
 """
 
 from __future__ import annotations
@@ -39,18 +40,38 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-IMPLS = ('auto', 'xla', 'im2col')
+IMPLS = ('auto', 'xla', 'im2col', 'onednn')
 
 _NHWC = lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))  # what nnx.Conv passes for 2-D
 _BLOCK_BYTES = 8 << 20  # per block of images; 2-16 MiB measured on ResNet-18 and CifarNet shapes, 8 best overall
 
 
-def use_im2col(impl: str) -> bool:
+def cpu_path(impl: str) -> str:
+  """What ``conv_impl`` runs here: 'xla' (XLA's own convolutions), 'im2col' (the gathered-window matmuls of this
+  module) or 'onednn' (oneDNN's convolutions as custom calls, jaxssl/ops/onednn.py).
+
+  'auto' takes oneDNN on a single CPU device when it can be built, the gathered path there when it cannot, and
+  XLA's own everywhere else: on GPU and TPU XLA's convolutions (cuDNN, the MXU) are the right choice, and over
+  several CPU devices (fake host devices, multi-process CPU runs) the batch-blocked loop and the custom calls
+  would run across the data-parallel sharding of the batch, which XLA cannot split.
+  """
   if impl not in IMPLS:
     raise ValueError(f"unknown conv impl '{impl}'; choose one of: {', '.join(IMPLS)} (set --config.model.conv_impl)")
-  # One CPU device only: over several (fake host devices, multi-process CPU runs) the batch-blocked loop
-  # would run across the data-parallel sharding of the batch, which XLA cannot split.
-  return impl == 'im2col' or (impl == 'auto' and jax.default_backend() == 'cpu' and jax.device_count() == 1)
+  from jaxssl.ops import onednn  # pylint: disable=import-outside-toplevel
+  if impl == 'onednn':
+    if not onednn.available():
+      raise ValueError(f'conv_impl=onednn: {onednn.unavailable_reason()}; or set --config.model.conv_impl=im2col')
+    return 'onednn'
+  if impl == 'auto':
+    if jax.default_backend() != 'cpu' or jax.device_count() != 1:
+      return 'xla'
+    return 'onednn' if onednn.available() else 'im2col'
+  return impl
+
+
+def use_cpu_fast_path(impl: str) -> bool:
+  """Whether ``impl`` runs one of jaxssl's CPU paths (and with them the fast max-pool gradient)."""
+  return cpu_path(impl) != 'xla'
 
 
 def _gathered(kernel_hw: tuple[int, int]) -> bool:
@@ -187,6 +208,29 @@ def _bwd(stride, padding, block_bytes, res, g):
 conv2d.defvjp(_fwd, _bwd)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def onednn_conv2d(x: jax.Array, w: jax.Array, stride: tuple[int, int],
+                  padding: tuple[tuple[int, int], ...]) -> jax.Array:
+  """NHWC float32 input, HWIO kernel, explicit non-negative padding, through oneDNN: forward, input gradient
+  (dropped by XLA where nothing uses it, as for a first layer) and kernel gradient."""
+  from jaxssl.ops import onednn  # pylint: disable=import-outside-toplevel
+  return onednn.conv_forward(x, w, stride, padding)
+
+
+def _onednn_fwd(x, w, stride, padding):
+  return onednn_conv2d(x, w, stride, padding), (x, w)
+
+
+def _onednn_bwd(stride, padding, res, g):
+  from jaxssl.ops import onednn  # pylint: disable=import-outside-toplevel
+  x, w = res
+  return (onednn.conv_input_grad(g, w, x.shape, stride, padding),
+          onednn.conv_kernel_grad(x, g, w.shape, stride, padding))
+
+
+onednn_conv2d.defvjp(_onednn_fwd, _onednn_bwd)
+
+
 def _explicit_padding(padding, x_shape, w_shape, strides) -> tuple[tuple[int, int], ...] | None:
   if isinstance(padding, str):
     return tuple(lax.padtype_to_pads(x_shape[1:3], w_shape[:2], strides, padding))
@@ -197,8 +241,9 @@ def _explicit_padding(padding, x_shape, w_shape, strides) -> tuple[tuple[int, in
 @functools.lru_cache(maxsize=None)  # one function per impl: nnx graphdefs of equal models compare equal
 def make_conv_general_dilated(impl: str = 'auto'):
   """A drop-in for ``lax.conv_general_dilated`` (as ``nnx.Conv(conv_general_dilated=...)`` calls it) that
-  takes the im2col path for 2-D NHWC/HWIO convolutions when ``impl`` asks for it, and ``lax`` otherwise."""
-  fast = use_im2col(impl)
+  takes the path ``cpu_path(impl)`` names for 2-D NHWC/HWIO convolutions (oneDNN for float32 only: other dtypes
+  take the gathered path), and ``lax`` for everything else."""
+  path = cpu_path(impl)
 
   def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding, lhs_dilation=None,
                            rhs_dilation=None, dimension_numbers=None, feature_group_count: int = 1,
@@ -208,7 +253,9 @@ def make_conv_general_dilated(impl: str = 'auto'):
              and all(d in (None, 1) for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
              and dimension_numbers == _NHWC and not kwargs.get('out_sharding'))
     pads = _explicit_padding(padding, lhs.shape, rhs.shape, strides) if plain else None
-    if fast and pads is not None and min(map(min, pads)) >= 0 and lhs.dtype == rhs.dtype:  # no cropping pads
+    if path != 'xla' and pads is not None and min(map(min, pads)) >= 0 and lhs.dtype == rhs.dtype:  # no crops
+      if path == 'onednn' and lhs.dtype == jnp.float32:
+        return onednn_conv2d(lhs, rhs, strides, pads)
       return conv2d(lhs, rhs, strides, pads)
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                     dimension_numbers, feature_group_count, precision=precision,

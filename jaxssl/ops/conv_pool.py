@@ -33,6 +33,8 @@ from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
 from jaxssl.ops.conv import _BLOCK_BYTES, _block_size, _dot, _input_grad, _kernel_grad, _out_hw, _windows
+from jaxssl.ops import onednn
+from jaxssl.ops.conv import cpu_path
 from jaxssl.ops.pool import pool_with_offsets, unpool
 
 
@@ -47,10 +49,13 @@ def _shapes(x_shape, w_shape, stride, padding, window, pool_strides, pool_pads):
   return (hp, wp), conv_hw, pooled_hw, per_image
 
 
-def _forward(x, w, stride, padding, window, pool_strides, pool_pads, block_bytes):
+def _forward(x, w, stride, padding, window, pool_strides, pool_pads, block_bytes, backend):
   kh, kw, c, o = w.shape
   (hp, wp), conv_hw, pooled_hw, per_image = _shapes(x.shape, w.shape, stride, padding, window, pool_strides,
                                                     pool_pads)
+  if backend == 'onednn':  # oneDNN's convolution writes the full map once; the pool reads it once
+    y = onednn.conv_forward(x, w, stride, padding)
+    return pool_with_offsets(y, window, pool_strides, pool_pads, pooled_hw)
   b = x.shape[0]
   bs = _block_size(b, per_image, block_bytes)
   xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
@@ -66,31 +71,37 @@ def _forward(x, w, stride, padding, window, pool_strides, pool_pads, block_bytes
 
 def conv_pool_relu(x: jax.Array, w: jax.Array, bias: jax.Array, stride: tuple[int, int],
                    padding: tuple[tuple[int, int], ...], window: tuple[int, int], pool_strides: tuple[int, int],
-                   pool_pads: tuple[tuple[int, int], ...], block_bytes: int = _BLOCK_BYTES) -> jax.Array:
+                   pool_pads: tuple[tuple[int, int], ...], block_bytes: int = _BLOCK_BYTES,
+                   backend: str = 'im2col') -> jax.Array:
   """``relu(max_pool(conv(x, w) + bias))`` for NHWC ``x``, HWIO ``w``, a bias per output channel and
-  explicit non-negative paddings ((lo, hi) per spatial axis; the pool's padding never wins a window)."""
+  explicit non-negative paddings ((lo, hi) per spatial axis; the pool's padding never wins a window). ``backend``
+  computes the convolution: 'im2col' (the fused block loop) or 'onednn' (float32; onednn.py)."""
+  if backend not in ('im2col', 'onednn'):
+    raise ValueError(f"conv_pool_relu: backend must be 'im2col' or 'onednn', not {backend!r}")
+  if backend == 'onednn' and x.dtype != jnp.float32:
+    backend = 'im2col'  # oneDNN's custom calls are float32 only
   args = tuple(tuple(map(int, a)) for a in (stride, window, pool_strides))
   pads = tuple(tuple(tuple(map(int, p)) for p in pp) for pp in (padding, pool_pads))
   if min(min(map(min, p)) for p in pads) < 0:
     raise ValueError(f'conv_pool_relu: negative (cropping) padding {pads} is not supported')
   return _conv_pool_relu(x, w.astype(x.dtype), bias.astype(x.dtype), args[0], pads[0], args[1], args[2],
-                         pads[1], block_bytes)
+                         pads[1], block_bytes, backend)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7, 8))
-def _conv_pool_relu(x, w, bias, stride, padding, window, pool_strides, pool_pads, block_bytes):
-  pooled, _ = _forward(x, w, stride, padding, window, pool_strides, pool_pads, block_bytes)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7, 8, 9))
+def _conv_pool_relu(x, w, bias, stride, padding, window, pool_strides, pool_pads, block_bytes, backend):
+  pooled, _ = _forward(x, w, stride, padding, window, pool_strides, pool_pads, block_bytes, backend)
   return jax.nn.relu(pooled + bias)
 
 
-def _fwd(x, w, bias, stride, padding, window, pool_strides, pool_pads, block_bytes):
-  pooled, idx = _forward(x.value, w.value, stride, padding, window, pool_strides, pool_pads, block_bytes)
+def _fwd(x, w, bias, stride, padding, window, pool_strides, pool_pads, block_bytes, backend):
+  pooled, idx = _forward(x.value, w.value, stride, padding, window, pool_strides, pool_pads, block_bytes, backend)
   y = jax.nn.relu(pooled + bias.value)
   # Whether x needs a gradient (False for a network's first layer) rides in the residuals' tree structure.
   return y, (x.value, w.value, idx, y, () if x.perturbed else None)
 
 
-def _bwd(stride, padding, window, pool_strides, pool_pads, block_bytes, res, gy):
+def _bwd(stride, padding, window, pool_strides, pool_pads, block_bytes, backend, res, gy):
   x, w, idx, y, x_perturbed = res
   if isinstance(gy, SymbolicZero):  # the output does not reach the loss
     return None if x_perturbed is None else jnp.zeros_like(x), jnp.zeros_like(w), jnp.zeros(y.shape[-1], y.dtype)
@@ -99,6 +110,9 @@ def _bwd(stride, padding, window, pool_strides, pool_pads, block_bytes, res, gy)
   db = gp.sum((0, 1, 2), dtype=jnp.float32).astype(y.dtype)
   # The conv output's gradient, once for the whole batch; then the convolution's own gradients (conv.py).
   g = unpool(gp, idx, window, pool_strides, pool_pads, conv_hw)
+  if backend == 'onednn':
+    dx = None if x_perturbed is None else onednn.conv_input_grad(g, w, x.shape, stride, padding)
+    return dx, onednn.conv_kernel_grad(x, g, w.shape, stride, padding), db
   dx = None if x_perturbed is None else _input_grad(x, w, g, stride, padding, block_bytes).astype(x.dtype)
   xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
   dw = _kernel_grad(xp, g, w.shape, stride, block_bytes).astype(w.dtype)
@@ -118,9 +132,10 @@ def _explicit(padding, hw, window, strides) -> tuple[tuple[int, int], ...]:
   return tuple((int(lo), int(hi)) for lo, hi in padding)
 
 
-def conv_relu_max_pool(conv, x: jax.Array, window, strides, padding) -> jax.Array:
+def conv_relu_max_pool(conv, x: jax.Array, window, strides, padding, *, impl: str = 'im2col') -> jax.Array:
   """``max_pool(relu(conv(x)), window, strides, padding)`` for a 2-D ``flax.nnx.Conv`` on NHWC ``x``, through
-  ``conv_pool_relu`` (the same values; the layer's own dtype promotion)."""
+  ``conv_pool_relu`` (the same values; the layer's own dtype promotion), its convolution by oneDNN where
+  ``conv_impl`` ``impl`` runs oneDNN (conv.cpu_path), else by the fused gathered loop."""
   k = tuple(conv.kernel_size)
   if len(k) != 2 or x.ndim != 4 or conv.feature_group_count != 1 or conv.mask is not None or any(
       d not in (None, 1) and _pair(d) != (1, 1) for d in (conv.input_dilation, conv.kernel_dilation)):
@@ -132,4 +147,6 @@ def conv_relu_max_pool(conv, x: jax.Array, window, strides, padding) -> jax.Arra
   x, kernel, bias = conv.promote_dtype((x, kernel, bias), dtype=conv.dtype)
   conv_hw = _out_hw((x.shape[1] + sum(pads[0]), x.shape[2] + sum(pads[1])), k, stride)
   window, strides = _pair(window), _pair(strides)
-  return conv_pool_relu(x, kernel, bias, stride, pads, window, strides, _explicit(padding, conv_hw, window, strides))
+  backend = 'onednn' if cpu_path(impl) == 'onednn' else 'im2col'
+  return conv_pool_relu(x, kernel, bias, stride, pads, window, strides, _explicit(padding, conv_hw, window, strides),
+                        backend=backend)

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxssl.ops.conv import use_im2col
+from jaxssl.ops.conv import use_cpu_fast_path
 
 
 def _pads(padding, shape, window, strides) -> tuple[tuple[int, int], ...]:
@@ -108,6 +108,6 @@ def max_pool(x: jax.Array, window: tuple[int, int], strides: tuple[int, int], pa
   """``nnx.max_pool`` for NHWC input, with the fast gradient when ``impl`` picks it (see conv.IMPLS)."""
   window, strides = tuple(window), tuple(strides)
   pads = _pads(padding, x.shape[1:3], window, strides)
-  if use_im2col(impl):
+  if use_cpu_fast_path(impl):
     return max_pool_2d(x, window, strides, pads)
   return _reduce(x, window, strides, pads)

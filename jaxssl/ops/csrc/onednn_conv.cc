@@ -1,0 +1,144 @@
+// 2-D convolutions (forward, input gradient, kernel gradient) through oneDNN, as XLA FFI custom calls on the CPU.
+//
+// Layouts are jaxssl's: NHWC activations, HWIO kernels, float32. oneDNN computes on NHWC activations directly
+// and on kernels in the blocked layout its primitive chooses; kernels are reordered from (and kernel gradients
+// back to) HWIO on every call, which costs little next to the convolution. oneDNN caches primitives by shape.
+// Built at first use by jaxssl/ops/onednn.py against the oneDNN the environment provides.
+
+#include <cstdint>
+#include <string>
+#include <unordered_map>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+using tag = dnnl::memory::format_tag;
+using dt = dnnl::memory::data_type;
+using dims = dnnl::memory::dims;
+
+dnnl::engine& Engine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+struct Geometry {
+  dims src, weights, dst, strides, pad_l, pad_r;
+};
+
+// x: [N, H, W, C], w: [KH, KW, C, O], y: [N, Ho, Wo, O] as oneDNN's logical NCHW / OIHW dims.
+Geometry Describe(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w, ffi::Span<const int64_t> y,
+                  int64_t sh, int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
+  return Geometry{{x[0], x[3], x[1], x[2]}, {w[3], w[2], w[0], w[1]}, {y[0], y[3], y[1], y[2]},
+                  {sh, sw}, {pt, pl}, {pb, pr}};
+}
+
+dnnl::convolution_forward::primitive_desc ForwardDesc(const Geometry& g) {
+  return dnnl::convolution_forward::primitive_desc(
+      Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
+      dnnl::memory::desc(g.src, dt::f32, tag::nhwc), dnnl::memory::desc(g.weights, dt::f32, tag::any),
+      dnnl::memory::desc(g.dst, dt::f32, tag::nhwc), g.strides, g.pad_l, g.pad_r);
+}
+
+// HWIO user kernel <-> the primitive's kernel layout.
+dnnl::memory UserWeights(const Geometry& g, void* data) {
+  return dnnl::memory(dnnl::memory::desc(g.weights, dt::f32, tag::hwio), Engine(), data);
+}
+
+dnnl::memory Reordered(dnnl::stream& s, dnnl::memory from, const dnnl::memory::desc& to_desc) {
+  if (from.get_desc() == to_desc) return from;
+  dnnl::memory to(to_desc, Engine());
+  dnnl::reorder(from, to).execute(s, from, to);
+  return to;
+}
+
+template <typename F>
+ffi::Error Guarded(F&& f) {
+  try {
+    f();
+  } catch (const dnnl::error& e) {
+    return ffi::Error(ffi::ErrorCode::kInternal, std::string("oneDNN: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> y, int64_t sh,
+                   int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
+  return Guarded([&] {
+    Geometry g = Describe(x.dimensions(), w.dimensions(), y->dimensions(), sh, sw, pt, pb, pl, pr);
+    auto pd = ForwardDesc(g);
+    dnnl::stream s(Engine());
+    dnnl::memory src(pd.src_desc(), Engine(), x.typed_data());
+    dnnl::memory dst(pd.dst_desc(), Engine(), y->typed_data());
+    dnnl::memory weights = Reordered(s, UserWeights(g, w.typed_data()), pd.weights_desc());
+    dnnl::convolution_forward(pd).execute(
+        s, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, weights}, {DNNL_ARG_DST, dst}});
+    s.wait();
+  });
+}
+
+ffi::Error InputGrad(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> dx,
+                     int64_t sh, int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
+  return Guarded([&] {
+    Geometry g = Describe(dx->dimensions(), w.dimensions(), dy.dimensions(), sh, sw, pt, pb, pl, pr);
+    auto hint = ForwardDesc(g);
+    auto pd = dnnl::convolution_backward_data::primitive_desc(
+        Engine(), dnnl::algorithm::convolution_direct, dnnl::memory::desc(g.src, dt::f32, tag::nhwc),
+        dnnl::memory::desc(g.weights, dt::f32, tag::any), dnnl::memory::desc(g.dst, dt::f32, tag::nhwc),
+        g.strides, g.pad_l, g.pad_r, hint);
+    dnnl::stream s(Engine());
+    dnnl::memory diff_dst(pd.diff_dst_desc(), Engine(), dy.typed_data());
+    dnnl::memory diff_src(pd.diff_src_desc(), Engine(), dx->typed_data());
+    dnnl::memory weights = Reordered(s, UserWeights(g, w.typed_data()), pd.weights_desc());
+    dnnl::convolution_backward_data(pd).execute(
+        s, {{DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_WEIGHTS, weights}, {DNNL_ARG_DIFF_SRC, diff_src}});
+    s.wait();
+  });
+}
+
+ffi::Error KernelGrad(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dw,
+                      int64_t sh, int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
+  return Guarded([&] {
+    Geometry g = Describe(x.dimensions(), dw->dimensions(), dy.dimensions(), sh, sw, pt, pb, pl, pr);
+    auto hint = ForwardDesc(g);
+    auto pd = dnnl::convolution_backward_weights::primitive_desc(
+        Engine(), dnnl::algorithm::convolution_direct, dnnl::memory::desc(g.src, dt::f32, tag::nhwc),
+        dnnl::memory::desc(g.weights, dt::f32, tag::any), dnnl::memory::desc(g.dst, dt::f32, tag::nhwc),
+        g.strides, g.pad_l, g.pad_r, hint);
+    dnnl::stream s(Engine());
+    dnnl::memory src(pd.src_desc(), Engine(), x.typed_data());
+    dnnl::memory diff_dst(pd.diff_dst_desc(), Engine(), dy.typed_data());
+    dnnl::memory user = UserWeights(g, dw->typed_data());
+    bool direct = pd.diff_weights_desc() == user.get_desc();
+    dnnl::memory diff_weights = direct ? user : dnnl::memory(pd.diff_weights_desc(), Engine());
+    dnnl::convolution_backward_weights(pd).execute(
+        s, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_DIFF_WEIGHTS, diff_weights}});
+    if (!direct) dnnl::reorder(diff_weights, user).execute(s, diff_weights, user);
+    s.wait();
+  });
+}
+
+}  // namespace
+
+#define JAXSSL_CONV_ATTRS                                                                              \
+  .Attr<int64_t>("stride_h").Attr<int64_t>("stride_w").Attr<int64_t>("pad_top").Attr<int64_t>("pad_bottom") \
+      .Attr<int64_t>("pad_left").Attr<int64_t>("pad_right")
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxsslOnednnConvForward, Forward,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>() JAXSSL_CONV_ATTRS);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxsslOnednnConvInputGrad, InputGrad,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>() JAXSSL_CONV_ATTRS);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxsslOnednnConvKernelGrad, KernelGrad,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>() JAXSSL_CONV_ATTRS);

@@ -1,0 +1,131 @@
+"""oneDNN's CPU convolutions inside jitted JAX code, as XLA FFI custom calls (csrc/onednn_conv.cc).
+
+Why. oneDNN's convolutions (the kernels PyTorch runs on the CPU) read their windows straight from the NHWC
+input; XLA's CPU convolutions are 2-3x slower on jaxssl's nets, and the gathered-window matmuls of conv.py
+write a copy of the input per kernel tap. On the 2-core machine jaxssl is developed on, oneDNN ran CifarNet's
+and ResNet-18's layers 1.4-2.3x faster than the gathered path (README, "Benchmark").
+
+How. The first use compiles csrc/onednn_conv.cc (a few seconds, C++17) against the oneDNN the environment has:
+the ``onednn-cpu-gomp`` / ``onednn-devel-cpu-gomp`` wheels (``pip install 'jaxssl[onednn]'``), the directory
+in ``$JAXSSL_ONEDNN_ROOT`` (``include/`` and ``lib/``), or Debian's ``libdnnl-dev``. The library goes to
+``$JAXSSL_CACHE_DIR`` (default ``~/.cache/jaxssl``), named by a hash of the source and of the jaxlib and oneDNN
+it was built against, and is reused. ``available()`` says whether this worked and ``unavailable_reason()`` why
+not; ``conv_impl='auto'`` then falls back to the gathered path. float32 only.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import jax
+import numpy as np
+
+_SOURCE = pathlib.Path(__file__).with_name('csrc') / 'onednn_conv.cc'
+_TARGETS = {'forward': 'JaxsslOnednnConvForward', 'input_grad': 'JaxsslOnednnConvInputGrad',
+            'kernel_grad': 'JaxsslOnednnConvKernelGrad'}
+
+
+def _roots() -> list[pathlib.Path]:
+  roots = [os.environ.get('JAXSSL_ONEDNN_ROOT'), sys.prefix, '/usr', '/usr/local']
+  return [pathlib.Path(r) for r in roots if r]
+
+
+def _find_onednn() -> tuple[pathlib.Path, pathlib.Path]:
+  """(include dir, lib dir) of a oneDNN with its C++ header and shared library."""
+  for root in _roots():
+    include = root / 'include'
+    if not (include / 'oneapi' / 'dnnl' / 'dnnl.hpp').exists():
+      continue
+    for lib in (root / 'lib', root / 'lib64', root / 'lib' / 'x86_64-linux-gnu'):
+      if (lib / 'libdnnl.so').exists():
+        return include, lib
+  raise RuntimeError("no oneDNN found (looked in $JAXSSL_ONEDNN_ROOT, the Python environment, /usr, /usr/local); "
+                     "pip install 'jaxssl[onednn]' provides one")
+
+
+def _compiler() -> str:
+  for cxx in (os.environ.get('CXX'), 'g++', 'c++', 'clang++'):
+    if cxx and shutil.which(cxx):
+      return cxx
+  raise RuntimeError('no C++ compiler found (set $CXX or install g++)')
+
+
+def _build() -> pathlib.Path:
+  include, lib = _find_onednn()
+  jax_include = jax.ffi.include_dir()
+  key = hashlib.sha256()
+  for part in (_SOURCE.read_bytes(), jax.__version__.encode(), str(include).encode(),
+               str((lib / 'libdnnl.so').resolve()).encode()):
+    key.update(part)
+  cache = pathlib.Path(os.environ.get('JAXSSL_CACHE_DIR', pathlib.Path.home() / '.cache' / 'jaxssl'))
+  cache.mkdir(parents=True, exist_ok=True)
+  target = cache / f'libjaxssl_onednn_conv-{key.hexdigest()[:16]}.so'
+  if target.exists():
+    return target
+  with tempfile.TemporaryDirectory(dir=cache) as tmp:
+    out = pathlib.Path(tmp) / target.name
+    cmd = [_compiler(), '-O2', '-std=c++17', '-shared', '-fPIC', '-w', f'-I{jax_include}', f'-I{include}',
+           str(_SOURCE), f'-L{lib}', '-ldnnl', f'-Wl,-rpath,{lib}', '-o', str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+      raise RuntimeError(f'compiling {_SOURCE.name} failed: {" ".join(cmd)}\n{done.stderr[-2000:]}')
+    os.replace(out, target)  # atomic: concurrent builds leave one complete library
+  return target
+
+
+@functools.lru_cache(maxsize=None)
+def _load() -> str | None:
+  """Builds and registers the custom calls once; None if that worked, else why not."""
+  if os.environ.get('JAXSSL_ONEDNN', '1') == '0':
+    return 'disabled by JAXSSL_ONEDNN=0'
+  try:
+    lib = ctypes.CDLL(str(_build()))
+    for name, symbol in _TARGETS.items():
+      jax.ffi.register_ffi_target(f'jaxssl_onednn_conv_{name}', jax.ffi.pycapsule(getattr(lib, symbol)),
+                                  platform='cpu')
+  except (RuntimeError, OSError) as e:
+    return str(e)
+  return None
+
+
+def available() -> bool:
+  return _load() is None
+
+
+def unavailable_reason() -> str | None:
+  return _load()
+
+
+def _attrs(stride, padding) -> dict:
+  (sh, sw), ((pt, pb), (pl, pr)) = stride, padding
+  return {k: np.int64(v) for k, v in dict(stride_h=sh, stride_w=sw, pad_top=pt, pad_bottom=pb, pad_left=pl,
+                                          pad_right=pr).items()}
+
+
+def _call(name: str, shape, dtype, *args, stride, padding):
+  if _load() is not None:
+    raise RuntimeError(f'oneDNN convolutions are unavailable: {_load()}')
+  return jax.ffi.ffi_call(f'jaxssl_onednn_conv_{name}', jax.ShapeDtypeStruct(tuple(shape), dtype))(
+      *args, **_attrs(stride, padding))
+
+
+def conv_forward(x: jax.Array, w: jax.Array, stride, padding) -> jax.Array:
+  """NHWC ``x`` (float32), HWIO ``w``, explicit non-negative ((top, bottom), (left, right)) padding."""
+  ho, wo = ((n + lo + hi - k) // s + 1 for n, k, s, (lo, hi) in zip(x.shape[1:3], w.shape[:2], stride, padding))
+  return _call('forward', (x.shape[0], ho, wo, w.shape[3]), x.dtype, x, w, stride=stride, padding=padding)
+
+
+def conv_input_grad(g: jax.Array, w: jax.Array, x_shape, stride, padding) -> jax.Array:
+  return _call('input_grad', x_shape, g.dtype, g, w, stride=stride, padding=padding)
+
+
+def conv_kernel_grad(x: jax.Array, g: jax.Array, w_shape, stride, padding) -> jax.Array:
+  return _call('kernel_grad', w_shape, g.dtype, x, g, stride=stride, padding=padding)
