@@ -2,12 +2,17 @@
 //
 // Layouts are jaxssl's: NHWC activations, HWIO kernels, float32. oneDNN computes on NHWC activations directly
 // and on kernels in the blocked layout its primitive chooses; kernels are reordered from (and kernel gradients
-// back to) HWIO on every call, which costs little next to the convolution. oneDNN caches primitives by shape.
+// back to) HWIO on every call, which costs little next to the convolution. Primitives are created once per
+// shape and kept. Calls run one at a time: each already uses every core (OpenMP), and XLA may start independent
+// ones (a layer's input and kernel gradients) together, which would oversubscribe the cores.
 // Built at first use by jaxssl/ops/onednn.py against the oneDNN the environment provides.
 
 #include <cstdint>
+#include <map>
+#include <mutex>
 #include <string>
-#include <unordered_map>
+#include <tuple>
+#include <vector>
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
@@ -36,6 +41,32 @@ Geometry Describe(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w, ffi::S
                   {sh, sw}, {pt, pl}, {pb, pr}};
 }
 
+std::mutex& CallMutex() {
+  static std::mutex m;
+  return m;
+}
+
+std::vector<int64_t> Key(int kind, const Geometry& g) {
+  std::vector<int64_t> key{kind};
+  for (const dims* d : {&g.src, &g.weights, &g.dst, &g.strides, &g.pad_l, &g.pad_r}) {
+    key.insert(key.end(), d->begin(), d->end());
+  }
+  return key;
+}
+
+// A primitive and its descriptor per shape, created on first use (under CallMutex).
+template <typename Primitive, typename Make>
+const std::tuple<typename Primitive::primitive_desc, Primitive>& Cached(int kind, const Geometry& g, Make make) {
+  static std::map<std::vector<int64_t>, std::tuple<typename Primitive::primitive_desc, Primitive>> cache;
+  auto key = Key(kind, g);
+  auto it = cache.find(key);
+  if (it == cache.end()) {
+    auto pd = make();
+    it = cache.emplace(key, std::make_tuple(pd, Primitive(pd))).first;
+  }
+  return it->second;
+}
+
 dnnl::convolution_forward::primitive_desc ForwardDesc(const Geometry& g) {
   return dnnl::convolution_forward::primitive_desc(
       Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
@@ -57,6 +88,7 @@ dnnl::memory Reordered(dnnl::stream& s, dnnl::memory from, const dnnl::memory::d
 
 template <typename F>
 ffi::Error Guarded(F&& f) {
+  std::lock_guard<std::mutex> lock(CallMutex());
   try {
     f();
   } catch (const dnnl::error& e) {
@@ -69,12 +101,12 @@ ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Result
                    int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
   return Guarded([&] {
     Geometry g = Describe(x.dimensions(), w.dimensions(), y->dimensions(), sh, sw, pt, pb, pl, pr);
-    auto pd = ForwardDesc(g);
+    const auto& [pd, conv] = Cached<dnnl::convolution_forward>(0, g, [&] { return ForwardDesc(g); });
     dnnl::stream s(Engine());
     dnnl::memory src(pd.src_desc(), Engine(), x.typed_data());
     dnnl::memory dst(pd.dst_desc(), Engine(), y->typed_data());
     dnnl::memory weights = Reordered(s, UserWeights(g, w.typed_data()), pd.weights_desc());
-    dnnl::convolution_forward(pd).execute(
+    conv.execute(
         s, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, weights}, {DNNL_ARG_DST, dst}});
     s.wait();
   });
@@ -84,16 +116,17 @@ ffi::Error InputGrad(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w, ffi::Res
                      int64_t sh, int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
   return Guarded([&] {
     Geometry g = Describe(dx->dimensions(), w.dimensions(), dy.dimensions(), sh, sw, pt, pb, pl, pr);
-    auto hint = ForwardDesc(g);
-    auto pd = dnnl::convolution_backward_data::primitive_desc(
-        Engine(), dnnl::algorithm::convolution_direct, dnnl::memory::desc(g.src, dt::f32, tag::nhwc),
-        dnnl::memory::desc(g.weights, dt::f32, tag::any), dnnl::memory::desc(g.dst, dt::f32, tag::nhwc),
-        g.strides, g.pad_l, g.pad_r, hint);
+    const auto& [pd, conv] = Cached<dnnl::convolution_backward_data>(1, g, [&] {
+      return dnnl::convolution_backward_data::primitive_desc(
+          Engine(), dnnl::algorithm::convolution_direct, dnnl::memory::desc(g.src, dt::f32, tag::nhwc),
+          dnnl::memory::desc(g.weights, dt::f32, tag::any), dnnl::memory::desc(g.dst, dt::f32, tag::nhwc),
+          g.strides, g.pad_l, g.pad_r, ForwardDesc(g));
+    });
     dnnl::stream s(Engine());
     dnnl::memory diff_dst(pd.diff_dst_desc(), Engine(), dy.typed_data());
     dnnl::memory diff_src(pd.diff_src_desc(), Engine(), dx->typed_data());
     dnnl::memory weights = Reordered(s, UserWeights(g, w.typed_data()), pd.weights_desc());
-    dnnl::convolution_backward_data(pd).execute(
+    conv.execute(
         s, {{DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_WEIGHTS, weights}, {DNNL_ARG_DIFF_SRC, diff_src}});
     s.wait();
   });
@@ -103,18 +136,19 @@ ffi::Error KernelGrad(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ffi::Re
                       int64_t sh, int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
   return Guarded([&] {
     Geometry g = Describe(x.dimensions(), dw->dimensions(), dy.dimensions(), sh, sw, pt, pb, pl, pr);
-    auto hint = ForwardDesc(g);
-    auto pd = dnnl::convolution_backward_weights::primitive_desc(
-        Engine(), dnnl::algorithm::convolution_direct, dnnl::memory::desc(g.src, dt::f32, tag::nhwc),
-        dnnl::memory::desc(g.weights, dt::f32, tag::any), dnnl::memory::desc(g.dst, dt::f32, tag::nhwc),
-        g.strides, g.pad_l, g.pad_r, hint);
+    const auto& [pd, conv] = Cached<dnnl::convolution_backward_weights>(2, g, [&] {
+      return dnnl::convolution_backward_weights::primitive_desc(
+          Engine(), dnnl::algorithm::convolution_direct, dnnl::memory::desc(g.src, dt::f32, tag::nhwc),
+          dnnl::memory::desc(g.weights, dt::f32, tag::any), dnnl::memory::desc(g.dst, dt::f32, tag::nhwc),
+          g.strides, g.pad_l, g.pad_r, ForwardDesc(g));
+    });
     dnnl::stream s(Engine());
     dnnl::memory src(pd.src_desc(), Engine(), x.typed_data());
     dnnl::memory diff_dst(pd.diff_dst_desc(), Engine(), dy.typed_data());
     dnnl::memory user = UserWeights(g, dw->typed_data());
     bool direct = pd.diff_weights_desc() == user.get_desc();
     dnnl::memory diff_weights = direct ? user : dnnl::memory(pd.diff_weights_desc(), Engine());
-    dnnl::convolution_backward_weights(pd).execute(
+    conv.execute(
         s, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_DIFF_WEIGHTS, diff_weights}});
     if (!direct) dnnl::reorder(diff_weights, user).execute(s, diff_weights, user);
     s.wait();
