@@ -157,6 +157,17 @@ class _StopFlag:
       signal.signal(sig, handler)
 
 
+def _conv_path_line(impl: str) -> str:
+  """Which convolutions this run uses (jaxssl/ops), and on the CPU why not oneDNN's where they are missing."""
+  from jaxssl.ops import conv as conv_ops, onednn  # pylint: disable=import-outside-toplevel
+  path = conv_ops.cpu_path(impl)
+  what = {'xla': "XLA's own", 'im2col': 'gathered-window matmuls', 'onednn': "oneDNN's (custom calls)"}[path]
+  line = f'convolutions: {what} (conv_impl={impl})'
+  if impl == 'auto' and path == 'im2col':
+    line += f'; oneDNN unavailable: {onednn.unavailable_reason()}'
+  return line
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        stop_after: int | None = None) -> dict[str, Any]:
   """Trains (resuming from the latest checkpoint in ``workdir``), evaluates, and writes the summary.
@@ -186,6 +197,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         f'{len(exp.train_source)} train / {len(exp.eval_source)} {config.data.eval_split} records, '
         f'{exp.steps_per_epoch} steps/epoch, {exp.total_steps} steps, batch {config.batch_size} over '
         f'{exp.mesh.size} {jax.devices()[0].platform} device(s) in {jax.process_count()} process(es)')
+    log(_conv_path_line(config.model.get('conv_impl', 'auto')))
     writer = MetricWriter(workdir)
     cleanup.callback(writer.close)
 
