@@ -35,7 +35,7 @@ _STEPS = flags.DEFINE_integer('steps', 20, 'Timed train steps (after warm-up).')
 _WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed steps after compilation.')
 _PIPELINE_BATCHES = flags.DEFINE_integer('pipeline_batches', 30, 'Batches drawn to time the input pipeline.')
 _PEAK = flags.DEFINE_float('peak_gflops', 166.0, 'Peak GFLOP/s of the device, for the utilization figure.')
-_TORCH = flags.DEFINE_bool('torch', True, 'Also time the PyTorch twin of the model and task, when torch is installed.')
+_TORCH = cli.torch_flag()
 flags.mark_flags_as_required(['config'])
 
 

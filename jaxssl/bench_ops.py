@@ -23,6 +23,8 @@ import time
 
 from absl import app, flags, logging
 
+from jaxssl import cli
+
 # name: (images, height = width, input channels, output channels, kernel, stride). Batches are a rotation step's:
 # CifarNet at batch 256 sees 1,024 images, ResNet-18 at batch 64 sees 256.
 LAYERS = {
@@ -41,7 +43,7 @@ LAYERS = {
 _LAYERS = flags.DEFINE_list('layers', list(LAYERS), f'Layers to time, from: {", ".join(LAYERS)}.')
 _BATCH = flags.DEFINE_integer('batch', 0, 'Images per pass (0: each layer\'s rotation-step batch, see LAYERS).')
 _REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed runs per pass; the minimum is reported.')
-_TORCH = flags.DEFINE_bool('torch', True, 'Also time PyTorch, when it is installed.')
+_TORCH = cli.torch_flag()
 _JSON = flags.DEFINE_string('json', '', 'Also write the rows to this JSON file.')
 
 

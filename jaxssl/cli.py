@@ -1,9 +1,18 @@
-"""Command-line plumbing shared by ``jaxssl.main`` and ``jaxssl.bench`` (defines no flags itself)."""
+"""Command-line plumbing shared by ``jaxssl.main``, ``jaxssl.bench`` and ``jaxssl.bench_ops`` (defines no flags
+on import; ``torch_flag`` defines the benches' shared one when first asked)."""
 
+import functools
 import os
 import sys
 
 from absl import flags
+
+
+@functools.lru_cache(maxsize=None)
+def torch_flag() -> flags.FlagHolder:
+  """``--[no]torch``, defined once for both benches (so that both can be imported in one process)."""
+  return flags.DEFINE_bool('torch', True, 'Also time PyTorch beside jaxssl (its twin of the model and task, or '
+                           'of the layer), when torch is installed.')
 
 
 def add_config_import_path(argv):
