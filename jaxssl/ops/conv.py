@@ -238,6 +238,16 @@ def _explicit_padding(padding, x_shape, w_shape, strides) -> tuple[tuple[int, in
   return pads if len(pads) == 2 else None
 
 
+def _crop(x: jax.Array, pads) -> tuple[jax.Array, tuple[tuple[int, int], ...]]:
+  """Negative (cropping) padding as a slice of the input and the non-negative rest: the same convolution. (XLA's
+  CPU convolution with negative padding returned garbage in jax 0.10.2, forward and gradients alike.)"""
+  if min(map(min, pads)) >= 0:
+    return x, pads
+  (t, b), (l, r) = pads
+  x = x[:, max(-t, 0):x.shape[1] - max(-b, 0), max(-l, 0):x.shape[2] - max(-r, 0), :]
+  return x, tuple((max(lo, 0), max(hi, 0)) for lo, hi in pads)
+
+
 @functools.lru_cache(maxsize=None)  # one function per impl: nnx graphdefs of equal models compare equal
 def make_conv_general_dilated(impl: str = 'auto'):
   """A drop-in for ``lax.conv_general_dilated`` (as ``nnx.Conv(conv_general_dilated=...)`` calls it) that
@@ -253,7 +263,8 @@ def make_conv_general_dilated(impl: str = 'auto'):
              and all(d in (None, 1) for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
              and dimension_numbers == _NHWC and not kwargs.get('out_sharding'))
     pads = _explicit_padding(padding, lhs.shape, rhs.shape, strides) if plain else None
-    if path != 'xla' and pads is not None and min(map(min, pads)) >= 0 and lhs.dtype == rhs.dtype:  # no crops
+    if path != 'xla' and pads is not None and lhs.dtype == rhs.dtype:
+      lhs, pads = _crop(lhs, pads)
       if path == 'onednn' and lhs.dtype == jnp.float32:
         return onednn_conv2d(lhs, rhs, strides, pads)
       return conv2d(lhs, rhs, strides, pads)
