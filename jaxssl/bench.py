@@ -15,9 +15,11 @@ With PyTorch installed (``pip install torch==2.13.0``; never required) and --tor
 pretext batch and SGD step run in PyTorch eager (channels_last) in a process of its own, and the line gains
 torch_step_ms_median, torch_images_per_s and jax_over_torch (>1: jaxssl is faster). The two steps alternate,
 one jaxssl step then one PyTorch step per round, so both see the same machine (on a shared VM, step times drift
-by 10-40% over minutes). Earlier versions timed PyTorch's steps after jaxssl's in the same process, which slowed
-PyTorch by up to 1.5x and overstated jaxssl's ratio accordingly. Models with a
-PyTorch twin: cifarnet, resnet20, resnet18_cifar; tasks: rotation, classify.
+by 10-40% over minutes); --torch_timing=blocks runs all of jaxssl's steps, then all of PyTorch's, each framework
+alone while it runs (alternating with PyTorch's process slowed jaxssl's ResNet-18 step by ~25%, where
+alternating with a sleep or an in-process numpy load did not). Earlier versions timed PyTorch's steps after
+jaxssl's in the same process, which slowed PyTorch by up to 1.5x and overstated jaxssl's ratio accordingly.
+Models with a PyTorch twin: cifarnet, resnet20, resnet18_cifar; tasks: rotation, classify.
 """
 
 import json
@@ -36,13 +38,20 @@ _WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed steps after compilation.')
 _PIPELINE_BATCHES = flags.DEFINE_integer('pipeline_batches', 30, 'Batches drawn to time the input pipeline.')
 _PEAK = flags.DEFINE_float('peak_gflops', 166.0, 'Peak GFLOP/s of the device, for the utilization figure.')
 _TORCH = cli.torch_flag()
+TORCH_TIMINGS = ('alternate', 'blocks')
+_TORCH_TIMING = flags.DEFINE_enum('torch_timing', 'alternate', TORCH_TIMINGS,
+                                  'alternate: one jaxssl step, then one PyTorch step, per round; blocks: all of '
+                                  "jaxssl's steps, then all of PyTorch's (each alone while it runs).")
 flags.mark_flags_as_required(['config'])
 
 
 def measure(config, *, steps: int, warmup: int, pipeline_batches: int, peak_gflops: float,
-            torch_step=None) -> dict:
+            torch_step=None, torch_timing: str = 'alternate') -> dict:
   """The figures of one config. With ``torch_step`` (a PyTorch step, ``bench_torch.make_step``) the two steps
-  are timed alternately, one of each per round, so both see the same machine."""
+  are timed alternately, one of each per round, so both see the same machine (``torch_timing='alternate'``), or
+  all of jaxssl's steps then all of PyTorch's, each framework alone while it runs (``'blocks'``)."""
+  if torch_timing not in TORCH_TIMINGS:
+    raise ValueError(f"torch_timing must be one of {', '.join(TORCH_TIMINGS)}, not {torch_timing!r}")
   import jax  # pylint: disable=import-outside-toplevel
   from jaxssl.data import pipeline  # pylint: disable=import-outside-toplevel
   from jaxssl.train import loop, mesh as mesh_lib  # pylint: disable=import-outside-toplevel
@@ -70,15 +79,26 @@ def measure(config, *, steps: int, warmup: int, pipeline_batches: int, peak_gflo
     jax.block_until_ready(metrics)
 
   fns = {'jax': jax_step, **({'torch': torch_step} if torch_step else {})}
-  for _ in range(warmup):
-    for fn in fns.values():
-      fn()
   times = {name: [] for name in fns}
-  for _ in range(steps):
+
+  def timed(name):
+    t0 = time.perf_counter()
+    fns[name]()
+    times[name].append(time.perf_counter() - t0)
+
+  if torch_timing == 'alternate':
+    for _ in range(warmup):
+      for fn in fns.values():
+        fn()
+    for _ in range(steps):
+      for name in fns:
+        timed(name)
+  else:
     for name, fn in fns.items():
-      t0 = time.perf_counter()
-      fn()
-      times[name].append(time.perf_counter() - t0)
+      for _ in range(warmup):
+        fn()
+      for _ in range(steps):
+        timed(name)
   step_s = statistics.median(times['jax'])
   train_ips = config.batch_size / step_s
   torch_figures = {}
@@ -87,7 +107,9 @@ def measure(config, *, steps: int, warmup: int, pipeline_batches: int, peak_gflo
     torch_figures = {'torch_step_ms_median': round(1e3 * torch_s, 2),
                      'torch_step_ms_min': round(1e3 * min(times['torch']), 2),
                      'torch_images_per_s': round(config.batch_size / torch_s, 1),
-                     'jax_over_torch': round(torch_s / step_s, 3), 'timing': 'alternating jax and torch steps'}
+                     'jax_over_torch': round(torch_s / step_s, 3),
+                     'timing': {'alternate': 'alternating jax and torch steps',
+                                'blocks': 'all jax steps, then all torch steps'}[torch_timing]}
   return {
       'config': config.get('name', ''), 'model': config.model.name, 'tasks': sorted(config.tasks.keys()),
       'dataset': config.data.name, 'batch_size': config.batch_size,
@@ -148,7 +170,8 @@ def main(argv):
   try:
     torch_step, torch_info = _torch_step(_CONFIG.value) if _TORCH.value else (None, {})
     result = measure(_CONFIG.value, steps=_STEPS.value, warmup=_WARMUP.value,
-                     pipeline_batches=_PIPELINE_BATCHES.value, peak_gflops=_PEAK.value, torch_step=torch_step)
+                     pipeline_batches=_PIPELINE_BATCHES.value, peak_gflops=_PEAK.value, torch_step=torch_step,
+                     torch_timing=_TORCH_TIMING.value)
   except (DataNotFoundError, ChecksumError) as e:
     raise SystemExit(f'error: {e}') from None
   finally:

@@ -52,3 +52,9 @@ def test_bench_alternates_jaxssl_and_torch_steps(tfds_dir):
   assert result['jax_over_torch'] == pytest.approx(result['torch_step_ms_median'] / result['step_ms_median'],
                                                    rel=1e-2)
   assert result['train_images_per_s'] > 0 and result['gflops_per_step'] > 0
+  order.clear()
+  result = bench.measure(config, steps=2, warmup=1, pipeline_batches=2, peak_gflops=166.0,
+                         torch_step=recorded_torch_step, torch_timing='blocks')
+  assert len(order) == 3 and result['timing'] == 'all jax steps, then all torch steps'
+  with pytest.raises(ValueError, match='torch_timing'):
+    bench.measure(config, steps=1, warmup=0, pipeline_batches=1, peak_gflops=1.0, torch_timing='interleaved')
