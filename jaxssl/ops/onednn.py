@@ -1,9 +1,9 @@
 """oneDNN's CPU convolutions inside jitted JAX code, as XLA FFI custom calls (csrc/onednn_conv.cc).
 
 Why. oneDNN's convolutions (the kernels PyTorch runs on the CPU) read their windows straight from the NHWC
-input; XLA's CPU convolutions are 2-3x slower on jaxssl's nets, and the gathered-window matmuls of conv.py
-write a copy of the input per kernel tap. On the 2-core machine jaxssl is developed on, oneDNN ran CifarNet's
-and ResNet-18's layers 1.4-2.3x faster than the gathered path (README, "Benchmark").
+input. On the 2-core machine jaxssl is developed on, XLA's CPU convolutions were 1.5-2.7x slower than oneDNN's
+on CifarNet's and ResNet-18's layers (forward; up to 17x for kernel gradients), and the gathered-window matmuls
+of conv.py, which write a copy of the input per kernel tap, 1.5-2.2x slower (README, "Benchmark").
 
 How. The first use compiles csrc/onednn_conv.cc (a few seconds, C++17) against the oneDNN the environment has:
 the ``onednn-cpu-gomp`` / ``onednn-devel-cpu-gomp`` wheels (``pip install 'jaxssl[onednn]'``), the directory
