@@ -38,9 +38,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.name = 'cifarnet'
   c.model.options = ml_collections.ConfigDict({'dropout': 0.0})
-  # 'auto': convolutions as gathered-window (im2col) matmuls with a custom VJP on a single CPU device (2-4x
-  # faster training there, same numbers to float32 rounding), XLA's own on GPU/TPU; 'xla' or 'im2col' force
-  # one (jaxssl/ops/conv.py).
+  # 'auto': on a single CPU device oneDNN's convolutions as custom calls (jaxssl/ops/onednn.py; 4-6x faster
+  # training than XLA's there, same numbers to float32 rounding), or where oneDNN cannot be built gathered-window
+  # (im2col) matmuls (jaxssl/ops/conv.py); XLA's own on GPU/TPU. 'onednn', 'im2col' or 'xla' force one.
   c.model.conv_impl = 'auto'
 
   c.tasks = ml_collections.ConfigDict()
