@@ -147,7 +147,7 @@ def test_conv_relu_pool_values_and_gradients_match_xla(batch, size, cin, cout, k
   w = jax.random.normal(jax.random.PRNGKey(1), (k, k, cin, cout)) / k
   b = 0.3 * jax.random.normal(jax.random.PRNGKey(2), (cout,))  # some channels mostly negative: ReLU zeros
   args = ((stride,) * 2, padding, (window,) * 2, (pool_stride,) * 2, pool_padding)
-  explicit = conv_pool_ops._explicit  # pylint: disable=protected-access
+  explicit = pool_ops.explicit_pads
   pads = explicit(padding, (size, size), (k, k), (stride,) * 2)
   conv_hw = lax.conv_general_dilated(x, w, (stride,) * 2, padding, dimension_numbers=NHWC).shape[1:3]
   pool_pads = explicit(pool_padding, conv_hw, (window,) * 2, (pool_stride,) * 2)

@@ -197,12 +197,21 @@ def _fwd(x, w, stride, padding, block_bytes):
   return conv2d(x, w, stride, padding, block_bytes), (x, w)
 
 
+def conv_grads(x, w, g, stride, padding, *, backend: str, block_bytes: int = _BLOCK_BYTES, need_dx: bool = True):
+  """(input gradient or None, kernel gradient) of the convolution, by 'im2col' (this module's paths) or
+  'onednn' (onednn.py); shared by both convolutions' VJPs and by conv_pool.py."""
+  if backend == 'onednn':
+    from jaxssl.ops import onednn  # pylint: disable=import-outside-toplevel
+    dx = onednn.conv_input_grad(g, w, x.shape, stride, padding) if need_dx else None
+    return dx, onednn.conv_kernel_grad(x, g, w.shape, stride, padding)
+  dx = _input_grad(x, w, g, stride, padding, block_bytes).astype(x.dtype) if need_dx else None
+  xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+  return dx, _kernel_grad(xp, g, w.shape, stride, block_bytes).astype(w.dtype)
+
+
 def _bwd(stride, padding, block_bytes, res, g):
   x, w = res
-  dx = _input_grad(x, w, g, stride, padding, block_bytes).astype(x.dtype)
-  xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
-  dw = _kernel_grad(xp, g, w.shape, stride, block_bytes).astype(w.dtype)
-  return dx, dw
+  return conv_grads(x, w, g, stride, padding, backend='im2col', block_bytes=block_bytes)
 
 
 conv2d.defvjp(_fwd, _bwd)
@@ -222,10 +231,8 @@ def _onednn_fwd(x, w, stride, padding):
 
 
 def _onednn_bwd(stride, padding, res, g):
-  from jaxssl.ops import onednn  # pylint: disable=import-outside-toplevel
   x, w = res
-  return (onednn.conv_input_grad(g, w, x.shape, stride, padding),
-          onednn.conv_kernel_grad(x, g, w.shape, stride, padding))
+  return conv_grads(x, w, g, stride, padding, backend='onednn')
 
 
 onednn_conv2d.defvjp(_onednn_fwd, _onednn_bwd)

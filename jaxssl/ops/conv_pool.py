@@ -32,10 +32,9 @@ import jax.numpy as jnp
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
-from jaxssl.ops.conv import _BLOCK_BYTES, _block_size, _dot, _input_grad, _kernel_grad, _out_hw, _windows
 from jaxssl.ops import onednn
-from jaxssl.ops.conv import cpu_path
-from jaxssl.ops.pool import pool_with_offsets, unpool
+from jaxssl.ops.conv import _BLOCK_BYTES, _block_size, _dot, _out_hw, _windows, conv_grads, cpu_path
+from jaxssl.ops.pool import explicit_pads, pool_with_offsets, unpool
 
 
 def _shapes(x_shape, w_shape, stride, padding, window, pool_strides, pool_pads):
@@ -110,12 +109,8 @@ def _bwd(stride, padding, window, pool_strides, pool_pads, block_bytes, backend,
   db = gp.sum((0, 1, 2), dtype=jnp.float32).astype(y.dtype)
   # The conv output's gradient, once for the whole batch; then the convolution's own gradients (conv.py).
   g = unpool(gp, idx, window, pool_strides, pool_pads, conv_hw)
-  if backend == 'onednn':
-    dx = None if x_perturbed is None else onednn.conv_input_grad(g, w, x.shape, stride, padding)
-    return dx, onednn.conv_kernel_grad(x, g, w.shape, stride, padding), db
-  dx = None if x_perturbed is None else _input_grad(x, w, g, stride, padding, block_bytes).astype(x.dtype)
-  xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
-  dw = _kernel_grad(xp, g, w.shape, stride, block_bytes).astype(w.dtype)
+  dx, dw = conv_grads(x, w, g, stride, padding, backend=backend, block_bytes=block_bytes,
+                      need_dx=x_perturbed is not None)
   return dx, dw, db
 
 
@@ -124,12 +119,6 @@ _conv_pool_relu.defvjp(_fwd, _bwd, symbolic_zeros=True)
 
 def _pair(v) -> tuple[int, int]:
   return (int(v), int(v)) if v is None or isinstance(v, int) else tuple(int(a) for a in v)
-
-
-def _explicit(padding, hw, window, strides) -> tuple[tuple[int, int], ...]:
-  if isinstance(padding, str):
-    return tuple(lax.padtype_to_pads(hw, window, strides, padding))
-  return tuple((int(lo), int(hi)) for lo, hi in padding)
 
 
 def conv_relu_max_pool(conv, x: jax.Array, window, strides, padding, *, impl: str = 'im2col') -> jax.Array:
@@ -141,12 +130,12 @@ def conv_relu_max_pool(conv, x: jax.Array, window, strides, padding, *, impl: st
       d not in (None, 1) and _pair(d) != (1, 1) for d in (conv.input_dilation, conv.kernel_dilation)):
     raise ValueError('conv_relu_max_pool: only 2-D NHWC convolutions without dilation, groups or mask')
   stride = _pair(conv.strides if conv.strides is not None else 1)
-  pads = _explicit(conv.padding, x.shape[1:3], k, stride)
+  pads = explicit_pads(conv.padding, x.shape[1:3], k, stride)
   kernel = conv.kernel[...]
   bias = conv.bias[...] if conv.bias is not None else jnp.zeros((kernel.shape[-1],), kernel.dtype)
   x, kernel, bias = conv.promote_dtype((x, kernel, bias), dtype=conv.dtype)
   conv_hw = _out_hw((x.shape[1] + sum(pads[0]), x.shape[2] + sum(pads[1])), k, stride)
   window, strides = _pair(window), _pair(strides)
   backend = 'onednn' if cpu_path(impl) == 'onednn' else 'im2col'
-  return conv_pool_relu(x, kernel, bias, stride, pads, window, strides, _explicit(padding, conv_hw, window, strides),
-                        backend=backend)
+  return conv_pool_relu(x, kernel, bias, stride, pads, window, strides,
+                        explicit_pads(padding, conv_hw, window, strides), backend=backend)

@@ -25,10 +25,11 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxssl.ops.conv import use_cpu_fast_path
+from jaxssl.ops.conv import _out_hw, use_cpu_fast_path
 
 
-def _pads(padding, shape, window, strides) -> tuple[tuple[int, int], ...]:
+def explicit_pads(padding, shape, window, strides) -> tuple[tuple[int, int], ...]:
+  """'SAME' / 'VALID' / explicit pairs as explicit ((lo, hi), (lo, hi)) padding of a map of spatial ``shape``."""
   if isinstance(padding, str):
     return tuple(lax.padtype_to_pads(shape, window, strides, padding))
   return tuple((int(lo), int(hi)) for lo, hi in padding)
@@ -76,10 +77,6 @@ def unpool(gp, idx, window, strides, pads, in_hw):
   return full[:, top:top + in_hw[0], left:left + in_hw[1], :]
 
 
-def _pooled_hw(in_hw, window, strides, pads) -> tuple[int, int]:
-  return tuple((n + lo + hi - k) // s + 1 for n, k, s, (lo, hi) in zip(in_hw, window, strides, pads))
-
-
 def max_pool_2d(x: jax.Array, window: tuple[int, int], strides: tuple[int, int],
                 pads: tuple[tuple[int, int], ...]) -> jax.Array:
   """NHWC max pooling with explicit ((lo, hi), (lo, hi)) padding (padded positions never win)."""
@@ -93,7 +90,8 @@ def _max_pool_2d(x, window, strides, pads, in_hw):
 
 
 def _fwd(x, window, strides, pads, in_hw):
-  return pool_with_offsets(x, window, strides, pads, _pooled_hw(in_hw, window, strides, pads))
+  padded_hw = tuple(n + lo + hi for n, (lo, hi) in zip(in_hw, pads))
+  return pool_with_offsets(x, window, strides, pads, _out_hw(padded_hw, window, strides))
 
 
 def _bwd(window, strides, pads, in_hw, offsets, g):
@@ -107,7 +105,7 @@ def max_pool(x: jax.Array, window: tuple[int, int], strides: tuple[int, int], pa
              impl: str = 'auto') -> jax.Array:
   """``nnx.max_pool`` for NHWC input, with the fast gradient when ``impl`` picks it (see conv.IMPLS)."""
   window, strides = tuple(window), tuple(strides)
-  pads = _pads(padding, x.shape[1:3], window, strides)
+  pads = explicit_pads(padding, x.shape[1:3], window, strides)
   if use_cpu_fast_path(impl):
     return max_pool_2d(x, window, strides, pads)
   return _reduce(x, window, strides, pads)

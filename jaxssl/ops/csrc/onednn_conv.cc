@@ -74,6 +74,15 @@ dnnl::convolution_forward::primitive_desc ForwardDesc(const Geometry& g) {
       dnnl::memory::desc(g.dst, dt::f32, tag::nhwc), g.strides, g.pad_l, g.pad_r);
 }
 
+// Both backward primitives take the same descriptors, with the forward one as a hint.
+template <typename Primitive>
+typename Primitive::primitive_desc BackwardDesc(const Geometry& g) {
+  return typename Primitive::primitive_desc(
+      Engine(), dnnl::algorithm::convolution_direct, dnnl::memory::desc(g.src, dt::f32, tag::nhwc),
+      dnnl::memory::desc(g.weights, dt::f32, tag::any), dnnl::memory::desc(g.dst, dt::f32, tag::nhwc), g.strides,
+      g.pad_l, g.pad_r, ForwardDesc(g));
+}
+
 // HWIO user kernel <-> the primitive's kernel layout.
 dnnl::memory UserWeights(const Geometry& g, void* data) {
   return dnnl::memory(dnnl::memory::desc(g.weights, dt::f32, tag::hwio), Engine(), data);
@@ -116,12 +125,8 @@ ffi::Error InputGrad(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w, ffi::Res
                      int64_t sh, int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
   return Guarded([&] {
     Geometry g = Describe(dx->dimensions(), w.dimensions(), dy.dimensions(), sh, sw, pt, pb, pl, pr);
-    const auto& [pd, conv] = Cached<dnnl::convolution_backward_data>(1, g, [&] {
-      return dnnl::convolution_backward_data::primitive_desc(
-          Engine(), dnnl::algorithm::convolution_direct, dnnl::memory::desc(g.src, dt::f32, tag::nhwc),
-          dnnl::memory::desc(g.weights, dt::f32, tag::any), dnnl::memory::desc(g.dst, dt::f32, tag::nhwc),
-          g.strides, g.pad_l, g.pad_r, ForwardDesc(g));
-    });
+    using Primitive = dnnl::convolution_backward_data;
+    const auto& [pd, conv] = Cached<Primitive>(1, g, [&] { return BackwardDesc<Primitive>(g); });
     dnnl::stream s(Engine());
     dnnl::memory diff_dst(pd.diff_dst_desc(), Engine(), dy.typed_data());
     dnnl::memory diff_src(pd.diff_src_desc(), Engine(), dx->typed_data());
@@ -136,12 +141,8 @@ ffi::Error KernelGrad(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ffi::Re
                       int64_t sh, int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
   return Guarded([&] {
     Geometry g = Describe(x.dimensions(), dw->dimensions(), dy.dimensions(), sh, sw, pt, pb, pl, pr);
-    const auto& [pd, conv] = Cached<dnnl::convolution_backward_weights>(2, g, [&] {
-      return dnnl::convolution_backward_weights::primitive_desc(
-          Engine(), dnnl::algorithm::convolution_direct, dnnl::memory::desc(g.src, dt::f32, tag::nhwc),
-          dnnl::memory::desc(g.weights, dt::f32, tag::any), dnnl::memory::desc(g.dst, dt::f32, tag::nhwc),
-          g.strides, g.pad_l, g.pad_r, ForwardDesc(g));
-    });
+    using Primitive = dnnl::convolution_backward_weights;
+    const auto& [pd, conv] = Cached<Primitive>(2, g, [&] { return BackwardDesc<Primitive>(g); });
     dnnl::stream s(Engine());
     dnnl::memory src(pd.src_desc(), Engine(), x.typed_data());
     dnnl::memory diff_dst(pd.diff_dst_desc(), Engine(), dy.typed_data());
