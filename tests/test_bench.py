@@ -1,5 +1,7 @@
 """The bench's PyTorch twins are the same networks as jaxssl's (skipped where torch is not installed)."""
 
+import os
+
 import jax
 import numpy as np
 import pytest
@@ -58,3 +60,16 @@ def test_bench_alternates_jaxssl_and_torch_steps(tfds_dir):
   assert len(order) == 3 and result['timing'] == 'all jax steps, then all torch steps'
   with pytest.raises(ValueError, match='torch_timing'):
     bench.measure(config, steps=1, warmup=0, pipeline_batches=1, peak_gflops=1.0, torch_timing='interleaved')
+
+
+def test_torch_step_process_runs_steps_in_another_process():
+  """The bench's PyTorch worker: a process of its own that runs one SGD step per call and stops on close."""
+  worker = bench_torch.StepProcess('cifarnet', 'rotation', 4, (28, 28, 1))
+  try:
+    assert worker.info['torch'] == torch.__version__
+    losses = [worker() for _ in range(3)]
+    assert all(np.isfinite(losses)) and losses[-1] != losses[0]  # the parameters change from step to step
+    assert worker._proc.pid != os.getpid()  # pylint: disable=protected-access
+  finally:
+    worker.close()
+  assert not worker._proc.is_alive()  # pylint: disable=protected-access

@@ -252,3 +252,13 @@ def test_bench_ops_checks_and_times_every_pass():
     assert row[key] > 0
   assert bench_ops.measure_layer(4, 8, 3, 5, 3, 2, repeats=1)['im2col_takes'] == 'fwd:gathered dx:xla dw:gathered'
   assert bench_ops.measure_layer(2, 6, 3, 4, 1, 2, repeats=1)['im2col_takes'] == 'fwd:xla dx:spread dw:matmul'
+
+
+def test_a_run_says_which_convolutions_it_uses(monkeypatch):
+  from jaxssl.train import loop  # pylint: disable=import-outside-toplevel
+  assert loop._conv_path_line('xla') == "convolutions: XLA's own (conv_impl=xla)"  # pylint: disable=protected-access
+  assert loop._conv_path_line('im2col').startswith('convolutions: gathered-window')  # pylint: disable=protected-access
+  if jax.default_backend() == 'cpu' and jax.device_count() == 1:
+    monkeypatch.setattr(onednn, '_load', lambda: 'no oneDNN found (test)')
+    assert loop._conv_path_line('auto') == (  # pylint: disable=protected-access
+        'convolutions: gathered-window matmuls (conv_impl=auto); oneDNN unavailable: no oneDNN found (test)')
