@@ -107,13 +107,19 @@ def measure_layer(n: int, hw: int, cin: int, cout: int, k: int, stride: int, *, 
       err = float(jnp.abs(fn(*args) - ref).max()) / scale
       if not np.isfinite(err) or err > 1e-4:
         raise AssertionError(f'{label} {name} differs from XLA\'s by {err:.2e} (relative to its largest value)')
-    row[f'{name}_xla_ms'] = round(_time(xla_fn, *args, repeats=repeats), 1)
-    row[f'{name}_fast_ms'] = round(_time(fast_fn, *args, repeats=repeats), 1)
+    row[f'{name}_xla_ms'] = _ms(_time(xla_fn, *args, repeats=repeats))
+    row[f'{name}_fast_ms'] = _ms(_time(fast_fn, *args, repeats=repeats))
     if onednn_fn is not None:
-      row[f'{name}_onednn_ms'] = round(_time(onednn_fn, *args, repeats=repeats), 1)
+      row[f'{name}_onednn_ms'] = _ms(_time(onednn_fn, *args, repeats=repeats))
   row['im2col_takes'] = _im2col_takes(k, stride)
   row['auto_takes'] = 'fwd:onednn dx:onednn dw:onednn' if onednn.available() else row['im2col_takes']
   return row
+
+
+def _ms(ms: float) -> float:
+  """Milliseconds to one decimal, or to three significant digits below 10 ms (one decimal rounded a small
+  layer's 0.04 ms pass to 0)."""
+  return round(ms, 1) if ms >= 10 else float(f'{ms:.3g}')
 
 
 def _im2col_takes(k: int, stride: int) -> str:
