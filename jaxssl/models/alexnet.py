@@ -20,6 +20,7 @@ from flax import nnx
 
 from jaxssl.ops.conv import make_conv_general_dilated, use_cpu_fast_path
 from jaxssl.ops.conv_pool import conv_relu_max_pool
+from jaxssl.ops.norm import batch_norm_act
 from jaxssl.ops.pool import max_pool
 
 NORMS = ('none', 'lrn', 'batch')
@@ -97,8 +98,8 @@ class AlexNet(nnx.Module):
 
   def _conv(self, i: int, conv: nnx.Conv, h: jax.Array, train: bool) -> jax.Array:
     h = conv(h)
-    if self.norm == 'batch':
-      h = self.bns[i](h, use_running_average=not train)
+    if self.norm == 'batch':  # BatchNorm + ReLU (one oneDNN pass on one CPU device)
+      return batch_norm_act(self.bns[i], h, use_running_average=not train, act='relu', impl=self.conv_impl)
     h = jax.nn.relu(h)
     return local_response_norm(h) if self.norm == 'lrn' and i < 2 else h
 

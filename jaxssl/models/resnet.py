@@ -8,6 +8,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxssl.ops.conv import make_conv_general_dilated
+from jaxssl.ops.norm import batch_norm_act
 from jaxssl.ops.pool import max_pool
 
 # He-normal over fan_out, as torchvision does: keeps gradient variance stable through
@@ -39,9 +40,10 @@ class _Shortcut(nnx.Module):
   def __init__(self, cin, cout, stride, *, dtype, rngs, conv_impl='auto'):
     self.conv = _conv(cin, cout, 1, stride, dtype=dtype, rngs=rngs, conv_impl=conv_impl)
     self.bn = _bn(cout, dtype=dtype, rngs=rngs)
+    self.conv_impl = conv_impl
 
   def __call__(self, x, train):
-    return self.bn(self.conv(x), use_running_average=not train)
+    return batch_norm_act(self.bn, self.conv(x), use_running_average=not train, impl=self.conv_impl)
 
 
 class BasicBlock(nnx.Module):
@@ -55,11 +57,12 @@ class BasicBlock(nnx.Module):
     self.bn2 = _bn(cout, dtype=dtype, rngs=rngs, zero_scale=True)
     self.shortcut = (_Shortcut(cin, cout, stride, dtype=dtype, rngs=rngs, conv_impl=conv_impl)
                      if stride != 1 or cin != cout else None)
+    self.conv_impl = conv_impl
 
   def __call__(self, x, train):
-    ura = not train
-    h = jax.nn.relu(self.bn1(self.conv1(x), use_running_average=ura))
-    h = self.bn2(self.conv2(h), use_running_average=ura)
+    kw = dict(use_running_average=not train, impl=self.conv_impl)
+    h = batch_norm_act(self.bn1, self.conv1(x), act='relu', **kw)
+    h = batch_norm_act(self.bn2, self.conv2(h), **kw)
     s = x if self.shortcut is None else self.shortcut(x, train)
     return jax.nn.relu(h + s)
 
@@ -77,12 +80,13 @@ class Bottleneck(nnx.Module):
     self.bn3 = _bn(cout, dtype=dtype, rngs=rngs, zero_scale=True)
     self.shortcut = (_Shortcut(cin, cout, stride, dtype=dtype, rngs=rngs, conv_impl=conv_impl)
                      if stride != 1 or cin != cout else None)
+    self.conv_impl = conv_impl
 
   def __call__(self, x, train):
-    ura = not train
-    h = jax.nn.relu(self.bn1(self.conv1(x), use_running_average=ura))
-    h = jax.nn.relu(self.bn2(self.conv2(h), use_running_average=ura))
-    h = self.bn3(self.conv3(h), use_running_average=ura)
+    kw = dict(use_running_average=not train, impl=self.conv_impl)
+    h = batch_norm_act(self.bn1, self.conv1(x), act='relu', **kw)
+    h = batch_norm_act(self.bn2, self.conv2(h), act='relu', **kw)
+    h = batch_norm_act(self.bn3, self.conv3(h), **kw)
     s = x if self.shortcut is None else self.shortcut(x, train)
     return jax.nn.relu(h + s)
 
@@ -129,7 +133,8 @@ class ResNet(nnx.Module):
     del rng  # no stochastic layers; accepted for a uniform backbone interface
     f = {}
     h = x.astype(self.dtype)
-    h = jax.nn.relu(self.stem_bn(self.stem_conv(h), use_running_average=not train))
+    h = batch_norm_act(self.stem_bn, self.stem_conv(h), use_running_average=not train, act='relu',
+                       impl=self.conv_impl)
     if self.imagenet_stem:
       # Pad with -inf (what max_pool's explicit padding does) == torchvision's padding=1.
       h = max_pool(h, (3, 3), (2, 2), ((1, 1), (1, 1)), impl=self.conv_impl)

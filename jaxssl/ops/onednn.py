@@ -1,4 +1,5 @@
-"""oneDNN's CPU convolutions inside jitted JAX code, as XLA FFI custom calls (csrc/onednn_conv.cc).
+"""oneDNN's CPU convolutions and batch norm inside jitted JAX code, as XLA FFI custom calls
+(csrc/onednn_conv.cc; the batch norm's use is in norm.py).
 
 Why. oneDNN's convolutions (the kernels PyTorch runs on the CPU) read their windows straight from the NHWC
 input. On the 2-core machine jaxssl is developed on, XLA's CPU convolutions were 1.5-2.7x slower than oneDNN's
@@ -30,7 +31,10 @@ import numpy as np
 
 _SOURCE = pathlib.Path(__file__).with_name('csrc') / 'onednn_conv.cc'
 _TARGETS = {'forward': 'JaxsslOnednnConvForward', 'input_grad': 'JaxsslOnednnConvInputGrad',
-            'kernel_grad': 'JaxsslOnednnConvKernelGrad'}
+            'kernel_grad': 'JaxsslOnednnConvKernelGrad', 'bn_forward': 'JaxsslOnednnBnForward',
+            'bn_backward': 'JaxsslOnednnBnBackward'}
+# Batch norm's fusions, as csrc/onednn_conv.cc numbers them.
+BN_FUSE = {'none': 0, 'relu': 1}
 
 
 def _roots() -> list[pathlib.Path]:
@@ -82,12 +86,17 @@ def _build() -> pathlib.Path:
 
 
 @functools.lru_cache(maxsize=None)
+def _library() -> ctypes.CDLL:
+  return ctypes.CDLL(str(_build()))
+
+
+@functools.lru_cache(maxsize=None)
 def _load() -> str | None:
   """Builds and registers the custom calls once; None if that worked, else why not."""
   if os.environ.get('JAXSSL_ONEDNN', '1') == '0':
     return 'disabled by JAXSSL_ONEDNN=0'
   try:
-    lib = ctypes.CDLL(str(_build()))
+    lib = _library()
     for name, symbol in _TARGETS.items():
       jax.ffi.register_ffi_target(f'jaxssl_onednn_conv_{name}', jax.ffi.pycapsule(getattr(lib, symbol)),
                                   platform='cpu')
@@ -129,3 +138,44 @@ def conv_input_grad(g: jax.Array, w: jax.Array, x_shape, stride, padding) -> jax
 
 def conv_kernel_grad(x: jax.Array, g: jax.Array, w_shape, stride, padding) -> jax.Array:
   return _call('kernel_grad', w_shape, g.dtype, x, g, stride=stride, padding=padding)
+
+
+@functools.lru_cache(maxsize=None)
+def bn_plan(rows: int, channels: int, fuse: str) -> tuple[int, str]:
+  """(workspace bytes, oneDNN's implementation name) of a training-mode batch norm over ``rows`` x ``channels``
+  with fusion ``fuse`` ('none', 'relu'); workspace -1 where oneDNN has no such primitive."""
+  if _load() is not None:
+    raise RuntimeError(f'oneDNN is unavailable: {_load()}')
+  fn = _library().JaxsslOnednnBnWorkspaceBytes
+  fn.restype, fn.argtypes = ctypes.c_int64, [ctypes.c_int64] * 3 + [ctypes.c_char_p, ctypes.c_int64]
+  name = ctypes.create_string_buffer(128)
+  size = fn(rows, channels, BN_FUSE[fuse], name, len(name))
+  return int(size), name.value.decode()
+
+
+def _bn_call(name: str, results, *args, eps: float, fuse: str):
+  if _load() is not None:
+    raise RuntimeError(f'oneDNN is unavailable: {_load()}')
+  return jax.ffi.ffi_call(f'jaxssl_onednn_conv_{name}', results)(*args, eps=np.float32(eps),
+                                                                 fuse=np.int64(BN_FUSE[fuse]))
+
+
+def bn_forward(x, scale, shift, *, eps: float, fuse: str):
+  """Training-mode batch norm of channels-last float32 ``x`` over all but its last axis, then (``fuse='relu'``)
+  a ReLU: (y, mean, biased variance, workspace for ``bn_backward``: the ReLU's mask, 1 bit per element)."""
+  c = x.shape[-1]
+  ws, _ = bn_plan(x.size // c, c, fuse)
+  if ws < 0:
+    raise RuntimeError(f'oneDNN has no batch norm for {x.shape} with fuse={fuse!r}')
+  f32 = jax.numpy.float32
+  results = (jax.ShapeDtypeStruct(x.shape, f32), jax.ShapeDtypeStruct((c,), f32), jax.ShapeDtypeStruct((c,), f32),
+             jax.ShapeDtypeStruct((ws,), jax.numpy.uint8))
+  return _bn_call('bn_forward', results, x, scale, shift, eps=eps, fuse=fuse)
+
+
+def bn_backward(x, dy, scale, mean, var, workspace, *, eps: float, fuse: str):
+  """(dx, d scale, d shift) of ``bn_forward``."""
+  f32 = jax.numpy.float32
+  c = x.shape[-1]
+  results = (jax.ShapeDtypeStruct(x.shape, f32), jax.ShapeDtypeStruct((c,), f32), jax.ShapeDtypeStruct((c,), f32))
+  return _bn_call('bn_backward', results, x, dy, scale, mean, var, workspace, eps=eps, fuse=fuse)

@@ -5,6 +5,10 @@
 // back to) HWIO on every call, which costs little next to the convolution. Primitives are created once per
 // shape and kept. Calls run one at a time: each already uses every core (OpenMP), and XLA may start independent
 // ones (a layer's input and kernel gradients) together, which would oversubscribe the cores.
+//
+// Also batch normalization in training mode (statistics of the batch), optionally fused with the ReLU after it,
+// forward and backward: one pass over the tensor for the statistics and one to normalize (and two backward),
+// where XLA's fusions made several. (oneDNN 3.2 has no CPU kernel for fuse_norm_add_relu, ResNet's residual.)
 // Built at first use by jaxssl/ops/onednn.py against the oneDNN the environment provides.
 
 #include <cstdint>
@@ -12,6 +16,8 @@
 #include <mutex>
 #include <string>
 #include <tuple>
+#include <unordered_map>
+#include <algorithm>
 #include <vector>
 
 #include "oneapi/dnnl/dnnl.hpp"
@@ -156,7 +162,111 @@ ffi::Error KernelGrad(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ffi::Re
   });
 }
 
+
+// ---- batch normalization ------------------------------------------------------------------------------------
+
+// fuse: 0 none, 1 ReLU after.
+dnnl::normalization_flags BnFlags(int64_t fuse) {
+  auto f = dnnl::normalization_flags::use_scale | dnnl::normalization_flags::use_shift;
+  return fuse == 1 ? f | dnnl::normalization_flags::fuse_norm_relu : f;
+}
+
+// x: [N, H, W, C] (any rank >= 2 with channels last: leading dims fold into N).
+dnnl::memory::desc BnData(ffi::Span<const int64_t> x) {
+  int64_t n = 1;
+  for (size_t i = 0; i + 1 < x.size(); ++i) n *= x[i];
+  return dnnl::memory::desc({n, x[x.size() - 1], 1, 1}, dt::f32, tag::nhwc);
+}
+
+dnnl::batch_normalization_forward::primitive_desc BnForwardDesc(const dnnl::memory::desc& data, float eps,
+                                                                 int64_t fuse) {
+  return dnnl::batch_normalization_forward::primitive_desc(Engine(), dnnl::prop_kind::forward_training, data, data,
+                                                            eps, BnFlags(fuse));
+}
+
+template <typename Primitive, typename Make>
+const std::tuple<typename Primitive::primitive_desc, Primitive>& BnCached(int kind, const dnnl::memory::desc& d,
+                                                                           float eps, int64_t fuse, Make make) {
+  static std::map<std::tuple<int, dims, float, int64_t>,
+                  std::tuple<typename Primitive::primitive_desc, Primitive>> cache;
+  auto key = std::make_tuple(kind, d.get_dims(), eps, fuse);
+  auto it = cache.find(key);
+  if (it == cache.end()) {
+    auto pd = make();
+    it = cache.emplace(key, std::make_tuple(pd, Primitive(pd))).first;
+  }
+  return it->second;
+}
+
+dnnl::memory Channels(const dnnl::memory::desc& data, void* p) {
+  return dnnl::memory(dnnl::memory::desc({data.get_dims()[1]}, dt::f32, tag::a), Engine(), p);
+}
+
+ffi::Error BnForward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> scale, ffi::Buffer<ffi::F32> shift, ffi::ResultBuffer<ffi::F32> y, ffi::ResultBuffer<ffi::F32> mean,
+                     ffi::ResultBuffer<ffi::F32> var, ffi::ResultBuffer<ffi::U8> ws, float eps, int64_t fuse) {
+  return Guarded([&] {
+    auto data = BnData(x.dimensions());
+    const auto& [pd, bn] = BnCached<dnnl::batch_normalization_forward>(0, data, eps, fuse,
+                                                                       [&] { return BnForwardDesc(data, eps, fuse); });
+    dnnl::stream s(Engine());
+    std::unordered_map<int, dnnl::memory> args{
+        {DNNL_ARG_SRC, dnnl::memory(data, Engine(), x.typed_data())},
+        {DNNL_ARG_DST, dnnl::memory(data, Engine(), y->typed_data())},
+        {DNNL_ARG_SCALE, Channels(data, scale.typed_data())},
+        {DNNL_ARG_SHIFT, Channels(data, shift.typed_data())},
+        {DNNL_ARG_MEAN, Channels(data, mean->typed_data())},
+        {DNNL_ARG_VARIANCE, Channels(data, var->typed_data())}};
+    if (fuse != 0) args[DNNL_ARG_WORKSPACE] = dnnl::memory(pd.workspace_desc(), Engine(), ws->typed_data());
+    bn.execute(s, args);
+    s.wait();
+  });
+}
+
+ffi::Error BnBackward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> scale,
+                      ffi::Buffer<ffi::F32> mean, ffi::Buffer<ffi::F32> var, ffi::Buffer<ffi::U8> ws,
+                      ffi::ResultBuffer<ffi::F32> dx, ffi::ResultBuffer<ffi::F32> dscale, ffi::ResultBuffer<ffi::F32> dshift, float eps,
+                      int64_t fuse) {
+  return Guarded([&] {
+    auto data = BnData(x.dimensions());
+    using Primitive = dnnl::batch_normalization_backward;
+    const auto& [pd, bn] = BnCached<Primitive>(1, data, eps, fuse, [&] {
+      return Primitive::primitive_desc(Engine(), dnnl::prop_kind::backward, data, data, data, eps, BnFlags(fuse),
+                                       BnForwardDesc(data, eps, fuse));
+    });
+    dnnl::stream s(Engine());
+    std::unordered_map<int, dnnl::memory> args{
+        {DNNL_ARG_SRC, dnnl::memory(data, Engine(), x.typed_data())},
+        {DNNL_ARG_DIFF_DST, dnnl::memory(data, Engine(), dy.typed_data())},
+        {DNNL_ARG_DIFF_SRC, dnnl::memory(data, Engine(), dx->typed_data())},
+        {DNNL_ARG_SCALE, Channels(data, scale.typed_data())},
+        {DNNL_ARG_MEAN, Channels(data, mean.typed_data())},
+        {DNNL_ARG_VARIANCE, Channels(data, var.typed_data())},
+        {DNNL_ARG_DIFF_SCALE, Channels(data, dscale->typed_data())},
+        {DNNL_ARG_DIFF_SHIFT, Channels(data, dshift->typed_data())}};
+    if (fuse != 0) args[DNNL_ARG_WORKSPACE] = dnnl::memory(pd.workspace_desc(), Engine(), ws.typed_data());
+    bn.execute(s, args);
+    s.wait();
+  });
+}
+
 }  // namespace
+
+// Bytes of the workspace (the ReLU's mask) a fused forward leaves for its backward, and which implementation
+// oneDNN picked; called from Python (ctypes) when a batch norm is traced. Returns -1 where oneDNN has none.
+extern "C" int64_t JaxsslOnednnBnWorkspaceBytes(int64_t n, int64_t c, int64_t fuse, char* impl, int64_t impl_len) {
+  try {
+    std::lock_guard<std::mutex> lock(CallMutex());
+    auto pd = BnForwardDesc(dnnl::memory::desc({n, c, 1, 1}, dt::f32, tag::nhwc), 1e-5f, fuse);
+    std::string name = pd.impl_info_str();
+    if (impl_len > 0) {
+      name.copy(impl, impl_len - 1);
+      impl[std::min<int64_t>(name.size(), impl_len - 1)] = 0;
+    }
+    return fuse == 0 ? 0 : static_cast<int64_t>(pd.workspace_desc().get_size());
+  } catch (const dnnl::error&) {
+    return -1;
+  }
+}
 
 #define JAXSSL_CONV_ATTRS                                                                              \
   .Attr<int64_t>("stride_h").Attr<int64_t>("stride_w").Attr<int64_t>("pad_top").Attr<int64_t>("pad_bottom") \
@@ -177,3 +287,27 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxsslOnednnConvKernelGrad, KernelGrad,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>() JAXSSL_CONV_ATTRS);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxsslOnednnBnForward, BnForward,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // x
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // scale
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // shift
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // y
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // mean
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // variance (biased)
+                                  .Ret<ffi::Buffer<ffi::U8>>()   // workspace
+                                  .Attr<float>("eps")
+                                  .Attr<int64_t>("fuse"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxsslOnednnBnBackward, BnBackward,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // x
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // dy
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // scale
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // mean
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // variance
+                                  .Arg<ffi::Buffer<ffi::U8>>()   // workspace
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dx
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // d scale
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // d shift
+                                  .Attr<float>("eps")
+                                  .Attr<int64_t>("fuse"));
