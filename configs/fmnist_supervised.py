@@ -41,7 +41,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.model.options = ml_collections.ConfigDict({'dropout': 0.0})
   # 'auto': on a single CPU device oneDNN's convolutions as custom calls (jaxssl/ops/onednn.py; 4-6x faster
   # training than XLA's there, same numbers to float32 rounding), or where oneDNN cannot be built gathered-window
-  # (im2col) matmuls (jaxssl/ops/conv.py); XLA's own on GPU/TPU. 'onednn', 'im2col' or 'xla' force one.
+  # (im2col) matmuls (jaxssl/ops/conv.py); XLA's own on GPU/TPU. 'onednn', 'im2col' or 'xla' force one. With
+  # oneDNN's convolutions, training BatchNorm (ResNets, AlexNet norm='batch') is oneDNN's too (jaxssl/ops/norm.py).
   c.model.conv_impl = 'auto'
 
   c.tasks = ml_collections.ConfigDict()

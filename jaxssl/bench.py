@@ -16,8 +16,9 @@ pretext batch and SGD step run in PyTorch eager (channels_last) in a process of 
 torch_step_ms_median, torch_images_per_s and jax_over_torch (>1: jaxssl is faster). The two steps alternate,
 one jaxssl step then one PyTorch step per round, so both see the same machine (on a shared VM, step times drift
 by 10-40% over minutes); --torch_timing=blocks runs all of jaxssl's steps, then all of PyTorch's, each framework
-alone while it runs (alternating with PyTorch's process slowed jaxssl's ResNet-18 step by ~25%, where
-alternating with a sleep or an in-process numpy load did not). Earlier versions timed PyTorch's steps after
+alone while it runs. The two processes share the kernel's page allocator: each step allocates and frees its
+temporaries (over a GB for ResNet-18) and faults them in anew, and on a VM that hands freed memory back to its
+host those faults cost more after the other process's step (README, "Benchmark"). Earlier versions timed PyTorch's steps after
 jaxssl's in the same process, which slowed PyTorch by up to 1.5x and overstated jaxssl's ratio accordingly.
 Models with a PyTorch twin: cifarnet, resnet20, resnet18_cifar; tasks: rotation, classify.
 """
