@@ -151,8 +151,11 @@ def _torch_step(config):
   if len(kinds) != 1 or kinds[0] not in bench_torch.SUPPORTED_TASKS or \
       config.model.name not in bench_torch.SUPPORTED_MODELS:
     return None, {'torch': f'no PyTorch twin for model {config.model.name} with tasks {kinds}'}
+  dtype = str(config.model.options.get('dtype', 'float32'))
+  if dtype not in bench_torch.DTYPES:
+    return None, {'torch': f'no PyTorch twin in dtype {dtype}'}
   shape = get_dataset(config.data.name, config.data).input_shape
-  worker = bench_torch.StepProcess(config.model.name, kinds[0], config.batch_size, shape)
+  worker = bench_torch.StepProcess(config.model.name, kinds[0], config.batch_size, shape, dtype)
   return worker, worker.info
 
 

@@ -5,6 +5,8 @@ Only imported when torch is installed (``pip install torch==2.13.0`` gets the CP
 it. Models are written here from their papers, with the shapes of jaxssl's (jaxssl/models): CifarNet (5x5
 convs, 3x3/2 max pools, fc 384 and 192) and the CIFAR-style ResNets (3x3 stem, basic blocks, projection
 shortcuts). PyTorch runs eagerly in channels_last, the layout its CPU convolutions (oneDNN) are fastest in.
+``dtype='bfloat16'`` runs the forward pass under ``torch.autocast('cpu', torch.bfloat16)`` (float32 parameters,
+bf16 convolutions and matmuls: PyTorch's mixed precision, as jaxssl's ``model.options.dtype`` is flax's).
 """
 
 from __future__ import annotations
@@ -82,12 +84,17 @@ def build(model: str, in_ch: int, hw: int, num_outputs: int) -> nn.Module:
   raise ValueError(f'no PyTorch twin for model {model!r}; have: {", ".join(SUPPORTED_MODELS)}')
 
 
+DTYPES = ('float32', 'bfloat16')
+
+
 def make_step(model: str, task: str, batch_size: int, input_shape, *, lr: float = 0.01,
-              threads: int | None = None):
+              threads: int | None = None, dtype: str = 'float32'):
   """One SGD step (forward, cross-entropy, backward, update) on ``batch_size`` source images, as a function
   that returns when the step is done (the loss is read back)."""
   if task not in SUPPORTED_TASKS:
     raise ValueError(f'no PyTorch twin for task {task!r}; have: {", ".join(SUPPORTED_TASKS)}')
+  if dtype not in DTYPES:
+    raise ValueError(f'no PyTorch twin in dtype {dtype!r}; have: {", ".join(DTYPES)}')
   if threads:
     torch.set_num_threads(threads)
   per_image, classes = SUPPORTED_TASKS[task]
@@ -102,7 +109,8 @@ def make_step(model: str, task: str, batch_size: int, input_shape, *, lr: float 
 
   def step() -> float:
     opt.zero_grad(set_to_none=True)
-    loss = loss_fn(net(x), y)
+    with torch.autocast('cpu', dtype=torch.bfloat16, enabled=dtype == 'bfloat16'):
+      loss = loss_fn(net(x).float(), y)
     loss.backward()
     opt.step()
     return loss.item()
@@ -129,10 +137,10 @@ def measure(model: str, task: str, batch_size: int, input_shape, *, steps: int, 
   return {**info(), 'torch_step_ms_median': round(1e3 * step_s, 2), 'torch_images_per_s': round(batch_size / step_s, 1)}
 
 
-def _serve(conn, model: str, task: str, batch_size: int, input_shape) -> None:
+def _serve(conn, model: str, task: str, batch_size: int, input_shape, dtype: str) -> None:
   """The worker process's loop: build the step, then run one per request until told to stop."""
   try:
-    step = make_step(model, task, batch_size, input_shape)
+    step = make_step(model, task, batch_size, input_shape, dtype=dtype)
     conn.send(info())
     while conn.recv() == 'step':
       conn.send(step())
@@ -144,11 +152,12 @@ class StepProcess:
   """The PyTorch step in a process of its own, run one step per call: in one process with JAX, each framework's
   allocations and threads slowed the other's steps (PyTorch's by up to 1.5x on a 2-core VM)."""
 
-  def __init__(self, model: str, task: str, batch_size: int, input_shape):
+  def __init__(self, model: str, task: str, batch_size: int, input_shape, dtype: str = 'float32'):
     import multiprocessing  # pylint: disable=import-outside-toplevel
     ctx = multiprocessing.get_context('spawn')
     self._conn, child = ctx.Pipe()
-    self._proc = ctx.Process(target=_serve, args=(child, model, task, batch_size, tuple(input_shape)), daemon=True)
+    self._proc = ctx.Process(target=_serve, args=(child, model, task, batch_size, tuple(input_shape), dtype),
+                             daemon=True)
     self._proc.start()
     child.close()
     self.info = self._conn.recv()

@@ -73,3 +73,21 @@ def test_torch_step_process_runs_steps_in_another_process():
   finally:
     worker.close()
   assert not worker._proc.is_alive()  # pylint: disable=protected-access
+
+
+def test_torch_twin_in_bfloat16_runs_its_convolutions_in_bfloat16():
+  """dtype='bfloat16' is PyTorch's autocast: the convolutions compute in bf16, the loss stays a float32 number."""
+  seen = []
+  hook = torch.nn.modules.module.register_module_forward_hook(
+      lambda m, _, out: seen.append(out.dtype) if isinstance(m, torch.nn.Conv2d) else None)
+  try:
+    loss16 = bench_torch.make_step('cifarnet', 'rotation', 8, (28, 28, 1), dtype='bfloat16')()
+    assert seen and set(seen) == {torch.bfloat16}
+    seen.clear()
+    loss32 = bench_torch.make_step('cifarnet', 'rotation', 8, (28, 28, 1))()
+    assert set(seen) == {torch.float32}
+  finally:
+    hook.remove()
+  assert np.isfinite(loss16) and np.isfinite(loss32)
+  with pytest.raises(ValueError, match="no PyTorch twin in dtype 'float16'"):
+    bench_torch.make_step('cifarnet', 'rotation', 8, (28, 28, 1), dtype='float16')

@@ -55,6 +55,40 @@ def test_conv_values_and_gradients_match_xla(batch, size, cin, cout, k, stride, 
     np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4 * float(jnp.abs(r).max()))
 
 
+needs_onednn_bf16 = pytest.mark.skipif(not onednn.supports(jnp.bfloat16),
+                                       reason="oneDNN has no fast bfloat16 convolutions on this CPU")
+
+
+@needs_onednn_bf16
+@pytest.mark.parametrize('batch,size,cin,cout,k,stride,padding', [
+    (8, 9, 3, 5, 3, 1, 'SAME'), (8, 9, 16, 32, 3, 2, ((1, 1), (1, 1))), (4, 8, 16, 32, 1, 2, 'VALID'),
+    (6, 14, 8, 16, 5, 1, 'SAME'),
+])
+def test_onednn_bfloat16_convolutions_match_float32_on_the_same_inputs(batch, size, cin, cout, k, stride, padding):
+  """bfloat16 through oneDNN: its custom calls (not the gathered path), products accumulated in float32, so the
+  results are the float32 convolution of the same bf16 inputs rounded once to bf16."""
+  fast = conv_ops.make_conv_general_dilated('onednn')
+  bf16 = jnp.bfloat16
+  x = jax.random.normal(jax.random.PRNGKey(0), (batch, size, size, cin)).astype(bf16)
+  w = jax.random.normal(jax.random.PRNGKey(1), (k, k, cin, cout)).astype(bf16)
+  g = jax.random.normal(jax.random.PRNGKey(2), (batch, *conv_ops._out_hw(  # pylint: disable=protected-access
+      [size + sum(p) for p in conv_ops._explicit_padding(padding, x.shape, w.shape, (stride, stride))],
+      (k, k), (stride, stride)), cout)).astype(bf16)
+
+  def run(conv, x, w):
+    y, vjp = jax.vjp(lambda x, w: conv(x, w, (stride, stride), padding, dimension_numbers=NHWC), x, w)
+    return (y, *vjp(g.astype(y.dtype)))
+
+  text = jax.jit(lambda x, w: run(fast, x, w)).lower(x, w).as_text()
+  assert 'jaxssl_onednn_conv_forward' in text and 'jaxssl_onednn_conv_kernel_grad' in text
+  got = jax.jit(lambda x, w: run(fast, x, w))(x, w)
+  ref = run(lax.conv_general_dilated, x.astype(jnp.float32), w.astype(jnp.float32))
+  for a, r in zip(got, ref):
+    assert a.dtype == bf16
+    # one bf16 rounding of the result (2^-8 relative), plus float32 summation order
+    np.testing.assert_allclose(a.astype(jnp.float32), r, rtol=2 ** -7, atol=2 ** -7 * float(jnp.abs(r).max()))
+
+
 def test_conv_blocks_do_not_change_the_result():
   """One image per block or the whole batch in one block: the same kernel gradient."""
   x = jax.random.normal(jax.random.PRNGKey(0), (12, 10, 10, 4))
@@ -172,6 +206,37 @@ def test_conv_relu_pool_values_and_gradients_match_xla(batch, size, cin, cout, k
     np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4 * float(jnp.abs(e).max()))
 
 
+@needs_onednn_bf16
+def test_conv_relu_pool_in_bfloat16_on_onednn():
+  """A bfloat16 stage runs oneDNN's bf16 convolution and pools in float32: what XLA computes in float32 from the
+  same bf16 inputs with the conv output rounded to bf16 (which makes window ties; a last-bit difference in the
+  rounding may still move one, so the input gradient compares in norm)."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (8, 12, 12, 8)).astype(jnp.bfloat16)
+  w = (jax.random.normal(jax.random.PRNGKey(1), (3, 3, 8, 16)) / 3).astype(jnp.bfloat16)
+  b = (0.3 * jax.random.normal(jax.random.PRNGKey(2), (16,))).astype(jnp.bfloat16)
+  args = ((1, 1), ((1, 1), (1, 1)), (3, 3), (2, 2), ((0, 1), (0, 1)))
+  r = jax.random.normal(jax.random.PRNGKey(3), (8, 6, 6, 16))
+
+  def fused(x, w, b):
+    return jnp.sum(conv_pool_ops.conv_pool_relu(x, w, b, *args, backend='onednn').astype(jnp.float32) * r)
+
+  def reference(x, w, b):
+    y = lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=NHWC)
+    y = y + lax.stop_gradient(y.astype(jnp.bfloat16).astype(jnp.float32) - y)  # oneDNN's output rounding
+    return jnp.sum(nnx.max_pool(jax.nn.relu(y + b), (3, 3), strides=(2, 2), padding=((0, 1), (0, 1))) * r)
+
+  text = jax.jit(lambda x, w, b: conv_pool_ops.conv_pool_relu(x, w, b, *args, backend='onednn')).lower(
+      x, w, b).as_text()
+  assert 'jaxssl_onednn_conv_forward' in text
+  v1, g1 = jax.jit(jax.value_and_grad(fused, (0, 1, 2)))(x, w, b)
+  v0, g0 = jax.jit(jax.value_and_grad(reference, (0, 1, 2)))(*(a.astype(jnp.float32) for a in (x, w, b)))
+  np.testing.assert_allclose(v1, v0, rtol=1e-2)
+  for a, e in zip(g1, g0):
+    assert a.dtype == jnp.bfloat16
+    a = a.astype(jnp.float32)
+    assert float(jnp.linalg.norm((a - e).ravel()) / jnp.linalg.norm(e.ravel())) < 1e-2  # measured: 2-3e-3
+
+
 def test_conv_relu_pool_ties_go_to_the_first_maximum():
   """Flat inputs make every window tie: the gradient lands where select-and-scatter puts it."""
   x = jnp.round(2 * jax.random.uniform(jax.random.PRNGKey(0), (2, 12, 12, 2)))  # values 0, 1, 2: many ties
@@ -268,23 +333,23 @@ def test_a_run_says_which_convolutions_it_uses(monkeypatch):
         'convolutions: gathered-window matmuls (conv_impl=auto); oneDNN unavailable: no oneDNN found (test)')
 
 
-def _norm_step(impl, shape, act, use_running_average=False):
-  """A BatchNorm (+ ReLU) through ``norm.batch_norm_act``: output, gradients of a weighted sum with respect to
-  x, scale and bias, and the running averages after the call."""
+def _norm_step(impl, shape, act, use_running_average=False, dtype=None, x_dtype=None):
+  """A BatchNorm (+ ReLU; module dtype ``dtype``, input in ``x_dtype`` or that) through ``norm.batch_norm_act``:
+  output, gradients of a weighted sum with respect to x, scale and bias, and the running averages after."""
   from jaxssl.ops import norm  # pylint: disable=import-outside-toplevel
   keys = jax.random.split(jax.random.PRNGKey(0), 6)
-  bn = nnx.BatchNorm(shape[-1], momentum=0.9, epsilon=1e-5, rngs=nnx.Rngs(0))
+  bn = nnx.BatchNorm(shape[-1], momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=nnx.Rngs(0))
   bn.scale[...] = 1 + 0.5 * jax.random.normal(keys[0], (shape[-1],))
   bn.bias[...] = jax.random.normal(keys[1], (shape[-1],))
   bn.mean[...] = jax.random.normal(keys[5], (shape[-1],))
-  x = 3 * jax.random.normal(keys[2], shape) + 1
+  x = (3 * jax.random.normal(keys[2], shape) + 1).astype(x_dtype or dtype or jnp.float32)
   w = jax.random.normal(keys[4], shape)
   graphdef, state = nnx.split(bn)
 
   def loss(state, x):
     m = nnx.merge(graphdef, state)
     y = norm.batch_norm_act(m, x, use_running_average=use_running_average, act=act, impl=impl)
-    return jnp.sum(y * w), (y, nnx.state(m, nnx.BatchStat))
+    return jnp.sum(y.astype(jnp.float32) * w), (y, nnx.state(m, nnx.BatchStat))
 
   (_, (y, stats)), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(state, x)
   return y, grads, stats
@@ -311,14 +376,38 @@ def test_onednn_batch_norm_matches_flax(shape, act):
                                                              (shape[-1],)))  # updated
 
 
+@needs_onednn_bf16
+@pytest.mark.parametrize('act', ['none', 'relu'])
+def test_onednn_bfloat16_batch_norm_matches_flax(act):
+  """bfloat16 data in a bfloat16 module: oneDNN's call (float32 statistics and arithmetic) gives flax's float32
+  batch norm of the same bf16 inputs, rounded once to bf16; the dtypes are those of flax's bf16 module."""
+  from jaxssl.ops import norm  # pylint: disable=import-outside-toplevel
+  shape = (8, 5, 5, 32)
+  bn = nnx.BatchNorm(32, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+  assert norm.onednn_eligible(bn, jnp.zeros(shape, jnp.bfloat16), False, 'onednn')
+  assert not norm.onednn_eligible(nnx.BatchNorm(32, rngs=nnx.Rngs(0)), jnp.zeros(shape, jnp.bfloat16), False,
+                                  'onednn')  # flax would promote to float32 there
+  y1, g1, s1 = _norm_step('onednn', shape, act, dtype=jnp.bfloat16)
+  y_bf16, g_bf16, _ = _norm_step('xla', shape, act, dtype=jnp.bfloat16)
+  assert y1.dtype == y_bf16.dtype == jnp.bfloat16
+  assert [a.dtype for a in jax.tree.leaves(g1)] == [a.dtype for a in jax.tree.leaves(g_bf16)]
+  y0, g0, s0 = _norm_step('xla', shape, act, x_dtype=jnp.bfloat16)  # float32 arithmetic, same inputs
+  np.testing.assert_allclose(y1.astype(jnp.float32), y0, rtol=2 ** -7, atol=1e-6)
+  for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0)):
+    a, b = a.astype(jnp.float32), b.astype(jnp.float32)
+    np.testing.assert_allclose(a, b, rtol=2 ** -6, atol=2 ** -7 * max(float(jnp.abs(b).max()), 1e-6))
+  for a, b in zip(jax.tree.leaves(s1), jax.tree.leaves(s0)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
 @needs_onednn
 def test_batch_norm_takes_flax_where_onednn_does_not_apply():
-  """Evaluation (running averages), bfloat16 data and cross-device statistics stay on flax's own batch norm."""
+  """Evaluation (running averages), float16 data and cross-device statistics stay on flax's own batch norm."""
   from jaxssl.ops import norm  # pylint: disable=import-outside-toplevel
   bn = nnx.BatchNorm(8, rngs=nnx.Rngs(0))
   x = jnp.ones((4, 8))
   assert not norm.onednn_eligible(bn, x, True, 'onednn')
-  assert not norm.onednn_eligible(bn, x.astype(jnp.bfloat16), False, 'onednn')
+  assert not norm.onednn_eligible(bn, x.astype(jnp.float16), False, 'onednn')
   assert not norm.onednn_eligible(nnx.BatchNorm(8, axis_name='batch', rngs=nnx.Rngs(0)), x, False, 'onednn')
   assert not norm.onednn_eligible(bn, x, False, 'xla')
   y0, _, s0 = _norm_step('xla', (6, 8), 'relu', use_running_average=True)

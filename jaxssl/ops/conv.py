@@ -256,10 +256,16 @@ def _crop(x: jax.Array, pads) -> tuple[jax.Array, tuple[tuple[int, int], ...]]:
 
 
 @functools.lru_cache(maxsize=None)  # one function per impl: nnx graphdefs of equal models compare equal
+def _onednn_takes(dtype) -> bool:
+  """oneDNN's calls take float32, and bfloat16 where this CPU has oneDNN's fast bf16 kernels."""
+  from jaxssl.ops import onednn  # pylint: disable=import-outside-toplevel
+  return dtype == jnp.float32 or (dtype == jnp.bfloat16 and onednn.supports(jnp.bfloat16))
+
+
 def make_conv_general_dilated(impl: str = 'auto'):
   """A drop-in for ``lax.conv_general_dilated`` (as ``nnx.Conv(conv_general_dilated=...)`` calls it) that
-  takes the path ``cpu_path(impl)`` names for 2-D NHWC/HWIO convolutions (oneDNN for float32 only: other dtypes
-  take the gathered path), and ``lax`` for everything else."""
+  takes the path ``cpu_path(impl)`` names for 2-D NHWC/HWIO convolutions (oneDNN for float32, and bfloat16 where
+  the CPU has its bf16 kernels: other dtypes take the gathered path), and ``lax`` for everything else."""
   path = cpu_path(impl)
 
   def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding, lhs_dilation=None,
@@ -272,7 +278,7 @@ def make_conv_general_dilated(impl: str = 'auto'):
     pads = _explicit_padding(padding, lhs.shape, rhs.shape, strides) if plain else None
     if path != 'xla' and pads is not None and lhs.dtype == rhs.dtype:
       lhs, pads = _crop(lhs, pads)
-      if path == 'onednn' and lhs.dtype == jnp.float32:
+      if path == 'onednn' and _onednn_takes(lhs.dtype):
         return onednn_conv2d(lhs, rhs, strides, pads)
       return conv2d(lhs, rhs, strides, pads)
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,

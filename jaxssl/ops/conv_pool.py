@@ -33,7 +33,8 @@ from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
 from jaxssl.ops import onednn
-from jaxssl.ops.conv import _BLOCK_BYTES, _block_size, _dot, _out_hw, _windows, conv_grads, cpu_path
+from jaxssl.ops.conv import (_BLOCK_BYTES, _block_size, _dot, _onednn_takes, _out_hw, _windows, conv_grads,
+                             cpu_path)
 from jaxssl.ops.pool import explicit_pads, pool_with_offsets, unpool
 
 
@@ -54,7 +55,10 @@ def _forward(x, w, stride, padding, window, pool_strides, pool_pads, block_bytes
                                                     pool_pads)
   if backend == 'onednn':  # oneDNN's convolution writes the full map once; the pool reads it once
     y = onednn.conv_forward(x, w, stride, padding)
-    return pool_with_offsets(y, window, pool_strides, pool_pads, pooled_hw)
+    # In float32: on bfloat16 maps XLA materialized the nine window slices and re-ran the compare chain inside
+    # the backward's selects (3.4x slower fwd+bwd for CifarNet's conv1 stage).
+    pooled, idx = pool_with_offsets(y.astype(jnp.float32), window, pool_strides, pool_pads, pooled_hw)
+    return pooled.astype(x.dtype), idx
   b = x.shape[0]
   bs = _block_size(b, per_image, block_bytes)
   xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
@@ -74,11 +78,12 @@ def conv_pool_relu(x: jax.Array, w: jax.Array, bias: jax.Array, stride: tuple[in
                    backend: str = 'im2col') -> jax.Array:
   """``relu(max_pool(conv(x, w) + bias))`` for NHWC ``x``, HWIO ``w``, a bias per output channel and
   explicit non-negative paddings ((lo, hi) per spatial axis; the pool's padding never wins a window). ``backend``
-  computes the convolution: 'im2col' (the fused block loop) or 'onednn' (float32; onednn.py)."""
+  computes the convolution: 'im2col' (the fused block loop) or 'onednn' (onednn.py; float32, or bfloat16 where
+  the CPU has oneDNN's bf16 kernels, else the fused block loop)."""
   if backend not in ('im2col', 'onednn'):
     raise ValueError(f"conv_pool_relu: backend must be 'im2col' or 'onednn', not {backend!r}")
-  if backend == 'onednn' and x.dtype != jnp.float32:
-    backend = 'im2col'  # oneDNN's custom calls are float32 only
+  if backend == 'onednn' and not _onednn_takes(x.dtype):
+    backend = 'im2col'
   args = tuple(tuple(map(int, a)) for a in (stride, window, pool_strides))
   pads = tuple(tuple(tuple(map(int, p)) for p in pp) for pp in (padding, pool_pads))
   if min(min(map(min, p)) for p in pads) < 0:
@@ -108,7 +113,7 @@ def _bwd(stride, padding, window, pool_strides, pool_pads, block_bytes, backend,
   gp = jnp.where(y > 0, gy, jnp.zeros((), gy.dtype))
   db = gp.sum((0, 1, 2), dtype=jnp.float32).astype(y.dtype)
   # The conv output's gradient, once for the whole batch; then the convolution's own gradients (conv.py).
-  g = unpool(gp, idx, window, pool_strides, pool_pads, conv_hw)
+  g = unpool(gp.astype(jnp.float32), idx, window, pool_strides, pool_pads, conv_hw).astype(gp.dtype)
   dx, dw = conv_grads(x, w, g, stride, padding, backend=backend, block_bytes=block_bytes,
                       need_dx=x_perturbed is not None)
   return dx, dw, db

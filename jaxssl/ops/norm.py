@@ -7,14 +7,15 @@ for the statistics and one to normalize, and fuses the ReLU after it (keeping a 
 
 ``batch_norm_act(bn, x, use_running_average=..., act=..., impl=...)`` applies an ``nnx.BatchNorm`` (its
 parameters, statistics and running averages as flax keeps them, so checkpoints do not change), then the ReLU if
-``act='relu'``. It takes oneDNN's primitive where ``conv.cpu_path(impl)``
-is 'onednn' (one CPU device, oneDNN built), the batch statistics are wanted (training), the data are float32 and
-the norm is the plain per-channel one over all other axes (no ``axis_name`` / mask); everywhere else it is exactly
-flax's ``relu(bn(x))``. oneDNN 3.2 has no CPU kernel for its residual fusion (``fuse_norm_add_relu``), so a
-ResNet block's addition and ReLU stay an XLA fusion after oneDNN's normalization.
+``act='relu'``. It takes oneDNN's primitive where ``conv.cpu_path(impl)`` is 'onednn' (one CPU device, oneDNN
+built), the batch statistics are wanted (training), the data are float32 (or bfloat16 in a bfloat16 module, where
+oneDNN has bf16 kernels for this CPU) and the norm is the plain per-channel one over all other axes (no
+``axis_name`` / mask); everywhere else it is exactly flax's ``relu(bn(x))``. oneDNN 3.2 has no CPU kernel for
+its residual fusion (``fuse_norm_add_relu``), so a ResNet block's addition and ReLU stay an XLA fusion after
+oneDNN's normalization.
 
 Numerics. oneDNN computes the variance in two passes (flax's default: E[x^2] - E[x]^2), so outputs agree to
-float32 rounding, not bit for bit (tests/test_ops.py).
+float32 rounding (bfloat16: one rounding of the output), not bit for bit (tests/test_ops.py).
 """
 
 from __future__ import annotations
@@ -57,13 +58,15 @@ _onednn_bn.defvjp(_fwd, _bwd)
 def onednn_eligible(bn: nnx.BatchNorm, x: jax.Array, use_running_average: bool, impl: str) -> bool:
   """Whether ``batch_norm_act`` takes oneDNN's primitive for this call."""
   axis = bn.axis if isinstance(bn.axis, int) else None
-  if not (not use_running_average and conv.cpu_path(impl) == 'onednn' and x.dtype == jnp.float32
+  # flax's output dtype: the module's dtype, else float32 parameters promote the input to float32.
+  types_ok = ((x.dtype == jnp.float32 and bn.dtype in (None, jnp.float32))
+              or (x.dtype == jnp.bfloat16 and bn.dtype == jnp.bfloat16))
+  if not (not use_running_average and conv.cpu_path(impl) == 'onednn' and types_ok
           and x.ndim >= 2 and axis in (-1, x.ndim - 1) and bn.axis_name is None and bn.use_scale and bn.use_bias
-          and bn.scale[...].dtype == jnp.float32 and bn.bias[...].dtype == jnp.float32
-          and bn.dtype in (None, jnp.float32)):
+          and bn.scale[...].dtype == jnp.float32 and bn.bias[...].dtype == jnp.float32):
     return False
   from jaxssl.ops import onednn  # pylint: disable=import-outside-toplevel
-  workspace, kernel = onednn.bn_plan(x.size // x.shape[-1], x.shape[-1], 'relu')
+  workspace, kernel = onednn.bn_plan(x.size // x.shape[-1], x.shape[-1], 'relu', x.dtype)
   return workspace >= 0 and not kernel.startswith('ref')  # oneDNN's reference loops would be slower than XLA
 
 

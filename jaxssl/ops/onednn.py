@@ -11,7 +11,9 @@ the ``onednn-cpu-gomp`` / ``onednn-devel-cpu-gomp`` wheels (jaxssl's dependencie
 in ``$JAXSSL_ONEDNN_ROOT`` (``include/`` and ``lib/``), or Debian's ``libdnnl-dev``. The library goes to
 ``$JAXSSL_CACHE_DIR`` (default ``~/.cache/jaxssl``), named by a hash of the source and of the jaxlib and oneDNN
 it was built against, and is reused. ``available()`` says whether this worked and ``unavailable_reason()`` why
-not; ``conv_impl='auto'`` then falls back to the gathered path. float32 only.
+not; ``conv_impl='auto'`` then falls back to the gathered path. Convolutions take float32, or bfloat16 where
+``supports(jnp.bfloat16)`` (oneDNN has fast bf16 kernels for this CPU: AVX512-BF16 or AMX; products accumulate
+in float32); batch norm the same two types (statistics and parameters float32).
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ _TARGETS = {'forward': 'JaxsslOnednnConvForward', 'input_grad': 'JaxsslOnednnCon
             'bn_backward': 'JaxsslOnednnBnBackward'}
 # Batch norm's fusions, as csrc/onednn_conv.cc numbers them.
 BN_FUSE = {'none': 0, 'relu': 1}
+# The data types the calls take, as csrc/onednn_conv.cc numbers them.
+_CONV_TYPES = {np.dtype(np.float32): 0, np.dtype(jax.numpy.bfloat16): 1}
 
 
 def _roots() -> list[pathlib.Path]:
@@ -141,16 +145,38 @@ def conv_kernel_grad(x: jax.Array, g: jax.Array, w_shape, stride, padding) -> ja
 
 
 @functools.lru_cache(maxsize=None)
-def bn_plan(rows: int, channels: int, fuse: str) -> tuple[int, str]:
+def bn_plan(rows: int, channels: int, fuse: str, dtype=np.float32) -> tuple[int, str]:
   """(workspace bytes, oneDNN's implementation name) of a training-mode batch norm over ``rows`` x ``channels``
-  with fusion ``fuse`` ('none', 'relu'); workspace -1 where oneDNN has no such primitive."""
+  of ``dtype`` (float32 or bfloat16) with fusion ``fuse`` ('none', 'relu'); workspace -1 where oneDNN has no
+  such primitive."""
   if _load() is not None:
     raise RuntimeError(f'oneDNN is unavailable: {_load()}')
+  if np.dtype(dtype) not in _CONV_TYPES:
+    return -1, ''
   fn = _library().JaxsslOnednnBnWorkspaceBytes
-  fn.restype, fn.argtypes = ctypes.c_int64, [ctypes.c_int64] * 3 + [ctypes.c_char_p, ctypes.c_int64]
+  fn.restype, fn.argtypes = ctypes.c_int64, [ctypes.c_int64] * 4 + [ctypes.c_char_p, ctypes.c_int64]
   name = ctypes.create_string_buffer(128)
-  size = fn(rows, channels, BN_FUSE[fuse], name, len(name))
+  size = fn(rows, channels, BN_FUSE[fuse], _CONV_TYPES[np.dtype(dtype)], name, len(name))
   return int(size), name.value.decode()
+
+
+@functools.lru_cache(maxsize=None)
+def conv_kernels(dtype) -> str:
+  """oneDNN's implementations of a 3x3 convolution's forward, input and kernel gradients in ``dtype``
+  ("fwd|bwd_d|bwd_w"), '' for a type the calls do not take."""
+  dtype = np.dtype(dtype)
+  if dtype not in _CONV_TYPES or _load() is not None:
+    return ''
+  fn = _library().JaxsslOnednnConvImpl
+  fn.restype, fn.argtypes = ctypes.c_int64, [ctypes.c_int64, ctypes.c_char_p, ctypes.c_int64]
+  out = ctypes.create_string_buffer(256)
+  return out.value.decode() if fn(_CONV_TYPES[dtype], out, len(out)) == 0 else ''
+
+
+def supports(dtype) -> bool:
+  """Whether oneDNN convolves ``dtype`` here with its fast kernels (not its reference loops)."""
+  kernels = conv_kernels(dtype)
+  return bool(kernels) and not any(k.startswith('ref') for k in kernels.split('|'))
 
 
 def _bn_call(name: str, results, *args, eps: float, fuse: str):
@@ -161,15 +187,16 @@ def _bn_call(name: str, results, *args, eps: float, fuse: str):
 
 
 def bn_forward(x, scale, shift, *, eps: float, fuse: str):
-  """Training-mode batch norm of channels-last float32 ``x`` over all but its last axis, then (``fuse='relu'``)
-  a ReLU: (y, mean, biased variance, workspace for ``bn_backward``: the ReLU's mask, 1 bit per element)."""
+  """Training-mode batch norm of channels-last ``x`` (float32 or bfloat16; float32 ``scale`` and ``shift``)
+  over all but its last axis, then (``fuse='relu'``) a ReLU: (y in ``x``'s dtype, float32 mean and biased
+  variance, workspace for ``bn_backward``: the ReLU's mask, 1 bit per element)."""
   c = x.shape[-1]
-  ws, _ = bn_plan(x.size // c, c, fuse)
+  ws, _ = bn_plan(x.size // c, c, fuse, x.dtype)
   if ws < 0:
     raise RuntimeError(f'oneDNN has no batch norm for {x.shape} with fuse={fuse!r}')
   f32 = jax.numpy.float32
-  results = (jax.ShapeDtypeStruct(x.shape, f32), jax.ShapeDtypeStruct((c,), f32), jax.ShapeDtypeStruct((c,), f32),
-             jax.ShapeDtypeStruct((ws,), jax.numpy.uint8))
+  results = (jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct((c,), f32),
+             jax.ShapeDtypeStruct((c,), f32), jax.ShapeDtypeStruct((ws,), jax.numpy.uint8))
   return _bn_call('bn_forward', results, x, scale, shift, eps=eps, fuse=fuse)
 
 
@@ -177,5 +204,6 @@ def bn_backward(x, dy, scale, mean, var, workspace, *, eps: float, fuse: str):
   """(dx, d scale, d shift) of ``bn_forward``."""
   f32 = jax.numpy.float32
   c = x.shape[-1]
-  results = (jax.ShapeDtypeStruct(x.shape, f32), jax.ShapeDtypeStruct((c,), f32), jax.ShapeDtypeStruct((c,), f32))
+  results = (jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct((c,), f32),
+             jax.ShapeDtypeStruct((c,), f32))
   return _bn_call('bn_backward', results, x, dy, scale, mean, var, workspace, eps=eps, fuse=fuse)
