@@ -20,7 +20,9 @@ alone while it runs. The two processes share the kernel's page allocator: each s
 temporaries (over a GB for ResNet-18) and faults them in anew, and on a VM that hands freed memory back to its
 host those faults cost more after the other process's step (README, "Benchmark"). Earlier versions timed PyTorch's steps after
 jaxssl's in the same process, which slowed PyTorch by up to 1.5x and overstated jaxssl's ratio accordingly.
-Models with a PyTorch twin: cifarnet, resnet20, resnet18_cifar; tasks: rotation, classify.
+Models with a PyTorch twin: cifarnet, resnet20, resnet18_cifar; tasks: rotation, classify. A bfloat16 model
+(``"--config.model.options={'dtype': 'bfloat16'}"``) meets PyTorch under ``torch.autocast('cpu', torch.bfloat16)``;
+give --peak_gflops the CPU's bf16 peak for its utilization figure.
 """
 
 import json

@@ -327,6 +327,11 @@ def test_a_run_says_which_convolutions_it_uses(monkeypatch):
   from jaxssl.train import loop  # pylint: disable=import-outside-toplevel
   assert loop._conv_path_line('xla') == "convolutions: XLA's own (conv_impl=xla)"  # pylint: disable=protected-access
   assert loop._conv_path_line('im2col').startswith('convolutions: gathered-window')  # pylint: disable=protected-access
+  if onednn.available():
+    assert loop._conv_path_line('onednn') == (  # pylint: disable=protected-access
+        "convolutions: oneDNN's (custom calls) (conv_impl=onednn), with training BatchNorm; " +
+        ('float32 and bfloat16' if onednn.supports(jnp.bfloat16) else
+         'float32; bfloat16 takes the gathered path (oneDNN has no bf16 kernels for this CPU)'))
   if jax.default_backend() == 'cpu' and jax.device_count() == 1:
     monkeypatch.setattr(onednn, '_load', lambda: 'no oneDNN found (test)')
     assert loop._conv_path_line('auto') == (  # pylint: disable=protected-access

@@ -163,6 +163,10 @@ def _conv_path_line(impl: str) -> str:
   path = conv_ops.cpu_path(impl)
   what = {'xla': "XLA's own", 'im2col': 'gathered-window matmuls', 'onednn': "oneDNN's (custom calls)"}[path]
   line = f'convolutions: {what} (conv_impl={impl})'
+  if path == 'onednn':
+    bf16 = ('float32 and bfloat16' if onednn.supports(jax.numpy.bfloat16)
+            else 'float32; bfloat16 takes the gathered path (oneDNN has no bf16 kernels for this CPU)')
+    line += f', with training BatchNorm; {bf16}'
   if impl == 'auto' and path == 'im2col':
     line += f'; oneDNN unavailable: {onednn.unavailable_reason()}'
   return line
