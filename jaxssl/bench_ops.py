@@ -155,7 +155,7 @@ def measure_torch(n: int, hw: int, cin: int, cout: int, k: int, stride: int, *, 
     fwd = best(lambda: conv(x))
   y = conv(x)
   both = best(lambda: torch.autograd.grad(y, [x, conv.weight], g, retain_graph=True))
-  return {'torch_fwd_ms': round(fwd, 1), 'torch_dx_plus_dw_ms': round(both, 1)}
+  return {'torch_fwd_ms': _ms(fwd), 'torch_dx_plus_dw_ms': _ms(both)}
 
 
 def main(argv):

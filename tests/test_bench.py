@@ -91,3 +91,17 @@ def test_torch_twin_in_bfloat16_runs_its_convolutions_in_bfloat16():
   assert np.isfinite(loss16) and np.isfinite(loss32)
   with pytest.raises(ValueError, match="no PyTorch twin in dtype 'float16'"):
     bench_torch.make_step('cifarnet', 'rotation', 8, (28, 28, 1), dtype='float16')
+
+
+def test_bench_ops_times_pytorch_in_a_process_of_its_own(tmp_path):
+  """The per-layer bench from its command line: each row gains PyTorch's times, measured in a worker process."""
+  import json  # pylint: disable=import-outside-toplevel
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  out = tmp_path / 'ops.json'
+  done = subprocess.run([sys.executable, '-m', 'jaxssl.bench_ops', '--layers=resnet_stem', '--batch=2',
+                         '--repeats=1', f'--json={out}'], capture_output=True, text=True, timeout=300, check=False)
+  assert done.returncode == 0, done.stderr[-2000:]
+  (row,) = json.loads(out.read_text())
+  assert row['layer'] == 'resnet_stem' and row['torch_fwd_ms'] > 0 and row['torch_dx_plus_dw_ms'] > 0
+  assert row['fwd_xla_ms'] > 0
