@@ -1,0 +1,188 @@
+r"""ResNet-18 (CIFAR stem) rotation pretraining step on a GPU: jaxssl (XLA) against PyTorch eager on the same GPU.
+
+GPU machines without jaxssl's data stack (grain, the dataset files) are common; so the batch is made first, by
+jaxssl's own pipeline on real Fashion-MNIST (padded to 32x32x1, four rotations per image), wherever the data are:
+
+  python -m jaxssl.bench_gpu --make_batch=/tmp/gpu_batch            # writes batch.npz and info.json
+
+and the step is timed on the GPU machine, which needs only jax (with its CUDA plugin), flax, optax, ml_collections
+and, for the comparison, torch with CUDA:
+
+  python -m jaxssl.bench_gpu --batch_dir=/tmp/gpu_batch [--dtypes=bfloat16,float32] [--repeat=4] [--notorch]
+
+Each dtype: jaxssl's train step (flax ``dtype``: bf16 activations, float32 parameters; float32 runs XLA's
+default precision, TF32 on the tensor cores) and PyTorch's twin (jaxssl/bench_torch.py's network, channels_last,
+SGD, ``torch.autocast('cuda', torch.bfloat16)`` for bf16; cuDNN benchmark mode with --cudnn_benchmark), each
+framework's steps timed alone, one sync per step; one JSON line per dtype, and ``--json`` writes them all.
+``--repeat`` tiles the batch (256 x repeat source images per step).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import statistics
+import time
+
+from absl import app, flags
+
+from jaxssl import cli
+
+_MAKE = flags.DEFINE_string('make_batch', '', 'Write a rotation batch (and the dataset facts) to this folder.')
+_DIR = flags.DEFINE_string('batch_dir', '', 'Time the step on the batch in this folder (made by --make_batch).')
+_SOURCE = flags.DEFINE_integer('source_batch', 256, 'Source images in the batch --make_batch writes.')
+_DTYPES = flags.DEFINE_list('dtypes', ['bfloat16', 'float32'], 'Compute dtypes to time.')
+_REPEAT = flags.DEFINE_integer('repeat', 1, 'Tile the batch this many times.')
+_STEPS = flags.DEFINE_integer('steps', 30, 'Timed steps per framework and dtype.')
+_WARMUP = flags.DEFINE_integer('warmup', 5, 'Untimed steps first.')
+_CUDNN_BENCHMARK = flags.DEFINE_bool('cudnn_benchmark', True, "PyTorch's torch.backends.cudnn.benchmark.")
+_JSON = flags.DEFINE_string('json', '', 'Also write all rows to this JSON file.')
+_TORCH = cli.torch_flag()
+
+
+def _config(dtype: str, batch_size: int):
+  from configs import fmnist_rotation  # pylint: disable=import-outside-toplevel
+  cfg = fmnist_rotation.get_config()
+  with cfg.unlocked():
+    cfg.model.name = 'resnet18_cifar'
+    cfg.model.options = {'dtype': dtype}
+    cfg.batch_size = batch_size
+    cfg.data.pad_to = 32
+  return cfg
+
+
+def make_batch(folder: str, source_batch: int) -> None:
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from jaxssl.data import pipeline  # pylint: disable=import-outside-toplevel
+  from jaxssl.data.datasets import get_dataset, load_split  # pylint: disable=import-outside-toplevel
+  from jaxssl.tasks import build_tasks  # pylint: disable=import-outside-toplevel
+  cfg = _config('float32', source_batch)
+  info = get_dataset(cfg.data.name, cfg.data)
+  tasks, _ = build_tasks(cfg.tasks, info)
+  source = load_split(info, cfg.data.train_split, cfg.data, 0)
+  batch = next(pipeline.train_iterator(source, tasks, global_batch=source_batch, seed=0,
+                                       **pipeline.iterator_options(cfg.data)))
+  os.makedirs(folder, exist_ok=True)
+  flat = {'/'.join(str(getattr(k, 'key', k)) for k in path): np.asarray(v)
+          for path, v in jax.tree_util.tree_flatten_with_path(batch)[0]}
+  np.savez(os.path.join(folder, 'batch.npz'), **flat)
+  with open(os.path.join(folder, 'info.json'), 'w', encoding='utf-8') as f:
+    json.dump({x.name: getattr(info, x.name) for x in dataclasses.fields(info) if x.name != 'load'}, f)
+
+
+def _load_batch(folder: str, repeat: int):
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from jaxssl.data.datasets import DatasetInfo  # pylint: disable=import-outside-toplevel
+  batch: dict = {}
+  for key, value in np.load(os.path.join(folder, 'batch.npz')).items():
+    *outer, leaf = key.split('/')
+    node = batch
+    for part in outer:
+      node = node.setdefault(part, {})
+    node[leaf] = np.concatenate([value] * repeat)
+  with open(os.path.join(folder, 'info.json'), encoding='utf-8') as f:
+    fields = json.load(f)
+  info = DatasetInfo(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}, load=None)
+  return batch, info
+
+
+def jax_times(dtype: str, batch_np, info, *, steps: int, warmup: int) -> tuple[list[float], float]:
+  import jax  # pylint: disable=import-outside-toplevel
+  from jaxssl.tasks import build_tasks  # pylint: disable=import-outside-toplevel
+  from jaxssl.train import mesh as mesh_lib, optim, step as step_lib  # pylint: disable=import-outside-toplevel
+  from jaxssl.train.state import build_model, init_train_state  # pylint: disable=import-outside-toplevel
+  source_batch = len(jax.tree.leaves(batch_np)[0])
+  cfg = _config(dtype, source_batch)
+  tasks, weights = build_tasks(cfg.tasks, info)
+  model = build_model(cfg.model, info.input_shape, tasks, cfg.seed)
+  tx, schedule = optim.make_optimizer(cfg.optim, 10_000, 100)
+  graphdef, state = init_train_state(model, tx)
+  mesh = mesh_lib.make_mesh()
+  replicated = mesh_lib.replicated(mesh)
+  state = jax.device_put(state, replicated)
+  train_step, _ = step_lib.jit_steps(step_lib.make_train_step(graphdef, tx, schedule, tasks, weights),
+                                     step_lib.make_eval_step(graphdef, tasks, weights),
+                                     replicated, mesh_lib.batch_sharding(mesh), replicated)
+  batch = mesh_lib.shard_batch(batch_np, mesh)
+  rng = jax.random.PRNGKey(0)
+  t0 = time.perf_counter()
+  compiled = train_step.lower(state, batch, rng).compile()
+  compile_s = time.perf_counter() - t0
+  times = []
+  for i in range(warmup + steps):
+    t0 = time.perf_counter()
+    state, metrics = compiled(state, batch, rng)
+    jax.block_until_ready(metrics)
+    if i >= warmup:
+      times.append(time.perf_counter() - t0)
+  return times, compile_s
+
+
+def torch_times(dtype: str, images: int, *, steps: int, warmup: int, cudnn_benchmark: bool) -> tuple[list, dict]:
+  import torch  # pylint: disable=import-outside-toplevel
+  from jaxssl import bench_torch  # pylint: disable=import-outside-toplevel
+  torch.manual_seed(0)
+  torch.backends.cudnn.benchmark = cudnn_benchmark
+  dev = torch.device('cuda')
+  net = bench_torch.build('resnet18_cifar', 1, 32, 4).to(dev).to(memory_format=torch.channels_last)
+  opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+  x = torch.randn(images, 1, 32, 32, device=dev).contiguous(memory_format=torch.channels_last)
+  y = torch.randint(0, 4, (images,), device=dev)
+  loss_fn = torch.nn.CrossEntropyLoss()
+  net.train()
+
+  def step():
+    opt.zero_grad(set_to_none=True)
+    with torch.autocast('cuda', dtype=torch.bfloat16, enabled=dtype == 'bfloat16'):
+      loss = loss_fn(net(x).float(), y)
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+  times = []
+  for i in range(warmup + steps):
+    t0 = time.perf_counter()
+    step()
+    if i >= warmup:
+      times.append(time.perf_counter() - t0)
+  return times, {'torch': torch.__version__, 'cudnn': torch.backends.cudnn.version()}
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  if bool(_MAKE.value) == bool(_DIR.value):
+    raise app.UsageError('give one of --make_batch=FOLDER (on a machine with the data) or --batch_dir=FOLDER')
+  if _MAKE.value:
+    make_batch(_MAKE.value, _SOURCE.value)
+    print(f'wrote {_MAKE.value}/batch.npz and info.json; time it with --batch_dir={_MAKE.value}')
+    return
+  import jax  # pylint: disable=import-outside-toplevel
+  batch_np, info = _load_batch(_DIR.value, _REPEAT.value)
+  source = len(jax.tree.leaves(batch_np)[0])
+  images = sum(x.size for x in jax.tree.leaves(batch_np) if x.ndim >= 4) // (32 * 32)
+  rows = []
+  for dtype in _DTYPES.value:
+    jt, compile_s = jax_times(dtype, batch_np, info, steps=_STEPS.value, warmup=_WARMUP.value)
+    row = {'device': jax.devices()[0].device_kind, 'jax': jax.__version__, 'dtype': dtype, 'source_batch': source,
+           'images_per_step': images, 'jax_compile_s': round(compile_s, 1),
+           'jax_step_ms_median': round(1e3 * statistics.median(jt), 2),
+           'jax_images_per_s': round(source / statistics.median(jt), 1)}
+    if _TORCH.value:
+      tt, versions = torch_times(dtype, images, steps=_STEPS.value, warmup=_WARMUP.value,
+                                 cudnn_benchmark=_CUDNN_BENCHMARK.value)
+      row.update({**versions, 'cudnn_benchmark': _CUDNN_BENCHMARK.value,
+                  'torch_step_ms_median': round(1e3 * statistics.median(tt), 2),
+                  'torch_images_per_s': round(source / statistics.median(tt), 1),
+                  'jax_over_torch': round(statistics.median(tt) / statistics.median(jt), 3)})
+    rows.append(row)
+    print(json.dumps(row), flush=True)
+  if _JSON.value:
+    with open(_JSON.value, 'w', encoding='utf-8') as f:
+      json.dump(rows, f, indent=1)
+
+
+if __name__ == '__main__':
+  app.run(main)
