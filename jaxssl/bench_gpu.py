@@ -34,10 +34,10 @@ _DIR = flags.DEFINE_string('batch_dir', '', 'Time the step on the batch in this 
 _SOURCE = flags.DEFINE_integer('source_batch', 256, 'Source images in the batch --make_batch writes.')
 _DTYPES = flags.DEFINE_list('dtypes', ['bfloat16', 'float32'], 'Compute dtypes to time.')
 _REPEAT = flags.DEFINE_integer('repeat', 1, 'Tile the batch this many times.')
-_STEPS = flags.DEFINE_integer('steps', 30, 'Timed steps per framework and dtype.')
-_WARMUP = flags.DEFINE_integer('warmup', 5, 'Untimed steps first.')
+_STEPS = flags.DEFINE_integer('timed_steps', 30, 'Timed steps per framework and dtype.')
+_WARMUP = flags.DEFINE_integer('warmup_steps', 5, 'Untimed steps first.')
 _CUDNN_BENCHMARK = flags.DEFINE_bool('cudnn_benchmark', True, "PyTorch's torch.backends.cudnn.benchmark.")
-_JSON = flags.DEFINE_string('json', '', 'Also write all rows to this JSON file.')
+_JSON = cli.json_flag()
 _TORCH = cli.torch_flag()
 
 

@@ -44,7 +44,7 @@ _LAYERS = flags.DEFINE_list('layers', list(LAYERS), f'Layers to time, from: {", 
 _BATCH = flags.DEFINE_integer('batch', 0, 'Images per pass (0: each layer\'s rotation-step batch, see LAYERS).')
 _REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed runs per pass; the minimum is reported.')
 _TORCH = cli.torch_flag()
-_JSON = flags.DEFINE_string('json', '', 'Also write the rows to this JSON file.')
+_JSON = cli.json_flag()
 
 
 def _time(fn, *args, repeats: int) -> float:

@@ -1,5 +1,5 @@
-"""Command-line plumbing shared by ``jaxssl.main``, ``jaxssl.bench`` and ``jaxssl.bench_ops`` (defines no flags
-on import; ``torch_flag`` defines the benches' shared one when first asked)."""
+"""Command-line plumbing shared by ``jaxssl.main`` and the benches (defines no flags on import; ``torch_flag`` and
+``json_flag`` define the benches' shared ones when first asked, so that all of them import in one process)."""
 
 import functools
 import os
@@ -13,6 +13,12 @@ def torch_flag() -> flags.FlagHolder:
   """``--[no]torch``, defined once for both benches (so that both can be imported in one process)."""
   return flags.DEFINE_bool('torch', True, 'Also time PyTorch beside jaxssl (its twin of the model and task, or '
                            'of the layer), when torch is installed.')
+
+
+@functools.lru_cache(maxsize=None)
+def json_flag() -> flags.FlagHolder:
+  """``--json=FILE``, defined once for the benches that write their rows."""
+  return flags.DEFINE_string('json', '', 'Also write the rows to this JSON file.')
 
 
 def add_config_import_path(argv):

@@ -19,3 +19,10 @@ def test_gpu_bench_batch_is_real_rotations_and_times_the_step(tfds_dir, tmp_path
       np.testing.assert_array_equal(images[row, k], np.rot90(images[row, 0], k, axes=(0, 1)))
   times, compile_s = bench_gpu.jax_times('float32', batch, info, steps=2, warmup=1)
   assert len(times) == 2 and min(times) > 0 and compile_s > 0
+
+
+def test_the_benches_import_in_one_process():
+  """Their flags do not clash (the test run imports all three in one process)."""
+  import importlib  # pylint: disable=import-outside-toplevel
+  for name in ('jaxssl.bench', 'jaxssl.bench_ops', 'jaxssl.bench_gpu'):
+    importlib.import_module(name)
