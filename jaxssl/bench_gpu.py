@@ -11,9 +11,10 @@ and, for the comparison, torch with CUDA:
   python -m jaxssl.bench_gpu --batch_dir=/tmp/gpu_batch [--dtypes=bfloat16,float32] [--repeat=4] [--notorch]
 
 Each dtype: jaxssl's train step (flax ``dtype``: bf16 activations, float32 parameters; float32 runs XLA's
-default precision, TF32 on the tensor cores) and PyTorch's twin (jaxssl/bench_torch.py's network, channels_last,
-SGD, ``torch.autocast('cuda', torch.bfloat16)`` for bf16; cuDNN benchmark mode with --cudnn_benchmark), each
-framework's steps timed alone, one sync per step; one JSON line per dtype, and ``--json`` writes them all.
+default precision, TF32 on the tensor cores) and PyTorch's twin (``bench_torch.make_step`` on the GPU:
+channels_last, SGD, ``torch.autocast('cuda', torch.bfloat16)`` for bf16; cuDNN benchmark mode with
+--cudnn_benchmark), each framework's steps timed alone, one sync per step; one JSON line per dtype, and ``--json``
+writes them all.
 ``--repeat`` tiles the batch (256 x repeat source images per step).
 """
 
@@ -88,6 +89,18 @@ def _load_batch(folder: str, repeat: int):
   return batch, info
 
 
+def _step_times(step, steps: int, warmup: int) -> list[float]:
+  """Seconds of each of ``steps`` calls of ``step`` (which returns when its step is done), after ``warmup``."""
+  for _ in range(warmup):
+    step()
+  times = []
+  for _ in range(steps):
+    t0 = time.perf_counter()
+    step()
+    times.append(time.perf_counter() - t0)
+  return times
+
+
 def jax_times(dtype: str, batch_np, info, *, steps: int, warmup: int) -> tuple[list[float], float]:
   import jax  # pylint: disable=import-outside-toplevel
   from jaxssl.tasks import build_tasks  # pylint: disable=import-outside-toplevel
@@ -110,44 +123,23 @@ def jax_times(dtype: str, batch_np, info, *, steps: int, warmup: int) -> tuple[l
   t0 = time.perf_counter()
   compiled = train_step.lower(state, batch, rng).compile()
   compile_s = time.perf_counter() - t0
-  times = []
-  for i in range(warmup + steps):
-    t0 = time.perf_counter()
-    state, metrics = compiled(state, batch, rng)
+  carry = {'state': state}
+
+  def step():
+    carry['state'], metrics = compiled(carry['state'], batch, rng)
     jax.block_until_ready(metrics)
-    if i >= warmup:
-      times.append(time.perf_counter() - t0)
-  return times, compile_s
+
+  return _step_times(step, steps, warmup), compile_s
 
 
-def torch_times(dtype: str, images: int, *, steps: int, warmup: int, cudnn_benchmark: bool) -> tuple[list, dict]:
+def torch_times(dtype: str, source_batch: int, *, steps: int, warmup: int,
+                cudnn_benchmark: bool) -> tuple[list, dict]:
   import torch  # pylint: disable=import-outside-toplevel
   from jaxssl import bench_torch  # pylint: disable=import-outside-toplevel
   torch.manual_seed(0)
   torch.backends.cudnn.benchmark = cudnn_benchmark
-  dev = torch.device('cuda')
-  net = bench_torch.build('resnet18_cifar', 1, 32, 4).to(dev).to(memory_format=torch.channels_last)
-  opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-  x = torch.randn(images, 1, 32, 32, device=dev).contiguous(memory_format=torch.channels_last)
-  y = torch.randint(0, 4, (images,), device=dev)
-  loss_fn = torch.nn.CrossEntropyLoss()
-  net.train()
-
-  def step():
-    opt.zero_grad(set_to_none=True)
-    with torch.autocast('cuda', dtype=torch.bfloat16, enabled=dtype == 'bfloat16'):
-      loss = loss_fn(net(x).float(), y)
-    loss.backward()
-    opt.step()
-    return loss.item()
-
-  times = []
-  for i in range(warmup + steps):
-    t0 = time.perf_counter()
-    step()
-    if i >= warmup:
-      times.append(time.perf_counter() - t0)
-  return times, {'torch': torch.__version__, 'cudnn': torch.backends.cudnn.version()}
+  step = bench_torch.make_step('resnet18_cifar', 'rotation', source_batch, (32, 32, 1), dtype=dtype, device='cuda')
+  return _step_times(step, steps, warmup), {'torch': torch.__version__, 'cudnn': torch.backends.cudnn.version()}
 
 
 def main(argv):
@@ -171,7 +163,7 @@ def main(argv):
            'jax_step_ms_median': round(1e3 * statistics.median(jt), 2),
            'jax_images_per_s': round(source / statistics.median(jt), 1)}
     if _TORCH.value:
-      tt, versions = torch_times(dtype, images, steps=_STEPS.value, warmup=_WARMUP.value,
+      tt, versions = torch_times(dtype, source, steps=_STEPS.value, warmup=_WARMUP.value,
                                  cudnn_benchmark=_CUDNN_BENCHMARK.value)
       row.update({**versions, 'cudnn_benchmark': _CUDNN_BENCHMARK.value,
                   'torch_step_ms_median': round(1e3 * statistics.median(tt), 2),

@@ -88,9 +88,10 @@ DTYPES = ('float32', 'bfloat16')
 
 
 def make_step(model: str, task: str, batch_size: int, input_shape, *, lr: float = 0.01,
-              threads: int | None = None, dtype: str = 'float32'):
-  """One SGD step (forward, cross-entropy, backward, update) on ``batch_size`` source images, as a function
-  that returns when the step is done (the loss is read back)."""
+              threads: int | None = None, dtype: str = 'float32', device: str = 'cpu'):
+  """One SGD step (forward, cross-entropy, backward, update) on ``batch_size`` source images on ``device``
+  ('cpu', or 'cuda' for jaxssl/bench_gpu.py), as a function that returns when the step is done (the loss is
+  read back)."""
   if task not in SUPPORTED_TASKS:
     raise ValueError(f'no PyTorch twin for task {task!r}; have: {", ".join(SUPPORTED_TASKS)}')
   if dtype not in DTYPES:
@@ -99,17 +100,18 @@ def make_step(model: str, task: str, batch_size: int, input_shape, *, lr: float 
     torch.set_num_threads(threads)
   per_image, classes = SUPPORTED_TASKS[task]
   h, w, c = input_shape
-  net = build(model, c, h, classes).to(memory_format=torch.channels_last)
+  net = build(model, c, h, classes).to(device).to(memory_format=torch.channels_last)
   opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
   gen = torch.Generator().manual_seed(0)
-  x = torch.randn(batch_size * per_image, c, h, w, generator=gen).contiguous(memory_format=torch.channels_last)
-  y = torch.randint(0, classes, (batch_size * per_image,), generator=gen)
+  x = torch.randn(batch_size * per_image, c, h, w, generator=gen).to(device).contiguous(
+      memory_format=torch.channels_last)
+  y = torch.randint(0, classes, (batch_size * per_image,), generator=gen).to(device)
   loss_fn = nn.CrossEntropyLoss()
   net.train()
 
   def step() -> float:
     opt.zero_grad(set_to_none=True)
-    with torch.autocast('cpu', dtype=torch.bfloat16, enabled=dtype == 'bfloat16'):
+    with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=dtype == 'bfloat16'):
       loss = loss_fn(net(x).float(), y)
     loss.backward()
     opt.step()

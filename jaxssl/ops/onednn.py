@@ -38,7 +38,7 @@ _TARGETS = {'forward': 'JaxsslOnednnConvForward', 'input_grad': 'JaxsslOnednnCon
 # Batch norm's fusions, as csrc/onednn_conv.cc numbers them.
 BN_FUSE = {'none': 0, 'relu': 1}
 # The data types the calls take, as csrc/onednn_conv.cc numbers them.
-_CONV_TYPES = {np.dtype(np.float32): 0, np.dtype(jax.numpy.bfloat16): 1}
+_TYPES = {np.dtype(np.float32): 0, np.dtype(jax.numpy.bfloat16): 1}
 
 
 def _roots() -> list[pathlib.Path]:
@@ -123,11 +123,15 @@ def _attrs(stride, padding) -> dict:
                                           pad_right=pr).items()}
 
 
-def _call(name: str, shape, dtype, *args, stride, padding):
+def _ffi(name: str, results, *args, **attrs):
+  """One of the library's custom calls (``_TARGETS``), or why it cannot be made."""
   if _load() is not None:
-    raise RuntimeError(f'oneDNN convolutions are unavailable: {_load()}')
-  return jax.ffi.ffi_call(f'jaxssl_onednn_conv_{name}', jax.ShapeDtypeStruct(tuple(shape), dtype))(
-      *args, **_attrs(stride, padding))
+    raise RuntimeError(f'oneDNN is unavailable: {_load()}')
+  return jax.ffi.ffi_call(f'jaxssl_onednn_conv_{name}', results)(*args, **attrs)
+
+
+def _call(name: str, shape, dtype, *args, stride, padding):
+  return _ffi(name, jax.ShapeDtypeStruct(tuple(shape), dtype), *args, **_attrs(stride, padding))
 
 
 def conv_forward(x: jax.Array, w: jax.Array, stride, padding) -> jax.Array:
@@ -151,12 +155,12 @@ def bn_plan(rows: int, channels: int, fuse: str, dtype=np.float32) -> tuple[int,
   such primitive."""
   if _load() is not None:
     raise RuntimeError(f'oneDNN is unavailable: {_load()}')
-  if np.dtype(dtype) not in _CONV_TYPES:
+  if np.dtype(dtype) not in _TYPES:
     return -1, ''
   fn = _library().JaxsslOnednnBnWorkspaceBytes
   fn.restype, fn.argtypes = ctypes.c_int64, [ctypes.c_int64] * 4 + [ctypes.c_char_p, ctypes.c_int64]
   name = ctypes.create_string_buffer(128)
-  size = fn(rows, channels, BN_FUSE[fuse], _CONV_TYPES[np.dtype(dtype)], name, len(name))
+  size = fn(rows, channels, BN_FUSE[fuse], _TYPES[np.dtype(dtype)], name, len(name))
   return int(size), name.value.decode()
 
 
@@ -165,12 +169,12 @@ def conv_kernels(dtype) -> str:
   """oneDNN's implementations of a 3x3 convolution's forward, input and kernel gradients in ``dtype``
   ("fwd|bwd_d|bwd_w"), '' for a type the calls do not take."""
   dtype = np.dtype(dtype)
-  if dtype not in _CONV_TYPES or _load() is not None:
+  if dtype not in _TYPES or _load() is not None:
     return ''
   fn = _library().JaxsslOnednnConvImpl
   fn.restype, fn.argtypes = ctypes.c_int64, [ctypes.c_int64, ctypes.c_char_p, ctypes.c_int64]
   out = ctypes.create_string_buffer(256)
-  return out.value.decode() if fn(_CONV_TYPES[dtype], out, len(out)) == 0 else ''
+  return out.value.decode() if fn(_TYPES[dtype], out, len(out)) == 0 else ''
 
 
 def supports(dtype) -> bool:
@@ -180,10 +184,7 @@ def supports(dtype) -> bool:
 
 
 def _bn_call(name: str, results, *args, eps: float, fuse: str):
-  if _load() is not None:
-    raise RuntimeError(f'oneDNN is unavailable: {_load()}')
-  return jax.ffi.ffi_call(f'jaxssl_onednn_conv_{name}', results)(*args, eps=np.float32(eps),
-                                                                 fuse=np.int64(BN_FUSE[fuse]))
+  return _ffi(name, results, *args, eps=np.float32(eps), fuse=np.int64(BN_FUSE[fuse]))
 
 
 def bn_forward(x, scale, shift, *, eps: float, fuse: str):
