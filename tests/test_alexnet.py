@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from jaxssl import ops
 from jaxssl.models import build_backbone, feature_shapes
 from jaxssl.models.alexnet import adaptive_avg_pool, local_response_norm
 
@@ -70,15 +71,18 @@ def test_adaptive_pool_and_lrn_match_their_definitions():
 
 
 def test_cpu_fast_paths_give_xla_gradients():
-  """conv_impl='im2col' (the stride-4 11x11 conv1, the VALID 3x3/2 pools) against XLA's own ops."""
+  """The setting 'im2col' (the stride-4 11x11 conv1, the VALID 3x3/2 pools) against XLA's own ops."""
   x = jax.random.normal(jax.random.key(0), (2, 67, 67, 3))
 
   def grads(impl):
     model = build_backbone('alexnet', input_shape=(67, 67, 3), rngs=nnx.Rngs(0), width=0.125, fc_width=8,
-                           dropout=0.0, conv_impl=impl)
+                           dropout=0.0)
     graphdef, params = nnx.split(model)
     # Only the layers unlike ResNet's (tests/test_ops.py covers those): XLA drops the rest of the net.
-    loss = lambda p: jnp.sum(jnp.sin(nnx.merge(graphdef, p)(x)['pool2']))
-    return jax.jit(jax.grad(loss))(params)
+    def loss(p):
+      return jnp.sum(jnp.sin(nnx.merge(graphdef, p)(x)['pool2']))
+
+    with ops.use_impl(impl):
+      return jax.jit(jax.grad(loss))(params)
 
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5), grads('im2col'), grads('xla'))

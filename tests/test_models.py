@@ -1,4 +1,7 @@
+"""Backbones: feature shapes, parameter counts and trees, BatchNorm statistics, dropout, graphdefs."""
+
 import functools
+import hashlib
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +9,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from jaxssl import ops
 from jaxssl.models import BACKBONES, build_backbone, feature_shapes
+from jaxssl.ops.layers import Conv
 
 # Small configs so a real forward pass is cheap on CPU. On CPU the cost is mostly XLA
 # compiles (one per distinct init shape, one per jitted forward), so configs share shapes.
@@ -86,7 +91,9 @@ def test_batchstats_update_only_in_train_mode():
   model = built('resnet20', (32, 32, 3))
   x = batch((32, 32, 3), b=4)
   # nnx.state holds the live Variables, so snapshot the values.
-  stats = lambda: jax.tree.map(np.array, nnx.state(model, nnx.BatchStat))
+  def stats():
+    return jax.tree.map(np.array, nnx.state(model, nnx.BatchStat))
+
   before = stats()
   model(x, train=False)
   jax.tree.map(np.testing.assert_array_equal, before, stats())
@@ -148,3 +155,64 @@ def test_bf16_compute_float32_params(name, opts):
   out = jit_forward(model, batch((28, 28, 1)), train=True)
   assert all(v.dtype == jnp.bfloat16 for v in out.values())
   assert all(s.dtype == jnp.float32 for s in jax.tree.leaves(nnx.state(model, nnx.BatchStat)))
+
+
+# The state of every backbone as it was when they were built with nnx.Conv (before jaxssl.ops.layers.Conv): leaf
+# count and sha256 (first 16 hex digits) of its lines 'path Variable-type shape dtype'. Checkpoints name and shape
+# their arrays by this tree, so a layer change must leave it exactly as it was.
+STATE_TREES = [
+    ('cifarnet', (28, 28, 1), {}, 8, 'ace932aa6f9a9cbf'),
+    ('alexnet', (67, 67, 3), {'width': 0.125, 'fc_width': 8}, 14, '59f5d14e78b99f2d'),
+    ('alexnet', (67, 67, 3), {'width': 0.125, 'fc_width': 8, 'norm': 'batch'}, 34, 'a5bb57de61ad770d'),
+    ('resnet20', (32, 32, 3), {}, 105, '3892128a81236237'),
+    ('resnet18_cifar', (32, 32, 3), {}, 100, '15af1d6d993b6090'),
+    ('resnet18', (64, 64, 3), {}, 100, '9ebf0bfe43dd5b57'),
+    ('resnet50', (64, 64, 3), {}, 265, '55a8f6b408164fc6'),
+]
+
+
+@pytest.mark.parametrize('name,input_shape,opts,n_leaves,digest', STATE_TREES)
+def test_state_trees_are_those_of_the_nnx_conv_backbones(name, input_shape, opts, n_leaves, digest):
+  lines = [f"{'/'.join(map(str, path))} {type(v).__name__} {tuple(v.shape)} {v.dtype}"
+           for path, v in nnx.to_flat_state(nnx.state(abstract(name, input_shape, **opts)))]
+  assert (len(lines), hashlib.sha256('\n'.join(lines).encode()).hexdigest()[:16]) == (n_leaves, digest), \
+      '\n'.join(lines)
+
+
+@pytest.mark.parametrize('args,kwargs', [
+    ((3, 8, (5, 5)), {'padding': 'SAME'}),
+    ((4, 6, (3, 3), 2), {'padding': ((1, 1), (1, 1)), 'use_bias': False, 'dtype': jnp.bfloat16}),
+    ((2, 5, (1, 1)), {'kernel_init': nnx.initializers.he_normal(), 'bias_init': nnx.initializers.ones_init()}),
+])
+def test_the_plain_conv_layer_is_an_nnx_conv(args, kwargs):
+  """The same parameters (paths, shapes, dtypes, initial values) as nnx.Conv from the same arguments and seed, and
+  the same output on the 'xla' path."""
+  ours, theirs = Conv(*args, rngs=nnx.Rngs(3), **kwargs), nnx.Conv(*args, rngs=nnx.Rngs(3), **kwargs)
+  assert isinstance(ours, nnx.Conv)
+  a, b = nnx.to_flat_state(nnx.state(ours)), nnx.to_flat_state(nnx.state(theirs))
+  assert [(p, type(v), v.shape, v.dtype) for p, v in a] == [(p, type(v), v.shape, v.dtype) for p, v in b]
+  for (_, v), (_, w) in zip(a, b):
+    np.testing.assert_array_equal(v[...], w[...])
+  x = batch((9, 9, args[0]), b=2)
+  with ops.use_impl('xla'):
+    np.testing.assert_array_equal(ours(x), theirs(x))
+
+
+def test_graphdefs_of_equal_backbones_compare_equal():
+  """Two backbones of one shape share a graphdef (the layers hold one module-level convolution function, not a
+  closure per model), so nnx.jit traces a forward once for both."""
+  for name, input_shape in (('cifarnet', (28, 28, 1)), ('resnet20', (32, 32, 3))):
+    first, second = (build_backbone(name, input_shape=input_shape, rngs=nnx.Rngs(seed)) for seed in (0, 1))
+    assert nnx.graphdef(first) == nnx.graphdef(second)
+    assert hash(nnx.graphdef(first)) == hash(nnx.graphdef(second))
+  traced = []
+
+  @nnx.jit
+  def forward(model, x):
+    traced.append(1)
+    return model(x)['fc2']
+
+  x = batch((28, 28, 1))
+  for seed in (0, 1):
+    forward(build_backbone('cifarnet', input_shape=(28, 28, 1), rngs=nnx.Rngs(seed)), x)
+  assert len(traced) == 1

@@ -1,5 +1,7 @@
 """The CPU fast paths (jaxssl/ops) compute what XLA's reference ops compute: values and gradients."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,17 +9,24 @@ import pytest
 from flax import nnx
 from jax import lax
 
+from jaxssl import ops
 from jaxssl.models import build_backbone
 from jaxssl.ops import conv as conv_ops
 from jaxssl.ops import conv_pool as conv_pool_ops
-from jaxssl.ops import onednn
+from jaxssl.ops import dispatch, layers, norm, onednn
 from jaxssl.ops import pool as pool_ops
 from jaxssl.train.state import merge_model
 
-FAST = conv_ops.make_conv_general_dilated('im2col')
+
+def conv_on(path):
+  """``lax.conv_general_dilated`` as conv.py runs it on ``path``."""
+  return functools.partial(conv_ops.conv_general_dilated, path=path)
+
+
+FAST = conv_on('im2col')
 ONEDNN_REASON = onednn.unavailable_reason()
 needs_onednn = pytest.mark.skipif(ONEDNN_REASON is not None, reason=f'oneDNN unavailable: {ONEDNN_REASON}')
-NHWC = conv_ops._NHWC  # pylint: disable=protected-access
+NHWC = conv_ops.NHWC
 
 
 @pytest.mark.parametrize('batch,size,cin,cout,k,stride,padding', [
@@ -37,7 +46,7 @@ NHWC = conv_ops._NHWC  # pylint: disable=protected-access
 ])
 @pytest.mark.parametrize('impl', ['im2col', pytest.param('onednn', marks=needs_onednn)])
 def test_conv_values_and_gradients_match_xla(batch, size, cin, cout, k, stride, padding, impl):
-  fast = conv_ops.make_conv_general_dilated(impl)
+  fast = conv_on(impl)
   x = jax.random.normal(jax.random.PRNGKey(0), (batch, size, size, cin))
   w = jax.random.normal(jax.random.PRNGKey(1), (k, k, cin, cout))
 
@@ -67,13 +76,13 @@ needs_onednn_bf16 = pytest.mark.skipif(not onednn.supports(jnp.bfloat16),
 def test_onednn_bfloat16_convolutions_match_float32_on_the_same_inputs(batch, size, cin, cout, k, stride, padding):
   """bfloat16 through oneDNN: its custom calls (not the gathered path), products accumulated in float32, so the
   results are the float32 convolution of the same bf16 inputs rounded once to bf16."""
-  fast = conv_ops.make_conv_general_dilated('onednn')
+  fast = conv_on('onednn')
   bf16 = jnp.bfloat16
   x = jax.random.normal(jax.random.PRNGKey(0), (batch, size, size, cin)).astype(bf16)
   w = jax.random.normal(jax.random.PRNGKey(1), (k, k, cin, cout)).astype(bf16)
-  g = jax.random.normal(jax.random.PRNGKey(2), (batch, *conv_ops._out_hw(  # pylint: disable=protected-access
-      [size + sum(p) for p in conv_ops._explicit_padding(padding, x.shape, w.shape, (stride, stride))],
-      (k, k), (stride, stride)), cout)).astype(bf16)
+  y_shape = jax.eval_shape(lambda: lax.conv_general_dilated(x, w, (stride, stride), padding,
+                                                            dimension_numbers=NHWC)).shape
+  g = jax.random.normal(jax.random.PRNGKey(2), y_shape).astype(bf16)
 
   def run(conv, x, w):
     y, vjp = jax.vjp(lambda x, w: conv(x, w, (stride, stride), padding, dimension_numbers=NHWC), x, w)
@@ -93,7 +102,8 @@ def test_conv_blocks_do_not_change_the_result():
   """One image per block or the whole batch in one block: the same kernel gradient."""
   x = jax.random.normal(jax.random.PRNGKey(0), (12, 10, 10, 4))
   w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 4, 5))
-  grads = [jax.grad(lambda x, w: jnp.sum(conv_ops.conv2d(x, w, (1, 1), ((1, 1), (1, 1)), bb) ** 2), (0, 1))(x, w)
+  grads = [jax.grad(lambda x, w, bb=bb: jnp.sum(conv_ops.conv2d(x, w, (1, 1), ((1, 1), (1, 1)), bb) ** 2),
+                    (0, 1))(x, w)
            for bb in (1, 1 << 30)]
   for a, b in zip(*grads):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
@@ -111,7 +121,7 @@ def test_unsupported_convolutions_fall_back_to_lax():
 def test_cropping_padding_is_a_slice_of_the_input(impl):
   """Negative padding crops: the same as slicing the input first (XLA's CPU convolution got this wrong in jax
   0.10.2, returning garbage, so it is not the reference here)."""
-  fast = conv_ops.make_conv_general_dilated(impl)
+  fast = conv_on(impl)
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 4))
   w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 4, 4))
   crop = ((-1, 1), (0, -1))
@@ -130,13 +140,83 @@ def test_cropping_padding_is_a_slice_of_the_input(impl):
 
 
 def test_auto_uses_xla_off_the_cpu(monkeypatch):
-  assert conv_ops.use_cpu_fast_path('auto') == (jax.default_backend() == 'cpu' and jax.device_count() == 1)
-  if conv_ops.use_cpu_fast_path('auto'):
-    assert conv_ops.cpu_path('auto') == ('onednn' if onednn.available() else 'im2col')
-  monkeypatch.setattr(conv_ops.jax, 'default_backend', lambda: 'gpu')
-  assert [conv_ops.cpu_path(i) for i in ('auto', 'im2col', 'xla')] == ['xla', 'im2col', 'xla']
+  assert (ops.cpu_path('auto') != 'xla') == (jax.default_backend() == 'cpu' and jax.device_count() == 1)
+  if ops.cpu_path('auto') != 'xla':
+    assert ops.cpu_path('auto') == ('onednn' if onednn.available() else 'im2col')
+  monkeypatch.setattr(dispatch.jax, 'default_backend', lambda: 'gpu')
+  assert [ops.cpu_path(i) for i in ('auto', 'im2col', 'xla')] == ['xla', 'im2col', 'xla']
+  with ops.use_impl('auto'):
+    assert ops.cpu_path() == 'xla'  # the current setting, resolved when asked
   with pytest.raises(ValueError, match='conv_impl'):
-    conv_ops.cpu_path('fast')
+    ops.cpu_path('fast')
+
+
+def test_the_setting_is_validated_and_scoped():
+  """One line naming every choice for an unknown name, set or scoped; a block's setting ends with the block."""
+  before = ops.current_impl()
+  assert before in ops.IMPLS
+  for call in (ops.set_impl, lambda impl: ops.use_impl(impl).__enter__(), ops.cpu_path, ops.describe_path):
+    with pytest.raises(ValueError) as e:
+      call('fast')
+    assert str(e.value) == ("unknown conv impl 'fast'; choose one of: auto, xla, im2col, onednn "
+                            '(set --config.model.conv_impl)')
+  assert ops.current_impl() == before
+  with ops.use_impl('im2col'):
+    assert ops.current_impl() == 'im2col' and ops.cpu_path() == 'im2col'
+    with ops.use_impl('xla'):
+      assert ops.current_impl() == 'xla'
+    assert ops.current_impl() == 'im2col'
+  assert ops.current_impl() == before
+  try:
+    ops.set_impl('xla')
+    assert ops.current_impl() == 'xla'
+    with ops.use_impl('im2col'):
+      assert ops.current_impl() == 'im2col'
+    assert ops.current_impl() == 'xla'
+  finally:
+    ops.set_impl(before)
+
+
+def _cifarnet_step_text(impl):
+  """The lowered train-mode gradient of a CifarNet (built outside the setting: the layers read it when traced)."""
+  model = build_backbone('cifarnet', input_shape=(28, 28, 1), rngs=nnx.Rngs(0))
+  graphdef, params = nnx.split(model)
+  x = jnp.ones((2, 28, 28, 1))
+  with ops.use_impl(impl):
+    return jax.jit(jax.grad(lambda p: jnp.sum(nnx.merge(graphdef, p)(x, train=True)['fc2']))).lower(
+        params).as_text()
+
+
+def test_a_backbone_of_plain_layers_takes_the_path_of_the_setting():
+  xla = _cifarnet_step_text('xla')
+  assert 'jaxssl_onednn_conv' not in xla and 'stablehlo.convolution' in xla and 'select_and_scatter' in xla
+  im2col = _cifarnet_step_text('im2col')  # gathered windows and matmuls, pools with offsets
+  assert 'jaxssl_onednn_conv' not in im2col and 'stablehlo.convolution' not in im2col
+  assert 'select_and_scatter' not in im2col
+  if onednn.available():
+    text = _cifarnet_step_text('onednn')
+    assert 'stablehlo.convolution' not in text
+    for call in ('forward', 'input_grad', 'kernel_grad'):  # conv1's input gradient is dropped: conv2's remains
+      assert f'jaxssl_onednn_conv_{call}' in text
+
+
+def test_a_jitted_function_is_traced_again_under_another_setting():
+  """The setting is part of jit's cache key: a trace made under one is never reused under another."""
+  model = build_backbone('cifarnet', input_shape=(28, 28, 1), rngs=nnx.Rngs(0))
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 28, 28, 1))
+  traced = []
+
+  @nnx.jit
+  def forward(model, x):
+    traced.append(ops.current_impl())
+    return model(x)['fc2']
+
+  results = {}
+  for impl in ('xla', 'im2col', 'xla', 'im2col'):
+    with ops.use_impl(impl):
+      results.setdefault(impl, []).append(forward(model, x))
+  assert traced == ['xla', 'im2col']
+  np.testing.assert_allclose(results['im2col'][0], results['xla'][0], rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize('size,window,stride,padding', [
@@ -152,8 +232,10 @@ def test_max_pool_gradient_equals_select_and_scatter(size, window, stride, paddi
     return y, f(g)[0]
 
   y_ref, dx_ref = vjp(lambda x: nnx.max_pool(x, (window,) * 2, strides=(stride,) * 2, padding=padding))
-  y, dx = jax.jit(lambda x: vjp(lambda x: pool_ops.max_pool(x, (window,) * 2, (stride,) * 2, padding,
-                                                             impl='im2col')))(x)
+  with ops.use_impl('im2col'):
+    y, dx = jax.jit(lambda x: vjp(lambda x: layers.max_pool(x, (window,) * 2, (stride,) * 2, padding)))(x)
+    assert 'select_and_scatter' not in jax.jit(lambda x: vjp(lambda x: layers.max_pool(
+        x, (window,) * 2, (stride,) * 2, padding))).lower(x).as_text()
   np.testing.assert_array_equal(y, y_ref)
   # The same input positions receive gradient (ties broken alike); where overlapping windows add up, the
   # sums may differ in the last bit only because they are added in another order.
@@ -251,15 +333,28 @@ def test_conv_relu_pool_ties_go_to_the_first_maximum():
     np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5)
 
 
-def test_conv_relu_max_pool_takes_an_nnx_conv():
+@pytest.mark.parametrize('impl', ['xla', 'im2col', pytest.param('onednn', marks=needs_onednn)])
+def test_conv_relu_max_pool_takes_an_nnx_conv(impl, monkeypatch):
+  """The fused loop where the setting runs a CPU path and the conv is one it covers; the unfused layers (the same
+  values) for the 'xla' path and for convolutions it does not cover, such as a dilated one."""
+  fused_calls, fused = [], conv_pool_ops.conv_pool_relu
+
+  def counted(*args, **kwargs):
+    fused_calls.append(kwargs['backend'])
+    return fused(*args, **kwargs)
+
+  monkeypatch.setattr(conv_pool_ops, 'conv_pool_relu', counted)
   conv = nnx.Conv(3, 4, (5, 5), padding='SAME', rngs=nnx.Rngs(0))
   conv.bias[...] = jnp.linspace(-0.5, 0.5, 4)
+  dilated = nnx.Conv(3, 4, (3, 3), kernel_dilation=2, rngs=nnx.Rngs(0))
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 13, 13, 3))
-  want = nnx.max_pool(jax.nn.relu(conv(x)), (3, 3), strides=(2, 2), padding='SAME')
-  np.testing.assert_allclose(conv_pool_ops.conv_relu_max_pool(conv, x, (3, 3), (2, 2), 'SAME'), want,
-                             rtol=1e-5, atol=1e-5)
-  with pytest.raises(ValueError, match='dilation'):
-    conv_pool_ops.conv_relu_max_pool(nnx.Conv(3, 4, (3, 3), kernel_dilation=2, rngs=nnx.Rngs(0)), x, 3, 2, 'SAME')
+  with ops.use_impl(impl):
+    for c, window, strides in ((conv, (3, 3), (2, 2)), (dilated, 3, 2)):
+      h, pooled = layers.conv_relu_max_pool(c, x, window, strides, 'SAME')
+      np.testing.assert_allclose(h, jax.nn.relu(c(x)), rtol=1e-6, atol=1e-6)
+      np.testing.assert_allclose(pooled, nnx.max_pool(jax.nn.relu(c(x)), (3, 3), strides=(2, 2), padding='SAME'),
+                                 rtol=1e-5, atol=1e-5)
+  assert fused_calls == ([] if impl == 'xla' else [impl])
 
 
 @pytest.mark.parametrize('name,shape,options', [
@@ -273,7 +368,7 @@ def test_whole_backbone_gradients_match_between_impls(name, shape, options):
   x = jax.random.normal(jax.random.PRNGKey(0), (4, *shape))
   results = []
   for impl in ('xla', 'im2col', *(('onednn',) if onednn.available() else ())):
-    model = build_backbone(name, input_shape=shape, rngs=nnx.Rngs(0), conv_impl=impl, **options)
+    model = build_backbone(name, input_shape=shape, rngs=nnx.Rngs(0), **options)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
     def loss(params, rest, graphdef=graphdef):
@@ -281,7 +376,8 @@ def test_whole_backbone_gradients_match_between_impls(name, shape, options):
       f = m(x, train=True)
       return jnp.sum(jnp.tanh(f[m.output_name])) + jnp.sum(jnp.tanh(f[m.feature_names[1]]))  # and a pooled map
 
-    results.append(jax.jit(jax.value_and_grad(loss))(params, rest))
+    with ops.use_impl(impl):
+      results.append(jax.jit(jax.value_and_grad(loss))(params, rest))
   (v0, g0), *others = results
   # A convolution's bias before a BatchNorm has a zero gradient in exact arithmetic: its computed one is rounding
   # noise, compared at a hundredth of the largest gradient's scale.
@@ -296,9 +392,11 @@ def test_onednn_unavailable_is_one_clear_error(monkeypatch):
   """Asked for by name where it cannot be built: an error saying why and what to use; 'auto' falls back."""
   monkeypatch.setattr(onednn, '_load', lambda: 'no oneDNN found (test)')
   with pytest.raises(ValueError, match=r'conv_impl=onednn: no oneDNN found \(test\); or set --config.model.conv_impl='):
-    conv_ops.cpu_path('onednn')
+    ops.cpu_path('onednn')
+  with pytest.raises(ValueError, match='conv_impl=onednn: no oneDNN found'), ops.use_impl('onednn'):
+    layers.max_pool(jnp.ones((1, 4, 4, 1)), 2, 2)  # at trace time, from any layer
   if jax.default_backend() == 'cpu' and jax.device_count() == 1:
-    assert conv_ops.cpu_path('auto') == 'im2col'
+    assert ops.cpu_path('auto') == 'im2col'
 
 
 @needs_onednn
@@ -312,7 +410,7 @@ def test_onednn_library_is_built_once_and_reused(tmp_path, monkeypatch):
 
 def test_bench_ops_checks_and_times_every_pass():
   """The per-layer bench checks each fast pass against XLA's before it times it, and says what 'auto' takes."""
-  from jaxssl import bench_ops  # pylint: disable=import-outside-toplevel
+  from jaxssl.bench import ops as bench_ops  # pylint: disable=import-outside-toplevel
   row = bench_ops.measure_layer(4, 8, 3, 5, 3, 1, repeats=1)
   assert row['im2col_takes'] == 'fwd:gathered dx:gathered dw:gathered'
   assert row['auto_takes'] == ('fwd:onednn dx:onednn dw:onednn' if onednn.available() else row['im2col_takes'])
@@ -324,24 +422,25 @@ def test_bench_ops_checks_and_times_every_pass():
 
 
 def test_a_run_says_which_convolutions_it_uses(monkeypatch):
-  from jaxssl.train import loop  # pylint: disable=import-outside-toplevel
-  assert loop._conv_path_line('xla') == "convolutions: XLA's own (conv_impl=xla)"  # pylint: disable=protected-access
-  assert loop._conv_path_line('im2col').startswith('convolutions: gathered-window')  # pylint: disable=protected-access
+  assert ops.describe_path('xla') == "convolutions: XLA's own (conv_impl=xla)"
+  with ops.use_impl('xla'):
+    assert ops.describe_path() == "convolutions: XLA's own (conv_impl=xla)"  # the current setting
+  assert ops.describe_path('im2col').startswith('convolutions: gathered-window')
   if onednn.available():
-    assert loop._conv_path_line('onednn') == (  # pylint: disable=protected-access
+    assert ops.describe_path('onednn') == (
         "convolutions: oneDNN's (custom calls) (conv_impl=onednn), with training BatchNorm; " +
         ('float32 and bfloat16' if onednn.supports(jnp.bfloat16) else
          'float32; bfloat16 takes the gathered path (oneDNN has no bf16 kernels for this CPU)'))
   if jax.default_backend() == 'cpu' and jax.device_count() == 1:
     monkeypatch.setattr(onednn, '_load', lambda: 'no oneDNN found (test)')
-    assert loop._conv_path_line('auto') == (  # pylint: disable=protected-access
+    assert ops.describe_path('auto') == (
         'convolutions: gathered-window matmuls (conv_impl=auto); oneDNN unavailable: no oneDNN found (test)')
 
 
 def _norm_step(impl, shape, act, use_running_average=False, dtype=None, x_dtype=None):
-  """A BatchNorm (+ ReLU; module dtype ``dtype``, input in ``x_dtype`` or that) through ``norm.batch_norm_act``:
-  output, gradients of a weighted sum with respect to x, scale and bias, and the running averages after."""
-  from jaxssl.ops import norm  # pylint: disable=import-outside-toplevel
+  """A BatchNorm (+ ReLU; module dtype ``dtype``, input in ``x_dtype`` or that) through ``layers.batch_norm_act``
+  under the setting ``impl``: output, gradients of a weighted sum with respect to x, scale and bias, and the
+  running averages after."""
   keys = jax.random.split(jax.random.PRNGKey(0), 6)
   bn = nnx.BatchNorm(shape[-1], momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=nnx.Rngs(0))
   bn.scale[...] = 1 + 0.5 * jax.random.normal(keys[0], (shape[-1],))
@@ -353,10 +452,11 @@ def _norm_step(impl, shape, act, use_running_average=False, dtype=None, x_dtype=
 
   def loss(state, x):
     m = nnx.merge(graphdef, state)
-    y = norm.batch_norm_act(m, x, use_running_average=use_running_average, act=act, impl=impl)
+    y = layers.batch_norm_act(m, x, use_running_average=use_running_average, act=act)
     return jnp.sum(y.astype(jnp.float32) * w), (y, nnx.state(m, nnx.BatchStat))
 
-  (_, (y, stats)), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(state, x)
+  with ops.use_impl(impl):
+    (_, (y, stats)), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(state, x)
   return y, grads, stats
 
 
@@ -365,8 +465,7 @@ def _norm_step(impl, shape, act, use_running_average=False, dtype=None, x_dtype=
 @pytest.mark.parametrize('act', ['none', 'relu'])
 def test_onednn_batch_norm_matches_flax(shape, act):
   """oneDNN's batch norm (ReLU fused) gives flax's output, gradients and running statistics."""
-  from jaxssl.ops import norm  # pylint: disable=import-outside-toplevel
-  assert norm.onednn_eligible(nnx.BatchNorm(shape[-1], rngs=nnx.Rngs(0)), jnp.zeros(shape), False, 'onednn')
+  assert norm.onednn_eligible(nnx.BatchNorm(shape[-1], rngs=nnx.Rngs(0)), jnp.zeros(shape), False)
   y0, g0, s0 = _norm_step('xla', shape, act)
   y1, g1, s1 = _norm_step('onednn', shape, act)
   np.testing.assert_allclose(y1, y0, rtol=1e-5, atol=1e-5)
@@ -386,12 +485,11 @@ def test_onednn_batch_norm_matches_flax(shape, act):
 def test_onednn_bfloat16_batch_norm_matches_flax(act):
   """bfloat16 data in a bfloat16 module: oneDNN's call (float32 statistics and arithmetic) gives flax's float32
   batch norm of the same bf16 inputs, rounded once to bf16; the dtypes are those of flax's bf16 module."""
-  from jaxssl.ops import norm  # pylint: disable=import-outside-toplevel
   shape = (8, 5, 5, 32)
   bn = nnx.BatchNorm(32, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
-  assert norm.onednn_eligible(bn, jnp.zeros(shape, jnp.bfloat16), False, 'onednn')
-  assert not norm.onednn_eligible(nnx.BatchNorm(32, rngs=nnx.Rngs(0)), jnp.zeros(shape, jnp.bfloat16), False,
-                                  'onednn')  # flax would promote to float32 there
+  assert norm.onednn_eligible(bn, jnp.zeros(shape, jnp.bfloat16), False)
+  assert not norm.onednn_eligible(nnx.BatchNorm(32, rngs=nnx.Rngs(0)), jnp.zeros(shape, jnp.bfloat16),
+                                  False)  # flax would promote to float32 there
   y1, g1, s1 = _norm_step('onednn', shape, act, dtype=jnp.bfloat16)
   y_bf16, g_bf16, _ = _norm_step('xla', shape, act, dtype=jnp.bfloat16)
   assert y1.dtype == y_bf16.dtype == jnp.bfloat16
@@ -408,34 +506,41 @@ def test_onednn_bfloat16_batch_norm_matches_flax(act):
 @needs_onednn
 def test_batch_norm_takes_flax_where_onednn_does_not_apply():
   """Evaluation (running averages), float16 data and cross-device statistics stay on flax's own batch norm."""
-  from jaxssl.ops import norm  # pylint: disable=import-outside-toplevel
   bn = nnx.BatchNorm(8, rngs=nnx.Rngs(0))
   x = jnp.ones((4, 8))
-  assert not norm.onednn_eligible(bn, x, True, 'onednn')
-  assert not norm.onednn_eligible(bn, x.astype(jnp.float16), False, 'onednn')
-  assert not norm.onednn_eligible(nnx.BatchNorm(8, axis_name='batch', rngs=nnx.Rngs(0)), x, False, 'onednn')
-  assert not norm.onednn_eligible(bn, x, False, 'xla')
+  assert not norm.onednn_eligible(bn, x, True)
+  assert not norm.onednn_eligible(bn, x.astype(jnp.float16), False)
+  assert not norm.onednn_eligible(nnx.BatchNorm(8, axis_name='batch', rngs=nnx.Rngs(0)), x, False)
+  graphdef, state = nnx.split(bn)
+  train_bn = jax.jit(lambda s: layers.batch_norm_act(nnx.merge(graphdef, s), x, use_running_average=False))
+  with ops.use_impl('onednn'):
+    assert 'jaxssl_onednn_conv_bn_forward' in train_bn.lower(state).as_text()
+  for impl in ('xla', 'im2col'):  # the setting, not only the call, decides
+    with ops.use_impl(impl):
+      assert 'jaxssl_onednn_conv_bn' not in train_bn.lower(state).as_text()
   y0, _, s0 = _norm_step('xla', (6, 8), 'relu', use_running_average=True)
   y1, _, s1 = _norm_step('onednn', (6, 8), 'relu', use_running_average=True)
   np.testing.assert_array_equal(y1, y0)
   for a, b in zip(jax.tree.leaves(s1), jax.tree.leaves(s0)):
     np.testing.assert_array_equal(a, b)
   with pytest.raises(ValueError, match="act must be one of none, relu, not 'gelu'"):
-    norm.batch_norm_act(bn, x, use_running_average=False, act='gelu')
+    layers.batch_norm_act(bn, x, use_running_average=False, act='gelu')
 
 
 @needs_onednn
 def test_resnet_training_step_runs_its_batch_norms_on_onednn():
   """Every BatchNorm of a training ResNet forward/backward is oneDNN's call; evaluation keeps flax's."""
-  model = build_backbone('resnet20', input_shape=(8, 8, 3), rngs=nnx.Rngs(0), conv_impl='onednn', width=0.25)
+  model = build_backbone('resnet20', input_shape=(8, 8, 3), rngs=nnx.Rngs(0), width=0.25)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   x = jnp.ones((2, 8, 8, 3))
 
   def loss(params, train):
     return jnp.sum(merge_model(graphdef, params, rest)(x, train=train)['pool'])
 
-  text = jax.jit(jax.grad(lambda p: loss(p, True))).lower(params).as_text()
+  with ops.use_impl('onednn'):
+    text = jax.jit(jax.grad(lambda p: loss(p, True))).lower(params).as_text()
+    evaluation = jax.jit(lambda p: loss(p, False)).lower(params).as_text()
   n_bn = sum(1 for _, m in nnx.iter_modules(model) if isinstance(m, nnx.BatchNorm))
   assert text.count('jaxssl_onednn_conv_bn_forward') == n_bn
   assert text.count('jaxssl_onednn_conv_bn_backward') == n_bn
-  assert 'jaxssl_onednn_conv_bn' not in jax.jit(lambda p: loss(p, False)).lower(params).as_text()
+  assert 'jaxssl_onednn_conv_bn' not in evaluation

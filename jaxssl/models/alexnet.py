@@ -18,19 +18,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxssl.ops.conv import make_conv_general_dilated, use_cpu_fast_path
-from jaxssl.ops.conv_pool import conv_relu_max_pool
-from jaxssl.ops.norm import batch_norm_act
-from jaxssl.ops.pool import max_pool
+from jaxssl.ops.layers import Conv, batch_norm_act, conv_relu_max_pool, max_pool
 
 NORMS = ('none', 'lrn', 'batch')
 POOL5_SIZE = 6
 _KERNEL_INIT = nnx.initializers.he_normal()
 _BIAS_INIT = nnx.initializers.zeros_init()
-
-
-def _pool(h: jax.Array, impl: str) -> jax.Array:
-  return max_pool(h, (3, 3), (2, 2), 'VALID', impl=impl)  # overlapping pooling, the paper's 3x3/2
 
 
 def local_response_norm(x: jax.Array, size: int = 5, k: float = 2.0, alpha: float = 1e-4,
@@ -63,15 +56,16 @@ def _out(n: int, k: int, s: int) -> int:
 
 
 class AlexNet(nnx.Module):
+  """One-tower AlexNet (module docstring); every stage's output is a feature, fc7 the representation the heads
+  read (``output_name``)."""
+
   feature_names = ('conv1', 'pool1', 'conv2', 'pool2', 'conv3', 'conv4', 'conv5', 'pool5', 'fc6', 'fc7')
   output_name = 'fc7'
 
   def __init__(self, *, input_shape: tuple[int, int, int], rngs: nnx.Rngs, dropout: float = 0.5,
-               norm: str = 'none', fc_width: int = 4096, width: float = 1.0, dtype=jnp.float32,
-               conv_impl: str = 'auto'):
+               norm: str = 'none', fc_width: int = 4096, width: float = 1.0, dtype=jnp.float32):
     """``width`` scales the convolution channels and ``fc_width`` the fully connected layers (small variants
-    for quick runs and tests; 1.0 and 4096 are the paper's). ``conv_impl``: how convolutions and pools run
-    (jaxssl/ops: 'auto' takes the CPU fast paths on one CPU device), not what they compute."""
+    for quick runs and tests; 1.0 and 4096 are the paper's)."""
     if norm not in NORMS:
       raise ValueError(f"AlexNet: unknown norm '{norm}'; choose one of: {', '.join(NORMS)} "
                        '(set --config.model.options.norm)')
@@ -83,33 +77,31 @@ class AlexNet(nnx.Module):
     dtype = jnp.dtype(dtype)
     ch = [max(1, round(k * width)) for k in (96, 256, 384, 384, 256)]
     kw = dict(dtype=dtype, kernel_init=_KERNEL_INIT, bias_init=_BIAS_INIT, rngs=rngs)
-    conv = dict(kw, conv_general_dilated=make_conv_general_dilated(conv_impl))  # 'auto': im2col on one CPU
-    self.dtype, self.norm, self.dropout_rate, self.conv_impl = dtype, norm, float(dropout), conv_impl
-    self.conv1 = nnx.Conv(c, ch[0], (11, 11), strides=(4, 4), padding='VALID', **conv)
-    self.conv2 = nnx.Conv(ch[0], ch[1], (5, 5), padding=((2, 2), (2, 2)), **conv)
-    self.conv3 = nnx.Conv(ch[1], ch[2], (3, 3), padding=((1, 1), (1, 1)), **conv)
-    self.conv4 = nnx.Conv(ch[2], ch[3], (3, 3), padding=((1, 1), (1, 1)), **conv)
-    self.conv5 = nnx.Conv(ch[3], ch[4], (3, 3), padding=((1, 1), (1, 1)), **conv)
+    self.dtype, self.norm, self.dropout_rate = dtype, norm, float(dropout)
+    self.conv1 = Conv(c, ch[0], (11, 11), strides=(4, 4), padding='VALID', **kw)
+    self.conv2 = Conv(ch[0], ch[1], (5, 5), padding=((2, 2), (2, 2)), **kw)
+    self.conv3 = Conv(ch[1], ch[2], (3, 3), padding=((1, 1), (1, 1)), **kw)
+    self.conv4 = Conv(ch[2], ch[3], (3, 3), padding=((1, 1), (1, 1)), **kw)
+    self.conv5 = Conv(ch[3], ch[4], (3, 3), padding=((1, 1), (1, 1)), **kw)
     if norm == 'batch':
       self.bns = nnx.List([nnx.BatchNorm(k, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs) for k in ch])
     self.fc6 = nnx.Linear(POOL5_SIZE * POOL5_SIZE * ch[4], fc_width, **kw)
     self.fc7 = nnx.Linear(fc_width, fc_width, **kw)
     self.drop = nnx.Dropout(self.dropout_rate)
 
-  def _conv(self, i: int, conv: nnx.Conv, h: jax.Array, train: bool) -> jax.Array:
-    h = conv(h)
-    if self.norm == 'batch':  # BatchNorm + ReLU (one oneDNN pass on one CPU device)
-      return batch_norm_act(self.bns[i], h, use_running_average=not train, act='relu', impl=self.conv_impl)
-    h = jax.nn.relu(h)
+  def _conv(self, i: int, conv: Conv, h: jax.Array, train: bool) -> jax.Array:
+    if self.norm == 'batch':
+      return batch_norm_act(self.bns[i], conv(h), use_running_average=not train, act='relu')
+    h = jax.nn.relu(conv(h))
     return local_response_norm(h) if self.norm == 'lrn' and i < 2 else h
 
-  def _pool(self, i: int, conv: nnx.Conv, conv_in: jax.Array, h: jax.Array) -> jax.Array:
-    """The 3x3/2 pool of ``h``, conv ``i``'s output. Where that is relu(conv(conv_in)) (no norm in between), the
-    CPU fast path computes the pool straight from ``conv_in`` in one fused loop (jaxssl/ops/conv_pool.py);
-    ``h`` is then only a feature, which XLA drops from a step that does not use it."""
-    if use_cpu_fast_path(self.conv_impl) and (self.norm == 'none' or (self.norm == 'lrn' and i >= 2)):
-      return conv_relu_max_pool(conv, conv_in, (3, 3), (2, 2), 'VALID', impl=self.conv_impl)
-    return _pool(h, self.conv_impl)
+  def _conv_pool(self, i: int, conv: Conv, h: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
+    """Conv ``i``'s output and its 3x3/2 pool (overlapping pooling, the paper's), as one stage where nothing
+    comes between the ReLU and the pool."""
+    if self.norm == 'none' or (self.norm == 'lrn' and i >= 2):
+      return conv_relu_max_pool(conv, h, (3, 3), (2, 2), 'VALID')
+    h = self._conv(i, conv, h, train)
+    return h, max_pool(h, (3, 3), (2, 2), 'VALID')
 
   def __call__(self, x: jax.Array, *, train: bool = False,
                rng: jax.Array | None = None) -> dict[str, jax.Array]:
@@ -118,15 +110,12 @@ class AlexNet(nnx.Module):
     rngs = (None, None) if rng is None else tuple(jax.random.split(rng))
     f = {}
     h = x.astype(self.dtype)
-    f['conv1'] = self._conv(0, self.conv1, h, train)
-    f['pool1'] = self._pool(0, self.conv1, h, f['conv1'])
-    f['conv2'] = self._conv(1, self.conv2, f['pool1'], train)
-    f['pool2'] = self._pool(1, self.conv2, f['pool1'], f['conv2'])
+    f['conv1'], f['pool1'] = self._conv_pool(0, self.conv1, h, train)
+    f['conv2'], f['pool2'] = self._conv_pool(1, self.conv2, f['pool1'], train)
     f['conv3'] = h = self._conv(2, self.conv3, f['pool2'], train)
     f['conv4'] = h = self._conv(3, self.conv4, h, train)
-    f['conv5'] = self._conv(4, self.conv5, h, train)
-    f['pool5'] = h = self._pool(4, self.conv5, h, f['conv5'])
-    h = adaptive_avg_pool(h, POOL5_SIZE).reshape(h.shape[0], -1)
+    f['conv5'], f['pool5'] = self._conv_pool(4, self.conv5, h, train)
+    h = adaptive_avg_pool(f['pool5'], POOL5_SIZE).reshape(x.shape[0], -1)
     h = self.drop(h, deterministic=not train, rngs=rngs[0])
     f['fc6'] = h = jax.nn.relu(self.fc6(h))
     h = self.drop(h, deterministic=not train, rngs=rngs[1])

@@ -5,9 +5,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxssl.ops.conv import make_conv_general_dilated, use_cpu_fast_path
-from jaxssl.ops.conv_pool import conv_relu_max_pool
-from jaxssl.ops.pool import max_pool
+from jaxssl.ops.layers import Conv, conv_relu_max_pool
 
 # TF-slim used truncated normals with hand-picked stddevs (5e-2 convs, 4e-2 fc) tuned for
 # 32x32x3 input. He-normal (fan-in, truncated) gives the same scale regime for ReLU nets
@@ -20,33 +18,27 @@ def _halve(n: int) -> int:
   return -(-n // 2)  # ceil(n / 2): output size of a SAME stride-2 op
 
 
-def _conv_relu_pool(conv: nnx.Conv, x: jax.Array, impl: str) -> tuple[jax.Array, jax.Array]:
-  """relu(conv(x)) and its overlapping 3x3/2 max pool (as in the original cifar10 tutorial).
-
-  On the CPU fast path the pooled map comes from one fused loop (jaxssl/ops/conv_pool.py) that never writes
-  the full-resolution map; that map is then only a feature, which XLA drops from a step that does not use it.
-  """
-  h = jax.nn.relu(conv(x))
-  if use_cpu_fast_path(impl):
-    return h, conv_relu_max_pool(conv, x, (3, 3), (2, 2), 'SAME', impl=impl)
-  return h, max_pool(h, (3, 3), (2, 2), 'SAME', impl=impl)
+def _conv_relu_pool(conv: Conv, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """relu(conv(x)) and its overlapping 3x3/2 max pool (as in the original cifar10 tutorial)."""
+  return conv_relu_max_pool(conv, x, (3, 3), (2, 2), 'SAME')
 
 
 class CifarNet(nnx.Module):
+  """Two conv-ReLU-pool stages and two fully connected layers; every stage's output is a feature, fc2 the
+  representation the heads read (``output_name``)."""
+
   feature_names = ('conv1', 'pool1', 'conv2', 'pool2', 'fc1', 'fc2')
   output_name = 'fc2'
 
   def __init__(self, *, input_shape: tuple[int, int, int], rngs: nnx.Rngs,
-               dropout: float = 0.0, dtype=jnp.float32, conv_impl: str = 'auto'):
+               dropout: float = 0.0, dtype=jnp.float32):
     h, w, c = input_shape
     dtype = jnp.dtype(dtype)  # configs may give a name such as 'bfloat16'
     kw = dict(dtype=dtype, kernel_init=_KERNEL_INIT, bias_init=_BIAS_INIT, rngs=rngs)
     self.dtype = dtype
-    self.conv_impl = conv_impl
     self.dropout_rate = float(dropout)
-    conv = make_conv_general_dilated(conv_impl)  # 'auto': im2col on CPU, XLA's own elsewhere (jaxssl/ops)
-    self.conv1 = nnx.Conv(c, 64, (5, 5), padding='SAME', conv_general_dilated=conv, **kw)
-    self.conv2 = nnx.Conv(64, 64, (5, 5), padding='SAME', conv_general_dilated=conv, **kw)
+    self.conv1 = Conv(c, 64, (5, 5), padding='SAME', **kw)
+    self.conv2 = Conv(64, 64, (5, 5), padding='SAME', **kw)
     # Two SAME stride-2 pools: 28 -> 7, 32 -> 8.
     flat = _halve(_halve(h)) * _halve(_halve(w)) * 64
     self.fc1 = nnx.Linear(flat, 384, **kw)
@@ -59,8 +51,8 @@ class CifarNet(nnx.Module):
       raise ValueError('CifarNet(dropout>0) in train mode needs rng=<PRNG key>')
     f = {}
     x = x.astype(self.dtype)
-    f['conv1'], f['pool1'] = _conv_relu_pool(self.conv1, x, self.conv_impl)
-    f['conv2'], f['pool2'] = _conv_relu_pool(self.conv2, f['pool1'], self.conv_impl)
+    f['conv1'], f['pool1'] = _conv_relu_pool(self.conv1, x)
+    f['conv2'], f['pool2'] = _conv_relu_pool(self.conv2, f['pool1'])
     h = f['pool2'].reshape(x.shape[0], -1)
     f['fc1'] = h = jax.nn.relu(self.fc1(h))
     h = self.drop(h, deterministic=not train, rngs=rng)

@@ -7,22 +7,19 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxssl.ops.conv import make_conv_general_dilated
-from jaxssl.ops.norm import batch_norm_act
-from jaxssl.ops.pool import max_pool
+from jaxssl.ops.layers import Conv, batch_norm_act, max_pool
 
 # He-normal over fan_out, as torchvision does: keeps gradient variance stable through
 # the deep ReLU stacks (BN follows every conv so the forward scale is normalised anyway).
 _CONV_INIT = nnx.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
 
-def _conv(cin, cout, k, stride, *, dtype, rngs, conv_impl='auto'):
+def _conv(cin, cout, k, stride, *, dtype, rngs):
   # Symmetric k//2 padding (not 'SAME') so stride-2 layers match torchvision exactly;
   # no bias because the following BatchNorm has its own shift.
   p = k // 2
-  return nnx.Conv(cin, cout, (k, k), strides=stride, padding=((p, p), (p, p)),
-                  use_bias=False, kernel_init=_CONV_INIT, dtype=dtype, rngs=rngs,
-                  conv_general_dilated=make_conv_general_dilated(conv_impl))
+  return Conv(cin, cout, (k, k), strides=stride, padding=((p, p), (p, p)),
+              use_bias=False, kernel_init=_CONV_INIT, dtype=dtype, rngs=rngs)
 
 
 def _bn(c, *, dtype, rngs, zero_scale=False):
@@ -37,56 +34,55 @@ def _bn(c, *, dtype, rngs, zero_scale=False):
 class _Shortcut(nnx.Module):
   """Projection (1x1 conv + BN) used when the block changes shape."""
 
-  def __init__(self, cin, cout, stride, *, dtype, rngs, conv_impl='auto'):
-    self.conv = _conv(cin, cout, 1, stride, dtype=dtype, rngs=rngs, conv_impl=conv_impl)
+  def __init__(self, cin, cout, stride, *, dtype, rngs):
+    self.conv = _conv(cin, cout, 1, stride, dtype=dtype, rngs=rngs)
     self.bn = _bn(cout, dtype=dtype, rngs=rngs)
-    self.conv_impl = conv_impl
 
   def __call__(self, x, train):
-    return batch_norm_act(self.bn, self.conv(x), use_running_average=not train, impl=self.conv_impl)
+    return batch_norm_act(self.bn, self.conv(x), use_running_average=not train)
 
 
 class BasicBlock(nnx.Module):
+  """Two 3x3 convolutions (the first strided) and the shortcut: ResNet-18 and the CIFAR ResNets."""
+
   expansion = 1
 
-  def __init__(self, cin, c, stride, *, dtype, rngs, conv_impl='auto'):
+  def __init__(self, cin, c, stride, *, dtype, rngs):
     cout = c * self.expansion
-    self.conv1 = _conv(cin, c, 3, stride, dtype=dtype, rngs=rngs, conv_impl=conv_impl)
+    self.conv1 = _conv(cin, c, 3, stride, dtype=dtype, rngs=rngs)
     self.bn1 = _bn(c, dtype=dtype, rngs=rngs)
-    self.conv2 = _conv(c, cout, 3, 1, dtype=dtype, rngs=rngs, conv_impl=conv_impl)
+    self.conv2 = _conv(c, cout, 3, 1, dtype=dtype, rngs=rngs)
     self.bn2 = _bn(cout, dtype=dtype, rngs=rngs, zero_scale=True)
-    self.shortcut = (_Shortcut(cin, cout, stride, dtype=dtype, rngs=rngs, conv_impl=conv_impl)
+    self.shortcut = (_Shortcut(cin, cout, stride, dtype=dtype, rngs=rngs)
                      if stride != 1 or cin != cout else None)
-    self.conv_impl = conv_impl
 
   def __call__(self, x, train):
-    kw = dict(use_running_average=not train, impl=self.conv_impl)
-    h = batch_norm_act(self.bn1, self.conv1(x), act='relu', **kw)
-    h = batch_norm_act(self.bn2, self.conv2(h), **kw)
+    h = batch_norm_act(self.bn1, self.conv1(x), use_running_average=not train, act='relu')
+    h = batch_norm_act(self.bn2, self.conv2(h), use_running_average=not train)
     s = x if self.shortcut is None else self.shortcut(x, train)
     return jax.nn.relu(h + s)
 
 
 class Bottleneck(nnx.Module):
+  """1x1 reduce, 3x3 (strided: v1.5), 1x1 expand to 4x the width, and the shortcut: ResNet-50."""
+
   expansion = 4
 
-  def __init__(self, cin, c, stride, *, dtype, rngs, conv_impl='auto'):
+  def __init__(self, cin, c, stride, *, dtype, rngs):
     cout = c * self.expansion
-    self.conv1 = _conv(cin, c, 1, 1, dtype=dtype, rngs=rngs, conv_impl=conv_impl)
+    self.conv1 = _conv(cin, c, 1, 1, dtype=dtype, rngs=rngs)
     self.bn1 = _bn(c, dtype=dtype, rngs=rngs)
-    self.conv2 = _conv(c, c, 3, stride, dtype=dtype, rngs=rngs, conv_impl=conv_impl)
+    self.conv2 = _conv(c, c, 3, stride, dtype=dtype, rngs=rngs)
     self.bn2 = _bn(c, dtype=dtype, rngs=rngs)
-    self.conv3 = _conv(c, cout, 1, 1, dtype=dtype, rngs=rngs, conv_impl=conv_impl)
+    self.conv3 = _conv(c, cout, 1, 1, dtype=dtype, rngs=rngs)
     self.bn3 = _bn(cout, dtype=dtype, rngs=rngs, zero_scale=True)
-    self.shortcut = (_Shortcut(cin, cout, stride, dtype=dtype, rngs=rngs, conv_impl=conv_impl)
+    self.shortcut = (_Shortcut(cin, cout, stride, dtype=dtype, rngs=rngs)
                      if stride != 1 or cin != cout else None)
-    self.conv_impl = conv_impl
 
   def __call__(self, x, train):
-    kw = dict(use_running_average=not train, impl=self.conv_impl)
-    h = batch_norm_act(self.bn1, self.conv1(x), act='relu', **kw)
-    h = batch_norm_act(self.bn2, self.conv2(h), act='relu', **kw)
-    h = batch_norm_act(self.bn3, self.conv3(h), **kw)
+    h = batch_norm_act(self.bn1, self.conv1(x), use_running_average=not train, act='relu')
+    h = batch_norm_act(self.bn2, self.conv2(h), use_running_average=not train, act='relu')
+    h = batch_norm_act(self.bn3, self.conv3(h), use_running_average=not train)
     s = x if self.shortcut is None else self.shortcut(x, train)
     return jax.nn.relu(h + s)
 
@@ -102,7 +98,7 @@ class ResNet(nnx.Module):
   def __init__(self, *, input_shape: tuple[int, int, int], rngs: nnx.Rngs,
                block: type = BasicBlock, stage_sizes: Sequence[int] = (2, 2, 2, 2),
                stage_widths: Sequence[int] = (64, 128, 256, 512),
-               imagenet_stem: bool = True, width: float = 1.0, dtype=jnp.float32, conv_impl: str = 'auto'):
+               imagenet_stem: bool = True, width: float = 1.0, dtype=jnp.float32):
     if width <= 0:
       raise ValueError(f'width must be > 0, got {width}')
     widths = [max(1, int(round(w * width))) for w in stage_widths]
@@ -110,11 +106,9 @@ class ResNet(nnx.Module):
     kw = dict(dtype=dtype, rngs=rngs)
     self.dtype = dtype
     self.imagenet_stem = imagenet_stem
-    self.conv_impl = conv_impl
     self.feature_names = ('stem', *[f'stage{i + 1}' for i in range(len(widths))], 'pool')
     cin = input_shape[-1]
-    self.stem_conv = _conv(cin, widths[0], 7 if imagenet_stem else 3,
-                           2 if imagenet_stem else 1, conv_impl=conv_impl, **kw)
+    self.stem_conv = _conv(cin, widths[0], 7 if imagenet_stem else 3, 2 if imagenet_stem else 1, **kw)
     self.stem_bn = _bn(widths[0], **kw)
     cin = widths[0]
     stages = []
@@ -122,7 +116,7 @@ class ResNet(nnx.Module):
       blocks = []
       for j in range(n):
         stride = 2 if (i > 0 and j == 0) else 1
-        blocks.append(block(cin, c, stride, conv_impl=conv_impl, **kw))
+        blocks.append(block(cin, c, stride, **kw))
         cin = c * block.expansion
       stages.append(nnx.List(blocks))
     self.stages = nnx.List(stages)
@@ -133,11 +127,10 @@ class ResNet(nnx.Module):
     del rng  # no stochastic layers; accepted for a uniform backbone interface
     f = {}
     h = x.astype(self.dtype)
-    h = batch_norm_act(self.stem_bn, self.stem_conv(h), use_running_average=not train, act='relu',
-                       impl=self.conv_impl)
+    h = batch_norm_act(self.stem_bn, self.stem_conv(h), use_running_average=not train, act='relu')
     if self.imagenet_stem:
       # Pad with -inf (what max_pool's explicit padding does) == torchvision's padding=1.
-      h = max_pool(h, (3, 3), (2, 2), ((1, 1), (1, 1)), impl=self.conv_impl)
+      h = max_pool(h, (3, 3), (2, 2), ((1, 1), (1, 1)))
     f['stem'] = h
     for i, stage in enumerate(self.stages):
       for blk in stage:
@@ -147,22 +140,22 @@ class ResNet(nnx.Module):
     return f
 
 
-def resnet20(*, input_shape, rngs, width=1.0, dtype=jnp.float32, conv_impl='auto'):
+def resnet20(*, input_shape, rngs, width=1.0, dtype=jnp.float32):
   """He et al. 2016 CIFAR ResNet-20 (projection rather than zero-pad shortcuts)."""
   return ResNet(input_shape=input_shape, rngs=rngs, block=BasicBlock, stage_sizes=(3, 3, 3),
-                stage_widths=(16, 32, 64), imagenet_stem=False, width=width, dtype=dtype, conv_impl=conv_impl)
+                stage_widths=(16, 32, 64), imagenet_stem=False, width=width, dtype=dtype)
 
 
-def resnet18_cifar(*, input_shape, rngs, width=1.0, dtype=jnp.float32, conv_impl='auto'):
+def resnet18_cifar(*, input_shape, rngs, width=1.0, dtype=jnp.float32):
   return ResNet(input_shape=input_shape, rngs=rngs, block=BasicBlock, stage_sizes=(2, 2, 2, 2),
-                imagenet_stem=False, width=width, dtype=dtype, conv_impl=conv_impl)
+                imagenet_stem=False, width=width, dtype=dtype)
 
 
-def resnet18(*, input_shape, rngs, width=1.0, dtype=jnp.float32, conv_impl='auto'):
+def resnet18(*, input_shape, rngs, width=1.0, dtype=jnp.float32):
   return ResNet(input_shape=input_shape, rngs=rngs, block=BasicBlock, stage_sizes=(2, 2, 2, 2),
-                imagenet_stem=True, width=width, dtype=dtype, conv_impl=conv_impl)
+                imagenet_stem=True, width=width, dtype=dtype)
 
 
-def resnet50(*, input_shape, rngs, width=1.0, dtype=jnp.float32, conv_impl='auto'):
+def resnet50(*, input_shape, rngs, width=1.0, dtype=jnp.float32):
   return ResNet(input_shape=input_shape, rngs=rngs, block=Bottleneck, stage_sizes=(3, 4, 6, 3),
-                imagenet_stem=True, width=width, dtype=dtype, conv_impl=conv_impl)
+                imagenet_stem=True, width=width, dtype=dtype)

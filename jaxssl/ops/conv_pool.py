@@ -21,6 +21,9 @@ ms, conv2 stage 1,370 -> 1,305 ms; the whole rotation train step 2.05 -> 1.60 s.
 
 Gradients equal those of ``pool(relu(conv + b))`` differentiated by XLA wherever a window's maximum is
 unique; where a window ties, both take the first maximum (tests/test_ops.py).
+
+Backbones do not call this directly: layers.conv_relu_max_pool takes an ``nnx.Conv`` and runs this loop where
+the process's setting runs a CPU path (dispatch.py), the unfused layers everywhere else.
 """
 
 from __future__ import annotations
@@ -33,17 +36,16 @@ from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
 from jaxssl.ops import onednn
-from jaxssl.ops.conv import (_BLOCK_BYTES, _block_size, _dot, _onednn_takes, _out_hw, _windows, conv_grads,
-                             cpu_path)
-from jaxssl.ops.pool import explicit_pads, pool_with_offsets, unpool
+from jaxssl.ops.conv import BLOCK_BYTES, block_size, conv_grads, dot, onednn_takes, out_hw, windows
+from jaxssl.ops.pool import pool_with_offsets, unpool
 
 
 def _shapes(x_shape, w_shape, stride, padding, window, pool_strides, pool_pads):
-  b, h, w, c = x_shape
+  _, h, w, c = x_shape
   kh, kw, _, o = w_shape
   hp, wp = h + sum(padding[0]), w + sum(padding[1])
-  conv_hw = _out_hw((hp, wp), (kh, kw), stride)
-  pooled_hw = _out_hw((conv_hw[0] + sum(pool_pads[0]), conv_hw[1] + sum(pool_pads[1])), window, pool_strides)
+  conv_hw = out_hw((hp, wp), (kh, kw), stride)
+  pooled_hw = out_hw((conv_hw[0] + sum(pool_pads[0]), conv_hw[1] + sum(pool_pads[1])), window, pool_strides)
   # A block holds one window matrix or one conv output at a time; the larger decides the block size.
   per_image = 4 * max(conv_hw[0] * conv_hw[1] * kh * kw * c, conv_hw[0] * conv_hw[1] * o)
   return (hp, wp), conv_hw, pooled_hw, per_image
@@ -60,12 +62,12 @@ def _forward(x, w, stride, padding, window, pool_strides, pool_pads, block_bytes
     pooled, idx = pool_with_offsets(y.astype(jnp.float32), window, pool_strides, pool_pads, pooled_hw)
     return pooled.astype(x.dtype), idx
   b = x.shape[0]
-  bs = _block_size(b, per_image, block_bytes)
+  bs = block_size(b, per_image, block_bytes)
   xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
   wm = w.reshape(kh * kw * c, o)
 
   def body(_, xb):
-    y = _dot(_windows(xb, (kh, kw), stride, conv_hw), wm, ((1,), (0,))).astype(x.dtype)
+    y = dot(windows(xb, (kh, kw), stride, conv_hw), wm, ((1,), (0,))).astype(x.dtype)
     return None, pool_with_offsets(y.reshape(bs, *conv_hw, o), window, pool_strides, pool_pads, pooled_hw)
 
   _, (pooled, idx) = lax.scan(body, None, xp.reshape(b // bs, bs, hp, wp, c))
@@ -74,7 +76,7 @@ def _forward(x, w, stride, padding, window, pool_strides, pool_pads, block_bytes
 
 def conv_pool_relu(x: jax.Array, w: jax.Array, bias: jax.Array, stride: tuple[int, int],
                    padding: tuple[tuple[int, int], ...], window: tuple[int, int], pool_strides: tuple[int, int],
-                   pool_pads: tuple[tuple[int, int], ...], block_bytes: int = _BLOCK_BYTES,
+                   pool_pads: tuple[tuple[int, int], ...], block_bytes: int = BLOCK_BYTES,
                    backend: str = 'im2col') -> jax.Array:
   """``relu(max_pool(conv(x, w) + bias))`` for NHWC ``x``, HWIO ``w``, a bias per output channel and
   explicit non-negative paddings ((lo, hi) per spatial axis; the pool's padding never wins a window). ``backend``
@@ -82,7 +84,7 @@ def conv_pool_relu(x: jax.Array, w: jax.Array, bias: jax.Array, stride: tuple[in
   the CPU has oneDNN's bf16 kernels, else the fused block loop)."""
   if backend not in ('im2col', 'onednn'):
     raise ValueError(f"conv_pool_relu: backend must be 'im2col' or 'onednn', not {backend!r}")
-  if backend == 'onednn' and not _onednn_takes(x.dtype):
+  if backend == 'onednn' and not onednn_takes(x.dtype):
     backend = 'im2col'
   args = tuple(tuple(map(int, a)) for a in (stride, window, pool_strides))
   pads = tuple(tuple(tuple(map(int, p)) for p in pp) for pp in (padding, pool_pads))
@@ -120,27 +122,3 @@ def _bwd(stride, padding, window, pool_strides, pool_pads, block_bytes, backend,
 
 
 _conv_pool_relu.defvjp(_fwd, _bwd, symbolic_zeros=True)
-
-
-def _pair(v) -> tuple[int, int]:
-  return (int(v), int(v)) if v is None or isinstance(v, int) else tuple(int(a) for a in v)
-
-
-def conv_relu_max_pool(conv, x: jax.Array, window, strides, padding, *, impl: str = 'im2col') -> jax.Array:
-  """``max_pool(relu(conv(x)), window, strides, padding)`` for a 2-D ``flax.nnx.Conv`` on NHWC ``x``, through
-  ``conv_pool_relu`` (the same values; the layer's own dtype promotion), its convolution by oneDNN where
-  ``conv_impl`` ``impl`` runs oneDNN (conv.cpu_path), else by the fused gathered loop."""
-  k = tuple(conv.kernel_size)
-  if len(k) != 2 or x.ndim != 4 or conv.feature_group_count != 1 or conv.mask is not None or any(
-      d not in (None, 1) and _pair(d) != (1, 1) for d in (conv.input_dilation, conv.kernel_dilation)):
-    raise ValueError('conv_relu_max_pool: only 2-D NHWC convolutions without dilation, groups or mask')
-  stride = _pair(conv.strides if conv.strides is not None else 1)
-  pads = explicit_pads(conv.padding, x.shape[1:3], k, stride)
-  kernel = conv.kernel[...]
-  bias = conv.bias[...] if conv.bias is not None else jnp.zeros((kernel.shape[-1],), kernel.dtype)
-  x, kernel, bias = conv.promote_dtype((x, kernel, bias), dtype=conv.dtype)
-  conv_hw = _out_hw((x.shape[1] + sum(pads[0]), x.shape[2] + sum(pads[1])), k, stride)
-  window, strides = _pair(window), _pair(strides)
-  backend = 'onednn' if cpu_path(impl) == 'onednn' else 'im2col'
-  return conv_pool_relu(x, kernel, bias, stride, pads, window, strides,
-                        explicit_pads(padding, conv_hw, window, strides), backend=backend)

@@ -11,9 +11,9 @@ the ``onednn-cpu-gomp`` / ``onednn-devel-cpu-gomp`` wheels (jaxssl's dependencie
 in ``$JAXSSL_ONEDNN_ROOT`` (``include/`` and ``lib/``), or Debian's ``libdnnl-dev``. The library goes to
 ``$JAXSSL_CACHE_DIR`` (default ``~/.cache/jaxssl``), named by a hash of the source and of the jaxlib and oneDNN
 it was built against, and is reused. ``available()`` says whether this worked and ``unavailable_reason()`` why
-not; ``conv_impl='auto'`` then falls back to the gathered path. Convolutions take float32, or bfloat16 where
-``supports(jnp.bfloat16)`` (oneDNN has fast bf16 kernels for this CPU: AVX512-BF16 or AMX; products accumulate
-in float32); batch norm the same two types (statistics and parameters float32).
+not; the setting 'auto' (dispatch.py) then falls back to the gathered path. Convolutions take float32, or
+bfloat16 where ``supports(jnp.bfloat16)`` (oneDNN has fast bf16 kernels for this CPU: AVX512-BF16 or AMX;
+products accumulate in float32); batch norm the same two types (statistics and parameters float32).
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ backward. Without a gradient (evaluation) the forward is XLA's ``reduce_window``
 select-and-scatter's up to the order in which overlapping windows add (tests/test_ops.py). Measured: a 3x3/2
 pool of [1024, 28, 28, 64], forward + backward, 251 ms comparing against the input, 205 ms from the offsets.
 
-'auto' takes this path on the CPU and XLA's own elsewhere, like the convolution in conv.py.
+layers.max_pool takes this path wherever the process's setting runs one of the CPU paths (dispatch.py: 'auto' on
+one CPU device) and XLA's own elsewhere.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxssl.ops.conv import _out_hw, use_cpu_fast_path
+from jaxssl.ops.conv import out_hw
 
 
 def explicit_pads(padding, shape, window, strides) -> tuple[tuple[int, int], ...]:
@@ -35,7 +36,9 @@ def explicit_pads(padding, shape, window, strides) -> tuple[tuple[int, int], ...
   return tuple((int(lo), int(hi)) for lo, hi in padding)
 
 
-def _reduce(x, window, strides, pads):
+def reduce_max_pool(x: jax.Array, window: tuple[int, int], strides: tuple[int, int],
+                    pads: tuple[tuple[int, int], ...]) -> jax.Array:
+  """XLA's own NHWC max pool (differentiated into select-and-scatter), padding never winning."""
   return lax.reduce_window(x, -jnp.inf, lax.max, (1, *window, 1), (1, *strides, 1), ((0, 0), *pads, (0, 0)))
 
 
@@ -79,19 +82,20 @@ def unpool(gp, idx, window, strides, pads, in_hw):
 
 def max_pool_2d(x: jax.Array, window: tuple[int, int], strides: tuple[int, int],
                 pads: tuple[tuple[int, int], ...]) -> jax.Array:
-  """NHWC max pooling with explicit ((lo, hi), (lo, hi)) padding (padded positions never win)."""
+  """NHWC max pooling with explicit ((lo, hi), (lo, hi)) padding (padded positions never win), its gradient from
+  the stored window offsets (module docstring)."""
   return _max_pool_2d(x, tuple(window), tuple(strides), tuple(map(tuple, pads)), tuple(x.shape[1:3]))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
 def _max_pool_2d(x, window, strides, pads, in_hw):
   del in_hw
-  return _reduce(x, window, strides, pads)  # no gradient wanted: XLA's reduce_window, the fastest forward
+  return reduce_max_pool(x, window, strides, pads)  # no gradient wanted: XLA's reduce_window, the fastest forward
 
 
 def _fwd(x, window, strides, pads, in_hw):
   padded_hw = tuple(n + lo + hi for n, (lo, hi) in zip(in_hw, pads))
-  return pool_with_offsets(x, window, strides, pads, _out_hw(padded_hw, window, strides))
+  return pool_with_offsets(x, window, strides, pads, out_hw(padded_hw, window, strides))
 
 
 def _bwd(window, strides, pads, in_hw, offsets, g):
@@ -99,13 +103,3 @@ def _bwd(window, strides, pads, in_hw, offsets, g):
 
 
 _max_pool_2d.defvjp(_fwd, _bwd)
-
-
-def max_pool(x: jax.Array, window: tuple[int, int], strides: tuple[int, int], padding='VALID', *,
-             impl: str = 'auto') -> jax.Array:
-  """``nnx.max_pool`` for NHWC input, with the fast gradient when ``impl`` picks it (see conv.IMPLS)."""
-  window, strides = tuple(window), tuple(strides)
-  pads = explicit_pads(padding, x.shape[1:3], window, strides)
-  if use_cpu_fast_path(impl):
-    return max_pool_2d(x, window, strides, pads)
-  return _reduce(x, window, strides, pads)
