@@ -7,8 +7,8 @@ r"""jaxssl: train and evaluate (self-)supervised models on images.
 Modes: train (resumes from the latest checkpoint in --workdir), eval (restores a checkpoint,
 --config.eval_step=-1 for the latest, and evaluates --config.data.eval_split), knn (weighted k-NN probe of the
 backbone of --config.init_from, or of --workdir's latest checkpoint; writes knn_<split>.json), predict (a
-multi-task DeepFashion model's submission files, predictions/category.csv and attribute.csv, for
---config.multitask.predict_split; see jaxssl/eval/multitask.py).
+DeepFashion category + attribute model's submission files, predictions/category.csv and attribute.csv, for
+--config.multitask.predict_split; see jaxssl/eval/attributes.py). The modes besides train are in jaxssl/modes.py.
 """
 
 import sys
@@ -50,20 +50,14 @@ def main(argv):
   from jaxssl.data.deepfashion import DataNotFoundError as DeepFashionNotFound  # pylint: disable=import-outside-toplevel
   from jaxssl.data.deepfashion_layouts import AnnotationError  # pylint: disable=import-outside-toplevel
   from jaxssl.data.fashion_mnist import ChecksumError, DataNotFoundError  # pylint: disable=import-outside-toplevel
+  from jaxssl import modes  # pylint: disable=import-outside-toplevel
   from jaxssl.train import loop  # pylint: disable=import-outside-toplevel
   from jaxssl.train.transfer import TransferError  # pylint: disable=import-outside-toplevel
   try:
     if config.mode == 'train':
       result = loop.train_and_evaluate(config, _WORKDIR.value)
       sys.exit(result['exit_code'])
-    elif config.mode == 'eval':
-      loop.evaluate_checkpoint(config, _WORKDIR.value)
-    elif config.mode == 'knn':
-      from jaxssl.eval import knn  # pylint: disable=import-outside-toplevel
-      knn.evaluate_knn(config, _WORKDIR.value)
-    elif config.mode == 'predict':
-      from jaxssl.eval import multitask  # pylint: disable=import-outside-toplevel
-      multitask.predict_checkpoint(config, _WORKDIR.value)
+    modes.RUNNERS[config.mode](config, _WORKDIR.value)
   except (DataNotFoundError, ChecksumError, FileNotFoundError, TransferError, DeepFashionNotFound,
           AnnotationError) as e:
     print(f'error: {e}', file=sys.stderr)

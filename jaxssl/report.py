@@ -3,14 +3,14 @@ r"""One table across runs: what each run was and what it scored.
   python -m jaxssl.report runs/fmnist_supervised runs/linear_conv2 runs/knn --out reports/
   python -m jaxssl.report runs/ --filters     # every run below runs/, and filters.png for runs that lack one
 
-A RUN_DIR is a workdir of ``python -m jaxssl.main`` (it has ``config.json``, or ``knn_<split>.json``); a folder that is not one is
-searched for workdirs below it (a study's ``cells/``). Each run gives one row: its config (dataset, model,
-tasks and probed layer, where its backbone came from, what trained, the labelled fraction), steps, the final
-eval metrics (``final_metrics.json``), the k-NN probe (``knn_<split>.json``), the latest ``--mode=eval`` per
-split (``eval_<split>_step<N>.json``), the best evaluation of the headline metric over training
-(``metrics.jsonl``), training throughput and time, and links to the run's pictures. Folders without results are
-listed with the reason. Writes ``summary.md``, ``summary.csv`` and ``summary.png`` (the headline metric per
-run as bars, the best evaluation marked) into ``--out`` (default: the runs' common parent folder).
+A RUN_DIR is a workdir of ``python -m jaxssl.main`` (it has ``config.json``, or ``knn_<split>.json``); a folder that
+is not one is searched for workdirs below it (a study's ``cells/``). Each run gives one row: its config (dataset,
+model, tasks and probed layer, where its backbone came from, what trained, the labelled fraction), steps, the final
+eval metrics (``final_metrics.json``), the k-NN probe (``knn_<split>.json``), the latest ``--mode=eval`` per split
+(``eval_<split>_step<N>.json``), the best evaluation of the headline metric over training (``metrics.jsonl``),
+training throughput and time, and links to the run's pictures. Folders without results are listed with the reason.
+Writes ``summary.md``, ``summary.csv`` and ``summary.png`` (the headline metric per run as bars, the best evaluation
+marked) into ``--out`` (default: the runs' common parent folder).
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ def _throughput(rows, batch_size) -> dict[str, Any]:
 
 def run_row(run_dir: str, metric: str = '') -> tuple[dict[str, Any] | None, str]:
   """One run's row, or (None, why it has no results)."""
-  from jaxssl.train.logging import read_metrics  # pylint: disable=import-outside-toplevel
+  from jaxssl.runlog import read_metrics  # pylint: disable=import-outside-toplevel
   config_path = os.path.join(run_dir, 'config.json')
   config = _read_json(config_path) if os.path.exists(config_path) else {}
   rows = read_metrics(run_dir)
@@ -235,6 +235,7 @@ def write_csv(rows, path: str) -> None:
 
 
 def write_markdown(rows, skipped, path: str, out_dir: str) -> None:
+  """summary.md: the runs' table (columns that say something), with links to pictures and skipped folders."""
   results = {k for r in rows for k in r['results']}
   cols = [c for c in _columns(rows) if c != 'dir' and any(_flat(r).get(c) not in (None, '') for r in rows)
           and (c not in results or c.endswith((*_HEADLINE_SUFFIXES, '/layer', '/step')))]
@@ -262,7 +263,7 @@ def write_chart(rows, path: str) -> str | None:
   shown = [r for r in rows if _is_number(r.get('value'))]
   if not shown:
     return None
-  from jaxssl.eval import plots  # pylint: disable=import-outside-toplevel  (sets the Agg backend)
+  from jaxssl.eval import plots  # pylint: disable=import-outside-toplevel  # sets the Agg backend
   plt = plots.plt
   fig, ax = plt.subplots(figsize=(8, 0.9 + 0.42 * len(shown)))
   y = list(range(len(shown)))[::-1]
@@ -311,6 +312,20 @@ def report(paths, out_dir: str | None = None, metric: str = '', filters: bool = 
   return {'rows': rows, 'skipped': skipped, 'out': out_dir}
 
 
+def checkpoint_filters(run_dir: str) -> tuple[str, Any]:
+  """(what it is, kernel) of the first conv of a run directory's latest checkpoint."""
+  from jaxssl.eval import filters  # pylint: disable=import-outside-toplevel
+  from jaxssl.train import transfer  # pylint: disable=import-outside-toplevel
+  checkpoint = transfer.resolve_checkpoint(run_dir)
+  found = filters.first_conv(transfer.read_backbone(checkpoint))
+  if found is None:
+    raise ValueError(f'the backbone in {checkpoint} has no conv layer')
+  model = ''
+  if os.path.exists(os.path.join(run_dir, 'config.json')):
+    model = _read_json(os.path.join(run_dir, 'config.json')).get('model', {}).get('name', '') + ' '
+  return f'{model}{"/".join(found[0])} at step {os.path.basename(checkpoint)}', found[1]
+
+
 def _checkpoint_filters(run_dir: str, out_dir: str, name: str) -> tuple[str | None, str]:
   """The filters picture of a run's latest checkpoint, written as ``<out>/filters/<run>/filters.png`` (run
   folders are left as they are); returns (its path or None, why not)."""
@@ -319,7 +334,7 @@ def _checkpoint_filters(run_dir: str, out_dir: str, name: str) -> tuple[str | No
     return None, ''
   from jaxssl.eval import filters  # pylint: disable=import-outside-toplevel
   try:
-    what, kernel = filters.checkpoint_filters(run_dir)
+    what, kernel = checkpoint_filters(run_dir)
   except (ValueError, KeyError, FileNotFoundError) as e:
     return None, str(e)
   path = os.path.join(out_dir, 'filters', re.sub(r'[^\w.-]+', '_', name), 'filters.png')

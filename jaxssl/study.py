@@ -59,13 +59,14 @@ def cell_config(config, init_from: str, fraction: float, seed: int, num_records:
 
 
 def run_study(config, workdir: str) -> list[dict[str, Any]]:
+  """Trains every (init, fraction, seed) cell not yet finished in ``workdir``, then writes the results."""
   import jax  # pylint: disable=import-outside-toplevel
   from jaxssl.data import datasets  # pylint: disable=import-outside-toplevel
   from jaxssl.train import loop  # pylint: disable=import-outside-toplevel
-  from jaxssl.train.logging import log  # pylint: disable=import-outside-toplevel
+  from jaxssl.runlog import log  # pylint: disable=import-outside-toplevel
   info = datasets.get_dataset(config.data.name)
   num_records = len(datasets.load_split(info, config.data.train_split, config.data,
-                                        config.data.get('train_limit', 0)))
+                                        config.data.train_limit))
   rows = []
   cells = [(init, f, s) for init in config.study.inits for f in config.study.fractions for s in config.study.seeds]
   for i, (init, fraction, seed) in enumerate(cells):
@@ -99,6 +100,7 @@ def summarize(rows, metric: str) -> list[dict[str, Any]]:
 
 
 def write_results(rows, workdir: str, metric: str) -> None:
+  """results.csv (one row per cell), results.json (mean and std per init and fraction) and their plot."""
   keys = list(dict.fromkeys(k for r in rows for k in r))
   with open(os.path.join(workdir, 'results.csv'), 'w', newline='', encoding='utf-8') as f:
     w = csv.DictWriter(f, fieldnames=keys)
@@ -107,7 +109,7 @@ def write_results(rows, workdir: str, metric: str) -> None:
   summary = summarize(rows, metric)
   with open(os.path.join(workdir, 'results.json'), 'w', encoding='utf-8') as f:
     json.dump({'metric': metric, 'cells': summary}, f, indent=2)
-  from jaxssl.eval import plots  # pylint: disable=import-outside-toplevel  (Agg backend)
+  from jaxssl.eval import plots  # pylint: disable=import-outside-toplevel  # Agg backend
   plt = plots.plt
   fig, ax = plt.subplots(figsize=(5.5, 3.8))
   for init in dict.fromkeys(s['init'] for s in summary):

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from jaxssl.eval import attribute_metrics as am
+from jaxssl.tasks import attribute_metrics as am
 
 # 4 samples x 4 attributes. By sample: s0 TP1 FP1 -> 2/3; s1 TP2 -> 1; s2 nothing true, nothing predicted -> 1
 # (convention); s3 TP0 FP2 FN1 -> 0. By attribute: a0 TP1 FP1 -> 2/3; a1 TP1 FP1 -> 2/3; a2 TP1 FN1 -> 2/3;

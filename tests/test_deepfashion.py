@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from jaxssl.data import datasets, deepfashion, deepfashion_layouts, pipeline
+from jaxssl.data.sources import read_records
 
 CATEGORIES = [('Anorak', 1), ('Blazer', 1), ('Jeans', 2), ('Dress', 3)]
 # One name with spaces, as in the official list ("a-line", "faux leather", ...).
@@ -90,7 +91,7 @@ def test_benchmark_builder_on_official_format(benchmark, tmp_path):
   for split in ('train', 'val', 'test'):
     src = datasets.load_split(info, split, cfg)
     expected = [t for i, t in enumerate(truth) if t['split'] == split and i not in (4, 7)]
-    records = pipeline.read_records(src, range(len(src)))
+    records = read_records(src, range(len(src)))
     assert len(records) == len(expected)
     for i, (r, t) in enumerate(zip(records, expected)):
       assert r['file_path'].decode() == t['path'] and r['index'] == i
@@ -142,6 +143,7 @@ GROUP_SIZES = (7, 3, 3, 4, 6, 3)   # texture, sleeve, length, neckline, fabric, 
 def test_real_attribute_sample(deepfashion_sample, tmp_path):
   cfg = data_cfg(deepfashion_sample, tmp_path, image_size=32)
   info = datasets.get_dataset('deepfashion_attr', cfg)
+  # pylint: disable-next=use-implicit-booleaness-not-comparison  # == (): exactly an empty tuple, not any falsy value
   assert info.class_names == () and len(info.attribute_names) == 26 and info.exclusive_groups
   assert info.attribute_names[:3] == ('floral', 'graphic', 'striped') and info.attribute_names[-1] == 'conventional'
   split_dir = pathlib.Path(deepfashion_sample) / 'split'
@@ -151,7 +153,7 @@ def test_real_attribute_sample(deepfashion_sample, tmp_path):
   sources = {s: datasets.load_split(info, s, cfg) for s in info.splits}
   assert {s: len(v) for s, v in sources.items()} == {'train': 287, 'val': 35, 'test': 35}   # 80/10/10 by position
   for split, positions in (('train', [0, 1, 2, 100, 286]), ('val', [0, 34]), ('test', [0, 3])):
-    for pos, r in zip(positions, pipeline.read_records(sources[split], positions)):
+    for pos, r in zip(positions, read_records(sources[split], positions)):
       line = {'train': (pos // 8) * 10 + pos % 8, 'val': pos * 10 + 8, 'test': pos * 10 + 9}[split]
       assert r['file_path'].decode() == paths[line]
       assert sorted(np.flatnonzero(r['attributes']).tolist()) == sorted((offsets + classes[line]).tolist())
@@ -177,10 +179,10 @@ def test_image_folder_with_csv(tmp_path):
   info = datasets.get_dataset('image_csv', cfg)
   assert info.splits == ('train', 'test') and info.class_names == ('Blouse', 'Shorts', 'Dress')
   assert info.attribute_names == ('floral', 'long sleeve', 'denim', 'loose') and info.category_base == 0
-  train = pipeline.read_records(datasets.load_split(info, 'train', cfg), range(4))
+  train = read_records(datasets.load_split(info, 'train', cfg), range(4))
   assert [r['category'] for r in train] == [0, 2, 1, 2]
   assert [np.flatnonzero(r['attributes']).tolist() for r in train] == [[1, 3], [], [0], [2, 3]]
-  test = pipeline.read_records(datasets.load_split(info, 'test', cfg), range(2))
+  test = read_records(datasets.load_split(info, 'test', cfg), range(2))
   assert [(r['category'], r['has_attributes'], r['file_path'].decode()) for r in test] == \
       [(-1, 0, 'images/4.jpg'), (-1, 0, 'images/5.jpg')]
   batch = pipeline.stack_records(train)

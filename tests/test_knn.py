@@ -7,8 +7,9 @@ import jax
 import numpy as np
 
 from conftest import small_config
+from jaxssl import modes
 from jaxssl.eval import knn
-from jaxssl.train import loop
+from jaxssl.train import experiment
 from jaxssl.train.checkpoint import Checkpointer
 
 
@@ -52,12 +53,12 @@ def test_knn_mode_on_a_checkpoint(tfds_dir, tmp_path):
   src = str(tmp_path / 'src')
   config = small_config(tfds_dir, mode='knn', **{'data.train_limit': 1000, 'data.eval_limit': 250})
   ckpt = Checkpointer(os.path.join(src, 'checkpoints'), async_save=False)
-  ckpt.save(0, loop.build_experiment(config).state, jax.random.PRNGKey(0))
+  ckpt.save(0, experiment.build_experiment(config).state, jax.random.PRNGKey(0))
   ckpt.close()
-  own = knn.evaluate_knn(config, src)
+  own = modes.evaluate_knn(config, src)
   config.init_from = src
   config.knn.feature, config.knn.pool = 'conv2', 'avg'
-  other = knn.evaluate_knn(config, str(tmp_path / 'probe'))
+  other = modes.evaluate_knn(config, str(tmp_path / 'probe'))
   with open(tmp_path / 'probe' / 'knn_test.json', encoding='utf-8') as f:
     written = json.load(f)
   assert written['top1'] == other['top1'] and written['feature'] == 'conv2' and written['dim'] == 64

@@ -11,10 +11,12 @@ import pytest
 from flax import nnx
 
 from configs import deepfashion_multitask
-from jaxssl.data import augment, datasets, pipeline
-from jaxssl.eval import attribute_metrics as am
-from jaxssl.eval import multitask as mt_eval
-from jaxssl.tasks.multitask import CategoryAttributes
+from jaxssl import modes
+from jaxssl.data import augment, datasets, sources
+from jaxssl.tasks import attribute_metrics as am
+from jaxssl.eval import attributes as mt_eval
+from jaxssl.tasks.base import metric_mean
+from jaxssl.tasks.category_attributes import CategoryAttributes
 from jaxssl.train import loop
 
 STATS = {'mean': (0.5, 0.5, 0.5), 'std': (0.25, 0.25, 0.25)}
@@ -77,6 +79,7 @@ def test_transform_weights_and_heads():
   outputs = nnx.jit(lambda b, h, x: task.forward(b, h, x, train=False, rng=None))(backbone, head, out)
   assert outputs['category'].shape == (4, 3) and outputs['attributes'].shape == (4, 5)
   loss, metrics = task.loss(outputs, out)
+  metrics = {k: metric_mean(v) for k, v in metrics.items()}  # category metrics are (total, count) pairs
   # Zero kernels: every category equally likely, every attribute at its prior.
   f = task.frequencies()
   prior_bce = -np.mean(out['attributes'] * np.log(f) + (1 - out['attributes']) * np.log(1 - f), axis=1)
@@ -116,11 +119,13 @@ def test_short_run_on_the_real_sample_then_predict(deepfashion_sample, tmp_path)
   config, workdir = small_config('sample', deepfashion_sample, tmp_path / 'tfds'), str(tmp_path / 'run')
   summary = loop.train_and_evaluate(config, workdir)
   assert summary['finished'] and 0 < summary['eval']['multitask/threshold'] < 1
-  report = json.load(open(os.path.join(workdir, 'attributes_test_step3.json'), encoding='utf-8'))
+  with open(os.path.join(workdir, 'attributes_test_step3.json'), encoding='utf-8') as f:
+    report = json.load(f)
   assert report['attribute_count'] == 35 and len(report['per_attribute_f1']) == 26
   for key in ('macro_f1', 'mean_sample_f1', 'micro_f1', 'top3_recall', 'top5_recall'):
     assert 0 <= report[key] <= 1 and summary['eval'][f'multitask/test/{key}'] == report[key]
-  saved = json.load(open(os.path.join(workdir, 'thresholds.json'), encoding='utf-8'))
+  with open(os.path.join(workdir, 'thresholds.json'), encoding='utf-8') as f:
+    saved = json.load(f)
   assert saved['step'] == 3 and saved['split'] == 'val' and saved['per_attribute'] is None
   assert mt_eval.saved_thresholds(workdir, 3, 'threshold') == saved         # what predict reuses
   assert mt_eval.saved_thresholds(workdir, 4, 'threshold') is None          # another checkpoint: chosen again
@@ -128,7 +133,7 @@ def test_short_run_on_the_real_sample_then_predict(deepfashion_sample, tmp_path)
   # Predict with per-attribute thresholds: none saved for that rule, so they are chosen on val now.
   config.multitask.per_attribute_threshold = True
   os.remove(os.path.join(workdir, 'thresholds.json'))
-  result = mt_eval.predict_checkpoint(config, workdir)
+  result = modes.predict_checkpoint(config, workdir)
   assert result['count'] == 35 and set(result['files']) == {'attribute'}   # no categories: no category.csv
   per = np.asarray(result['thresholds']['per_attribute'], np.float32)
   assert per.shape == (26,) and result['thresholds']['threshold'] == saved['threshold']
@@ -139,7 +144,7 @@ def test_short_run_on_the_real_sample_then_predict(deepfashion_sample, tmp_path)
 
   header, rows = read_csv(result['files']['attribute'])
   assert header == ['file_path', 'attribute_label']
-  paths = [r['file_path'].decode() for r in pipeline.read_records(
+  paths = [r['file_path'].decode() for r in sources.read_records(
       datasets.load_split(datasets.get_dataset('deepfashion_attr', config.data), 'test', config.data), range(35))]
   assert [r[0] for r in rows] == paths and paths[0] == 'img/00009.jpg'     # the test split: i % 10 == 9
   assert [[int(a) for a in r[1].split()] for r in rows] == \

@@ -5,13 +5,14 @@ import ml_collections
 import numpy as np
 import pytest
 
+from configs import common
 from jaxssl.train import optim
 
 
 def _cfg(**kw):
   base = dict(name='sgd', lr=0.1, momentum=0.9, schedule='cosine', warmup_epochs=0.0, step_size_epochs=2.0,
               gamma=0.1, weight_decay=0.0)
-  return ml_collections.ConfigDict({**base, **kw})
+  return ml_collections.ConfigDict({**common.base_config().optim.to_dict(), **base, **kw})
 
 
 def test_step_schedule_multiplies_by_gamma_every_step_size_epochs():

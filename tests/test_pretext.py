@@ -13,9 +13,9 @@ from flax import nnx
 from configs import fmnist_jigsaw, fmnist_rotation, fmnist_rotation_jigsaw
 from jaxssl.data import datasets, fashion_mnist, pipeline
 from jaxssl.models import build_backbone
-from jaxssl.pretext import permutations as perm_lib
-from jaxssl.pretext.jigsaw import JigsawCoords, JigsawPermutation
-from jaxssl.pretext.rotation import Rotation
+from jaxssl.tasks import permutations as perm_lib
+from jaxssl.tasks.jigsaw import JigsawCoords, JigsawPermutation
+from jaxssl.tasks.rotation import Rotation
 from jaxssl.tasks import build_tasks, check_tasks
 from jaxssl.train import loop
 from jaxssl.train import state as state_lib
@@ -24,7 +24,7 @@ STATS = {'mean': (fashion_mnist.MEAN,), 'std': (fashion_mnist.STD,)}
 
 
 @pytest.fixture(scope='module')
-def fmnist(fmnist_source_dir):  # pylint: disable=unused-argument  (sets $JAXSSL_FASHION_MNIST_DIR)
+def fmnist(fmnist_source_dir):  # pylint: disable=unused-argument  # sets $JAXSSL_FASHION_MNIST_DIR
   return fashion_mnist.load_arrays('test')
 
 
@@ -66,7 +66,7 @@ def test_rotation_is_counter_clockwise_and_ignores_labels(fmnist):
 
 
 def test_rotation_rejects_bad_angles_and_non_square_images(fmnist):
-  images, _ = fmnist
+  _, _ = fmnist
   with pytest.raises(ValueError, match='multiples of 90'):
     Rotation(**STATS, angles=(0, 45))
   with pytest.raises(ValueError, match='repeat'):

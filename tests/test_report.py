@@ -11,10 +11,12 @@ from flax import nnx
 
 from conftest import small_config
 from configs import fmnist_supervised
-from jaxssl import report
-from jaxssl.eval import embedding, filters, knn, plots
+from jaxssl import modes, report, trees
+from jaxssl.eval import embedding, filters, plots
+from jaxssl.eval.embedding import ProbeEmbedding
+from jaxssl.eval.filters import Filters
 from jaxssl.models import build_backbone
-from jaxssl.train import loop, transfer
+from jaxssl.train import experiment
 from jaxssl.train.checkpoint import Checkpointer
 
 
@@ -36,7 +38,7 @@ def test_pca_recovers_a_line_and_orders_variance():
   # More dimensions than points (flattened conv maps) goes through the Gram matrix: the same answer as an SVD.
   x = rng.normal(size=(30, 500)) * np.linspace(3, 0.1, 500)
   points, ratio, axes = embedding.pca(x, 2)
-  u, s, vt = np.linalg.svd(x - x.mean(0), full_matrices=False)
+  u, s, _ = np.linalg.svd(x - x.mean(0), full_matrices=False)
   np.testing.assert_allclose(np.abs(points), np.abs(u[:, :2] * s[:2]), rtol=1e-6, atol=1e-9)
   np.testing.assert_allclose(ratio, s[:2] ** 2 / np.sum(s ** 2), rtol=1e-9)
   assert np.all(axes[np.arange(2), np.argmax(np.abs(axes), axis=1)] > 0)
@@ -73,9 +75,11 @@ def test_filter_grid_tiles_are_the_kernels_each_scaled_to_0_1(cin):
 def test_first_conv_is_the_one_that_sees_pixels():
   for name, options, want in (('cifarnet', {}, ('conv1',)), ('resnet20', {'width': 0.25}, ('stem_conv',)),
                               ('resnet50', {'width': 0.25}, ('stem_conv',))):
+    # pylint: disable=cell-var-from-loop  # the lambda runs inside eval_shape, within this iteration
     backbone = nnx.eval_shape(lambda: build_backbone(name, input_shape=(32, 32, 3), rngs=nnx.Rngs(0), **options))
+    # pylint: enable=cell-var-from-loop
     arrays = {path: np.full(v.shape, i, np.float32) for i, (path, v) in enumerate(
-        transfer._flat(nnx.state(backbone, nnx.Param)).items())}  # pylint: disable=protected-access
+        trees.flat_paths(nnx.state(backbone, nnx.Param)).items())}
     path, kernel = filters.first_conv(arrays)
     assert path == want, name  # ResNet: 'stages' sort before 'stem_conv', yet the stem is first
     np.testing.assert_array_equal(kernel, arrays[(*want, 'kernel')])
@@ -180,30 +184,32 @@ def test_probe_pictures_knn_embedding_and_report_filters_of_a_checkpoint(tfds_di
   config = small_config(tfds_dir, **{'optim.trainable': 'heads', 'tasks.classify.freeze_backbone': True,
                                      'tasks.classify.feature': 'pool1', 'tasks.classify.pool': 'avg',
                                      'data.train_limit': 256, 'data.eval_limit': 100})
-  exp = loop.build_experiment(config)
+  exp = experiment.build_experiment(config)
   src = str(tmp_path / 'src')
   ckpt = Checkpointer(os.path.join(src, 'checkpoints'), async_save=False)
   ckpt.save(0, exp.state, jax.random.PRNGKey(0))
   ckpt.close()
   knn_config = config.copy_and_resolve_references()
   knn_config.mode, knn_config.knn.feature = 'knn', 'conv2'
-  knn.evaluate_knn(knn_config, src)
+  modes.evaluate_knn(knn_config, src)
   with open(os.path.join(src, 'embedding.csv'), encoding='utf-8') as f:
     points = list(csv.DictReader(f))
   assert len(points) == 100 and os.path.getsize(os.path.join(src, 'embedding.png')) > 0
 
   result = report.report([src], str(tmp_path / 'out'), filters=True)
-  row, = result['rows']
+  row, = result['rows']  # pylint: disable=unbalanced-tuple-unpacking  # asserts exactly one row
   assert (row['mode'], row['tasks'], row['metric']) == ('knn', 'knn@conv2/avg', 'knn_test/top1')
   assert [os.path.relpath(p, tmp_path) for p in row['pictures']] == [
       os.path.join('src', 'embedding.png'), os.path.join('out', 'filters', 'src', 'filters.png')]
-  what, kernel = filters.checkpoint_filters(src)
+  what, kernel = report.checkpoint_filters(src)
   assert what == 'conv1 at step 0'  # a knn folder has no config.json to name the model
   np.testing.assert_array_equal(kernel, np.asarray(exp.state.params['backbone']['conv1']['kernel'][...]))
 
   probe = str(tmp_path / 'probe')
   os.makedirs(probe)
-  loop._write_pictures(exp, exp.state, probe)  # pylint: disable=protected-access
+  ctx = exp.eval_context(probe)
+  for picture in (Filters(ctx), ProbeEmbedding(ctx)):  # what a linear-probe run draws at its end
+    picture.run(exp.state, 'final')
   assert os.path.getsize(os.path.join(probe, 'filters.png')) > 0
   with open(os.path.join(probe, 'embedding.csv'), encoding='utf-8') as f:
     assert len(list(csv.DictReader(f))) == 100

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Callable
 from typing import Any
 
 import ml_collections
 import numpy as np
 
+from jaxssl.data.paths import tfds_data_dir
+from jaxssl.data.sources import IndexedSubset, PaddedImages
+
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
+  """What the trainer needs to know of a dataset: shapes, classes, normalisation, splits and a loader."""
   name: str
   input_shape: tuple[int, int, int]
   class_names: tuple[str, ...]
@@ -34,37 +37,6 @@ class DatasetInfo:
   @property
   def num_classes(self) -> int:
     return len(self.class_names)
-
-
-def tfds_data_dir(data_cfg: ml_collections.ConfigDict) -> str:
-  """Where prepared datasets live: the config, else $TFDS_DATA_DIR, else tfds' default."""
-  return os.path.expanduser(data_cfg.get('data_dir') or os.environ.get('TFDS_DATA_DIR')
-                            or '~/tensorflow_datasets')
-
-
-class PaddedImages:
-  """A random-access source whose images are zero-padded, centred, to ``size`` x ``size`` (Fashion-MNIST at
-  32x32, the LeNet/CIFAR input size: its background is 0, so the padding is more background)."""
-
-  def __init__(self, source, size: int):
-    self.source, self.size = source, int(size)
-
-  def __len__(self) -> int:
-    return len(self.source)
-
-  def _pad(self, record: dict) -> dict:
-    image = record['image']
-    dh, dw = self.size - image.shape[0], self.size - image.shape[1]
-    pads = ((dh // 2, dh - dh // 2), (dw // 2, dw - dw // 2)) + ((0, 0),) * (image.ndim - 2)
-    return {**record, 'image': np.pad(image, pads)}
-
-  def __getitem__(self, index):
-    return self._pad(self.source[index])
-
-  def __getitems__(self, indices):
-    getitems = getattr(self.source, '__getitems__', None)
-    records = getitems(indices) if getitems else [self.source[i] for i in indices]
-    return [self._pad(r) for r in records]
 
 
 def _fashion_mnist(data_cfg: ml_collections.ConfigDict) -> DatasetInfo:
@@ -128,6 +100,5 @@ def get_dataset(name: str, data_cfg: ml_collections.ConfigDict | None = None) ->
 def load_split(info: DatasetInfo, split: str, data_cfg: ml_collections.ConfigDict, limit: int = 0):
   if split not in info.splits:
     raise ValueError(f"dataset '{info.name}' has no split '{split}'; it has: {', '.join(info.splits)}")
-  from jaxssl.data.subsets import IndexedSubset  # pylint: disable=import-outside-toplevel
   source = info.load(split, data_cfg)
   return IndexedSubset(source, range(min(limit, len(source)))) if limit else source  # quick runs, tests

@@ -33,6 +33,7 @@ from absl import logging
 from PIL import Image
 
 from jaxssl.data import deepfashion_layouts as layouts
+from jaxssl.data.paths import tfds_data_dir
 
 ENV_VARS = {'benchmark': 'JAXSSL_DEEPFASHION_DIR', 'attr_challenge': 'JAXSSL_DEEPFASHION_ATTR_DIR', 'csv': None}
 FORMATS = {'jpeg': 'JPEG', 'png': 'PNG'}
@@ -100,7 +101,8 @@ def load_image(path, size: int, bbox=None) -> tuple[np.ndarray, tuple[int, int]]
     if x2 > x1 and y2 > y1:
       im = im.crop((x1, y1, x2, y2))
   hw = (im.height, im.width)
-  return np.asarray(im.resize((size, size), Image.BILINEAR)), hw  # PIL's bilinear resize is antialiased
+  # PIL's bilinear resize is antialiased. (no-member: pylint does not see PIL's resampling constants.)
+  return np.asarray(im.resize((size, size), Image.BILINEAR)), hw  # pylint: disable=no-member
 
 
 def _prepare_one(path: pathlib.Path, size: int, bbox, fmt: str):
@@ -240,7 +242,6 @@ class DeepFashion(tfds.core.GeneratorBasedBuilder):
 def builder(layout: str, data_cfg) -> DeepFashion:
   """The builder a data config names (``source_dir``, ``image_size``, ``crop_bbox``, ``image_format``,
   ``data_dir``, ``prepare_workers``), prepared on first use."""
-  from jaxssl.data.datasets import tfds_data_dir  # pylint: disable=import-outside-toplevel
   config = DeepFashionConfig(layout=layout, source_dir=find_source_dir(layout, data_cfg.get('source_dir') or None),
                              image_size=int(data_cfg.get('image_size', 0) or 227),
                              crop_bbox=bool(data_cfg.get('crop_bbox', False)),

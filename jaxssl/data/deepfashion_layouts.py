@@ -138,7 +138,8 @@ def _attribute_matrix(path: pathlib.Path, num_attributes: int) -> tuple[list[str
         warnings.simplefilter('error', DeprecationWarning)
         values = np.fromstring(text, dtype=np.int8, sep=' ')  # 5x faster than int() per token
     except (ValueError, DeprecationWarning) as e:
-      raise AnnotationError(f'{path}: a value in rows {start + 3}..{start + len(part) + 2} is not an integer ({e})') from e
+      raise AnnotationError(f'{path}: a value in rows {start + 3}..{start + len(part) + 2} is not an integer '
+                            f'({e})') from e
     if values.size != len(part) * num_attributes:
       lengths = [len(h[1].split()) if len(h) > 1 else 0 for h in heads]
       bad = next(i for i, k in enumerate(lengths) if k != num_attributes)
@@ -176,6 +177,7 @@ def find_benchmark_dirs(root: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]
 
 
 def read_benchmark(root: pathlib.Path) -> Annotations:
+  """The Category and Attribute Prediction Benchmark's lists, checked against each other."""
   image_root, anno = find_benchmark_dirs(root)
   category_names, category_types = _names_and_types(anno / 'list_category_cloth.txt')
   attribute_names, attribute_types = _names_and_types(anno / 'list_attr_cloth.txt')
@@ -220,6 +222,7 @@ def _plain(path: pathlib.Path) -> list[str]:
 
 
 def read_attr_challenge(root: pathlib.Path) -> Annotations:
+  """The attribute-prediction challenge's split/ lists: one attribute class per group, no categories."""
   split_dir = root / 'split'
   names, types = _names_and_types(split_dir / 'list_attr_cloth.txt')
   groups = sorted(set(types))
@@ -277,6 +280,7 @@ def _optional_names(path: pathlib.Path) -> tuple[str, ...] | None:
 
 
 def read_csv_folder(root: pathlib.Path) -> Annotations:
+  """A folder of train/val/test.csv (file_path, optional category and attributes) and optional name lists."""
   category_names = _optional_names(root / 'categories.txt')
   attribute_names = _optional_names(root / 'attributes.txt')
   by_name = {name: i for i, name in enumerate(category_names or ())}
@@ -319,6 +323,7 @@ def read_csv_folder(root: pathlib.Path) -> Annotations:
       except ValueError as e:
         raise AnnotationError(f'{path}:{n}: attributes must be space-separated 0-based indices, found '
                               f'{r.get(attr_col)!r}') from e
+    # pylint: disable-next=unexpected-keyword-arg  # ndarray.max does take initial=; pylint misreads numpy
     max_cat = max(max_cat, int(category.max(initial=-1)))
     max_attr = max(max_attr, max((max(i) for i in indices if i), default=-1))
     splits[split] = (rows, category, indices, attr_col is not None)

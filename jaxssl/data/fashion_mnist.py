@@ -48,189 +48,190 @@ _verified: set[tuple[str, int, int]] = set()
 
 
 class DataNotFoundError(ValueError):
-    """No usable copy of the Fashion-MNIST files could be found or fetched."""
+  """No usable copy of the Fashion-MNIST files could be found or fetched."""
 
 
 class ChecksumError(ValueError):
-    """A Fashion-MNIST file is present but its content is not the official one."""
+  """A Fashion-MNIST file is present but its content is not the official one."""
 
 
 def _check_split(split: str) -> str:
-    if split not in SPLITS:
-        raise ValueError(f'Unknown Fashion-MNIST split {split!r}; valid splits: {sorted(SPLITS)}.')
-    return split
+  if split not in SPLITS:
+    raise ValueError(f'Unknown Fashion-MNIST split {split!r}; valid splits: {sorted(SPLITS)}.')
+  return split
 
 
 def _verify(path: pathlib.Path) -> None:
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key in _verified:
-        return
-    want_sha, want_size = _FILES[path.name[:-len('.gz')]]
-    try:
-        data = gzip.decompress(path.read_bytes())
-    except (OSError, EOFError) as e:
-        raise ChecksumError(f'{path}: not a valid gzip file ({e}).') from e
-    got = hashlib.sha256(data).hexdigest()
-    if got != want_sha or len(data) != want_size:
-        raise ChecksumError(
-            f'{path}: wrong content; decompressed sha256 expected {want_sha} ({want_size} bytes), '
-            f'got {got} ({len(data)} bytes). Replace this file with the official one.')
-    _verified.add(key)
+  st = path.stat()
+  key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+  if key in _verified:
+    return
+  want_sha, want_size = _FILES[path.name[:-len('.gz')]]
+  try:
+    data = gzip.decompress(path.read_bytes())
+  except (OSError, EOFError) as e:
+    raise ChecksumError(f'{path}: not a valid gzip file ({e}).') from e
+  got = hashlib.sha256(data).hexdigest()
+  if got != want_sha or len(data) != want_size:
+    raise ChecksumError(
+        f'{path}: wrong content; decompressed sha256 expected {want_sha} ({want_size} bytes), '
+        f'got {got} ({len(data)} bytes). Replace this file with the official one.')
+  _verified.add(key)
 
 
 def _missing(d: pathlib.Path) -> list[str]:
-    return [f + '.gz' for f in _FILES if not (d / (f + '.gz')).is_file()]
+  return [f + '.gz' for f in _FILES if not (d / (f + '.gz')).is_file()]
 
 
 def _download(url: str, dest: pathlib.Path) -> None:
-    """Fetches url into dest atomically, so an interrupted download leaves no file."""
-    tmp = dest.with_name(dest.name + '.part')
-    with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp, open(tmp, 'wb') as f:
-        while chunk := resp.read(1 << 20):
-            f.write(chunk)
-    os.replace(tmp, dest)
+  """Fetches url into dest atomically, so an interrupted download leaves no file."""
+  tmp = dest.with_name(dest.name + '.part')
+  with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp, open(tmp, 'wb') as f:
+    while chunk := resp.read(1 << 20):
+      f.write(chunk)
+  os.replace(tmp, dest)
 
 
 def _default_download_dir() -> pathlib.Path:
-    root = os.environ.get('TFDS_DATA_DIR') or '~/tensorflow_datasets'
-    return pathlib.Path(root).expanduser() / 'downloads' / 'fashion_mnist'
+  root = os.environ.get('TFDS_DATA_DIR') or '~/tensorflow_datasets'
+  return pathlib.Path(root).expanduser() / 'downloads' / 'fashion_mnist'
 
 
 def find_source_dir(source_dir: str | None = None, *, download_dir: str | None = None) -> pathlib.Path:
-    """Returns a directory holding the four verified .gz files.
+  """Returns a directory holding the four verified .gz files.
 
-    Tries `source_dir` (else $JAXSSL_FASHION_MNIST_DIR), then DEBIAN_DIR, then
-    downloads into `download_dir` (default <tfds data_dir>/downloads/fashion_mnist).
-    A complete directory with a corrupt file raises ChecksumError rather than
-    silently falling back, so a broken copy never goes unnoticed.
-    """
-    tried = []
-    explicit = source_dir if source_dir is not None else os.environ.get(ENV_VAR)
-    origin = 'source_dir argument' if source_dir is not None else f'${ENV_VAR}'
-    candidates = [(pathlib.Path(explicit).expanduser(), origin)] if explicit else []
-    if not explicit:
-        tried.append(f'source_dir argument / ${ENV_VAR}: not set')
-    candidates.append((DEBIAN_DIR, 'Debian package dataset-fashion-mnist'))
-    for d, origin in candidates:
-        if not d.is_dir():
-            tried.append(f'{d} ({origin}): no such directory')
-        elif missing := _missing(d):
-            tried.append(f'{d} ({origin}): missing {", ".join(missing)}')
-        else:
-            for f in _FILES:
-                _verify(d / (f + '.gz'))
-            return d
+  Tries `source_dir` (else $JAXSSL_FASHION_MNIST_DIR), then DEBIAN_DIR, then
+  downloads into `download_dir` (default <tfds data_dir>/downloads/fashion_mnist).
+  A complete directory with a corrupt file raises ChecksumError rather than
+  silently falling back, so a broken copy never goes unnoticed.
+  """
+  tried = []
+  explicit = source_dir if source_dir is not None else os.environ.get(ENV_VAR)
+  origin = 'source_dir argument' if source_dir is not None else f'${ENV_VAR}'
+  candidates = [(pathlib.Path(explicit).expanduser(), origin)] if explicit else []
+  if not explicit:
+    tried.append(f'source_dir argument / ${ENV_VAR}: not set')
+  candidates.append((DEBIAN_DIR, 'Debian package dataset-fashion-mnist'))
+  for d, origin in candidates:
+    if not d.is_dir():
+      tried.append(f'{d} ({origin}): no such directory')
+    elif missing := _missing(d):
+      tried.append(f'{d} ({origin}): missing {", ".join(missing)}')
+    else:
+      for f in _FILES:
+        _verify(d / (f + '.gz'))
+      return d
 
-    dl = pathlib.Path(download_dir) if download_dir else _default_download_dir()
-    try:
-        dl.mkdir(parents=True, exist_ok=True)
-        for f in _FILES:
-            if not (dl / (f + '.gz')).is_file():
-                _download(URL + f + '.gz', dl / (f + '.gz'))
-    except Exception as e:  # offline, DNS, timeout, read-only disk...: all mean "not available"
-        tried.append(f'download from {URL} into {dl}: {type(e).__name__}: {e}')
-        raise DataNotFoundError(
-            'Fashion-MNIST files not found. Tried:\n' + ''.join(f'  - {t}\n' for t in tried) + _HOW_TO) from e
+  dl = pathlib.Path(download_dir) if download_dir else _default_download_dir()
+  try:
+    dl.mkdir(parents=True, exist_ok=True)
     for f in _FILES:
-        try:
-            _verify(dl / (f + '.gz'))
-        except ChecksumError:
-            (dl / (f + '.gz')).unlink()  # so the next run downloads it again
-            raise
-    return dl
+      if not (dl / (f + '.gz')).is_file():
+        _download(URL + f + '.gz', dl / (f + '.gz'))
+  except Exception as e:  # offline, DNS, timeout, read-only disk...: all mean "not available"
+    tried.append(f'download from {URL} into {dl}: {type(e).__name__}: {e}')
+    raise DataNotFoundError(
+        'Fashion-MNIST files not found. Tried:\n' + ''.join(f'  - {t}\n' for t in tried) + _HOW_TO) from e
+  for f in _FILES:
+    try:
+      _verify(dl / (f + '.gz'))
+    except ChecksumError:
+      (dl / (f + '.gz')).unlink()  # so the next run downloads it again
+      raise
+  return dl
 
 
 def _parse_idx(data: bytes, name: str) -> np.ndarray:
-    if len(data) < 8 or data[:2] != b'\0\0' or data[2] != 0x08:
-        raise ValueError(f'{name}: not an unsigned-byte IDX file (header {data[:4].hex()}).')
-    magic, ndim = int.from_bytes(data[:4], 'big'), data[3]
-    if magic not in (2049, 2051):
-        raise ValueError(f'{name}: bad IDX magic number {magic}; expected 2049 (labels) or 2051 (images).')
-    header = 4 + 4 * ndim
-    shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], 'big') for i in range(ndim))
-    if len(data) != header + int(np.prod(shape)):
-        raise ValueError(f'{name}: IDX header says shape {shape} but the file has {len(data) - header} data bytes.')
-    return np.frombuffer(data, np.uint8, offset=header).reshape(shape)
+  if len(data) < 8 or data[:2] != b'\0\0' or data[2] != 0x08:
+    raise ValueError(f'{name}: not an unsigned-byte IDX file (header {data[:4].hex()}).')
+  magic, ndim = int.from_bytes(data[:4], 'big'), data[3]
+  if magic not in (2049, 2051):
+    raise ValueError(f'{name}: bad IDX magic number {magic}; expected 2049 (labels) or 2051 (images).')
+  header = 4 + 4 * ndim
+  shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], 'big') for i in range(ndim))
+  if len(data) != header + int(np.prod(shape)):
+    raise ValueError(f'{name}: IDX header says shape {shape} but the file has {len(data) - header} data bytes.')
+  return np.frombuffer(data, np.uint8, offset=header).reshape(shape)
 
 
 def read_idx(path) -> np.ndarray:
-    """Reads a .gz or raw IDX file of unsigned bytes into an array of its shape."""
-    path = pathlib.Path(path)
-    data = path.read_bytes()
-    if data[:2] == b'\x1f\x8b':  # gzip magic, whatever the file is called
-        data = gzip.decompress(data)
-    return _parse_idx(data, str(path))
+  """Reads a .gz or raw IDX file of unsigned bytes into an array of its shape."""
+  path = pathlib.Path(path)
+  data = path.read_bytes()
+  if data[:2] == b'\x1f\x8b':  # gzip magic, whatever the file is called
+    data = gzip.decompress(data)
+  return _parse_idx(data, str(path))
 
 
 def load_arrays(split: str, source_dir: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Returns (images uint8 [N,28,28,1], labels int64 [N]) in official file order."""
-    prefix = _PREFIX[_check_split(split)]
-    d = find_source_dir(source_dir)
-    images = read_idx(d / f'{prefix}-images-idx3-ubyte.gz')
-    labels = read_idx(d / f'{prefix}-labels-idx1-ubyte.gz')
-    n = SPLITS[split]
-    if images.shape != (n, 28, 28) or labels.shape != (n,):
-        raise ValueError(f'{d}: {split} shapes {images.shape}, {labels.shape}; expected ({n}, 28, 28), ({n},).')
-    return images[..., None], labels.astype(np.int64)
+  """Returns (images uint8 [N,28,28,1], labels int64 [N]) in official file order."""
+  prefix = _PREFIX[_check_split(split)]
+  d = find_source_dir(source_dir)
+  images = read_idx(d / f'{prefix}-images-idx3-ubyte.gz')
+  labels = read_idx(d / f'{prefix}-labels-idx1-ubyte.gz')
+  n = SPLITS[split]
+  if images.shape != (n, 28, 28) or labels.shape != (n,):
+    raise ValueError(f'{d}: {split} shapes {images.shape}, {labels.shape}; expected ({n}, 28, 28), ({n},).')
+  return images[..., None], labels.astype(np.int64)
 
 
 class FashionMnist(tfds.core.GeneratorBasedBuilder):
-    """Fashion-MNIST with raw uint8 images, keyed so records keep the official order."""
+  """Fashion-MNIST with raw uint8 images, keyed so records keep the official order."""
 
-    name = 'jaxssl_fashion_mnist'  # tfds ships its own 'fashion_mnist'
-    VERSION = tfds.core.Version('1.0.0')
-    RELEASE_NOTES = {'1.0.0': 'Raw uint8 Tensor images, ArrayRecord, official order, `index` field.'}
+  name = 'jaxssl_fashion_mnist'  # tfds ships its own 'fashion_mnist'
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'Raw uint8 Tensor images, ArrayRecord, official order, `index` field.'}
 
-    def __init__(self, *, source_dir: str | None = None, **kwargs):
-        # Resolved only in _split_generators: reading an already prepared
-        # dataset must not touch (or require) the .gz files.
-        self._source_dir = source_dir
-        kwargs.setdefault('file_format', 'array_record')
-        super().__init__(**kwargs)
+  def __init__(self, *, source_dir: str | None = None, **kwargs):
+    # Resolved only in _split_generators: reading an already prepared
+    # dataset must not touch (or require) the .gz files.
+    self._source_dir = source_dir
+    kwargs.setdefault('file_format', 'array_record')
+    super().__init__(**kwargs)
 
-    def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description='Fashion-MNIST: 28x28 grayscale images of 10 clothing classes (Zalando Research).',
-            features=tfds.features.FeaturesDict({
-                # BYTES: the default would upcast every pixel to an int64
-                # varint; raw bytes prepare ~2.4x faster and read faster.
-                'image': tfds.features.Tensor(shape=(28, 28, 1), dtype=np.uint8, encoding='bytes'),
-                'label': tfds.features.ClassLabel(names=CLASS_NAMES),
-                'index': tfds.features.Scalar(dtype=np.int64),
-            }),
-            supervised_keys=('image', 'label'),
-            # Keys are the file positions; without shuffling tfds writes them
-            # sorted, so record i is example i of the official file.
-            disable_shuffling=True,
-            homepage='https://github.com/zalandoresearch/fashion-mnist',
-            citation='Xiao, Rasul, Vollgraf. Fashion-MNIST: a Novel Image Dataset for '
-                     'Benchmarking Machine Learning Algorithms. arXiv:1708.07747, 2017.',
-            license='MIT',
-        )
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description='Fashion-MNIST: 28x28 grayscale images of 10 clothing classes (Zalando Research).',
+        features=tfds.features.FeaturesDict({
+            # BYTES: the default would upcast every pixel to an int64
+            # varint; raw bytes prepare ~2.4x faster and read faster.
+            'image': tfds.features.Tensor(shape=(28, 28, 1), dtype=np.uint8, encoding='bytes'),
+            'label': tfds.features.ClassLabel(names=CLASS_NAMES),
+            'index': tfds.features.Scalar(dtype=np.int64),
+        }),
+        supervised_keys=('image', 'label'),
+        # Keys are the file positions; without shuffling tfds writes them
+        # sorted, so record i is example i of the official file.
+        disable_shuffling=True,
+        homepage='https://github.com/zalandoresearch/fashion-mnist',
+        citation='Xiao, Rasul, Vollgraf. Fashion-MNIST: a Novel Image Dataset for '
+                 'Benchmarking Machine Learning Algorithms. arXiv:1708.07747, 2017.',
+        license='MIT',
+    )
 
-    def _split_generators(self, dl_manager):
-        del dl_manager  # we fetch ourselves: several sources, checksums of decompressed bytes
-        d = find_source_dir(self._source_dir, download_dir=os.path.join(self._data_dir_root, 'downloads', 'fashion_mnist'))
-        return {split: self._generate_examples(split, d) for split in SPLITS}
+  def _split_generators(self, dl_manager):
+    del dl_manager  # we fetch ourselves: several sources, checksums of decompressed bytes
+    d = find_source_dir(self._source_dir,
+                        download_dir=os.path.join(self._data_dir_root, 'downloads', 'fashion_mnist'))
+    return {split: self._generate_examples(split, d) for split in SPLITS}
 
-    def _generate_examples(self, split: str, source_dir: pathlib.Path):
-        images, labels = load_arrays(split, str(source_dir))
-        for i in range(len(labels)):
-            yield i, {'image': images[i], 'label': int(labels[i]), 'index': i}
+  def _generate_examples(self, split: str, source_dir: pathlib.Path):
+    images, labels = load_arrays(split, str(source_dir))
+    for i, label in enumerate(labels):
+      yield i, {'image': images[i], 'label': int(label), 'index': i}
 
 
 def data_source(split: str, *, data_dir: str, source_dir: str | None = None):
-    """Random-access source of {'image', 'label', 'index'} records, preparing data_dir once.
+  """Random-access source of {'image', 'label', 'index'} records, preparing data_dir once.
 
-    `split` is 'train' or 'test', optionally with a tfds slice ('train[:1000]').
-    """
-    _check_split(split.split('[', 1)[0])
-    builder = FashionMnist(data_dir=data_dir, source_dir=source_dir)
-    # is_prepared requires the final version dir with its json files; tfds
-    # writes into an 'incomplete.*' dir and renames it only on success, so an
-    # interrupted run is never mistaken for a finished one.
-    if not builder.is_prepared():
-        builder.download_and_prepare()
-    return builder.as_data_source(split=split)
+  `split` is 'train' or 'test', optionally with a tfds slice ('train[:1000]').
+  """
+  _check_split(split.split('[', 1)[0])
+  builder = FashionMnist(data_dir=data_dir, source_dir=source_dir)
+  # is_prepared requires the final version dir with its json files; tfds
+  # writes into an 'incomplete.*' dir and renames it only on success, so an
+  # interrupted run is never mistaken for a finished one.
+  if not builder.is_prepared():
+    builder.download_and_prepare()
+  return builder.as_data_source(split=split)

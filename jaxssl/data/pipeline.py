@@ -10,13 +10,23 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import grain
 import jax
 import numpy as np
 
-from jaxssl.tasks.base import Batch, Task
+from jaxssl.data.sources import read_records
+
+Batch = dict[str, Any]
+
+
+class BatchTransform(Protocol):
+  """What the pipeline needs of a task (jaxssl/tasks): its name and its batch transform."""
+  name: str
+
+  def transform(self, batch: Batch, rng: np.random.Generator, *, train: bool) -> Batch:
+    ...
 
 
 def stack_records(records: Sequence[dict[str, Any]]) -> Batch:
@@ -39,7 +49,7 @@ def stack_records(records: Sequence[dict[str, Any]]) -> Batch:
 @dataclasses.dataclass(frozen=True)
 class TaskTransforms(grain.transforms.RandomMap):
   """Applies every task's batch transform; each task draws from its own stream so adding one keeps the rest."""
-  tasks: tuple[Task, ...]
+  tasks: tuple[BatchTransform, ...]
   train: bool
 
   def random_map(self, batch: Batch, rng: np.random.Generator) -> dict[str, Batch]:
@@ -60,7 +70,7 @@ def local_batch_size(global_batch: int) -> int:
   return global_batch // jax.process_count()
 
 
-def train_dataset(source, tasks: Sequence[Task], *, global_batch: int, seed: int) -> grain.MapDataset:
+def train_dataset(source, tasks: Sequence[BatchTransform], *, global_batch: int, seed: int) -> grain.MapDataset:
   """Endless, shuffled with a new order every epoch, batched and transformed."""
   ds = process_shard(grain.MapDataset.source(source))
   ds = ds.shuffle(seed=seed).repeat(None, reseed_each_epoch=True)
@@ -102,30 +112,25 @@ def _pad(batch: Batch, size: int) -> Batch:
   return out
 
 
-def read_records(source, indices: Sequence[int]) -> list[dict[str, Any]]:
-  """Batched random access where the source offers it (tfds sources do), else one record at a time."""
-  indices = [int(i) for i in indices]
-  getitems = getattr(source, '__getitems__', None)
-  return list(getitems(indices)) if getitems else [source[i] for i in indices]
-
-
 def num_eval_batches(num_records: int, global_batch: int) -> int:
   longest = -(-num_records // jax.process_count())
   return -(-longest // local_batch_size(global_batch))
 
 
-def eval_batches(source, tasks: Sequence[Task], *, global_batch: int, seed: int = 0) -> Iterator[dict[str, Batch]]:
-  """One pass over ``source`` in order, every record exactly once, in full batches padded with weight 0.
+def eval_batches(source, tasks: Sequence[BatchTransform] | None, *, global_batch: int,
+                 seed: int = 0) -> Iterator[dict[str, Batch]] | Iterator[Batch]:
+  """One pass over ``source`` in order, every record exactly once, in full batches padded with weight 0:
+  ``{task name: task batch}``, or the raw batches where ``tasks`` is None.
 
   Every process yields the same number of batches (collectives would hang otherwise), so processes whose
   slice is shorter finish with all-padding batches.
   """
   local = local_batch_size(global_batch)
   indices = np.arange(jax.process_index(), len(source), jax.process_count())
-  transform = TaskTransforms(tuple(tasks), train=False)
+  transform = None if tasks is None else TaskTransforms(tuple(tasks), train=False)
   for i in range(num_eval_batches(len(source), global_batch)):
     idx = indices[i * local:(i + 1) * local]
     batch = _pad(stack_records(read_records(source, idx if len(idx) else [0])), local)
-    if not len(idx):
+    if len(idx) == 0:
       batch['weight'][:] = 0.0
-    yield transform.random_map(batch, np.random.default_rng([seed, i]))
+    yield batch if transform is None else transform.random_map(batch, np.random.default_rng([seed, i]))

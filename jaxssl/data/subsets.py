@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from jaxssl.data.sources import read_records
+
 
 def stratified_subset(labels, fraction: float, seed: int) -> np.ndarray:
   """Sorted indices of round(fraction x count) records of every class (at least 1 of a class present),
@@ -25,25 +27,7 @@ def stratified_subset(labels, fraction: float, seed: int) -> np.ndarray:
 
 
 def source_labels(source) -> np.ndarray:
-  from jaxssl.data.pipeline import read_records  # pylint: disable=import-outside-toplevel
   labels = []
   for start in range(0, len(source), 4096):
     labels += [int(r['label']) for r in read_records(source, range(start, min(start + 4096, len(source))))]
   return np.asarray(labels, np.int64)
-
-
-class IndexedSubset:
-  """The records of ``source`` at ``indices``, as a random-access source."""
-
-  def __init__(self, source, indices):
-    self.source, self.indices = source, np.asarray(indices, np.int64)
-
-  def __len__(self):
-    return len(self.indices)
-
-  def __getitem__(self, i):
-    return self.source[int(self.indices[i])]
-
-  def __getitems__(self, indices):
-    from jaxssl.data.pipeline import read_records  # pylint: disable=import-outside-toplevel
-    return read_records(self.source, [int(self.indices[i]) for i in indices])

@@ -7,6 +7,7 @@ The confusion matrix is a metric sum: each eval batch adds its weighted [true, p
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 from typing import Any
 
@@ -14,15 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxssl.data import pipeline
-from jaxssl.train import mesh as mesh_lib
-from jaxssl.train.state import merge_model
-
-
-def classifiers(tasks) -> list:
-  """Tasks whose outputs are logits over the dataset's classes."""
-  from jaxssl.tasks.classification import Classification  # pylint: disable=import-outside-toplevel
-  return [t for t in tasks if isinstance(t, Classification)]
+from jaxssl.eval import plots
+from jaxssl.eval.base import Evaluator
 
 
 def confusion_counts(logits: jax.Array, labels: jax.Array, weight: jax.Array, num_classes: int) -> jax.Array:
@@ -32,9 +26,13 @@ def confusion_counts(logits: jax.Array, labels: jax.Array, weight: jax.Array, nu
   return true.T @ pred
 
 
-def make_confusion_step(exp, tasks):
-  def step(state, batch):
-    model = merge_model(exp.graphdef, state.params, state.model_state)
+def confusion_matrices(ctx, state, source=None) -> dict[str, np.ndarray]:
+  """{task: [true, predicted] counts} of every task that predicts the dataset's classes, over ``source``."""
+  tasks = [t for t in ctx.tasks if t.predicts_classes]
+  if not tasks:
+    return {}
+
+  def counts(model, batch):
     out = {}
     for task in tasks:
       b = batch[task.name]
@@ -42,20 +40,8 @@ def make_confusion_step(exp, tasks):
       out[task.name] = confusion_counts(logits, b['label'], b['weight'], task.num_classes)
     return out
 
-  replicated = mesh_lib.replicated(exp.mesh)
-  return jax.jit(step, in_shardings=(replicated, mesh_lib.batch_sharding(exp.mesh)), out_shardings=replicated)
-
-
-def confusion_matrices(exp, state, source=None) -> dict[str, np.ndarray]:
-  tasks = classifiers(exp.tasks)
-  if not tasks:
-    return {}
-  step, sums = make_confusion_step(exp, tasks), None
-  for batch in pipeline.eval_batches(exp.eval_source if source is None else source, exp.tasks,
-                                     global_batch=exp.config.eval_batch_size, seed=exp.config.seed):
-    out = step(state, mesh_lib.shard_batch(batch, exp.mesh))
-    sums = out if sums is None else jax.tree.map(lambda a, b: a + b, sums, out)
-  return {k: np.asarray(v).round().astype(np.int64) for k, v in jax.device_get(sums).items()}
+  sums = ctx.accumulate(ctx.compile(counts), state, ctx.batches(source))
+  return {k: np.asarray(v).round().astype(np.int64) for k, v in sums.items()}
 
 
 def per_class_accuracy(cm: np.ndarray, class_names) -> dict[str, float | None]:
@@ -70,7 +56,6 @@ def write_confusion(cm: np.ndarray, class_names, path_stem: str) -> None:
     w.writerow(['true \\ predicted', *class_names])
     for name, row in zip(class_names, cm):
       w.writerow([name, *[int(x) for x in row]])
-  from jaxssl.eval import plots  # pylint: disable=import-outside-toplevel  (sets the Agg backend)
   plt = plots.plt
   rates = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
   n = len(class_names)
@@ -91,14 +76,19 @@ def write_confusion(cm: np.ndarray, class_names, path_stem: str) -> None:
   plt.close(fig)
 
 
-def classification_report(exp, state, workdir: str, stem: str = 'confusion') -> dict[str, Any]:
-  """``{'<task>/per_class_top1': {class: accuracy}}`` over the eval split; writes the confusion matrices as
-  ``<workdir>/<stem>.csv|png`` (``<stem>_<task>`` when there are several classification tasks)."""
-  matrices = confusion_matrices(exp, state)
-  out = {}
-  for name, cm in matrices.items():
-    out[f'{name}/per_class_top1'] = per_class_accuracy(cm, exp.info.class_names)
-    if jax.process_index() == 0:
-      write_confusion(cm, exp.info.class_names,
-                      os.path.join(workdir, stem if len(matrices) == 1 else f'{stem}_{name}'))
-  return out
+@dataclasses.dataclass
+class Confusion(Evaluator):
+  """Per-class top-1 of the classification tasks over the eval split (``<task>/per_class_top1``); their confusion
+  matrices as ``confusion.csv|png`` in the workdir (``confusion_<task>`` when there are several;
+  ``confusion_<split>_step<N>`` outside training)."""
+
+  def run(self, state, phase: str) -> dict[str, Any]:
+    matrices = confusion_matrices(self.ctx, state)
+    names = self.ctx.info.class_names
+    out = {}
+    stem = self.stem('confusion', state, phase)
+    for name, cm in matrices.items():
+      out[f'{name}/per_class_top1'] = per_class_accuracy(cm, names)
+      if jax.process_index() == 0:
+        write_confusion(cm, names, stem if len(matrices) == 1 else f'{stem}_{name}')
+    return out

@@ -9,11 +9,17 @@ shape, few enough to see single points).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 from typing import Any
 
 import jax
 import numpy as np
+from flax import nnx
+
+from jaxssl.data.sources import IndexedSubset
+from jaxssl.eval import features, plots
+from jaxssl.eval.base import Evaluator
 
 EMBEDDING_LIMIT = 2000
 
@@ -59,7 +65,6 @@ def write_embedding(features, labels, class_names, path_stem: str, title: str = 
     w.writerow(['pc1', 'pc2', 'label', 'class'])
     for (a, b), y in zip(points, labels):
       w.writerow([f'{a:.6g}', f'{b:.6g}', int(y), names[y] if 0 <= y < len(names) else y])
-  from jaxssl.eval import plots  # pylint: disable=import-outside-toplevel  (sets the Agg backend)
   plt = plots.plt
   cmap = plt.get_cmap('tab10' if len(names) <= 10 else 'tab20' if len(names) <= 20 else 'turbo')
   fig, ax = plt.subplots(figsize=(7.5, 5.5))
@@ -79,28 +84,24 @@ def write_embedding(features, labels, class_names, path_stem: str, title: str = 
   return {'points': points, 'explained_variance_ratio': ratio}
 
 
-def probe_task(tasks):
-  """The first classification task that runs its backbone frozen (a linear probe), or None."""
-  from jaxssl.eval.confusion import classifiers  # pylint: disable=import-outside-toplevel
-  return next((t for t in classifiers(tasks) if t.freeze_backbone), None)
+@dataclasses.dataclass
+class ProbeEmbedding(Evaluator):
+  """At the end of a linear-probe run: the embedding of the probed layer on the first ``limit`` eval images
+  (the run's first task that runs its backbone frozen). Does nothing for a run without one."""
+  at: tuple[str, ...] = ('final',)
+  limit: int = EMBEDDING_LIMIT
 
-
-def write_probe_embedding(exp, state, workdir: str, limit: int = EMBEDDING_LIMIT) -> str | None:
-  """At the end of a linear-probe run: the embedding of the probed layer on the first ``limit`` eval images.
-  Does nothing for a run that has no frozen classification task."""
-  task = probe_task(exp.tasks)
-  if task is None:
-    return None
-  from jaxssl.data.subsets import IndexedSubset  # pylint: disable=import-outside-toplevel
-  from jaxssl.eval import knn  # pylint: disable=import-outside-toplevel
-  from jaxssl.train.state import merge_model  # pylint: disable=import-outside-toplevel
-  backbone = merge_model(exp.graphdef, state.params, state.model_state).backbone
-  feature = task.feature or backbone.output_name
-  source = IndexedSubset(exp.eval_source, range(min(limit, len(exp.eval_source))))
-  feats, labels = knn.extract(exp, state, source, knn.make_feature_fn(exp, task, feature, task.pool), task,
-                              exp.config.eval_batch_size)
-  return embedding_for_run(feats, labels, exp.info.class_names, workdir,
-                           f'{feature}/{task.pool}', exp.config.data.eval_split)
+  def run(self, state, phase: str) -> dict:
+    ctx = self.ctx
+    task = next((t for t in ctx.tasks if t.predicts_classes and t.freeze_backbone), None)
+    if task is None:
+      return {}
+    feature = task.feature or nnx.merge(ctx.graphdef, state.params, state.model_state).backbone.output_name
+    source = IndexedSubset(ctx.eval_source, range(min(self.limit, len(ctx.eval_source))))
+    feats, labels = features.extract(ctx, state, source, features.make_feature_fn(ctx, feature, task.pool))
+    embedding_for_run(feats, labels, ctx.info.class_names, ctx.workdir, f'{feature}/{task.pool}', ctx.eval_split,
+                      self.limit)
+    return {}
 
 
 def embedding_for_run(feats, labels, class_names, workdir: str, layer: str, split: str,

@@ -7,12 +7,17 @@ Written at the end of every training run, and by ``python -m jaxssl.report --fil
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
 import os
 from typing import Any
 
+import jax
 import numpy as np
+
+from jaxssl import trees
+from jaxssl.eval import plots
+from jaxssl.eval.base import Evaluator
 
 
 def first_conv(arrays: dict[tuple[str, ...], Any]) -> tuple[tuple[str, ...], np.ndarray] | None:
@@ -63,7 +68,6 @@ def filter_grid(kernel, pad: int = 1, cols: int | None = None) -> np.ndarray:
 
 def write_filters(kernel, path: str, title: str = '') -> str:
   """``filter_grid`` of ``kernel`` as a PNG."""
-  from jaxssl.eval import plots  # pylint: disable=import-outside-toplevel  (sets the Agg backend)
   plt = plots.plt
   kernel = np.asarray(kernel)
   grid = filter_grid(kernel)
@@ -85,30 +89,20 @@ def write_filters(kernel, path: str, title: str = '') -> str:
   return path
 
 
-def write_run_filters(exp, state, workdir: str) -> str | None:
-  """``<workdir>/filters.png`` of the trained backbone (process 0 writes; nothing without a conv layer)."""
-  import jax  # pylint: disable=import-outside-toplevel
-  from jaxssl.train import transfer  # pylint: disable=import-outside-toplevel
-  if jax.process_index():
-    return None
-  found = first_conv(transfer._flat(state.params['backbone']))  # pylint: disable=protected-access
-  if found is None:
-    return None
-  path, kernel = found
-  name = os.path.basename(os.path.abspath(workdir))
-  return write_filters(kernel, os.path.join(workdir, 'filters.png'),
-                       f'{name}: {exp.config.model.name} {"/".join(path)} at step {int(state.step)}')
+@dataclasses.dataclass
+class Filters(Evaluator):
+  """``filters.png`` of the trained backbone's first convolution at the end of training (process 0; nothing
+  for a backbone without one)."""
+  at: tuple[str, ...] = ('final',)
 
-
-def checkpoint_filters(run_dir: str) -> tuple[str, np.ndarray]:
-  """(what it is, kernel) of the first conv of a run directory's latest checkpoint."""
-  from jaxssl.train import transfer  # pylint: disable=import-outside-toplevel
-  checkpoint = transfer.resolve_checkpoint(run_dir)
-  found = first_conv(transfer.read_backbone(checkpoint))
-  if found is None:
-    raise ValueError(f'the backbone in {checkpoint} has no conv layer')
-  model = ''
-  if os.path.exists(os.path.join(run_dir, 'config.json')):
-    with open(os.path.join(run_dir, 'config.json'), encoding='utf-8') as f:
-      model = json.load(f).get('model', {}).get('name', '') + ' '
-  return f'{model}{"/".join(found[0])} at step {os.path.basename(checkpoint)}', found[1]
+  def run(self, state, phase: str) -> dict:
+    if jax.process_index():
+      return {}
+    found = first_conv(trees.flat_paths(state.params['backbone']))
+    if found is None:
+      return {}
+    path, kernel = found
+    name = os.path.basename(os.path.abspath(self.ctx.workdir))
+    write_filters(kernel, self.stem('filters', state, phase) + '.png',
+                  f'{name}: {self.ctx.config.model.name} {"/".join(path)} at step {int(state.step)}')
+    return {}

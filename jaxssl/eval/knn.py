@@ -8,23 +8,18 @@ label with weight exp(similarity / T); k=200, T=0.07.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import json
-import os
-import time
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
+from flax import nnx
 
-from jaxssl.data import pipeline
-from jaxssl.tasks.base import normalize
-from jaxssl.tasks.classification import pool_feature
-from jaxssl.train import mesh as mesh_lib
-from jaxssl.train.logging import log
-from jaxssl.train.state import merge_model
+from jaxssl.eval import features as features_lib
+from jaxssl.eval.base import Evaluator
+from jaxssl.eval.features import check_feature
 
 
 @functools.partial(jax.jit, static_argnames=('k', 'num_classes'))
@@ -57,40 +52,6 @@ def knn_predict(train_feats, train_labels, test_feats, k: int = 200, temperature
   return np.concatenate(out) if out else np.zeros((0, num_classes), np.float32)
 
 
-def make_feature_fn(exp, task, feature: str, pool: str):
-  """Jitted (state, images) -> L2-normalized [B, D] features of ``feature``; batch split over the mesh."""
-
-  def features(state, images):
-    model = merge_model(exp.graphdef, state.params, state.model_state)
-    h = model.backbone(normalize(images, task.mean, task.std), train=False)[feature]
-    h = pool_feature(h, pool).reshape(images.shape[0], -1).astype(jnp.float32)
-    return h / jnp.maximum(jnp.linalg.norm(h, axis=-1, keepdims=True), 1e-12)
-
-  replicated = mesh_lib.replicated(exp.mesh)
-  return jax.jit(features, in_shardings=(replicated, mesh_lib.batch_sharding(exp.mesh)),
-                 out_shardings=mesh_lib.batch_sharding(exp.mesh))
-
-
-def _host(x) -> np.ndarray:
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-  return np.asarray(jax.device_get(x))
-
-
-def extract(exp, state, source, feature_fn, task, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-  """Features and labels of every record of ``source`` (padding rows dropped)."""
-  feats, labels = [], []
-  for batch in pipeline.eval_batches(source, [task], global_batch=batch_size, seed=exp.config.seed):
-    b = batch[task.name]
-    sharded = mesh_lib.shard_batch({k: b[k] for k in ('image', 'label', 'weight')}, exp.mesh)
-    f = _host(feature_fn(state, sharded['image']))
-    keep, lab = _host(sharded['weight']) > 0, _host(sharded['label'])  # in the features' (global) order
-    feats.append(f[keep])
-    labels.append(lab[keep])
-  return np.concatenate(feats), np.concatenate(labels)
-
-
 def accuracy_report(scores: np.ndarray, labels: np.ndarray, class_names) -> dict[str, Any]:
   """top-1, top-5 and per-class top-1 of class scores."""
   order = np.argsort(-scores, axis=1, kind='stable')
@@ -102,49 +63,41 @@ def accuracy_report(scores: np.ndarray, labels: np.ndarray, class_names) -> dict
           'count': int(len(labels))}
 
 
-def evaluate_knn(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """``--mode=knn``: the backbone of ``config.init_from`` (or this workdir's latest checkpoint), kNN-classifies
-  ``data.eval_split`` from ``data.train_split``; writes ``knn_<split>.json`` and ``embedding.png|csv`` (PCA of
-  the features of the first 2,000 eval images) into the workdir."""
-  from jaxssl.train import loop, transfer  # pylint: disable=import-outside-toplevel
-  from jaxssl.train.checkpoint import Checkpointer  # pylint: disable=import-outside-toplevel
-  os.makedirs(workdir, exist_ok=True)
-  exp = loop.build_experiment(config, load_init=bool(config.get('init_from', '')))
-  state, origin = exp.state, exp.init_info
-  if origin is None:
-    if not transfer.has_checkpoint(workdir):
-      raise FileNotFoundError(f'--mode=knn needs a backbone: set --config.init_from=<trained workdir>, or point '
-                              f'--workdir at a trained run (no checkpoints in {workdir})')
-    ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'), read_only=True)
-    state, _, _ = ckpt.restore(None, exp.state, mesh_lib.replicated(exp.mesh))
-    ckpt.close()
-    origin = {'checkpoint': os.path.join(ckpt.directory, str(int(state.step)))}
-  task = next((t for t in exp.tasks if hasattr(t, 'num_classes')), None)
-  if task is None:
-    raise ValueError('--mode=knn needs a labelled task (tasks.classify) for the labels and normalization')
-  kcfg = config.knn
-  model = merge_model(exp.graphdef, state.params, state.model_state)
-  feature = kcfg.feature or model.backbone.output_name
-  if feature not in model.backbone.feature_names:
-    raise ValueError(f"knn.feature '{feature}' is not a feature of {config.model.name}; it has: "
-                     f"{', '.join(model.backbone.feature_names)}")
-  feature_fn = make_feature_fn(exp, task, feature, kcfg.pool)
-  t0 = time.perf_counter()
-  batch = kcfg.get('batch_size', config.eval_batch_size)
-  train_f, train_y = extract(exp, state, exp.train_source, feature_fn, task, batch)
-  test_f, test_y = extract(exp, state, exp.eval_source, feature_fn, task, batch)
-  scores = knn_predict(train_f, train_y, test_f, kcfg.k, kcfg.temperature, exp.info.num_classes)
-  result = {'split': config.data.eval_split, 'train_split': config.data.train_split, 'feature': feature,
-            'pool': kcfg.pool, 'dim': int(train_f.shape[1]), 'k': int(kcfg.k), 'temperature': float(kcfg.temperature),
-            'train_count': int(len(train_y)), 'backbone': origin, 'dataset': config.data.name,
-            'model': config.model.name, **accuracy_report(scores, test_y, exp.info.class_names)}
-  if jax.process_index() == 0:
-    path = os.path.join(workdir, f'knn_{config.data.eval_split}.json')
-    with open(path, 'w', encoding='utf-8') as f:
-      json.dump(result, f, indent=2)
-    from jaxssl.eval import embedding  # pylint: disable=import-outside-toplevel
-    embedding.embedding_for_run(test_f, test_y, exp.info.class_names, workdir, f'{feature}/{kcfg.pool}',
-                                config.data.eval_split)
-    log(f"knn {feature}/{kcfg.pool} k={kcfg.k} on {config.data.eval_split} "
-        f"({time.perf_counter() - t0:.1f}s): top1={result['top1']:.4f} top5={result['top5']:.4f} -> {path}")
-  return result
+@dataclasses.dataclass
+class Knn(Evaluator):
+  """Weighted k-NN classification of the eval split from the train split's features of one backbone layer.
+
+  ``run`` returns ``knn/top1``, ``knn/top5`` and ``knn/per_class_top1`` (add it to a run with
+  ``config.evals.knn``, e.g. to watch a pretext task's representation while it trains); ``--mode=knn`` calls
+  :meth:`result` for the whole report.
+  """
+  k: int = 200
+  temperature: float = 0.07
+  feature: str = ''            # '' = the backbone's output_name
+  pool: str = 'avg'
+  batch_size: int = 0          # 0 = the run's eval_batch_size
+
+  def __post_init__(self):
+    if self.k <= 0 or self.temperature <= 0:
+      raise ValueError('the k-NN probe needs k > 0 and temperature > 0 (set --config.knn.k / .temperature)')
+
+  def features(self, state, source):
+    """(features, labels) of ``source`` at this probe's layer; the layer's name."""
+    backbone = nnx.merge(self.ctx.graphdef, state.params, state.model_state).backbone
+    feature = self.feature or backbone.output_name
+    check_feature(backbone.feature_names, feature, self.pool, self.ctx.config.model.name, 'knn.feature')
+    fn = features_lib.make_feature_fn(self.ctx, feature, self.pool)
+    return (*features_lib.extract(self.ctx, state, source, fn, self.batch_size or None), feature)
+
+  def result(self, state) -> dict[str, Any]:
+    """The probe's report, with the eval split's features and labels under ``_features`` / ``_labels``."""
+    train_f, train_y, feature = self.features(state, self.ctx.train_source)
+    test_f, test_y, _ = self.features(state, self.ctx.eval_source)
+    scores = knn_predict(train_f, train_y, test_f, self.k, self.temperature, self.ctx.info.num_classes)
+    return {'feature': feature, 'pool': self.pool, 'dim': int(train_f.shape[1]), 'k': int(self.k),
+            'temperature': float(self.temperature), 'train_count': int(len(train_y)),
+            **accuracy_report(scores, test_y, self.ctx.info.class_names), '_features': test_f, '_labels': test_y}
+
+  def run(self, state, phase: str) -> dict[str, Any]:
+    r = self.result(state)
+    return {f'knn/{k}': r[k] for k in ('top1', 'top5', 'per_class_top1')}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import matplotlib
@@ -9,7 +10,10 @@ import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 
-from jaxssl.train.logging import read_metrics  # pylint: disable=wrong-import-position
+import jax  # pylint: disable=wrong-import-position
+
+from jaxssl.eval.base import Evaluator  # pylint: disable=wrong-import-position
+from jaxssl.runlog import read_metrics  # pylint: disable=wrong-import-position
 
 
 def _series(rows, split, key):
@@ -45,3 +49,15 @@ def plot_curves(workdir: str, eval_split: str = 'test', out: str | None = None) 
   fig.savefig(out, dpi=110)
   plt.close(fig)
   return out
+
+
+@dataclasses.dataclass
+class Curves(Evaluator):
+  """``curves.png`` at the end of training, from every row of metrics.jsonl (the final evaluation's included)."""
+  at: tuple[str, ...] = ('final',)
+  order = 1
+
+  def run(self, state, phase: str) -> dict:
+    if jax.process_index() == 0:
+      plot_curves(self.ctx.workdir, eval_split=self.ctx.eval_split)
+    return {}

@@ -1,33 +1,46 @@
-"""Tasks by kind. ``config.tasks`` maps a task name to its options; ``kind`` (default: the name) picks the
-class, ``weight`` (default 1) its share of the total loss, and every other key is passed to the class."""
+"""Every task, and how several share one backbone. ``config.tasks`` maps a task name to its options; ``kind``
+(default: the name) picks the class, ``weight`` (default 1) its share of the total loss, and every other key is
+passed to the class.
+
+A kind is a name in :data:`TASKS` or a ``'module:Class'`` path (a task defined outside jaxssl). Adding a task to
+jaxssl is one file in this folder and one line in :data:`TASKS`.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
+from collections.abc import Mapping, Sequence
 
+import jax
 import ml_collections
 
-from jaxssl.tasks.base import Task
+from jaxssl import registry
+from jaxssl.tasks.base import Task, as_pair
 
 # kind -> 'module:Class'; imported lazily so a config error is reported before anything heavy loads.
 TASKS: dict[str, str] = {
     'classify': 'jaxssl.tasks.classification:Classification',
-    'rotation': 'jaxssl.pretext.rotation:Rotation',
-    'jigsaw': 'jaxssl.pretext.jigsaw:JigsawPermutation',
-    'jigsaw_coords': 'jaxssl.pretext.jigsaw:JigsawCoords',
-    'multitask': 'jaxssl.tasks.multitask:CategoryAttributes',   # DeepFashion: category + attributes
+    'rotation': 'jaxssl.tasks.rotation:Rotation',
+    'jigsaw': 'jaxssl.tasks.jigsaw:JigsawPermutation',
+    'jigsaw_coords': 'jaxssl.tasks.jigsaw:JigsawCoords',
+    # DeepFashion: a softmax category and sigmoid attributes from one backbone feature. 'multitask' is its
+    # earlier name, kept so that existing configs and workdirs keep working.
+    'category_attributes': 'jaxssl.tasks.category_attributes:CategoryAttributes',
+    'multitask': 'jaxssl.tasks.category_attributes:CategoryAttributes',
 }
 
-# Options every task class receives from the dataset rather than from the config.
-_FROM_DATASET = ('num_classes', 'mean', 'std', 'num_attributes', 'attribute_frequency')
+
+def task_class(kind: str) -> type[Task]:
+  """The task class of ``kind`` (a name in :data:`TASKS` or a ``'module:Class'`` path)."""
+  found = registry.lookup(kind, TASKS, 'task kind')
+  if not (isinstance(found, type) and issubclass(found, Task) and dataclasses.is_dataclass(found)):
+    raise ValueError(f"task kind '{kind}': {TASKS.get(kind, kind)} is not a dataclass subclass of "
+                     'jaxssl.tasks.base.Task')
+  return found
 
 
-def task_class(kind: str):
-  if kind not in TASKS:
-    raise ValueError(f"unknown task kind '{kind}'; choose one of: {', '.join(sorted(TASKS))}")
-  module, cls = TASKS[kind].split(':')
-  return getattr(importlib.import_module(module), cls)
+def _options(cls) -> set[str]:
+  return {f.name for f in dataclasses.fields(cls)}
 
 
 def check_tasks(tasks_cfg: ml_collections.ConfigDict) -> None:
@@ -36,24 +49,38 @@ def check_tasks(tasks_cfg: ml_collections.ConfigDict) -> None:
     raise ValueError('config.tasks is empty: name at least one task, e.g. tasks.classify = {}')
   for name, cfg in tasks_cfg.items():
     cls = task_class(cfg.get('kind', name))
-    fields = {f.name for f in dataclasses.fields(cls)}
+    fields = _options(cls)
     unknown = set(cfg.keys()) - fields - {'kind', 'weight'}
     if unknown:
       raise ValueError(f"task '{name}' ({cls.__name__}) has no option(s) {sorted(unknown)}; "
-                       f"its options are: {sorted(fields - set(_FROM_DATASET) - {'name'})}")
+                       f"its options are: {sorted(fields - set(cls.FROM_DATASET) - {'name'})}")
 
 
 def build_tasks(tasks_cfg: ml_collections.ConfigDict, info) -> tuple[list[Task], dict[str, float]]:
+  """The tasks of a config, with what they take from the dataset (classes, pixel statistics, attributes)."""
   check_tasks(tasks_cfg)
+  from_dataset = {'num_classes': info.num_classes, 'mean': info.mean, 'std': info.std,
+                  'num_attributes': len(info.attribute_names), 'attribute_frequency': info.attribute_frequency}
   tasks, weights = [], {}
   for name, cfg in tasks_cfg.items():
     cls = task_class(cfg.get('kind', name))
+    fields = _options(cls)
     options = {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items() if k not in ('kind', 'weight')}
-    fields = {f.name for f in dataclasses.fields(cls)}
-    from_dataset = {'num_classes': info.num_classes, 'mean': info.mean, 'std': info.std,
-                    'num_attributes': len(info.attribute_names), 'attribute_frequency': info.attribute_frequency}
-    options.update({k: v for k, v in from_dataset.items() if k in fields})
+    options.update({k: v for k, v in from_dataset.items() if k in fields and k in cls.FROM_DATASET})
     tasks.append(cls(name=name, **options))
     weights[name] = float(cfg.get('weight', 1.0))
   return tasks, weights
 
+
+def task_losses(model, tasks: Sequence[Task], weights: Mapping[str, float], batch, *, train: bool, rng):
+  """The weighted sum of every task's loss on one shared backbone, and each task's metrics as ``(total, count)``
+  pairs named ``<task>/<metric>`` (see jaxssl/tasks/base.py)."""
+  total, metrics = 0.0, {}
+  for i, task in enumerate(tasks):
+    task_rng = None if rng is None else jax.random.fold_in(rng, i)
+    outputs = task.forward(model.backbone, model.heads[task.name], batch[task.name], train=train, rng=task_rng)
+    loss, task_metrics = task.loss(outputs, batch[task.name])
+    total = total + weights[task.name] * loss
+    count = batch[task.name]['weight'].sum()
+    metrics.update({f'{task.name}/{k}': as_pair(v, count) for k, v in task_metrics.items()})
+  return total, metrics

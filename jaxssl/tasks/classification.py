@@ -10,20 +10,12 @@ import optax
 from flax import nnx
 
 from jaxssl.data import augment
-from jaxssl.models import feature_shapes
-from jaxssl.tasks.base import Batch, LinearHead, normalize, topk_correct, weighted_mean
-
-
-POOLS = ('flatten', 'avg')
-
-
-def pool_feature(h: jax.Array, pool: str) -> jax.Array:
-  """[B, H, W, C] -> [B, C] by global average ('avg'); anything else is flattened by the head."""
-  return h.mean(axis=tuple(range(1, h.ndim - 1))) if pool == 'avg' and h.ndim > 2 else h
+from jaxssl.tasks.base import (POOLS, Batch, LinearHead, Task, check_choice, head_input, normalize, pool_feature,
+                               topk_correct, weighted_mean)
 
 
 @dataclasses.dataclass
-class Classification:
+class Classification(Task):
   """Softmax classification of the dataset's labels from one backbone feature."""
   num_classes: int
   mean: float | tuple[float, ...]
@@ -39,9 +31,14 @@ class Classification:
   freeze_backbone: bool = False
   pool: str = 'flatten'               # a spatial feature map -> vector: 'flatten' or 'avg' (global average)
 
+  predicts_classes = True
+
   def __post_init__(self):
-    if self.pool not in POOLS:
-      raise ValueError(f"task '{self.name}': unknown pool '{self.pool}'; choose one of: {', '.join(POOLS)}")
+    check_choice(self.name, 'pool', self.pool, POOLS)
+
+  def evaluators(self) -> tuple[str, ...]:
+    # A linear probe also draws what it sees: the probed layer's embedding.
+    return ('confusion', 'embedding') if self.freeze_backbone else ('confusion',)
 
   def transform(self, batch: Batch, rng: np.random.Generator, *, train: bool) -> Batch:
     if 'label' not in batch:
@@ -54,12 +51,7 @@ class Classification:
     return {'image': images, 'label': batch['label'].astype(np.int32), 'weight': batch['weight']}
 
   def make_head(self, backbone, input_shape, rngs: nnx.Rngs) -> nnx.Module:
-    feature = self.feature or backbone.output_name
-    shapes = feature_shapes(backbone, input_shape)
-    if feature not in shapes:
-      raise ValueError(f"task '{self.name}': the backbone has no feature '{feature}'; it has: {', '.join(shapes)}")
-    shape = shapes[feature]
-    in_features = int(shape[-1] if self.pool == 'avg' and len(shape) > 1 else np.prod(shape))
+    feature, in_features, _ = head_input(backbone, input_shape, self.feature, self.name, self.pool)
     return LinearHead(in_features, self.num_classes, feature=feature, rngs=rngs)
 
   def forward(self, backbone, head, batch: Batch, *, train: bool, rng):

@@ -6,6 +6,8 @@ import jax
 import ml_collections
 import optax
 
+from jaxssl import trees
+
 OPTIMIZERS = ('sgd', 'adam', 'adamw')
 SCHEDULES = ('constant', 'cosine', 'step')
 
@@ -13,7 +15,7 @@ SCHEDULES = ('constant', 'cosine', 'step')
 def make_schedule(cfg: ml_collections.ConfigDict, total_steps: int, steps_per_epoch: int) -> optax.Schedule:
   """``cosine``: linear warmup then cosine to 0. ``step``: lr * gamma every ``step_size_epochs`` epochs
   (the StepLR schedule of the seed experiments). ``constant``: warmup then flat."""
-  warmup = int(cfg.get('warmup_epochs', 0.0) * steps_per_epoch)
+  warmup = int(cfg.warmup_epochs * steps_per_epoch)
   if cfg.schedule == 'cosine':
     return optax.warmup_cosine_decay_schedule(0.0, cfg.lr, warmup, max(total_steps, warmup + 1), end_value=0.0)
   if cfg.schedule == 'step':
@@ -31,13 +33,6 @@ def make_schedule(cfg: ml_collections.ConfigDict, total_steps: int, steps_per_ep
 def decay_mask(params):
   """Weight decay on kernels only: decaying biases and BatchNorm scales only hurts (Goyal et al. 2017)."""
   return jax.tree.map(lambda p: p.ndim > 1, params)
-
-
-def _key(entry) -> str:
-  for attr in ('key', 'idx', 'name'):
-    if hasattr(entry, attr):
-      return str(getattr(entry, attr))
-  return str(entry)
 
 
 def parse_trainable(trainable: str) -> int | None:
@@ -74,7 +69,7 @@ def param_labels(params, trainable: str = 'all', backbone_lr_scale: float = 1.0,
   backbone_label = 'backbone' if backbone_lr_scale > 0 else 'frozen'
 
   def label(path, _):
-    keys = tuple(_key(p) for p in path)
+    keys = tuple(trees.key_name(p) for p in path)
     if keys[0] != 'backbone':
       return 'head'
     inner = keys[1:]
@@ -89,7 +84,7 @@ def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int, steps_per_e
   """The optimizer of ``cfg``; with ``trainable`` other than 'all' or ``backbone_lr_scale`` != 1, one copy per
   label of :func:`param_labels` (frozen leaves: ``set_to_zero``, so no momentum and no weight decay)."""
   schedule = make_schedule(cfg, total_steps, steps_per_epoch)
-  trainable, scale = cfg.get('trainable', 'all'), float(cfg.get('backbone_lr_scale', 1.0))
+  trainable, scale = cfg.trainable, float(cfg.backbone_lr_scale)
   parse_trainable(trainable)
   if scale < 0:
     raise ValueError(f'optim.backbone_lr_scale={scale} must be >= 0 (0 freezes the backbone)')
@@ -100,23 +95,23 @@ def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int, steps_per_e
         {'head': tx, 'backbone': _base_optimizer(cfg, lambda step: scale * schedule(step)),
          'frozen': optax.set_to_zero()},
         lambda params: param_labels(params, trainable, scale, backbone_layers))
-  if cfg.get('grad_clip_norm', 0.0):
+  if cfg.grad_clip_norm:
     tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), tx)
   return tx, schedule
 
 
 def _base_optimizer(cfg: ml_collections.ConfigDict, schedule) -> optax.GradientTransformation:
-  wd = cfg.get('weight_decay', 0.0)
+  wd = cfg.weight_decay
   if cfg.name == 'sgd':
     # Coupled L2, added to the gradient before momentum: the classic SGD weight decay.
     tx = optax.chain(optax.add_decayed_weights(wd, mask=decay_mask) if wd else optax.identity(),
-                     optax.sgd(schedule, momentum=cfg.get('momentum', 0.9) or None,
-                               nesterov=cfg.get('nesterov', False)))
+                     optax.sgd(schedule, momentum=cfg.momentum or None,
+                               nesterov=cfg.nesterov))
   elif cfg.name == 'adam':
     tx = optax.chain(optax.add_decayed_weights(wd, mask=decay_mask) if wd else optax.identity(),
-                     optax.adam(schedule, b1=cfg.get('b1', 0.9), b2=cfg.get('b2', 0.999)))
+                     optax.adam(schedule, b1=cfg.b1, b2=cfg.b2))
   elif cfg.name == 'adamw':
-    tx = optax.adamw(schedule, b1=cfg.get('b1', 0.9), b2=cfg.get('b2', 0.999), weight_decay=wd, mask=decay_mask)
+    tx = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=wd, mask=decay_mask)
   else:
     raise ValueError(f"unknown optimizer '{cfg.name}'; choose one of: {', '.join(OPTIMIZERS)}")
   return tx

@@ -12,7 +12,7 @@ import optax
 from flax import nnx
 
 from jaxssl.models import build_backbone
-from jaxssl.tasks.base import Task
+from jaxssl.tasks import Task
 
 
 class SSLModel(nnx.Module):
@@ -34,11 +34,9 @@ class TrainState:
 def build_model(model_cfg: ml_collections.ConfigDict, input_shape: tuple[int, ...], tasks: Sequence[Task],
                 seed: int) -> SSLModel:
   rngs = nnx.Rngs(seed)
-  options = dict(model_cfg.get('options', {}))
-  if model_cfg.get('conv_impl'):  # how convolutions run, not what they compute: checkpoints are interchangeable
-    options['conv_impl'] = model_cfg.conv_impl
+  options = dict(model_cfg.options)
   # Built for what the first task feeds it (jigsaw: tiles); every head then checks that its task's inputs fit.
-  shape = getattr(tasks[0], 'backbone_input_shape', lambda s: s)(tuple(input_shape))
+  shape = tasks[0].backbone_input_shape(tuple(input_shape))
   backbone = build_backbone(model_cfg.name, input_shape=tuple(shape), rngs=rngs, **options)
   heads = {t.name: t.make_head(backbone, tuple(input_shape), rngs) for t in tasks}
   return SSLModel(backbone, heads)

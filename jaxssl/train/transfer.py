@@ -16,6 +16,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from jaxssl import trees
+
 BACKBONE = 'backbone'
 # Normalization layers join the layer called just before them: a conv and its BatchNorm train together.
 _NORMS = (nnx.BatchNorm, nnx.LayerNorm, nnx.GroupNorm, nnx.RMSNorm)
@@ -47,23 +49,6 @@ def resolve_checkpoint(init_from: str, init_step: int = -1) -> str:
   return os.path.join(ckpt_dir, str(step))
 
 
-def _key(entry) -> str:
-  for attr in ('key', 'idx', 'name'):
-    if hasattr(entry, attr):
-      return str(getattr(entry, attr))
-  return str(entry)
-
-
-def _flat(tree) -> dict[tuple[str, ...], Any]:
-  """{path of string keys: leaf}; a Variable's ``value`` attribute is dropped, so saved trees (where it is a
-  dict key) and live nnx.States give the same paths."""
-  out = {}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    keys = tuple(_key(p) for p in path)
-    out[keys[:-1] if keys and keys[-1] == 'value' else keys] = leaf
-  return out
-
-
 def read_backbone(checkpoint: str) -> dict[tuple[str, ...], np.ndarray]:
   """The backbone's arrays (parameters and BatchNorm statistics) of one checkpoint step folder, by path
   below ``backbone``."""
@@ -86,7 +71,7 @@ def read_backbone(checkpoint: str) -> dict[tuple[str, ...], np.ndarray]:
     restored = ckptr.restore(state_dir, args=ocp.args.PyTreeRestore(abstract, restore_args, partial_restore=True))
   out = {}
   for part in restored:
-    out.update(_flat(restored[part][BACKBONE]))
+    out.update(trees.flat_paths(restored[part][BACKBONE]))
   return {k: np.asarray(v) for k, v in out.items()}
 
 
@@ -98,7 +83,7 @@ def load_backbone(model, checkpoint: str) -> dict[str, Any]:
   """
   source = read_backbone(checkpoint)
   state = nnx.state(model.backbone)
-  target = _flat(state)
+  target = trees.flat_paths(state)
   where = f'checkpoint {checkpoint} vs. the model built from this config'
   missing = sorted(set(target) - set(source))
   extra = sorted(set(source) - set(target))
@@ -116,15 +101,10 @@ def load_backbone(model, checkpoint: str) -> dict[str, Any]:
           'jigsaw tiles has fc1 sized for the tile, not the image): use a backbone that takes any size '
           '(resnet20, ...) or the same input size and model options.')
   leaves, treedef = jax.tree_util.tree_flatten_with_path(state)
-  new = [jax.numpy.asarray(source[tuple(k for k in _flat_path(p))]) for p, _ in leaves]
+  new = [jax.numpy.asarray(source[trees.path_keys(p)]) for p, _ in leaves]
   nnx.update(model.backbone, jax.tree_util.tree_unflatten(treedef, new))
   return {'checkpoint': checkpoint, 'step': int(os.path.basename(checkpoint)) if os.path.basename(
       checkpoint).isdigit() else None, 'arrays': len(source), 'parameters': int(sum(v.size for v in source.values()))}
-
-
-def _flat_path(path) -> tuple[str, ...]:
-  keys = tuple(_key(p) for p in path)
-  return keys[:-1] if keys and keys[-1] == 'value' else keys
 
 
 def write_init_info(workdir: str, info: dict[str, Any]) -> None:
@@ -190,13 +170,13 @@ def backbone_layers(backbone, input_shape) -> list[tuple[tuple[str, ...], ...]]:
 def check_frozen_tasks(optim_cfg, tasks) -> None:
   """A linear probe (trainable='heads') must also run its backbone frozen: otherwise BatchNorm statistics
   would still move and a backward pass through the backbone would be spent for nothing."""
-  if optim_cfg.get('trainable', 'all') != 'heads':
+  if optim_cfg.trainable != 'heads':
     # The converse: no task trains the backbone, yet the optimizer would still move it (weight decay).
-    if all(getattr(t, 'freeze_backbone', False) for t in tasks) and optim_cfg.get('backbone_lr_scale', 1.0) > 0:
+    if all(t.freeze_backbone for t in tasks) and optim_cfg.backbone_lr_scale > 0:
       raise TransferError("every task runs the backbone frozen (freeze_backbone=True), but the optimizer would still "
                        "update it (weight decay): set --config.optim.trainable=heads")
     return
-  loose = [t.name for t in tasks if not getattr(t, 'freeze_backbone', False)]
+  loose = [t.name for t in tasks if not t.freeze_backbone]
   if loose:
     raise TransferError(f"optim.trainable='heads' freezes the backbone, but task(s) {loose} do not run it frozen: "
                      + ', '.join(f'set --config.tasks.{n}.freeze_backbone=True' for n in loose)

@@ -65,6 +65,7 @@ class Progress:
     self._t, self._step = time.perf_counter(), step
 
   def line(self, step: int, metrics: dict[str, float]) -> tuple[str, float]:
+    """The progress line at ``step`` and the images/s since the previous call (0.0 if unknown)."""
     now = time.perf_counter()
     rate = 0.0
     if self._t is not None and step > self._step:

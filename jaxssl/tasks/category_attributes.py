@@ -1,5 +1,6 @@
 """Category and attribute prediction with one network: a shared backbone, a softmax category head and a sigmoid
-attribute head (the DeepFashion multi-task model; kind ``multitask``).
+attribute head (the DeepFashion category and attribute model; kind ``category_attributes``, formerly
+``multitask``, which still works).
 
 Loss = ``category_weight`` x softmax cross-entropy of the category + ``attribute_weight`` x the mean over
 attributes of the binary cross-entropy of each attribute's sigmoid. With ``pos_weight`` the positive term of
@@ -18,10 +19,11 @@ Training crop (``crop='short_side'``): a square of the image's shorter side at a
 square. Images are stored resized to a square (see jaxssl/data/deepfashion.py), so the crop is a box computed
 from the original size and cut and resized on device. ``crop='full'``: the whole stored image.
 
-Metrics (means over examples, so the trainer's summed evaluation is exact): ``category_loss``,
-``attribute_loss``, ``top1/3/5`` (category), ``mean_sample_f1`` (the competition's mean F1, each sample's F1 at
-threshold 0.5, averaged) and ``attribute_acc`` (fraction of the A decisions right). Macro F1, top-k recall
-and the threshold chosen on the validation split come from jaxssl/eval/multitask.py after training.
+Metrics (exact split means: the category metrics over the images with a category, the attribute metrics over those
+with attribute labels): ``category_loss``, ``attribute_loss``, ``top1/3/5`` (category), ``mean_sample_f1`` (the
+competition's mean F1, each sample's F1 at threshold 0.5, averaged) and ``attribute_acc`` (fraction of the A
+decisions right). Macro F1, top-k recall and the threshold chosen on the validation split come from
+jaxssl/eval/attributes.py after training.
 """
 
 from __future__ import annotations
@@ -35,10 +37,9 @@ import optax
 from flax import nnx
 
 from jaxssl.data import augment
-from jaxssl.eval import attribute_metrics
-from jaxssl.models import feature_shapes
-from jaxssl.tasks.base import Batch, normalize, topk_correct, weighted_mean
-from jaxssl.tasks.classification import POOLS, pool_feature
+from jaxssl.tasks import attribute_metrics
+from jaxssl.tasks.base import (POOLS, Batch, Task, check_choice, head_input, mean_of, normalize, pool_feature,
+                               topk_correct, weighted_mean)
 
 POS_WEIGHTS = ('none', 'balanced', 'sqrt')
 CROPS = ('short_side', 'full')
@@ -65,7 +66,7 @@ class MultiTaskHead(nnx.Module):
 
 
 @dataclasses.dataclass
-class CategoryAttributes:
+class CategoryAttributes(Task):
   """Softmax category + sigmoid attributes on one shared backbone feature."""
   num_classes: int                     # categories, from the dataset (0: attribute-only)
   num_attributes: int                  # from the dataset
@@ -87,8 +88,7 @@ class CategoryAttributes:
   def __post_init__(self):
     for what, value, choices in (('pos_weight', self.pos_weight, POS_WEIGHTS), ('crop', self.crop, CROPS),
                                  ('pool', self.pool, POOLS)):
-      if value not in choices:
-        raise ValueError(f"task '{self.name}': unknown {what} '{value}'; choose one of: {', '.join(choices)}")
+      check_choice(self.name, what, value, choices)
     if self.num_attributes <= 0:
       raise ValueError(f"task '{self.name}' needs a dataset with attributes (deepfashion, deepfashion_attr, "
                        'image_csv); this one has none')
@@ -114,6 +114,9 @@ class CategoryAttributes:
     return np.log(p * f / (1 - f)).astype(np.float32)
 
   # ------------------------------------------------------------------------------------------- protocol
+
+  def evaluators(self) -> tuple[str, ...]:
+    return ('attributes',)
 
   def out_size(self, dataset_shape) -> int:
     return int(self.crop_size or dataset_shape[0])
@@ -146,12 +149,8 @@ class CategoryAttributes:
     return out
 
   def make_head(self, backbone, input_shape, rngs: nnx.Rngs) -> nnx.Module:
-    feature = self.feature or backbone.output_name
-    shapes = feature_shapes(backbone, self.backbone_input_shape(input_shape))
-    if feature not in shapes:
-      raise ValueError(f"task '{self.name}': the backbone has no feature '{feature}'; it has: {', '.join(shapes)}")
-    shape = shapes[feature]
-    in_features = int(shape[-1] if self.pool == 'avg' and len(shape) > 1 else np.prod(shape))
+    feature, in_features, _ = head_input(backbone, self.backbone_input_shape(input_shape), self.feature,
+                                         self.name, self.pool)
     return MultiTaskHead(in_features, self.num_classes, self.num_attributes, feature=feature,
                          attribute_bias=self.initial_attribute_bias(), rngs=rngs)
 
@@ -166,18 +165,18 @@ class CategoryAttributes:
   def loss(self, outputs: dict[str, jax.Array], batch: Batch):
     logits, y = outputs['attributes'], batch['attributes'].astype(jnp.float32)
     pw = jnp.asarray(self.positive_weights())
-    bce = -(pw * y * jax.nn.log_sigmoid(logits) + (1 - y) * jax.nn.log_sigmoid(-logits))
+    bce = jnp.mean(-(pw * y * jax.nn.log_sigmoid(logits) + (1 - y) * jax.nn.log_sigmoid(-logits)), axis=-1)
     attr_weight = batch['attribute_weight']
-    attribute_loss = weighted_mean(jnp.mean(bce, axis=-1), attr_weight)
+    attribute_loss = weighted_mean(bce, attr_weight)
     pred = (logits > 0).astype(jnp.float32)   # probability >= 0.5
-    metrics = {'attribute_loss': attribute_loss,
-               'mean_sample_f1': weighted_mean(attribute_metrics.per_sample_f1(pred, y), attr_weight),
-               'attribute_acc': weighted_mean(jnp.mean(pred == y, axis=-1), attr_weight)}
+    metrics = {'attribute_loss': mean_of(bce, attr_weight),
+               'mean_sample_f1': mean_of(attribute_metrics.per_sample_f1(pred, y), attr_weight),
+               'attribute_acc': mean_of(jnp.mean(pred == y, axis=-1), attr_weight)}
     loss = self.attribute_weight * attribute_loss
     if 'category' in outputs:
       cat_logits, labels, cat_weight = outputs['category'], batch['category'], batch['category_weight']
-      category_loss = weighted_mean(optax.softmax_cross_entropy_with_integer_labels(cat_logits, labels), cat_weight)
-      loss = loss + self.category_weight * category_loss
-      metrics['category_loss'] = category_loss
-      metrics.update({f'top{k}': weighted_mean(topk_correct(cat_logits, labels, k), cat_weight) for k in self.topk})
+      ce = optax.softmax_cross_entropy_with_integer_labels(cat_logits, labels)
+      loss = loss + self.category_weight * weighted_mean(ce, cat_weight)
+      metrics['category_loss'] = mean_of(ce, cat_weight)
+      metrics.update({f'top{k}': mean_of(topk_correct(cat_logits, labels, k), cat_weight) for k in self.topk})
     return loss, {'loss': loss, **metrics}

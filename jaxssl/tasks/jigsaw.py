@@ -11,7 +11,7 @@ vectorized numpy over the whole batch; tiles stay uint8 until they reach the dev
 Two tasks:
 
 * :class:`JigsawPermutation` (Noroozi & Favaro, ECCV 2016): each puzzle is shuffled by one of a fixed set of
-  P permutations chosen for large pairwise Hamming distance (:mod:`jaxssl.pretext.permutations`); the label
+  P permutations chosen for large pairwise Hamming distance (:mod:`jaxssl.tasks.permutations`); the label
   is its index. Context-free network: the backbone encodes every tile alone with shared weights (tiles are
   folded into the batch axis), the tile features are concatenated in puzzle order and an MLP classifies the
   permutation. The backbone is built for the tile shape (:meth:`backbone_input_shape`).
@@ -39,9 +39,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxssl.pretext import checked_feature_shapes
-from jaxssl.pretext import permutations as perm_lib
-from jaxssl.tasks.base import Batch, LinearHead, normalize, topk_correct, weighted_mean
+from jaxssl.tasks import permutations as perm_lib
+from jaxssl.tasks.base import Batch, LinearHead, Task, head_input, normalize, topk_correct, weighted_mean
 
 TILE_NORM_EPS = 1e-3   # variance floor on [0, 1] pixels: flat (background) tiles stay near 0, not amplified noise
 
@@ -124,7 +123,7 @@ def _cached_permutations(num_tiles: int, num_perms: int, seed: int) -> np.ndarra
 
 
 @dataclasses.dataclass
-class _Jigsaw:
+class _Jigsaw(Task):
   """Tile geometry and preprocessing shared by both jigsaw tasks."""
   mean: float | tuple[float, ...]
   std: float | tuple[float, ...]
@@ -147,12 +146,6 @@ class _Jigsaw:
     out = self.puzzles(batch['image'], rng)
     del out['corners']
     return {**out, 'weight': np.asarray(batch['weight'], np.float32)}
-
-  def _feature(self, backbone, shapes) -> str:
-    feature = self.feature or backbone.output_name
-    if feature not in shapes:
-      raise ValueError(f"task '{self.name}': the backbone has no feature '{feature}'; it has {list(shapes)}")
-    return feature
 
 
 class JigsawHead(nnx.Module):
@@ -219,9 +212,8 @@ class JigsawPermutation(_Jigsaw):
     return {'tiles': shuffle_tiles(tiles, self._perms[label]), 'label': label, 'corners': corners}
 
   def make_head(self, backbone, input_shape, rngs: nnx.Rngs) -> nnx.Module:
-    shapes = checked_feature_shapes(backbone, self.backbone_input_shape(input_shape), self.name)
-    feature = self._feature(backbone, shapes)
-    return JigsawHead(int(np.prod(shapes[feature])), self.grid * self.grid, self.hidden_size, self.num_outputs,
+    feature, in_features, _ = head_input(backbone, self.backbone_input_shape(input_shape), self.feature, self.name)
+    return JigsawHead(in_features, self.grid * self.grid, self.hidden_size, self.num_outputs,
                       feature=feature, rngs=rngs)
 
   def forward(self, backbone, head, batch: Batch, *, train: bool, rng):
@@ -258,9 +250,8 @@ class JigsawCoords(_Jigsaw):
     return {'image': assemble(shuffle_tiles(tiles, perms), g), 'coords': coords, 'corners': corners}
 
   def make_head(self, backbone, input_shape, rngs: nnx.Rngs) -> nnx.Module:
-    shapes = checked_feature_shapes(backbone, self.backbone_input_shape(input_shape), self.name)
-    feature = self._feature(backbone, shapes)
-    return LinearHead(int(np.prod(shapes[feature])), self.grid * self.grid * 2, feature=feature, rngs=rngs)
+    feature, in_features, _ = head_input(backbone, self.backbone_input_shape(input_shape), self.feature, self.name)
+    return LinearHead(in_features, self.grid * self.grid * 2, feature=feature, rngs=rngs)
 
   def forward(self, backbone, head, batch: Batch, *, train: bool, rng):
     images = batch['image']                                       # [B, g*t, g*t, C]

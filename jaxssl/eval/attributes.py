@@ -1,4 +1,4 @@
-"""The multi-task model after training: the attribute decision threshold chosen on the validation split, the
+"""The category and attribute model after training: the attribute decision threshold chosen on the validation split, the
 test metrics at that threshold, and ``--mode=predict``'s submission files.
 
 Threshold. The model's attribute probabilities on ``multitask.threshold_split`` (default ``val``) are gathered
@@ -11,9 +11,9 @@ layouts whose groups are mutually exclusive, such as the attribute-challenge sam
 
 Report (end of training and ``--mode=eval``): on ``multitask.report_split`` (default ``test``) macro F1, the
 mean-sample F1 (competition), micro F1, per-attribute F1 (by name, in ``attributes_<split>_step<N>.json``),
-DeepFashion top-3/5 recall and category top-1/3/5; the definitions are in jaxssl/eval/attribute_metrics.py.
+DeepFashion top-3/5 recall and category top-1/3/5; the definitions are in jaxssl/tasks/attribute_metrics.py.
 
-Predictions (``--mode=predict``): ``<workdir>/predictions/category.csv`` with the header
+Predictions (``--mode=predict``, jaxssl/modes.py): ``<workdir>/predictions/category.csv`` with the header
 ``file_path,category_label`` and ``<workdir>/predictions/attribute.csv`` with ``file_path,attribute_label``,
 one row per image of ``multitask.predict_split`` (default ``test``) in dataset order. File paths are those of
 the annotation files. Category labels are numbered as the dataset's own files number them (the benchmark's
@@ -26,6 +26,7 @@ category.csv.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -35,21 +36,20 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxssl.data import datasets, pipeline
-from jaxssl.eval import attribute_metrics as am
-from jaxssl.eval.knn import _host
-from jaxssl.train import mesh as mesh_lib
-from jaxssl.train.logging import log
-from jaxssl.train.state import merge_model
+from jaxssl.data import sources
+from jaxssl.eval.base import Evaluator
+from jaxssl.runlog import log
+from jaxssl.tasks import attribute_metrics as am
 
 DECISIONS = ('threshold', 'group_argmax')
 DEFAULTS = {'threshold_split': 'val', 'threshold_metric': 'mean_sample_f1', 'per_attribute_threshold': False,
             'decision': 'threshold', 'report_split': 'test', 'predict_split': 'test'}
 THRESHOLDS_FILE = 'thresholds.json'
+ATTRIBUTE_KINDS = ('category_attributes', 'multitask')  # the task kinds --mode=predict serves
 
 
 def options(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  return {**DEFAULTS, **dict(config.get('multitask', {}) or {})}
+  return {**DEFAULTS, **dict(config.multitask)}
 
 
 def check_options(config: ml_collections.ConfigDict) -> None:
@@ -61,56 +61,48 @@ def check_options(config: ml_collections.ConfigDict) -> None:
   if opts['decision'] not in DECISIONS:
     raise ValueError(f"unknown multitask.decision '{opts['decision']}'; choose one of: {', '.join(DECISIONS)} "
                      '(set --config.multitask.decision)')
-  if config.get('mode') == 'predict' and not any(cfg.get('kind', name) == 'multitask'
+  if config.mode == 'predict' and not any(cfg.get('kind', name) in ATTRIBUTE_KINDS
                                                  for name, cfg in config.tasks.items()):
-    raise ValueError("--mode=predict writes DeepFashion submission files and needs a task of kind 'multitask'; "
-                     'use configs/deepfashion_multitask.py')
+    raise ValueError("--mode=predict writes DeepFashion submission files and needs a task of kind "
+                     "'category_attributes' (or 'multitask'); use configs/deepfashion_multitask.py")
   if opts['threshold_metric'] not in am.THRESHOLD_METRICS:
     raise ValueError(f"unknown multitask.threshold_metric '{opts['threshold_metric']}'; choose one of: "
                      f"{', '.join(am.THRESHOLD_METRICS)} (set --config.multitask.threshold_metric)")
 
 
-def multitask_task(tasks):
-  from jaxssl.tasks.multitask import CategoryAttributes  # pylint: disable=import-outside-toplevel
-  return next((t for t in tasks if isinstance(t, CategoryAttributes)), None)
+def attribute_task(tasks):
+  """The run's task that predicts attributes (it asks for the 'attributes' evaluator), or None."""
+  return next((t for t in tasks if 'attributes' in t.evaluators()), None)
 
 
 # ------------------------------------------------------------------------------------------------ outputs
 
 
-def make_output_fn(exp, task):
-  """Jitted (state, task batch) -> attribute probabilities (and category logits), batch split over the mesh."""
+def make_output_fn(ctx, task):
+  """Compiled (state, batch) -> attribute probabilities (and category logits), per example."""
 
-  def outputs(state, batch):
-    model = merge_model(exp.graphdef, state.params, state.model_state)
-    out = task.forward(model.backbone, model.heads[task.name], batch, train=False, rng=None)
+  def outputs(model, batch):
+    out = task.forward(model.backbone, model.heads[task.name], batch[task.name], train=False, rng=None)
     return {'attribute_probs': jax.nn.sigmoid(out['attributes']), **({'category_logits': out['category']}
                                                                       if 'category' in out else {})}
 
-  sharding = mesh_lib.batch_sharding(exp.mesh)
-  return jax.jit(outputs, in_shardings=(mesh_lib.replicated(exp.mesh), sharding), out_shardings=sharding)
+  return ctx.compile(outputs, per_example=True)
 
 
-def gather(exp, state, source, task, output_fn=None) -> dict[str, np.ndarray]:
+def _labels(batch) -> dict[str, Any]:
+  b = batch
+  return {'category': jax.numpy.where(b['category_weight'] > 0, b['category'], -1), 'attributes': b['attributes'],
+          'has_attributes': b['attribute_weight'] > 0, 'index': b['index']}
+
+
+def gather(ctx, state, source, task, output_fn=None) -> dict[str, np.ndarray]:
   """The model's outputs and the labels of every record of ``source``, in record order (padding dropped).
 
   ``category`` is -1 where a record has none; ``has_attributes`` is False where its split carries no attribute
   labels; ``index`` is each record's ``index`` field (its position in the prepared split).
   """
-  output_fn = output_fn or make_output_fn(exp, task)
-  parts: dict[str, list[np.ndarray]] = {}
-  for batch in pipeline.eval_batches(source, [task], global_batch=exp.config.eval_batch_size,
-                                     seed=exp.config.seed):
-    sharded = mesh_lib.shard_batch(batch[task.name], exp.mesh)
-    out = {k: _host(v) for k, v in output_fn(state, sharded).items()}
-    b = {k: _host(sharded[k]) for k in ('weight', 'category', 'category_weight', 'attributes',
-                                        'attribute_weight', 'index')}
-    keep = b['weight'] > 0
-    rows = {**out, 'category': np.where(b['category_weight'] > 0, b['category'], -1),
-            'attributes': b['attributes'], 'has_attributes': b['attribute_weight'] > 0, 'index': b['index']}
-    for k, v in rows.items():
-      parts.setdefault(k, []).append(v[keep])
-  got = {k: np.concatenate(v) for k, v in parts.items()}
+  got = ctx.gather(output_fn or make_output_fn(ctx, task), state, ctx.batches(source, tasks=[task]),
+                   keep=lambda b: b[task.name]['weight'] > 0, fields=lambda b: _labels(b[task.name]))
   order = np.argsort(got['index'], kind='stable')  # processes interleave their slices: back to record order
   return {k: v[order] for k, v in got.items()}
 
@@ -135,11 +127,8 @@ def decide(probs: np.ndarray, thresholds: dict[str, Any], groups) -> np.ndarray:
 # --------------------------------------------------------------------------------------------- thresholds
 
 
-def _load_source(exp, split: str, limit: int = 0):
-  return datasets.load_split(exp.info, split, exp.config.data, limit)
-
-
 def choose_thresholds(exp, state, task, step: int, output_fn=None) -> dict[str, Any]:
+  """The attribute decision rule's record: thresholds chosen on the threshold split, else 0.5 and why."""
   opts = options(exp.config)
   record = {'step': int(step), 'decision': opts['decision'], 'metric': opts['threshold_metric'],
             'split': opts['threshold_split'], 'threshold': 0.5, 'per_attribute': None, 'score': None}
@@ -153,7 +142,7 @@ def choose_thresholds(exp, state, task, step: int, output_fn=None) -> dict[str, 
         'threshold on; using 0.5')
     record['split'] = None
     return record
-  g = gather(exp, state, _load_source(exp, opts['threshold_split'], exp.config.data.get('eval_limit', 0)), task,
+  g = gather(exp, state, exp.source(opts['threshold_split']), task,
              output_fn)
   labelled = g['has_attributes']
   if not labelled.any():
@@ -200,14 +189,17 @@ def score(g: dict[str, np.ndarray], thresholds: dict[str, Any], info) -> dict[st
     probs, true = g['attribute_probs'][labelled], g['attributes'][labelled]
     pred = decide(probs, thresholds, info.attribute_groups)
     half = np.asarray(am.threshold_decision(probs, 0.5))
-    out.update({'macro_f1': float(am.macro_f1(pred, true)), 'mean_sample_f1': float(am.mean_sample_f1(pred, true)),
+    out.update({'macro_f1': float(am.macro_f1(pred, true)),
+                'mean_sample_f1': float(am.mean_sample_f1(pred, true)),
                 'micro_f1': float(am.micro_f1(pred, true)),
-                'macro_f1@0.5': float(am.macro_f1(half, true)), 'mean_sample_f1@0.5': float(am.mean_sample_f1(half, true))})
+                'macro_f1@0.5': float(am.macro_f1(half, true)),
+                'mean_sample_f1@0.5': float(am.mean_sample_f1(half, true))})
     for k in (3, 5):
       out[f'top{k}_recall'] = float(am.topk_recall(probs, true, k))
       out[f'top{k}_recall_micro'] = float(am.topk_recall_micro(probs, true, k))
     out['attribute_count'] = int(labelled.sum())
-    out['per_attribute_f1'] = dict(zip(info.attribute_names, map(_clean, np.asarray(am.per_attribute_f1(pred, true)).tolist())))
+    out['per_attribute_f1'] = dict(zip(info.attribute_names,
+                                       map(_clean, np.asarray(am.per_attribute_f1(pred, true)).tolist())))
   if 'category_logits' in g and (g['category'] >= 0).any():
     known = g['category'] >= 0
     for k in (1, 3, 5):
@@ -216,30 +208,35 @@ def score(g: dict[str, np.ndarray], thresholds: dict[str, Any], info) -> dict[st
   return out
 
 
-def attribute_report(exp, state, workdir: str) -> dict[str, Any]:
-  """Chooses and saves the threshold, scores ``multitask.report_split``; returns the scalar metrics as
-  ``<task>/<split>/<metric>`` (merged into final_metrics.json); the full report goes to
-  ``attributes_<split>_step<N>.json``. Empty when no task is a multitask one."""
-  task = multitask_task(exp.tasks)
-  if task is None:
-    return {}
-  step, opts = int(state.step), options(exp.config)
-  output_fn = make_output_fn(exp, task)   # one compiled function for both splits
-  thresholds = choose_thresholds(exp, state, task, step, output_fn)
-  save_thresholds(workdir, thresholds)
-  split = opts['report_split']
-  if split not in exp.info.splits:
-    log(f"note: dataset '{exp.info.name}' has no split '{split}' to report attribute metrics on")
-    return {f'{task.name}/threshold': thresholds['threshold']}
-  result = score(gather(exp, state, _load_source(exp, split, exp.config.data.get('eval_limit', 0)), task,
-                        output_fn), thresholds, exp.info)
-  result = {'step': step, 'split': split, 'thresholds': thresholds, **result}
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, f'attributes_{split}_step{step}.json'), 'w', encoding='utf-8') as f:
-      json.dump(result, f, indent=2)
-  scalars = {k: v for k, v in result.items() if isinstance(v, float)}
-  log(f'{task.name} on {split} @ {step}, {describe(thresholds)}: ' + ', '.join(f'{k}={v:.4f}' for k, v in scalars.items()))
-  return {f'{task.name}/threshold': thresholds['threshold'], **{f'{task.name}/{split}/{k}': v for k, v in scalars.items()}}
+@dataclasses.dataclass
+class Attributes(Evaluator):
+  """The attribute task's report (end of training and ``--mode=eval``): chooses and saves the threshold
+  (``thresholds.json``), scores ``multitask.report_split`` and writes ``attributes_<split>_step<N>.json``;
+  returns the scalar metrics as ``<task>/<split>/<metric>`` (merged into final_metrics.json)."""
+
+  def run(self, state, phase: str) -> dict[str, Any]:
+    exp, workdir = self.ctx, self.ctx.workdir
+    task = attribute_task(exp.tasks)
+    if task is None:
+      return {}
+    step, opts = int(state.step), options(exp.config)
+    output_fn = make_output_fn(exp, task)  # one compiled function for both splits
+    thresholds = choose_thresholds(exp, state, task, step, output_fn)
+    save_thresholds(workdir, thresholds)
+    split = opts['report_split']
+    if split not in exp.info.splits:
+      log(f"note: dataset '{exp.info.name}' has no split '{split}' to report attribute metrics on")
+      return {f'{task.name}/threshold': thresholds['threshold']}
+    result = score(gather(exp, state, exp.source(split), task, output_fn), thresholds, exp.info)
+    result = {'step': step, 'split': split, 'thresholds': thresholds, **result}
+    if jax.process_index() == 0:
+      with open(os.path.join(workdir, f'attributes_{split}_step{step}.json'), 'w', encoding='utf-8') as f:
+        json.dump(result, f, indent=2)
+    scalars = {k: v for k, v in result.items() if isinstance(v, float)}
+    log(f'{task.name} on {split} @ {step}, {describe(thresholds)}: '
+        + ', '.join(f'{k}={v:.4f}' for k, v in scalars.items()))
+    return {f'{task.name}/threshold': thresholds['threshold'],
+            **{f'{task.name}/{split}/{k}': v for k, v in scalars.items()}}
 
 
 # ------------------------------------------------------------------------------------------------ predict
@@ -249,7 +246,7 @@ def file_paths(source, count: int) -> list[str]:
   """The ``file_path`` of records 0..count-1 (reading them again: text never travels with the batches)."""
   paths = []
   for start in range(0, count, 1024):
-    for i, r in enumerate(pipeline.read_records(source, range(start, min(count, start + 1024))), start=start):
+    for i, r in enumerate(sources.read_records(source, range(start, min(count, start + 1024))), start=start):
       if int(r['index']) != i:
         raise ValueError(f'record {i} has index {r["index"]}: predictions need a whole prepared split, not a subset')
       p = r['file_path']
@@ -273,42 +270,3 @@ def write_predictions(directory: str, paths, category_labels, attribute_decision
     w.writerow(['file_path', 'attribute_label'])
     w.writerows((p, ' '.join(str(a) for a in np.flatnonzero(row))) for p, row in zip(paths, attribute_decisions))
   return written
-
-
-def predict_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """``--mode=predict``: restore a checkpoint (``config.eval_step``, -1 = latest), decide with its saved
-  threshold (chosen on the validation split now if none was saved for that step) and write the submission
-  files for ``multitask.predict_split``. Returns what was written and the gathered outputs it came from."""
-  from jaxssl.train import loop  # pylint: disable=import-outside-toplevel
-  from jaxssl.train.checkpoint import Checkpointer  # pylint: disable=import-outside-toplevel
-  ckpt_dir = os.path.join(workdir, 'checkpoints')
-  if not os.path.isdir(ckpt_dir):
-    raise FileNotFoundError(f'no checkpoints in {workdir}: train first with the same --workdir, or point '
-                            '--workdir at a trained run')
-  exp = loop.build_experiment(config, load_init=False)
-  task = multitask_task(exp.tasks)
-  if task is None:
-    raise ValueError("--mode=predict needs a task of kind 'multitask' (configs/deepfashion_multitask.py)")
-  ckpt = Checkpointer(ckpt_dir, read_only=True)
-  state, _, _ = ckpt.restore(None if config.eval_step < 0 else config.eval_step, exp.state,
-                             mesh_lib.replicated(exp.mesh))
-  ckpt.close()
-  step, opts = int(state.step), options(config)
-  output_fn = make_output_fn(exp, task)
-  thresholds = saved_thresholds(workdir, step, opts['decision'])
-  if thresholds is None:
-    thresholds = choose_thresholds(exp, state, task, step, output_fn)
-    save_thresholds(workdir, thresholds)
-  split = opts['predict_split']
-  source = _load_source(exp, split)
-  g = gather(exp, state, source, task, output_fn)
-  paths = file_paths(source, len(g['index']))
-  categories = (np.argmax(g['category_logits'], axis=1) + exp.info.category_base
-                if 'category_logits' in g else None)
-  written = {}
-  if jax.process_index() == 0:
-    written = write_predictions(os.path.join(workdir, 'predictions'), paths, categories,
-                                decide(g['attribute_probs'], thresholds, exp.info.attribute_groups))
-    log(f"predicted {len(paths)} {split} images at step {step} ({describe(thresholds)}) -> {', '.join(written.values())}")
-  return {'step': step, 'split': split, 'count': len(paths), 'thresholds': thresholds, 'files': written,
-          'outputs': g, 'file_paths': paths}

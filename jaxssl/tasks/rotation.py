@@ -20,8 +20,7 @@ import optax
 from flax import nnx
 
 from jaxssl.data import augment
-from jaxssl.pretext import checked_feature_shapes
-from jaxssl.tasks.base import Batch, LinearHead, normalize, weighted_mean
+from jaxssl.tasks.base import Batch, LinearHead, Task, head_input, mean_of, normalize, weighted_mean
 
 
 def rotate_batch(images: np.ndarray, quarter_turns) -> np.ndarray:
@@ -30,7 +29,7 @@ def rotate_batch(images: np.ndarray, quarter_turns) -> np.ndarray:
 
 
 @dataclasses.dataclass
-class Rotation:
+class Rotation(Task):
   """Classify which of ``angles`` an image was rotated by."""
   mean: float | tuple[float, ...]
   std: float | tuple[float, ...]
@@ -76,11 +75,8 @@ class Rotation:
 
   def make_head(self, backbone, input_shape, rngs: nnx.Rngs) -> nnx.Module:
     self._check_square(input_shape)
-    feature = self.feature or backbone.output_name
-    shapes = checked_feature_shapes(backbone, input_shape, self.name)
-    if feature not in shapes:
-      raise ValueError(f"task '{self.name}': the backbone has no feature '{feature}'; it has {list(shapes)}")
-    return LinearHead(int(np.prod(shapes[feature])), self.num_outputs, feature=feature, rngs=rngs)
+    feature, in_features, _ = head_input(backbone, input_shape, self.feature, self.name)
+    return LinearHead(in_features, self.num_outputs, feature=feature, rngs=rngs)
 
   def forward(self, backbone, head, batch: Batch, *, train: bool, rng):
     images = batch['image']                                   # [B, R, H, W, C]
@@ -95,7 +91,6 @@ class Rotation:
     loss = weighted_mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels), weight)
     correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
     metrics = {'loss': loss, 'acc': weighted_mean(correct, weight)}
-    # Per angle (every image appears in every rotation, so these are exact means over the split too).
-    for i, angle in enumerate(self.angles):
-      metrics[f'acc_{angle}'] = weighted_mean(correct, weight * (labels == i))
+    for i, angle in enumerate(self.angles):  # per angle: a mean over that angle's examples
+      metrics[f'acc_{angle}'] = mean_of(correct, weight * (labels == i))
     return loss, metrics

@@ -1,0 +1,86 @@
+"""Everything a run builds from its config before the first step, read top to bottom: data, tasks, model,
+optimizer, mesh, jitted step. Shared by the trainer, the ``--mode`` runners, the study and the bench."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import ml_collections
+import optax
+from flax import nnx
+
+from jaxssl import ops, sharding
+from jaxssl.data import datasets, sources, subsets
+from jaxssl.eval.base import EvalContext
+from jaxssl.runlog import log
+from jaxssl.tasks import Task, build_tasks
+from jaxssl.train import optim, step as step_lib, transfer
+from jaxssl.train.state import TrainState, build_model, init_train_state
+
+
+@dataclasses.dataclass
+class Experiment:
+  """What a config builds; ``eval_context(workdir)`` is what evaluators see of it."""
+  config: ml_collections.ConfigDict
+  info: datasets.DatasetInfo
+  train_source: Any
+  eval_source: Any
+  tasks: list[Task]
+  weights: dict[str, float]
+  mesh: jax.sharding.Mesh
+  graphdef: nnx.GraphDef
+  state: TrainState
+  tx: optax.GradientTransformation
+  schedule: optax.Schedule
+  steps_per_epoch: int
+  total_steps: int
+  train_step: Callable
+  init_info: dict[str, Any] | None = None   # where the backbone came from (config.init_from), if anywhere
+
+  def eval_context(self, workdir: str) -> EvalContext:
+    return EvalContext(self.config, self.info, self.tasks, self.weights, self.graphdef, self.mesh, workdir,
+                       self.train_source, self.eval_source)
+
+
+def build_experiment(config: ml_collections.ConfigDict, *, load_init: bool = True) -> Experiment:
+  """``load_init``: copy ``config.init_from``'s backbone in (False where a checkpoint of the run itself will
+  replace the state anyway: resume, eval)."""
+  # Data.
+  info = datasets.get_dataset(config.data.name, config.data)
+  train_source = datasets.load_split(info, config.data.train_split, config.data, config.data.train_limit)
+  eval_source = datasets.load_split(info, config.data.eval_split, config.data, config.data.eval_limit)
+  if config.data.train_fraction < 1.0:  # label-efficiency studies: the same images for every init
+    train_source = sources.IndexedSubset(train_source, subsets.stratified_subset(
+        subsets.source_labels(train_source), config.data.train_fraction, config.data.subset_seed))
+  steps_per_epoch = max(1, len(train_source) // config.batch_size)
+  total_steps = int(config.total_steps or round(config.num_epochs * steps_per_epoch))
+
+  # Tasks, model, optimizer. How the layers compute (jaxssl/ops) is the run's setting, not the model's.
+  ops.set_impl(config.model.conv_impl)
+  tasks, weights = build_tasks(config.tasks, info)
+  model = build_model(config.model, info.input_shape, tasks, config.seed)
+  init_info = None
+  if load_init and config.init_from:  # before the optimizer state exists: it starts from these
+    init_info = transfer.load_backbone(model, transfer.resolve_checkpoint(config.init_from,
+                                                                          config.init_step))
+    log(f"backbone initialized from {init_info['checkpoint']} ({init_info['parameters']:,} values)")
+  transfer.check_frozen_tasks(config.optim, tasks)
+  layers = None
+  if config.optim.trainable.startswith('last:'):
+    layers = transfer.backbone_layers(model.backbone, tasks[0].backbone_input_shape(tuple(info.input_shape)))
+  tx, schedule = optim.make_optimizer(config.optim, total_steps, steps_per_epoch, backbone_layers=layers)
+  graphdef, state = init_train_state(model, tx)
+
+  # Mesh: batch split over every device, parameters replicated.
+  mesh = sharding.make_mesh()
+  sharding.check_batch_size(config.batch_size, mesh)
+  sharding.check_batch_size(config.eval_batch_size, mesh, 'eval_batch_size')
+  replicated = sharding.replicated(mesh)
+  state = jax.device_put(state, replicated)
+  train_step = step_lib.jit_train_step(step_lib.make_train_step(graphdef, tx, schedule, tasks, weights),
+                                       replicated, sharding.batch_sharding(mesh), replicated)
+  return Experiment(config, info, train_source, eval_source, tasks, weights, mesh, graphdef, state, tx, schedule,
+                    steps_per_epoch, total_steps, train_step, init_info)
