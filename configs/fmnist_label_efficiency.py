@@ -1,26 +1,29 @@
 """Label-efficiency study on Fashion-MNIST: fine-tuning CifarNet from a pretext backbone vs. from scratch, on
-1, 2, 5, 10, 20, 50 and 100% of the labelled training images (class-stratified), 5 seeds each.
+1, 2, 5, 10, 20, 50 and 100% of the labelled training images (class-stratified), 5 seeds each. Each cell is
+configs/fmnist_finetune.py's recipe trained for ``study.epochs`` epochs of its subset, at least
+``study.min_steps`` steps; the scratch cells have no init_from.
 
-  python -m jaxssl.study --config configs/fmnist_label_efficiency.py --workdir runs/fmnist_label_efficiency \
+  python -m jaxssl.study --config configs/fmnist_label_efficiency.py --workdir runs/fmnist_label_efficiency \\
       --config.study.inits.rotation=runs/fmnist_rotation
 
-Each cell is configs/fmnist_finetune.py (all layers, backbone at 0.1 x lr) trained for ``study.epochs`` epochs
-of its subset, at least ``study.min_steps`` steps; the scratch cells use the same recipe with no init_from.
-More inits: ``--config.study.inits.supervised=runs/fmnist_supervised`` is an override of a missing field, so
-add it here. Expected at full scale: to be measured (70 runs; hours on 2 CPU cores, well under one on a GPU).
-Measured at a reduced scale (README, "The experiment, measured at a reduced scale"; 2-core CPU, 2026-11-22;
-fractions 1% and 5%, 2 seeds, min_steps 100, 5 epochs, batch 128, a 400-step rotation backbone): rotation init
-75.1 +- 0.1% / 76.3 +- 0.9%, scratch 77.8 +- 1.5% / 80.8 +- 0.4% test top-1: no gain from that short
-pretraining.
+More inits (``--config.study.inits.supervised=...``) override a missing field, so add them here. Expected: full
+scale to be measured (70 runs); reduced scale (1% / 5%, 2 seeds, 400-step rotation backbone) rotation init 75.1 /
+76.3%, scratch 77.8 / 80.8% test top-1 (measured 2026-11-22, 2-core CPU); see docs/config_history.md.
+
+Arguments as configs/fmnist_finetune.py's: ``all`` (default) or ``last:K``.
 """
 
 import ml_collections
 
-from configs import fmnist_finetune
+from configs import common
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
-  c = fmnist_finetune.get_config(arg)
+  """The study config for ``arg``: fmnist_finetune's recipe plus the study's fractions, seeds and inits."""
+  a = common.parse_arg(arg, trainable=common.Word('all'))
+  c = common.base_config()
+  c.tasks.classify = common.classify_task()
+  common.set_finetune(c, a.trainable)
   c.study = ml_collections.ConfigDict()
   c.study.fractions = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
   c.study.seeds = (0, 1, 2, 3, 4)
