@@ -1,24 +1,13 @@
-"""Command-line plumbing shared by ``jaxssl.main`` and the benches (defines no flags on import; ``torch_flag`` and
-``json_flag`` define the benches' shared ones when first asked, so that all of them import in one process)."""
+"""Command-line plumbing shared by jaxssl's commands (jaxssl.main, jaxssl.study, the benches).
+
+It defines no flags: a command defines its own when it runs (``run``), so that all of them import in one process.
+"""
 
 import functools
 import os
 import sys
 
-from absl import flags
-
-
-@functools.lru_cache(maxsize=None)
-def torch_flag() -> flags.FlagHolder:
-  """``--[no]torch``, defined once for both benches (so that both can be imported in one process)."""
-  return flags.DEFINE_bool('torch', True, 'Also time PyTorch beside jaxssl (its twin of the model and task, or '
-                           'of the layer), when torch is installed.')
-
-
-@functools.lru_cache(maxsize=None)
-def json_flag() -> flags.FlagHolder:
-  """``--json=FILE``, defined once for the benches that write their rows."""
-  return flags.DEFINE_string('json', '', 'Also write the rows to this JSON file.')
+from absl import app, flags
 
 
 def add_config_import_path(argv):
@@ -41,3 +30,11 @@ def parse_flags(argv):
   except (AttributeError, KeyError) as e:  # ml_collections: unknown field, with a suggestion
     msg = str(e).strip('\'"').replace('\\n', ' ').replace('\\\'', "'")
     sys.exit(f'FATAL Flags parsing error: no such config field: {msg}')
+
+
+def run(define_flags, main) -> None:
+  """Runs a command: its flags defined by ``define_flags()`` now rather than on import (so that all commands
+  import in one process), then ``main(argv, opts=<what define_flags returned>)`` under absl."""
+  opts = define_flags()
+  add_config_import_path(sys.argv)
+  app.run(functools.partial(main, opts=opts), flags_parser=parse_flags)

@@ -10,7 +10,7 @@ from flax import nnx
 from jaxssl.models import build_backbone
 
 torch = pytest.importorskip('torch')
-bench_torch = pytest.importorskip('jaxssl.bench_torch')
+torch_twin = pytest.importorskip('jaxssl.bench.torch_twin')
 
 
 @pytest.mark.parametrize('model, shape', [('cifarnet', (28, 28, 1)), ('cifarnet', (32, 32, 3)),
@@ -22,7 +22,7 @@ def test_torch_twin_has_the_same_parameters(model, shape):
   head = feature.shape[-1] * 4 + 4
   params = nnx.state(backbone, nnx.Param)
   jax_kernels = sorted(p.shape for p in jax.tree.leaves(params) if len(p.shape) == 4)
-  twin = bench_torch.build(model, shape[2], shape[0], 4)
+  twin = torch_twin.build(model, shape[2], shape[0], 4)
   assert sum(p.size for p in jax.tree.leaves(params)) + head == sum(p.numel() for p in twin.parameters())
   torch_kernels = sorted((k1, k2, i, o) for o, i, k1, k2 in (m.weight.shape for m in twin.modules()
                                                                 if isinstance(m, torch.nn.Conv2d)))
@@ -30,19 +30,19 @@ def test_torch_twin_has_the_same_parameters(model, shape):
 
 
 def test_measure_reports_images_per_second():
-  result = bench_torch.measure('cifarnet', 'rotation', 8, (28, 28, 1), steps=2, warmup=0)
+  result = torch_twin.measure('cifarnet', 'rotation', 8, (28, 28, 1), steps=2, warmup=0)
   assert result['torch_images_per_s'] > 0 and result['torch_step_ms_median'] > 0
   with pytest.raises(ValueError, match='no PyTorch twin for task'):
-    bench_torch.measure('cifarnet', 'jigsaw', 8, (28, 28, 1), steps=1, warmup=0)
+    torch_twin.measure('cifarnet', 'jigsaw', 8, (28, 28, 1), steps=1, warmup=0)
 
 
-def test_bench_alternates_jaxssl_and_torch_steps(tfds_dir):
+def test_bench_alternates_jaxssl_and_torch_steps(generated_tfds_dir):
   """``python -m jaxssl.bench`` times one jaxssl step then one PyTorch step per round, and their ratio."""
-  from jaxssl import bench  # pylint: disable=import-outside-toplevel
+  from jaxssl.bench import step as bench  # pylint: disable=import-outside-toplevel
   from conftest import small_config  # pylint: disable=import-outside-toplevel
-  config = small_config(tfds_dir, batch_size=16)
+  config = small_config(generated_tfds_dir, batch_size=16)
   order = []
-  torch_step = bench_torch.make_step('cifarnet', 'classify', 16, (28, 28, 1))
+  torch_step = torch_twin.make_step('cifarnet', 'classify', 16, (28, 28, 1))
 
   def recorded_torch_step():
     order.append('torch')
@@ -64,7 +64,7 @@ def test_bench_alternates_jaxssl_and_torch_steps(tfds_dir):
 
 def test_torch_step_process_runs_steps_in_another_process():
   """The bench's PyTorch worker: a process of its own that runs one SGD step per call and stops on close."""
-  worker = bench_torch.StepProcess('cifarnet', 'rotation', 4, (28, 28, 1))
+  worker = torch_twin.StepProcess('cifarnet', 'rotation', 4, (28, 28, 1))
   try:
     assert worker.info['torch'] == torch.__version__
     losses = [worker() for _ in range(3)]
@@ -81,16 +81,16 @@ def test_torch_twin_in_bfloat16_runs_its_convolutions_in_bfloat16():
   hook = torch.nn.modules.module.register_module_forward_hook(
       lambda m, _, out: seen.append(out.dtype) if isinstance(m, torch.nn.Conv2d) else None)
   try:
-    loss16 = bench_torch.make_step('cifarnet', 'rotation', 8, (28, 28, 1), dtype='bfloat16')()
+    loss16 = torch_twin.make_step('cifarnet', 'rotation', 8, (28, 28, 1), dtype='bfloat16')()
     assert seen and set(seen) == {torch.bfloat16}
     seen.clear()
-    loss32 = bench_torch.make_step('cifarnet', 'rotation', 8, (28, 28, 1))()
+    loss32 = torch_twin.make_step('cifarnet', 'rotation', 8, (28, 28, 1))()
     assert set(seen) == {torch.float32}
   finally:
     hook.remove()
   assert np.isfinite(loss16) and np.isfinite(loss32)
   with pytest.raises(ValueError, match="no PyTorch twin in dtype 'float16'"):
-    bench_torch.make_step('cifarnet', 'rotation', 8, (28, 28, 1), dtype='float16')
+    torch_twin.make_step('cifarnet', 'rotation', 8, (28, 28, 1), dtype='float16')
 
 
 def test_bench_ops_times_pytorch_in_a_process_of_its_own(tmp_path):
@@ -99,7 +99,7 @@ def test_bench_ops_times_pytorch_in_a_process_of_its_own(tmp_path):
   import subprocess  # pylint: disable=import-outside-toplevel
   import sys  # pylint: disable=import-outside-toplevel
   out = tmp_path / 'ops.json'
-  done = subprocess.run([sys.executable, '-m', 'jaxssl.bench_ops', '--layers=resnet_stem', '--batch=2',
+  done = subprocess.run([sys.executable, '-m', 'jaxssl.bench.ops', '--layers=resnet_stem', '--batch=2',
                          '--repeats=1', f'--json={out}'], capture_output=True, text=True, timeout=300, check=False)
   assert done.returncode == 0, done.stderr[-2000:]
   (row,) = json.loads(out.read_text())

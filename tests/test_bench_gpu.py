@@ -3,26 +3,33 @@ on the CPU, without PyTorch, whose twin in that bench needs CUDA)."""
 
 import numpy as np
 
-from jaxssl import bench_gpu
+from jaxssl.bench import gpu
 
 
-def test_gpu_bench_batch_is_real_rotations_and_times_the_step(tfds_dir, tmp_path):
-  bench_gpu.make_batch(str(tmp_path), 4)
-  batch, info = bench_gpu._load_batch(str(tmp_path), 2)  # pylint: disable=protected-access
+def _check_rotation_batch(folder, source_batch: int):
+  """The batch is ``source_batch`` images in their four rotations, tiled by --repeat, and the facts read back."""
+  batch, info = gpu._load_batch(str(folder), 2)  # pylint: disable=protected-access
   images, labels = batch['rotation']['image'], batch['rotation']['label']
-  assert images.shape == (8, 4, 32, 32, 1) and images.dtype == np.uint8 and info.input_shape == (32, 32, 1)
-  np.testing.assert_array_equal(images[:4], images[4:])  # --repeat tiles the batch
-  for row in range(4):
-    assert images[row, 0].std() > 0  # a real garment, zero-padded from 28x28
+  assert images.shape == (2 * source_batch, 4, 32, 32, 1) and images.dtype == np.uint8
+  assert info.input_shape == (32, 32, 1)
+  np.testing.assert_array_equal(images[:source_batch], images[source_batch:])  # --repeat tiles the batch
+  for row in range(source_batch):
+    assert images[row, 0].std() > 0
+    assert not images[row, 0, :2].any() and not images[row, 0, :, -2:].any()  # zero-padded from 28x28
     for k in range(4):  # the label is the rotation that was applied
       assert labels[row, k] == k
       np.testing.assert_array_equal(images[row, k], np.rot90(images[row, 0], k, axes=(0, 1)))
-  times, compile_s = bench_gpu.jax_times('float32', batch, info, steps=2, warmup=1)
+  return batch, info
+
+
+def test_gpu_bench_batch_is_real_rotations_and_times_the_step(tfds_dir, tmp_path):
+  gpu.make_batch(str(tmp_path), 4, data_dir=tfds_dir)
+  batch, info = _check_rotation_batch(tmp_path, 4)
+  times, compile_s = gpu.jax_times('float32', batch, info, steps=2, warmup=1)
   assert len(times) == 2 and min(times) > 0 and compile_s > 0
 
 
-def test_the_benches_import_in_one_process():
-  """Their flags do not clash (the test run imports all three in one process)."""
-  import importlib  # pylint: disable=import-outside-toplevel
-  for name in ('jaxssl.bench', 'jaxssl.bench_ops', 'jaxssl.bench_gpu'):
-    importlib.import_module(name)
+def test_gpu_bench_batch_from_generated_data(generated_tfds_dir, tmp_path):
+  """The batch half without the real files (the step half is the test above's)."""
+  gpu.make_batch(str(tmp_path), 3, data_dir=generated_tfds_dir)
+  _check_rotation_batch(tmp_path, 3)

@@ -12,10 +12,11 @@ bf16 convolutions and matmuls: PyTorch's mixed precision, as jaxssl's ``model.op
 from __future__ import annotations
 
 import statistics
-import time
 
 import torch
 from torch import nn
+
+from jaxssl.bench import common
 
 SUPPORTED_MODELS = ('cifarnet', 'resnet20', 'resnet18_cifar')
 # task kind -> (images fed to the backbone per source image, classes of its head)
@@ -23,6 +24,7 @@ SUPPORTED_TASKS = {'rotation': (4, 4), 'classify': (1, 10)}
 
 
 class CifarNet(nn.Module):
+  """jaxssl's CifarNet (jaxssl/models/cifarnet.py) layer for layer, so both frameworks run the same FLOPs."""
 
   def __init__(self, in_ch: int, hw: int, num_outputs: int):
     super().__init__()
@@ -58,6 +60,7 @@ class _Block(nn.Module):
 
 
 class CifarResNet(nn.Module):
+  """jaxssl's CIFAR-style ResNets (jaxssl/models/resnet.py): 3x3 stem, basic blocks, global average pool."""
 
   def __init__(self, in_ch: int, sizes, widths, num_outputs: int):
     super().__init__()
@@ -90,7 +93,7 @@ DTYPES = ('float32', 'bfloat16')
 def make_step(model: str, task: str, batch_size: int, input_shape, *, lr: float = 0.01,
               threads: int | None = None, dtype: str = 'float32', device: str = 'cpu'):
   """One SGD step (forward, cross-entropy, backward, update) on ``batch_size`` source images on ``device``
-  ('cpu', or 'cuda' for jaxssl/bench_gpu.py), as a function that returns when the step is done (the loss is
+  ('cpu', or 'cuda' for jaxssl/bench/gpu.py), as a function that returns when the step is done (the loss is
   read back)."""
   if task not in SUPPORTED_TASKS:
     raise ValueError(f'no PyTorch twin for task {task!r}; have: {", ".join(SUPPORTED_TASKS)}')
@@ -128,14 +131,7 @@ def measure(model: str, task: str, batch_size: int, input_shape, *, steps: int, 
             lr: float = 0.01, threads: int | None = None) -> dict:
   """Images/s of the step on its own (``python -m jaxssl.bench`` instead alternates it with jaxssl's)."""
   step = make_step(model, task, batch_size, input_shape, lr=lr, threads=threads)
-  for _ in range(warmup + 1):
-    step()
-  times = []
-  for _ in range(steps):
-    t0 = time.perf_counter()
-    step()
-    times.append(time.perf_counter() - t0)
-  step_s = statistics.median(times)
+  step_s = statistics.median(common.step_times(step, steps, warmup + 1))
   return {**info(), 'torch_step_ms_median': round(1e3 * step_s, 2), 'torch_images_per_s': round(batch_size / step_s, 1)}
 
 

@@ -18,8 +18,9 @@ one jaxssl step then one PyTorch step per round, so both see the same machine (o
 by 10-40% over minutes); --torch_timing=blocks runs all of jaxssl's steps, then all of PyTorch's, each framework
 alone while it runs. The two processes share the kernel's page allocator: each step allocates and frees its
 temporaries (over a GB for ResNet-18) and faults them in anew, and on a VM that hands freed memory back to its
-host those faults cost more after the other process's step (README, "Benchmark"). Earlier versions timed PyTorch's steps after
-jaxssl's in the same process, which slowed PyTorch by up to 1.5x and overstated jaxssl's ratio accordingly.
+host those faults cost more after the other process's step (README, "Benchmark"). Earlier versions timed
+PyTorch's steps after jaxssl's in the same process, which slowed PyTorch by up to 1.5x and overstated jaxssl's
+ratio accordingly.
 Models with a PyTorch twin: cifarnet, resnet20, resnet18_cifar; tasks: rotation, classify. A bfloat16 model
 (``"--config.model.options={'dtype': 'bfloat16'}"``) meets PyTorch under ``torch.autocast('cpu', torch.bfloat16)``;
 give --peak_gflops the CPU's bf16 peak for its utilization figure.
@@ -29,37 +30,52 @@ import json
 import platform
 import statistics
 import time
+import types
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from jaxssl import cli
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file to measure.', lock_config=True)
-_STEPS = flags.DEFINE_integer('steps', 20, 'Timed train steps (after warm-up).')
-_WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed steps after compilation.')
-_PIPELINE_BATCHES = flags.DEFINE_integer('pipeline_batches', 30, 'Batches drawn to time the input pipeline.')
-_PEAK = flags.DEFINE_float('peak_gflops', 166.0, 'Peak GFLOP/s of the device, for the utilization figure.')
-_TORCH = cli.torch_flag()
 TORCH_TIMINGS = ('alternate', 'blocks')
-_TORCH_TIMING = flags.DEFINE_enum('torch_timing', 'alternate', TORCH_TIMINGS,
-                                  'alternate: one jaxssl step, then one PyTorch step, per round; blocks: all of '
-                                  "jaxssl's steps, then all of PyTorch's (each alone while it runs).")
-flags.mark_flags_as_required(['config'])
+
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS, argv=None) -> types.SimpleNamespace:
+  """The command's flags, defined when it runs rather than at import: jaxssl.main and the other benches define
+  some of the same names (--config, --torch, --json), and tests import them all in one process. ``argv`` (default
+  sys.argv) is the command line whose --config.* overrides become flags: ml_collections reads them at definition."""
+  ns = types.SimpleNamespace(
+      config=config_flags.DEFINE_config_file('config', None, 'Config file to measure.', flag_values=flag_values,
+                                             lock_config=True, sys_argv=argv),
+      steps=flags.DEFINE_integer('steps', 20, 'Timed train steps (after warm-up).', flag_values=flag_values),
+      warmup=flags.DEFINE_integer('warmup', 3, 'Untimed steps after compilation.', flag_values=flag_values),
+      pipeline_batches=flags.DEFINE_integer('pipeline_batches', 30, 'Batches drawn to time the input pipeline.',
+                                            flag_values=flag_values),
+      peak_gflops=flags.DEFINE_float('peak_gflops', 166.0, 'Peak GFLOP/s of the device, for the utilization '
+                                     'figure.', flag_values=flag_values),
+      torch=flags.DEFINE_bool('torch', True, 'Also time PyTorch beside jaxssl (its twin of the model and task), '
+                              'when torch is installed.', flag_values=flag_values),
+      torch_timing=flags.DEFINE_enum('torch_timing', 'alternate', TORCH_TIMINGS,
+                                     'alternate: one jaxssl step, then one PyTorch step, per round; blocks: all of '
+                                     "jaxssl's steps, then all of PyTorch's (each alone while it runs).",
+                                     flag_values=flag_values))
+  flags.mark_flags_as_required(['config'], flag_values=flag_values)
+  return ns
 
 
 def measure(config, *, steps: int, warmup: int, pipeline_batches: int, peak_gflops: float,
             torch_step=None, torch_timing: str = 'alternate') -> dict:
-  """The figures of one config. With ``torch_step`` (a PyTorch step, ``bench_torch.make_step``) the two steps
+  """The figures of one config. With ``torch_step`` (a PyTorch step, ``torch_twin.make_step``) the two steps
   are timed alternately, one of each per round, so both see the same machine (``torch_timing='alternate'``), or
   all of jaxssl's steps then all of PyTorch's, each framework alone while it runs (``'blocks'``)."""
   if torch_timing not in TORCH_TIMINGS:
     raise ValueError(f"torch_timing must be one of {', '.join(TORCH_TIMINGS)}, not {torch_timing!r}")
   import jax  # pylint: disable=import-outside-toplevel
   from jaxssl.data import pipeline  # pylint: disable=import-outside-toplevel
-  from jaxssl.train import loop, mesh as mesh_lib  # pylint: disable=import-outside-toplevel
+  from jaxssl import sharding  # pylint: disable=import-outside-toplevel
+  from jaxssl.train import experiment  # pylint: disable=import-outside-toplevel
 
-  exp = loop.build_experiment(config)
+  exp = experiment.build_experiment(config)
   it = pipeline.train_iterator(exp.train_source, exp.tasks, global_batch=config.batch_size, seed=config.seed,
                                **pipeline.iterator_options(config.data))
   next(it)  # first batch pays for opening files / starting workers
@@ -68,12 +84,12 @@ def measure(config, *, steps: int, warmup: int, pipeline_batches: int, peak_gflo
     host_batch = next(it)
   pipeline_ips = pipeline_batches * config.batch_size / (time.perf_counter() - t0)
 
-  batch = mesh_lib.shard_batch(host_batch, exp.mesh)
+  batch = sharding.shard_batch(host_batch, exp.mesh)
   rng = jax.random.PRNGKey(0)
   t0 = time.perf_counter()
   compiled = exp.train_step.lower(exp.state, batch, rng).compile()
   compile_s = time.perf_counter() - t0
-  flops = _model_flops(config, exp, batch, rng)
+  flops = _model_flops(exp, batch, rng)
 
   carry = {'state': exp.state}
 
@@ -128,16 +144,13 @@ def measure(config, *, steps: int, warmup: int, pipeline_batches: int, peak_gflo
   }
 
 
-def _model_flops(config, exp, batch, rng) -> float:
+def _model_flops(exp, batch, rng) -> float:
   """FLOPs of the step with XLA's plain convolutions: the im2col path hides its matmuls inside loops, whose
-  bodies XLA's cost analysis counts once."""
-  from jaxssl.train import loop  # pylint: disable=import-outside-toplevel
-  if config.model.get('conv_impl', 'auto') != 'xla':
-    plain = config.copy_and_resolve_references()
-    with plain.unlocked():
-      plain.model.conv_impl = 'xla'
-    exp = loop.build_experiment(plain, load_init=False)
-  cost = exp.train_step.lower(exp.state, batch, rng).cost_analysis()
+  bodies XLA's cost analysis counts once, and oneDNN's custom calls count none. The setting is part of jit's cache
+  key (jaxssl/ops/dispatch.py), so lowering under 'xla' traces the step anew without touching the run's."""
+  from jaxssl import ops  # pylint: disable=import-outside-toplevel  # the bench imports jax when it runs
+  with ops.use_impl('xla'):
+    cost = exp.train_step.lower(exp.state, batch, rng).cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float(cost.get('flops', 0.0)) if cost else 0.0
 
@@ -145,39 +158,39 @@ def _model_flops(config, exp, batch, rng) -> float:
 def _torch_step(config):
   """(the PyTorch twin's step or None, what to report about it)."""
   try:
-    from jaxssl import bench_torch  # pylint: disable=import-outside-toplevel
+    from jaxssl.bench import torch_twin  # pylint: disable=import-outside-toplevel
   except ImportError:
     return None, {'torch': 'not installed (pip install torch==2.13.0 for the comparison)'}
   from jaxssl.data.datasets import get_dataset  # pylint: disable=import-outside-toplevel
   kinds = [t.get('kind', name) for name, t in config.tasks.items()]
-  if len(kinds) != 1 or kinds[0] not in bench_torch.SUPPORTED_TASKS or \
-      config.model.name not in bench_torch.SUPPORTED_MODELS:
+  if len(kinds) != 1 or kinds[0] not in torch_twin.SUPPORTED_TASKS or \
+      config.model.name not in torch_twin.SUPPORTED_MODELS:
     return None, {'torch': f'no PyTorch twin for model {config.model.name} with tasks {kinds}'}
   dtype = str(config.model.options.get('dtype', 'float32'))
-  if dtype not in bench_torch.DTYPES:
+  if dtype not in torch_twin.DTYPES:
     return None, {'torch': f'no PyTorch twin in dtype {dtype}'}
   shape = get_dataset(config.data.name, config.data).input_shape
-  worker = bench_torch.StepProcess(config.model.name, kinds[0], config.batch_size, shape, dtype)
+  worker = torch_twin.StepProcess(config.model.name, kinds[0], config.batch_size, shape, dtype)
   return worker, worker.info
 
 
-def main(argv):
+def main(argv, *, opts: types.SimpleNamespace):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
   from jaxssl.config_check import check_config  # pylint: disable=import-outside-toplevel
   try:
-    check_config(_CONFIG.value)
+    check_config(opts.config.value)
   except ValueError as e:
     raise SystemExit(f'error: bad config: {e}') from None
   from jaxssl.data.fashion_mnist import ChecksumError, DataNotFoundError  # pylint: disable=import-outside-toplevel
   torch_step = None
   try:
-    torch_step, torch_info = _torch_step(_CONFIG.value) if _TORCH.value else (None, {})
-    result = measure(_CONFIG.value, steps=_STEPS.value, warmup=_WARMUP.value,
-                     pipeline_batches=_PIPELINE_BATCHES.value, peak_gflops=_PEAK.value, torch_step=torch_step,
-                     torch_timing=_TORCH_TIMING.value)
+    torch_step, torch_info = _torch_step(opts.config.value) if opts.torch.value else (None, {})
+    result = measure(opts.config.value, steps=opts.steps.value, warmup=opts.warmup.value,
+                     pipeline_batches=opts.pipeline_batches.value, peak_gflops=opts.peak_gflops.value,
+                     torch_step=torch_step, torch_timing=opts.torch_timing.value)
   except (DataNotFoundError, ChecksumError) as e:
     raise SystemExit(f'error: {e}') from None
   finally:
@@ -186,7 +199,6 @@ def main(argv):
   print(json.dumps({**result, **torch_info}), flush=True)
 
 
+
 if __name__ == '__main__':
-  import sys
-  cli.add_config_import_path(sys.argv)
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(define_flags, main)

@@ -1,7 +1,7 @@
 r"""Times convolution layers' three passes, XLA's against jaxssl's CPU fast path, one JSON line per layer.
 
-  python -m jaxssl.bench_ops                        # the layers of CifarNet and ResNet-18 (CIFAR stem), 28x28 input
-  python -m jaxssl.bench_ops --layers=cifarnet_conv2,resnet_stage1 --batch=256 --repeats=7 --json=ops.json
+  python -m jaxssl.bench.ops                        # the layers of CifarNet and ResNet-18 (CIFAR stem), 28x28 input
+  python -m jaxssl.bench.ops --layers=cifarnet_conv2,resnet_stage1 --batch=256 --repeats=7 --json=ops.json
 
 For each layer: the forward pass, the input gradient and the kernel gradient, each jitted on its own, as XLA's
 convolution (``lax.conv_general_dilated`` and its VJP: ``conv_impl=xla``, columns ``*_xla_ms``) and as the fast
@@ -20,10 +20,12 @@ import concurrent.futures
 import json
 import multiprocessing
 import time
+import types
 
 from absl import app, flags, logging
 
 from jaxssl import cli
+from jaxssl.bench import common
 
 # name: (images, height = width, input channels, output channels, kernel, stride). Batches are a rotation step's:
 # CifarNet at batch 256 sees 1,024 images, ResNet-18 at batch 64 sees 256.
@@ -40,11 +42,20 @@ LAYERS = {
     'resnet_stage4': (256, 4, 512, 512, 3, 1),
 }
 
-_LAYERS = flags.DEFINE_list('layers', list(LAYERS), f'Layers to time, from: {", ".join(LAYERS)}.')
-_BATCH = flags.DEFINE_integer('batch', 0, 'Images per pass (0: each layer\'s rotation-step batch, see LAYERS).')
-_REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed runs per pass; the minimum is reported.')
-_TORCH = cli.torch_flag()
-_JSON = cli.json_flag()
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> types.SimpleNamespace:
+  """The command's flags, defined when it runs (not at import: the other benches and jaxssl.main define some of
+  the same names, and tests import them all in one process)."""
+  return types.SimpleNamespace(
+      layers=flags.DEFINE_list('layers', list(LAYERS), f'Layers to time, from: {", ".join(LAYERS)}.',
+                               flag_values=flag_values),
+      batch=flags.DEFINE_integer('batch', 0, 'Images per pass (0: each layer\'s rotation-step batch, see LAYERS).',
+                                 flag_values=flag_values),
+      repeats=flags.DEFINE_integer('repeats', 5, 'Timed runs per pass; the minimum is reported.',
+                                   flag_values=flag_values),
+      torch=flags.DEFINE_bool('torch', True, 'Also time PyTorch\'s layer (in a process of its own), when torch is '
+                              'installed.', flag_values=flag_values),
+      json=flags.DEFINE_string('json', '', 'Also write the rows to this JSON file.', flag_values=flag_values))
 
 
 def _time(fn, *args, repeats: int) -> float:
@@ -61,7 +72,6 @@ def _time(fn, *args, repeats: int) -> float:
 def measure_layer(n: int, hw: int, cin: int, cout: int, k: int, stride: int, *, repeats: int) -> dict:
   """Milliseconds per pass for XLA and for jaxssl's fast path, each checked against XLA's result first."""
   # The bench times the fast path's parts one by one:
-  # pylint: disable=protected-access
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
@@ -73,25 +83,25 @@ def measure_layer(n: int, hw: int, cin: int, cout: int, k: int, stride: int, *, 
   w = jax.random.normal(jax.random.PRNGKey(1), (k, k, cin, cout)) * (2.0 / (k * k * cin)) ** 0.5
   st = (stride, stride)
   pad = tuple(tuple(p) for p in lax.padtype_to_pads((hw, hw), (k, k), st, 'SAME'))
-  bb = ops._BLOCK_BYTES
-  xla_fwd = jax.jit(lambda x, w: ops._lax_conv(x, w, st, pad))
+  bb = ops.BLOCK_BYTES
+  xla_fwd = jax.jit(lambda x, w: ops.lax_conv(x, w, st, pad))
   y = xla_fwd(x, w)
   g = jax.random.normal(jax.random.PRNGKey(2), y.shape)
-  xla_dx = jax.jit(lambda x, w, g: jax.vjp(lambda a: ops._lax_conv(a, w, st, pad), x)[1](g)[0])
-  xla_dw = jax.jit(lambda x, w, g: jax.vjp(lambda b: ops._lax_conv(x, b, st, pad), w)[1](g)[0])
+  xla_dx = jax.jit(lambda x, w, g: jax.vjp(lambda a: ops.lax_conv(a, w, st, pad), x)[1](g)[0])
+  xla_dw = jax.jit(lambda x, w, g: jax.vjp(lambda b: ops.lax_conv(x, b, st, pad), w)[1](g)[0])
 
   def fast_dx(x, w, g):
     if stride == 1 and k > 1:  # the gathered path, whatever 'auto' would choose
       flipped = tuple((k - 1 - lo, k - 1 - hi) for lo, hi in pad)
-      return ops._gathered_conv(g, jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2), (1, 1), flipped, bb)
-    return ops._input_grad(x, w, g, st, pad, bb)
+      return ops.gathered_conv(g, jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2), (1, 1), flipped, bb)
+    return ops.input_grad(x, w, g, st, pad, bb)
 
   passes = {
-      'fwd': (xla_fwd, jax.jit(lambda x, w: ops._gathered_conv(x, w, st, pad, bb)),
+      'fwd': (xla_fwd, jax.jit(lambda x, w: ops.gathered_conv(x, w, st, pad, bb)),
               jax.jit(lambda x, w: onednn.conv_forward(x, w, st, pad)), (x, w)),
       'dx': (xla_dx, jax.jit(fast_dx), jax.jit(lambda x, w, g: onednn.conv_input_grad(g, w, x.shape, st, pad)),
              (x, w, g)),
-      'dw': (xla_dw, jax.jit(lambda x, w, g: ops._kernel_grad(jnp.pad(x, ((0, 0), *pad, (0, 0))), g, w.shape, st, bb)),
+      'dw': (xla_dw, jax.jit(lambda x, w, g: ops.kernel_grad(jnp.pad(x, ((0, 0), *pad, (0, 0))), g, w.shape, st, bb)),
              jax.jit(lambda x, w, g: onednn.conv_kernel_grad(x, g, w.shape, st, pad)), (x, w, g)),
   }
   if not onednn.available():
@@ -132,6 +142,8 @@ def _im2col_takes(k: int, stride: int) -> str:
 
 
 def measure_torch(n: int, hw: int, cin: int, cout: int, k: int, stride: int, *, repeats: int) -> dict:
+  """PyTorch's forward and (input + kernel) gradient milliseconds for the layer; {} without torch. Its backward
+  computes both gradients in one call, so they are timed together."""
   try:
     import torch  # pylint: disable=import-outside-toplevel
   except ImportError:
@@ -158,32 +170,32 @@ def measure_torch(n: int, hw: int, cin: int, cout: int, k: int, stride: int, *, 
   return {'torch_fwd_ms': _ms(fwd), 'torch_dx_plus_dw_ms': _ms(both)}
 
 
-def main(argv):
+def main(argv, *, opts: types.SimpleNamespace):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  unknown = [name for name in _LAYERS.value if name not in LAYERS]
+  unknown = [name for name in opts.layers.value if name not in LAYERS]
   if unknown:
     raise app.UsageError(f'unknown layer(s) {", ".join(unknown)}; choose from: {", ".join(LAYERS)}')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
   import jax  # pylint: disable=import-outside-toplevel
-  print(f'# {jax.devices()[0].device_kind}, jax {jax.__version__}; ms per pass, min of {_REPEATS.value}', flush=True)
+  repeats = opts.repeats.value
+  print(f'# {jax.devices()[0].device_kind}, jax {jax.__version__}; ms per pass, min of {repeats}', flush=True)
   rows = []
   # PyTorch runs in a process of its own: beside JAX's buffers and threads its steps ran up to 1.5x slower.
   torch_pool = concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context('spawn'))
-  for name in _LAYERS.value:
+  for name in opts.layers.value:
     n, hw, cin, cout, k, stride = LAYERS[name]
-    n = _BATCH.value or n
-    row = {'layer': name, **measure_layer(n, hw, cin, cout, k, stride, repeats=_REPEATS.value)}
-    if _TORCH.value:
-      row.update(torch_pool.submit(measure_torch, n, hw, cin, cout, k, stride, repeats=_REPEATS.value).result())
+    n = opts.batch.value or n
+    row = {'layer': name, **measure_layer(n, hw, cin, cout, k, stride, repeats=repeats)}
+    if opts.torch.value:
+      row.update(torch_pool.submit(measure_torch, n, hw, cin, cout, k, stride, repeats=repeats).result())
     rows.append(row)
     print(json.dumps(row), flush=True)
   torch_pool.shutdown()
-  if _JSON.value:
-    with open(_JSON.value, 'w', encoding='utf-8') as f:
-      json.dump(rows, f, indent=1)
+  common.write_json(opts.json.value, rows)
+
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(define_flags, main)

@@ -1,0 +1,104 @@
+"""The bench commands (jaxssl/bench/): each defines its flags when run, so all of them import in one process with
+jaxssl.main and jaxssl.study, and each runs from its command line (on generated data: no real files needed)."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from absl import flags
+
+from conftest import REPO
+
+CONFIG = str(REPO / 'configs/fmnist_supervised.py')
+HAS_TORCH = importlib.util.find_spec('torch') is not None
+
+
+def test_the_commands_import_in_one_process_without_defining_flags():
+  """A fresh interpreter (so nothing is imported yet): the benches and jaxssl.study define no flag on import;
+  jaxssl.main still defines its own at import, and they coexist with everything else. Importing
+  jaxssl.bench.__main__ must not run the bench: the PyTorch worker's spawned process re-imports it so."""
+  script = textwrap.dedent(f'''
+      import importlib, json
+      from absl import app, flags, logging  # absl's own flags (--verbosity, --pdb, ...)
+      before = set(flags.FLAGS)
+      names = ['jaxssl.bench', 'jaxssl.bench.step', 'jaxssl.bench.ops', 'jaxssl.bench.gpu', 'jaxssl.bench.__main__',
+               'jaxssl.study', 'jaxssl.cli'] + (['jaxssl.bench.torch_twin'] if {HAS_TORCH} else [])
+      for name in names:
+        importlib.import_module(name)
+      added = sorted(set(flags.FLAGS) - before)
+      importlib.import_module('jaxssl.main')
+      print(json.dumps({{'added': added, 'main': sorted(set(flags.FLAGS) - before)}}))
+      ''')
+  done = subprocess.run([sys.executable, '-c', script], cwd=REPO, capture_output=True, text=True, timeout=120,
+                        check=False)
+  assert done.returncode == 0, done.stderr[-3000:]
+  out = json.loads(done.stdout.strip().splitlines()[-1])
+  assert not out['added'], f'defined on import: {out["added"]}'
+  assert {'config', 'workdir', 'mode'} <= set(out['main'])
+
+
+@pytest.mark.parametrize('module, argv, expected', [
+    ('jaxssl.bench.step', ['--config', CONFIG, '--config.batch_size=8', '--steps=2', '--notorch',
+                           '--torch_timing=blocks'],
+     {'steps': 2, 'torch': False, 'torch_timing': 'blocks', 'warmup': 3}),
+    ('jaxssl.bench.ops', ['--layers=resnet_stem,cifarnet_conv1', '--batch=2', '--notorch', '--json=ops.json'],
+     {'layers': ['resnet_stem', 'cifarnet_conv1'], 'batch': 2, 'torch': False, 'json': 'ops.json', 'repeats': 5}),
+    ('jaxssl.bench.gpu', ['--batch_dir=b', '--dtypes=float32', '--timed_steps=2', '--notorch', '--json=g.json'],
+     {'batch_dir': 'b', 'dtypes': ['float32'], 'timed_steps': 2, 'torch': False, 'json': 'g.json', 'repeat': 1}),
+], ids=['step', 'ops', 'gpu'])
+def test_each_command_parses_its_flags(module, argv, expected):
+  """Each command's flags, defined in a FlagValues of their own (as ``run`` defines them in absl's), parse its
+  command line; in this process jaxssl.main's flags are defined too (tests import it), and nothing clashes."""
+  importlib.import_module('jaxssl.main')
+  fv = flags.FlagValues()
+  define_flags = importlib.import_module(module).define_flags
+  opts = define_flags(fv, [module, *argv]) if module == 'jaxssl.bench.step' else define_flags(fv)
+  assert fv([module, *argv]) == [module]
+  assert {name: getattr(opts, name).value for name in expected} == expected
+  if module == 'jaxssl.bench.step':
+    assert opts.config.value.batch_size == 8  # the config file loaded, the override applied
+
+
+def test_the_step_bench_needs_a_config():
+  fv = flags.FlagValues()
+  importlib.import_module('jaxssl.bench.step').define_flags(fv)
+  with pytest.raises(flags.IllegalFlagValueError, match='config'):
+    fv(['bench'])
+
+
+def _run(*args, env=None):
+  done = subprocess.run([sys.executable, '-m', *args], cwd=REPO, capture_output=True, text=True, timeout=300,
+                        check=False, env={**os.environ, **(env or {})})
+  assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+  return done.stdout
+
+
+def test_python_m_jaxssl_bench_prints_its_figures(generated_tfds_dir):
+  """The documented command, end to end: one JSON line of figures (PyTorch's side is test_bench.py's)."""
+  out = _run('jaxssl.bench', '--config', CONFIG, f'--config.data.data_dir={generated_tfds_dir}',
+             '--config.batch_size=8', '--config.data.train_limit=64', '--config.model.conv_impl=xla', '--steps=2',
+             '--warmup=0', '--pipeline_batches=1', '--notorch')
+  (line,) = [x for x in out.splitlines() if x.startswith('{')]
+  row = json.loads(line)
+  assert row['model'] == 'cifarnet' and row['batch_size'] == 8 and row['conv_impl'] == 'xla'
+  assert row['step_ms_median'] > 0 and row['gflops_per_step'] > 0 and row['pipeline_images_per_s'] > 0
+  assert 'torch_step_ms_median' not in row
+
+
+def test_python_m_jaxssl_bench_ops_writes_its_rows(tmp_path):
+  out = _run('jaxssl.bench.ops', '--layers=resnet_stem', '--batch=2', '--repeats=1', '--notorch',
+             f'--json={tmp_path / "ops.json"}')
+  (row,) = json.loads((tmp_path / 'ops.json').read_text())
+  assert row['layer'] == 'resnet_stem' and row['fwd_xla_ms'] > 0 and json.dumps(row) in out
+
+
+def test_python_m_jaxssl_bench_gpu_makes_its_batch(generated_tfds_dir, tmp_path):
+  """The half that runs where the data are; the default data_dir ($TFDS_DATA_DIR) holds the generated set."""
+  out = _run('jaxssl.bench.gpu', f'--make_batch={tmp_path}', '--source_batch=2',
+             env={'TFDS_DATA_DIR': generated_tfds_dir})
+  assert f'--batch_dir={tmp_path}' in out
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['batch.npz', 'info.json']
