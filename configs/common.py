@@ -84,6 +84,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.grad_clip_norm = 0.0
   c.optim.trainable = 'all'        # 'all' | 'heads' (linear probe) | 'last:K' (last K backbone layers + heads)
   c.optim.backbone_lr_scale = 1.0  # the backbone's lr multiplier (0: frozen for the optimizer)
+  # A step with a non-finite loss, gradient norm or update is never applied. 0: the first one stops the run
+  # (exit code 3, the last good checkpoints kept); N: up to N such steps over the whole run are skipped.
+  c.optim.skip_nonfinite_steps = 0
 
   # --mode=knn: weighted k-NN on L2-normalized backbone features (Wu et al. 2018's 200-NN protocol).
   c.knn = ml_collections.ConfigDict({'k': 200, 'temperature': 0.07, 'feature': '', 'pool': 'avg',
@@ -104,6 +107,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every = 470
   c.keep_checkpoints = 3
   c.eval_step = -1             # --mode=eval: which checkpoint (-1 = latest)
+  # A training run holds <workdir>/lock.json; one left by a run on another host is taken over after this many
+  # seconds without a heartbeat (on the same host, as soon as its process is gone).
+  c.lock_timeout_s = 600.0
   return c
 
 

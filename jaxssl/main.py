@@ -9,6 +9,11 @@ Modes: train (resumes from the latest checkpoint in --workdir), eval (restores a
 backbone of --config.init_from, or of --workdir's latest checkpoint; writes knn_<split>.json), predict (a
 DeepFashion category + attribute model's submission files, predictions/category.csv and attribute.csv, for
 --config.multitask.predict_split; see jaxssl/eval/attributes.py). The modes besides train are in jaxssl/modes.py.
+
+Exit codes: 0 done; 2 an error, printed as one line `error: ...` (bad input, missing data, another run holding
+the workdir, a checkpoint of another config or none readable, a full or read-only disk); 3 training stopped by a
+non-finite loss or gradient (jaxssl/train/loop.py); 143 training stopped by SIGTERM or Ctrl-C, checkpointed (rerun
+the same command to resume).
 """
 
 import sys
@@ -51,7 +56,10 @@ def main(argv):
   from jaxssl.data.deepfashion_layouts import AnnotationError  # pylint: disable=import-outside-toplevel
   from jaxssl.data.fashion_mnist import ChecksumError, DataNotFoundError  # pylint: disable=import-outside-toplevel
   from jaxssl import modes  # pylint: disable=import-outside-toplevel
+  from jaxssl.runlog import WriteError  # pylint: disable=import-outside-toplevel
   from jaxssl.train import loop  # pylint: disable=import-outside-toplevel
+  from jaxssl.train.checkpoint import CheckpointError  # pylint: disable=import-outside-toplevel
+  from jaxssl.train.lock import LockError  # pylint: disable=import-outside-toplevel
   from jaxssl.train.transfer import TransferError  # pylint: disable=import-outside-toplevel
   try:
     if config.mode == 'train':
@@ -59,7 +67,7 @@ def main(argv):
       sys.exit(result['exit_code'])
     modes.RUNNERS[config.mode](config, _WORKDIR.value)
   except (DataNotFoundError, ChecksumError, FileNotFoundError, TransferError, DeepFashionNotFound,
-          AnnotationError) as e:
+          AnnotationError, LockError, CheckpointError, WriteError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
 

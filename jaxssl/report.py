@@ -32,8 +32,14 @@ _SKIP_DIRS = ('checkpoints', 'tensorboard', 'artifacts')
 
 
 def _read_json(path: str) -> Any:
-  with open(path, encoding='utf-8') as f:
-    return json.load(f)
+  """A run's JSON file; one that does not parse (written by an older jaxssl that a kill could tear) counts as
+  absent, with a warning, so that one broken run does not stop the report of the others."""
+  try:
+    with open(path, encoding='utf-8') as f:
+      return json.load(f)
+  except ValueError as e:
+    print(f'warning: {path} is not valid JSON ({e}); left out', file=sys.stderr)
+    return {}
 
 
 def _is_run(files) -> bool:

@@ -1,50 +1,175 @@
-"""What a run leaves behind and shows: JSON-lines metrics, TensorBoard events, a progress line."""
+"""What a run leaves behind and shows: JSON-lines metrics, TensorBoard events, a progress line; and how a
+file of the run is written so that a full disk or a killed process never loses what was there before."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import re
+import sys
 import time
 from typing import Any
 
 import jax
 
+# A disk's refusals, by what fixes them; any other OSError is not about where the run writes.
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
+_NOT_A_FOLDER = (errno.ENOTDIR, errno.EEXIST, errno.EISDIR)
+# tensorstore (orbax's writer) reports an OS error inside its message, not as an OSError.
+_TENSORSTORE_OS_ERROR = re.compile(r"\[os_error_code='(\d+)'\]")
+
+
+class WriteError(OSError):
+  """A file of the run could not be written (disk full, read-only, a file where a folder belongs): one line
+  naming the path, the cause and the fix. What was written before is intact."""
+
+
+def write_error(exc: BaseException, path: str = '', workdir: str = '') -> WriteError | None:
+  """``exc`` as a :class:`WriteError` when it is a disk's refusal, else None. ``path`` names what was being
+  written when ``exc`` does not; ``workdir`` chooses the fix (a path outside it is not the run's to move)."""
+  if isinstance(exc, WriteError):
+    return exc
+  code = exc.errno if isinstance(exc, OSError) else None
+  if code is None and (m := _TENSORSTORE_OS_ERROR.search(str(exc))):
+    code = int(m.group(1))
+  if code not in _FULL + _READ_ONLY + _NOT_A_FOLDER:
+    return None
+  where = (getattr(exc, 'filename', None) if isinstance(exc, OSError) else None) or path or '?'
+  top = os.path.abspath(workdir) if workdir else ''
+  ours = bool(top) and os.path.commonpath([top, os.path.abspath(str(where))]) == top
+  if code in _FULL:
+    fix = 'free space there and rerun the same command (what was written before is intact)'
+  elif code in _READ_ONLY:
+    fix = ('the run cannot write there: make it writable, or point --workdir elsewhere' if ours or not workdir
+           else 'this process may not use that path: check its permissions')
+  elif code == errno.EISDIR:
+    fix = 'a folder stands where a file is needed: move it away, or point --workdir elsewhere'
+  else:
+    fix = 'a file stands where a folder is needed: move it away, or point --workdir elsewhere'
+  return WriteError(f'{where}: {os.strerror(code)} ({errno.errorcode.get(code, code)}); {fix}')
+
+
+@contextlib.contextmanager
+def writing(path: str = '', workdir: str = ''):
+  """Inside it, a disk's refusal becomes one :class:`WriteError` line (see :func:`write_error`)."""
+  try:
+    yield
+  except Exception as e:  # pylint: disable=broad-exception-caught  # tensorstore raises bare Exceptions
+    err = write_error(e, path, workdir)
+    if err is None:
+      raise
+    raise err from e
+
+
+def write_text(path: str, text: str) -> None:
+  """Replaces ``path`` whole or not at all: written beside it, then renamed over it, so a full disk or a
+  killed process leaves the previous version (or nothing), never half a file."""
+  tmp = f'{path}.tmp-{os.getpid()}'
+  with writing(path):
+    try:
+      with open(tmp, 'w', encoding='utf-8') as f:
+        f.write(text)
+      os.replace(tmp, path)
+    except BaseException:
+      with contextlib.suppress(OSError):
+        os.remove(tmp)
+      raise
+
+
+def write_json(path: str, value: Any) -> None:
+  write_text(path, json.dumps(value, indent=2) + '\n')
+
 
 class MetricWriter:
   """Appends ``{'step', 'split', metrics...}`` to ``metrics.jsonl`` and mirrors scalars to TensorBoard.
 
-  Only process 0 writes. A resumed run appends, so the file holds the whole history of the workdir.
+  Only process 0 writes. The file holds the whole history of the workdir: a run that starts at ``start_step``
+  (resumed from that checkpoint, or 0) first drops the rows of later steps, which it is about to run again (and
+  those of ``rerun_split`` at ``start_step`` itself: the final evaluation of a run resumed at its end), and any
+  torn line a killed writer left, so that a step is never logged twice and an appended row never lands on half a
+  line.
   """
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, start_step: int = 0, rerun_split: str | None = None):
     self.active = jax.process_index() == 0
     self.path = os.path.join(workdir, 'metrics.jsonl')
     self._tb = None
     if self.active:
-      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-      self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+      with writing(self.path, workdir):
+        _drop_rows_after(self.path, start_step, rerun_split)
+        from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+        self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+    self._workdir = workdir
 
   def write(self, step: int, split: str, metrics: dict[str, Any]) -> None:
     if not self.active:
       return
     row = {'step': int(step), 'split': split, **{k: float(v) for k, v in metrics.items()}}
-    with open(self.path, 'a', encoding='utf-8') as f:
-      f.write(json.dumps(row) + '\n')
-    for k, v in metrics.items():
-      self._tb.add_scalar(f'{split}/{k}', float(v), int(step))
-    self._tb.flush()
+    with writing(self.path, self._workdir):
+      with open(self.path, 'a', encoding='utf-8') as f:
+        f.write(json.dumps(row) + '\n')
+      for k, v in metrics.items():
+        self._tb.add_scalar(f'{split}/{k}', float(v), int(step))
+      self._tb.flush()
 
   def close(self) -> None:
     if self._tb is not None:
-      self._tb.close()
+      with writing(os.path.join(self._workdir, 'tensorboard'), self._workdir):
+        self._tb.close()
+
+
+def _parse_lines(path: str) -> tuple[list[tuple[str, dict[str, Any]]], list[int]]:
+  """(line, row) of every row of a metrics file, and the numbers of the lines that are not one (torn)."""
+  rows, bad = [], []
+  with open(path, encoding='utf-8', errors='replace') as f:
+    for n, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+      except ValueError:
+        bad.append(n)
+        continue
+      if isinstance(row, dict) and isinstance(row.get('step'), int):
+        rows.append((line if line.endswith('\n') else line + '\n', row))
+      else:
+        bad.append(n)
+  return rows, bad
+
+
+def _drop_rows_after(path: str, step: int, rerun_split: str | None = None) -> None:
+  """Rewrites ``path`` (whole, or not at all) without rows of steps after ``step`` (or of ``rerun_split`` at
+  ``step``) and without torn lines."""
+  if not os.path.isfile(path):  # absent, or not a plain file: nothing of the run's to rewrite
+    return
+  rows, bad = _parse_lines(path)
+  kept = [line for line, row in rows
+          if row['step'] < step or row['step'] == step and row.get('split') != rerun_split]
+  if len(kept) == len(rows) and not bad:
+    return
+  write_text(path, ''.join(kept))
+  torn = f' and {len(bad)} torn line(s) (line {", ".join(map(str, bad))})' if bad else ''
+  log(f'{path}: dropped {len(rows) - len(kept)} row(s) of steps this run repeats (after {step}){torn}')
+
+
+_REPORTED: set[str] = set()
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
+  """The rows of ``workdir``'s metrics.jsonl. A line that is not a row (a writer killed mid-line) is skipped and
+  reported once on stderr: the rest of the history stands."""
   path = os.path.join(workdir, 'metrics.jsonl')
-  if not os.path.exists(path):
+  if not os.path.isfile(path):
     return []
-  with open(path, encoding='utf-8') as f:
-    return [json.loads(line) for line in f if line.strip()]
+  rows, bad = _parse_lines(path)
+  if bad and path not in _REPORTED:
+    _REPORTED.add(path)
+    print(f'warning: {path}: skipped {len(bad)} line(s) that are not JSON rows (line {", ".join(map(str, bad))}; '
+          'a run killed mid-write leaves a torn last line, which its next run drops)', file=sys.stderr)
+  return [row for _, row in rows]
 
 
 def _duration(seconds: float) -> str:

@@ -13,6 +13,7 @@ and ``label_efficiency.png``.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import sys
@@ -77,7 +78,11 @@ def run_study(config, workdir: str) -> list[dict[str, Any]]:
       c = cell_config(config, config.study.inits[init], fraction, seed, num_records, jax.device_count())
       result = loop.train_and_evaluate(c, cell_dir)
       if not result['finished']:
-        log('study interrupted; rerun the same command to continue')
+        if result['exit_code'] == loop.DIVERGED_EXIT_CODE:
+          log(f'study stopped: cell {cell_name(init, fraction, seed)} diverged (see above); change the config and '
+              'rerun the same command to continue')
+        else:
+          log('study interrupted; rerun the same command to continue')
         sys.exit(result['exit_code'])
     with open(final, encoding='utf-8') as f:
       metrics = json.load(f)
@@ -101,14 +106,15 @@ def summarize(rows, metric: str) -> list[dict[str, Any]]:
 
 def write_results(rows, workdir: str, metric: str) -> None:
   """results.csv (one row per cell), results.json (mean and std per init and fraction) and their plot."""
+  from jaxssl.runlog import write_json, write_text, writing  # pylint: disable=import-outside-toplevel
   keys = list(dict.fromkeys(k for r in rows for k in r))
-  with open(os.path.join(workdir, 'results.csv'), 'w', newline='', encoding='utf-8') as f:
-    w = csv.DictWriter(f, fieldnames=keys)
-    w.writeheader()
-    w.writerows(rows)
+  table = io.StringIO(newline='')
+  w = csv.DictWriter(table, fieldnames=keys)
+  w.writeheader()
+  w.writerows(rows)
+  write_text(os.path.join(workdir, 'results.csv'), table.getvalue())
   summary = summarize(rows, metric)
-  with open(os.path.join(workdir, 'results.json'), 'w', encoding='utf-8') as f:
-    json.dump({'metric': metric, 'cells': summary}, f, indent=2)
+  write_json(os.path.join(workdir, 'results.json'), {'metric': metric, 'cells': summary})
   from jaxssl.eval import plots  # pylint: disable=import-outside-toplevel  # Agg backend
   plt = plots.plt
   fig, ax = plt.subplots(figsize=(5.5, 3.8))
@@ -126,7 +132,8 @@ def write_results(rows, workdir: str, metric: str) -> None:
   ax.grid(alpha=0.3, which='both')
   ax.legend()
   fig.tight_layout()
-  fig.savefig(os.path.join(workdir, 'label_efficiency.png'), dpi=110)
+  with writing(workdir, workdir):
+    fig.savefig(os.path.join(workdir, 'label_efficiency.png'), dpi=110)
   plt.close(fig)
 
 
@@ -141,8 +148,17 @@ def main(argv):
     check_config(config)
   except ValueError as e:
     sys.exit(f'error: bad config: {e}')
-  os.makedirs(workdir, exist_ok=True)
-  run_study(config, workdir)
+  from jaxssl.runlog import WriteError, writing  # pylint: disable=import-outside-toplevel
+  from jaxssl.train.checkpoint import CheckpointError  # pylint: disable=import-outside-toplevel
+  from jaxssl.train.lock import LockError  # pylint: disable=import-outside-toplevel
+  from jaxssl.train.transfer import TransferError  # pylint: disable=import-outside-toplevel
+  try:
+    with writing(workdir, workdir):
+      os.makedirs(workdir, exist_ok=True)
+    run_study(config, workdir)
+  except (FileNotFoundError, TransferError, LockError, CheckpointError, WriteError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
 
 
 def run():

@@ -1,13 +1,26 @@
-"""The trainer, read top to bottom: build, restore, loop (step, log, evaluate, checkpoint), final evaluation.
+"""The trainer, read top to bottom: lock, build, restore, loop (step, log, evaluate, checkpoint), final evaluation.
 
 What is evaluated is not the trainer's business: it runs the evaluators of the run (jaxssl/eval/base.py) at
 every evaluation and at the end, and writes what they return.
+
+How a run ends, by exit code (``train_and_evaluate(...)['exit_code']``; jaxssl.main exits with it):
+0 finished (or ``stop_after``); 143 (``PREEMPTED_EXIT_CODE``) stopped by SIGTERM or Ctrl-C, checkpointed, rerun to
+resume; 3 (``DIVERGED_EXIT_CODE``) stopped by a non-finite loss or gradient, nothing saved after the last good
+step; errors with one line (another run holds the workdir, a checkpoint of another config, a full or read-only
+disk, ...) are exceptions, which jaxssl.main prints as ``error: ...`` and exits 2 with.
+
+Divergence: the train step never applies a non-finite update (jaxssl/train/step.py) and marks the step; the
+loop reads that mark with the other metrics, at each log point, evaluation, checkpoint and the end, so it
+costs no device sync of its own. ``optim.skip_nonfinite_steps=N`` lets up to N such steps pass (counted over the
+whole run, resumes included: a run that keeps producing them is diverging, not unlucky); the first one beyond
+stops the run. Every checkpoint is preceded by that check, so a checkpoint never follows a step that should
+have stopped the run, and the good checkpoints are never rotated out for bad ones.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import math
 import os
 import signal
 from typing import Any
@@ -19,18 +32,14 @@ import numpy as np
 from jaxssl import ops, sharding
 from jaxssl.data import pipeline
 from jaxssl.eval.base import build_evaluators, run_phase
-from jaxssl.runlog import MetricWriter, Progress, log
-from jaxssl.train import transfer
+from jaxssl.runlog import MetricWriter, Progress, log, write_json, write_text, writing
+from jaxssl.train import checkpoint as ckpt_lib, lock, transfer
 from jaxssl.train.checkpoint import Checkpointer
 from jaxssl.train.experiment import build_experiment
 from jaxssl.train.state import count_params
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: the run saved a checkpoint and did not finish
-
-
-def _mean_metrics(window: list[dict[str, jax.Array]]) -> dict[str, float]:
-  stacked = jax.device_get(window)
-  return {k: float(np.mean([m[k] for m in stacked])) for k in stacked[0]}
+DIVERGED_EXIT_CODE = 3     # a non-finite loss or gradient: the run stopped, its last good checkpoints kept
 
 
 def _write_config(config: ml_collections.ConfigDict, workdir: str, step: int) -> None:
@@ -45,8 +54,7 @@ def _write_config(config: ml_collections.ConfigDict, workdir: str, step: int) ->
         return
     path = os.path.join(workdir, f'config.step{step}.json')
     log(f'note: the config differs from the one this workdir started with; saved as {path}')
-  with open(path, 'w', encoding='utf-8') as f:
-    f.write(text)
+  write_text(path, text)
 
 
 def _write_artifacts(tasks, workdir: str) -> None:
@@ -82,15 +90,97 @@ class _StopFlag:
       signal.signal(sig, handler)
 
 
+class _Window:
+  """The metrics of the steps since the last log point, read from the device only when the loop must know
+  them (log, evaluation, checkpoint, end), and the count of non-finite steps the run let pass."""
+
+  def __init__(self, config: ml_collections.ConfigDict, skipped: int):
+    self.allowed = int(config.optim.get('skip_nonfinite_steps', 0))
+    self.lr = config.optim.lr
+    self.skipped = skipped       # over the whole run: saved in each checkpoint's meta
+    self.rows: list[tuple[int, Any]] = []
+    self._read = 0
+    self._new_skips: list[tuple[int, dict[str, float]]] = []
+
+  def add(self, step: int, metrics) -> None:
+    self.rows.append((step, metrics))
+
+  def check(self) -> tuple[int, dict[str, float]] | None:
+    """Reads the unread steps (one transfer); (step, metrics) of the step that stops the run, or None."""
+    unread = self.rows[self._read:]
+    if not unread:
+      return None
+    host = jax.device_get([m for _, m in unread])
+    self.rows[self._read:] = [(step, m) for (step, _), m in zip(unread, host)]
+    self._read = len(self.rows)
+    for step, m in self.rows[-len(unread):]:
+      if not m['nonfinite']:
+        continue
+      self.skipped += 1
+      if self.skipped > self.allowed:
+        return step, m
+      self._new_skips.append((step, m))
+    return None
+
+  def stop_line(self, step: int, m: dict[str, float], last_saved: int) -> str:
+    """The one line of a run stopped at ``step`` by the non-finite metrics ``m``."""
+    loss, gnorm = float(m['loss']), float(m['grad_norm'])
+    if not math.isfinite(loss):
+      what = f'loss {loss} at step {step} (gradient norm {gnorm})'
+    elif not math.isfinite(gnorm):
+      what = f'gradient norm {gnorm} at step {step} (loss {loss:.4g})'
+    else:
+      what = f'update at step {step}: the parameters or optimizer state would not be finite (loss {loss:.4g})'
+    allowed = (f'{self.skipped} non-finite steps, more than --config.optim.skip_nonfinite_steps={self.allowed}'
+               if self.allowed else 'set --config.optim.skip_nonfinite_steps=N to skip up to N such steps')
+    kept = (f'nothing after step {step - 1} is saved, the checkpoints up to step {last_saved} are kept'
+            if last_saved else 'no checkpoint was saved')
+    return (f'stopped: non-finite {what}; {kept}. Fix: lower --config.optim.lr (now {self.lr:g}) or set '
+            f'--config.optim.grad_clip_norm, then rerun (it resumes from the last checkpoint); or {allowed}')
+
+  def mean(self) -> dict[str, float]:
+    """The mean of each metric over the window's finite steps, and how many were skipped; starts a new window."""
+    self.check()
+    good = [m for _, m in self.rows if not m['nonfinite']]
+    out = {k: float(np.mean([m[k] for m in good])) for k in good[0] if k != 'nonfinite'} if good else {}
+    bad = len(self.rows) - len(good)
+    if bad:
+      out['nonfinite_steps'] = float(bad)
+    self.rows, self._read = [], 0
+    return out
+
+  def skips_to_report(self) -> str | None:
+    if not self._new_skips:
+      return None
+    step, m = self._new_skips[0]
+    line = (f"warning: skipped {len(self._new_skips)} non-finite step(s), the first at step {step} (loss "
+            f"{float(m['loss'])}, gradient norm {float(m['grad_norm'])}); {self.skipped} of "
+            f'--config.optim.skip_nonfinite_steps={self.allowed} used')
+    self._new_skips = []
+    return line
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        stop_after: int | None = None) -> dict[str, Any]:
-  """Trains (resuming from the latest checkpoint in ``workdir``), evaluates, and writes the summary.
+  """Trains (resuming from the latest readable checkpoint in ``workdir``), evaluates, and writes the summary.
 
   ``stop_after``: leave after this many steps of this call, checkpointed, as a preemption would (tests).
-  Returns ``{'step', 'eval': metrics, 'finished': bool, 'exit_code'}``.
+  Returns ``{'step', 'eval': metrics, 'finished': bool, 'exit_code'}`` (exit codes: the module's docstring).
   """
-  os.makedirs(workdir, exist_ok=True)
+  with writing(workdir, workdir):
+    os.makedirs(workdir, exist_ok=True)
+  # Before anything reads or writes the run: another live run on this workdir is one line, not a mixed run.
+  with lock.hold(workdir, config.get('lock_timeout_s', 600.0)), writing('', workdir):
+    summary = _train(config, workdir, stop_after)
+    if summary['finished']:
+      _write_summary(workdir, config, summary)
+  return summary
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, stop_after: int | None) -> dict[str, Any]:
   exp = build_experiment(config, load_init=not transfer.has_checkpoint(workdir))  # init_from: fresh runs only
+  fingerprint = ckpt_lib.data_fingerprint(config.data, len(exp.train_source), seed=config.seed,
+                                          batch_size=config.batch_size)
   with contextlib.ExitStack() as cleanup, _StopFlag() as stop:
     # Closed on every exit: grain workers hold shared memory, async saves must land, events must flush.
     train_iter = pipeline.train_iterator(exp.train_source, exp.tasks, global_batch=config.batch_size,
@@ -98,11 +188,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     cleanup.callback(getattr(train_iter, 'close', lambda: None))
     ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'), max_to_keep=config.keep_checkpoints)
     cleanup.callback(ckpt.close)
-    state, rng = exp.state, jax.random.PRNGKey(config.seed)
+    state, rng, meta = exp.state, jax.random.PRNGKey(config.seed), {}
     if ckpt.latest_step() is not None:
-      state, rng, _ = ckpt.restore(None, state, sharding.replicated(exp.mesh), data_iter=train_iter)
+      try:
+        state, rng, meta = ckpt.restore(None, state, sharding.replicated(exp.mesh), data_iter=train_iter,
+                                        set_aside=True)
+      except ckpt_lib.StateMismatchError as e:
+        raise ckpt_lib.config_mismatch(e, workdir, config) from None
+      ckpt_lib.check_data_position(os.path.join(ckpt.directory, str(int(state.step))), meta, fingerprint,
+                                   train_iter.get_state(), int(state.step))
       log(f'resumed from {ckpt.directory} at step {int(state.step)}')
-    step = int(state.step)
+    step = last_saved = int(state.step)
     _write_config(config, workdir, step)
     if exp.init_info:
       transfer.write_init_info(workdir, exp.init_info)
@@ -112,37 +208,53 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         f'{exp.steps_per_epoch} steps/epoch, {exp.total_steps} steps, batch {config.batch_size} over '
         f'{exp.mesh.size} {jax.devices()[0].platform} device(s) in {jax.process_count()} process(es)')
     log(ops.describe_path())
-    writer = MetricWriter(workdir)
+    # Drops the rows of the steps this run repeats; resumed at its end, it repeats the final evaluation.
+    writer = MetricWriter(workdir, start_step=step,
+                          rerun_split=config.data.eval_split if step >= exp.total_steps else None)
     cleanup.callback(writer.close)
     evaluators = build_evaluators(exp.eval_context(workdir))
+    window = _Window(config, int(meta.get('nonfinite_skipped', 0)) if isinstance(meta, dict) else 0)
 
     def save(force=False):
-      ckpt.save(step, state, rng, train_iter, {'epoch': step / exp.steps_per_epoch}, force=force)
+      nonlocal last_saved
+      ckpt.save(step, state, rng, train_iter, {'epoch': step / exp.steps_per_epoch, 'data': fingerprint,
+                                               'nonfinite_skipped': window.skipped}, force=force)
+      last_saved = step
 
     def run_eval(phase):
       return run_phase(evaluators, state, phase, lambda m: writer.write(step, config.data.eval_split, m))
 
+    def diverged(bad):
+      log(window.stop_line(*bad, last_saved))
+      return {'step': step, 'eval': eval_metrics, 'finished': False, 'exit_code': DIVERGED_EXIT_CODE}
+
     progress = Progress(exp.total_steps, config.batch_size, step)
-    window, first = [], step
+    first = step
     eval_metrics: dict[str, float] = {}
     while step < exp.total_steps:
       state, metrics = exp.train_step(state, sharding.shard_batch(next(train_iter), exp.mesh), rng)
       step += 1
-      window.append(metrics)
+      window.add(step, metrics)
       if step == first + 1:  # the first step compiled; throughput counts from here
         jax.block_until_ready(metrics)
         progress.start(step)
+      interrupted = stop.signum is not None or (stop_after is not None and step - first >= stop_after)
+      to_eval = bool(config.eval_every) and step % config.eval_every == 0 and step < exp.total_steps
+      to_save = step % config.checkpoint_every == 0 or interrupted
+      if step % config.log_every == 0 or step == exp.total_steps or to_eval or to_save:
+        if (bad := window.check()) is not None:  # before the state is logged, evaluated or saved
+          return diverged(bad)
       if step % config.log_every == 0 or step == exp.total_steps:
-        mean = _mean_metrics(window)
-        window = []
+        mean = window.mean()
         msg, rate = progress.line(step, mean)
         writer.write(step, 'train', {**mean, 'images_per_s': rate, 'epoch': step / exp.steps_per_epoch})
         log(msg)
-      if config.eval_every and step % config.eval_every == 0 and step < exp.total_steps:
+        if (skips := window.skips_to_report()) is not None:
+          log(skips)
+      if to_eval:
         eval_metrics = run_eval('eval')
         log(f'eval {config.data.eval_split} @ {step}: {fmt(eval_metrics)}')
-      interrupted = stop.signum is not None or (stop_after is not None and step - first >= stop_after)
-      if step % config.checkpoint_every == 0 or interrupted:
+      if to_save:
         save(force=interrupted)
       if interrupted and step < exp.total_steps:
         why = f'signal {stop.signum}' if stop.signum is not None else f'stop_after={stop_after}'
@@ -150,13 +262,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         return {'step': step, 'eval': eval_metrics, 'finished': False,
                 'exit_code': PREEMPTED_EXIT_CODE if stop.signum is not None else 0}
 
+    if (bad := window.check()) is not None:
+      return diverged(bad)
     eval_metrics = run_eval('final')
+    log(f'final {config.data.eval_split} @ {step}: {fmt(eval_metrics)}')  # before any file: a full disk loses nothing
     if ckpt.latest_step() != step:
       save(force=True)
-  summary = {'step': step, 'eval': eval_metrics, 'finished': True, 'exit_code': 0}
-  _write_summary(workdir, config, summary)
-  log(f'final {config.data.eval_split} @ {step}: {fmt(eval_metrics)}')
-  return summary
+  return {'step': step, 'eval': eval_metrics, 'finished': True, 'exit_code': 0}
 
 
 def fmt(metrics: dict[str, float]) -> str:
@@ -166,5 +278,5 @@ def fmt(metrics: dict[str, float]) -> str:
 def _write_summary(workdir: str, config, summary: dict[str, Any]) -> None:
   if jax.process_index():
     return
-  with open(os.path.join(workdir, 'final_metrics.json'), 'w', encoding='utf-8') as f:
-    json.dump({'step': summary['step'], 'split': config.data.eval_split, **summary['eval']}, f, indent=2)
+  write_json(os.path.join(workdir, 'final_metrics.json'),
+             {'step': summary['step'], 'split': config.data.eval_split, **summary['eval']})

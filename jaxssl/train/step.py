@@ -1,16 +1,28 @@
-"""The pure train step: a function of pytrees, jitted once over the mesh."""
+"""The pure train step: a function of pytrees, jitted once over the mesh.
+
+A step whose loss, gradient norm or resulting state is not finite changes nothing: it returns the state it was
+given (its step count advanced) and says so in its ``nonfinite`` metric, so a diverging run never carries NaN
+into its parameters, its BatchNorm statistics or a checkpoint. The trainer reads that metric when it reads the
+others (jaxssl/train/loop.py), without a device sync of its own."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
 import jax
+import jax.numpy as jnp
 import optax
 from flax import nnx
 
 from jaxssl.tasks import Task, task_losses
 from jaxssl.tasks.base import metric_mean
 from jaxssl.train.state import TrainState, merge_model
+
+
+def _all_finite(tree) -> jax.Array:
+  leaves = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree)
+            if hasattr(x, 'dtype') and jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.stack(leaves).all() if leaves else jnp.asarray(True)
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, schedule: optax.Schedule,
@@ -27,10 +39,16 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sc
 
     (loss, (metrics, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params, state.model_state)
+    grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    new = (params, model_state, opt_state)
+    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite(new)
+    params, model_state, opt_state = jax.lax.cond(ok, lambda: new,
+                                                  lambda: (state.params, state.model_state, state.opt_state))
     metrics = {k: metric_mean(pair) for k, pair in metrics.items()}
-    metrics = {**metrics, 'loss': loss, 'lr': schedule(state.step), 'grad_norm': optax.tree.norm(grads)}
+    metrics = {**metrics, 'loss': loss, 'lr': schedule(state.step), 'grad_norm': grad_norm,
+               'nonfinite': (~ok).astype(jnp.float32)}
     return TrainState(step=state.step + 1, params=params, model_state=model_state, opt_state=opt_state), metrics
 
   return train_step
