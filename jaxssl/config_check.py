@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import ml_collections
 
 MODES = ('train', 'eval', 'knn', 'predict')
@@ -9,7 +11,7 @@ MODES = ('train', 'eval', 'knn', 'predict')
 
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError with the problem and the fix; cheap (imports no model code's heavy parts)."""
-  from jaxssl.data.datasets import DATASETS  # pylint: disable=import-outside-toplevel
+  from jaxssl.data.datasets import DATASETS, check_splits  # pylint: disable=import-outside-toplevel
   from jaxssl.models import BACKBONES  # pylint: disable=import-outside-toplevel
   from jaxssl.tasks import check_tasks  # pylint: disable=import-outside-toplevel
   from jaxssl.train.optim import OPTIMIZERS, SCHEDULES  # pylint: disable=import-outside-toplevel
@@ -20,7 +22,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 
   choose('mode', config.mode, MODES, '--mode or --config.mode')
   choose('dataset', config.data.name, sorted(DATASETS), '--config.data.name')
+  check_splits(config.data)
   choose('model', config.model.name, list(BACKBONES), '--config.model.name')
+  _check_model_options(BACKBONES[config.model.name], config.model)
   from jaxssl.ops import IMPLS  # pylint: disable=import-outside-toplevel
   choose('conv impl', config.model.conv_impl, IMPLS, '--config.model.conv_impl')
   choose('optimizer', config.optim.name, OPTIMIZERS, '--config.optim.name')
@@ -32,6 +36,12 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   from jaxssl.tasks.base import POOLS  # pylint: disable=import-outside-toplevel
   from jaxssl.train.optim import parse_trainable  # pylint: disable=import-outside-toplevel
   parse_trainable(config.optim.trainable)
+  if config.optim.skip_nonfinite_steps < 0:
+    raise ValueError('--config.optim.skip_nonfinite_steps must be >= 0 (0 stops the run at the first non-finite '
+                     'step)')
+  if config.lock_timeout_s <= 0:
+    raise ValueError('--config.lock_timeout_s must be positive (seconds without a heartbeat after which another '
+                     "host's lock on the workdir counts as stale)")
   if config.optim.backbone_lr_scale < 0:
     raise ValueError('--config.optim.backbone_lr_scale must be >= 0 (0 freezes the backbone)')
   choose('knn pool', config.knn.pool, POOLS, '--config.knn.pool')
@@ -41,5 +51,40 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   check_options(config)
   from jaxssl.eval.base import check_evals  # pylint: disable=import-outside-toplevel
   check_evals(config)
+  _check_counts(config)
+
+
+def _check_counts(config: ml_collections.ConfigDict) -> None:
+  """Steps, intervals and sizes: a negative one used to run (total_steps=-5 trained 0 steps and exited 0,
+  eval_every=-1 evaluated after every step), so each is refused here with the values it may take."""
+  for key, meaning in (('total_steps', '0 = from num_epochs'), ('num_epochs', 'used where total_steps is 0'),
+                       ('eval_every', '0 = only at the end')):
+    if config[key] < 0:
+      raise ValueError(f'--config.{key}={config[key]} must be >= 0 ({meaning})')
   if config.total_steps <= 0 and config.num_epochs <= 0:
     raise ValueError('set --config.num_epochs or --config.total_steps to a positive value')
+  for key in ('eval_step', 'init_step'):
+    if config.get(key, -1) < -1:
+      raise ValueError(f'--config.{key}={config[key]} must be a step >= 0, or -1 for the latest checkpoint')
+  data = config.data
+  for key, meaning in (('train_limit', '0 = every record'), ('eval_limit', '0 = every record'),
+                       ('num_workers', '0 = read in the training process')):
+    if data.get(key, 0) < 0:
+      raise ValueError(f'--config.data.{key}={data[key]} must be >= 0 ({meaning})')
+  if not 0 < data.get('train_fraction', 1.0) <= 1:
+    raise ValueError(f'--config.data.train_fraction={data.train_fraction} must be in (0, 1] (1 = every record)')
+
+
+def _check_model_options(constructor, model_cfg: ml_collections.ConfigDict) -> None:
+  """``model.options`` are the backbone constructor's keyword arguments: one it does not take (``dropout`` kept
+  from a CifarNet config when switching to a ResNet) is one line, not a TypeError from deep in the build."""
+  params = inspect.signature(constructor).parameters
+  if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+    return
+  takes = sorted(n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY
+                 and n not in ('input_shape', 'rngs'))
+  unknown = sorted(set(model_cfg.options) - set(takes))
+  if unknown:
+    raise ValueError(f"model '{model_cfg.name}' does not take the option(s) {unknown} in config.model.options; "
+                     f'its options are: {takes}. Use a config written for it (configs/fmnist_resnet.py for the '
+                     'ResNets) or a config file whose model.options it takes')

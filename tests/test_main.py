@@ -20,7 +20,10 @@ CONFIG = str(REPO / 'configs/fmnist_supervised.py')
     (['--config.batch_size=big'], 'batch_size'),               # ill-typed override
     (['--config.tasks.classify.crop=2'], 'no such config field: crop'),
     (['--config.model.conv_impl=fast'], "unknown conv impl 'fast'; choose one of: auto, xla, im2col"),
-], ids=['model', 'dataset', 'mode', 'predict', 'typo', 'type', 'task-option', 'conv-impl'])
+    (['--config.model.name=resnet20'], "model 'resnet20' does not take the option(s) ['dropout']"),
+    (['--config.optim.skip_nonfinite_steps=-1'], 'skip_nonfinite_steps must be >= 0'),
+], ids=['model', 'dataset', 'mode', 'predict', 'typo', 'type', 'task-option', 'conv-impl', 'model-option',
+        'skip-nonfinite'])
 def test_bad_input_is_one_clear_error_and_writes_nothing(tmp_path, args, message):
   workdir = tmp_path / 'run'
   out = subprocess.run([sys.executable, '-m', 'jaxssl.main', '--config', CONFIG, '--workdir', str(workdir), *args],

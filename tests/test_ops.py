@@ -405,7 +405,8 @@ def test_onednn_library_is_built_once_and_reused(tmp_path, monkeypatch):
   first = onednn._build()  # pylint: disable=protected-access
   stamp = first.stat().st_mtime_ns
   assert onednn._build() == first and first.stat().st_mtime_ns == stamp  # pylint: disable=protected-access
-  assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temporary files left behind
+  # The library and its recorded sha256; no temporary files left behind.
+  assert sorted(p.name for p in tmp_path.iterdir()) == [first.name, first.name + '.sha256']
 
 
 def test_bench_ops_checks_and_times_every_pass():

@@ -9,8 +9,11 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from jaxssl.data.deepfashion_layouts import SPLITS as DEEPFASHION_SPLITS, AnnotationError
 from jaxssl.data.paths import tfds_data_dir
 from jaxssl.data.sources import IndexedSubset, PaddedImages
+
+FASHION_MNIST_SPLITS = ('train', 'test')  # jaxssl/data/fashion_mnist.py's SPLITS, without importing tfds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +55,7 @@ def _fashion_mnist(data_cfg: ml_collections.ConfigDict) -> DatasetInfo:
     return source if size == 28 else PaddedImages(source, size)
 
   return DatasetInfo('fashion_mnist', (size, size, 1), tuple(fm.CLASS_NAMES), (fm.MEAN,), (fm.STD,),
-                     ('train', 'test'), load)
+                     FASHION_MNIST_SPLITS, load)
 
 
 def _deepfashion(layout: str, name: str) -> Callable[[ml_collections.ConfigDict], DatasetInfo]:
@@ -88,6 +91,34 @@ DATASETS: dict[str, Callable[[ml_collections.ConfigDict], DatasetInfo]] = {
 }
 
 
+# The split names each dataset can have, known before it is prepared, so that the config check rejects a misspelt
+# split before anything is built. A DeepFashion folder may lack one of its layout's splits (a CSV folder without
+# val.csv): load_split says so once the data is read.
+SPLITS: dict[str, tuple[str, ...]] = {
+    'fashion_mnist': FASHION_MNIST_SPLITS,
+    'deepfashion': DEEPFASHION_SPLITS,
+    'deepfashion_attr': DEEPFASHION_SPLITS,
+    'image_csv': DEEPFASHION_SPLITS,
+}
+
+
+class MissingSplitError(AnnotationError):
+  """The dataset's files define no such split (a CSV folder without val.csv). An AnnotationError, so that the
+  command reports it in one line, as it does the other faults of the annotation files."""
+
+
+def check_splits(data_cfg: ml_collections.ConfigDict) -> None:
+  """Part of the config check: ``data.train_split`` and ``data.eval_split`` are splits the dataset can have."""
+  names = SPLITS.get(data_cfg.name)
+  if names is None:
+    return  # a dataset added to DATASETS without its split names: load_split checks them once it is read
+  for key in ('train_split', 'eval_split'):
+    split = data_cfg.get(key)
+    if split not in names:
+      raise ValueError(f"dataset '{data_cfg.name}' has no split '{split}'; it has: {', '.join(names)} "
+                       f'(set --config.data.{key})')
+
+
 def get_dataset(name: str, data_cfg: ml_collections.ConfigDict | None = None) -> DatasetInfo:
   """``data_cfg`` (the config's ``data``) decides what a dataset built at prepare time looks like (DeepFashion's
   image size, Fashion-MNIST's ``pad_to``)."""
@@ -99,6 +130,7 @@ def get_dataset(name: str, data_cfg: ml_collections.ConfigDict | None = None) ->
 
 def load_split(info: DatasetInfo, split: str, data_cfg: ml_collections.ConfigDict, limit: int = 0):
   if split not in info.splits:
-    raise ValueError(f"dataset '{info.name}' has no split '{split}'; it has: {', '.join(info.splits)}")
+    raise MissingSplitError(f"dataset '{info.name}' has no split '{split}'; it has: {', '.join(info.splits)} "
+                            '(choose one of them, or add the split to the dataset\'s files)')
   source = info.load(split, data_cfg)
   return IndexedSubset(source, range(min(limit, len(source)))) if limit else source  # quick runs, tests

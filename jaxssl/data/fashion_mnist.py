@@ -12,6 +12,7 @@ import hashlib
 import os
 import pathlib
 import urllib.request
+import zlib
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -52,7 +53,15 @@ class DataNotFoundError(ValueError):
 
 
 class ChecksumError(ValueError):
-  """A Fashion-MNIST file is present but its content is not the official one."""
+  """A Fashion-MNIST file is present but its content is not the official one.
+
+  ``problem`` is the message without its fix ('<file>: <the check that failed>'), for callers that know a
+  better fix than replacing the file by hand (the download folder fetches it again).
+  """
+
+  def __init__(self, problem: str, fix: str = 'replace this file with the official one'):
+    super().__init__(f'{problem}; {fix}.')
+    self.problem = problem
 
 
 def _check_split(split: str) -> str:
@@ -61,21 +70,28 @@ def _check_split(split: str) -> str:
   return split
 
 
+def _gunzip(path: pathlib.Path, data: bytes) -> bytes:
+  """The decompressed bytes; a damaged file (bad header, corrupt deflate stream, wrong CRC, cut short) is a
+  ChecksumError naming it. zlib.error is neither an OSError nor an EOFError, so it is caught by name."""
+  try:
+    return gzip.decompress(data)
+  except (OSError, EOFError, zlib.error) as e:
+    kind = type(e).__name__ if type(e).__module__ == 'builtins' else f'{type(e).__module__}.{type(e).__name__}'
+    raise ChecksumError(f'{path}: not a valid gzip file, decompressing failed ({kind}: {e})') from e
+
+
 def _verify(path: pathlib.Path) -> None:
   st = path.stat()
   key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
   if key in _verified:
     return
   want_sha, want_size = _FILES[path.name[:-len('.gz')]]
-  try:
-    data = gzip.decompress(path.read_bytes())
-  except (OSError, EOFError) as e:
-    raise ChecksumError(f'{path}: not a valid gzip file ({e}).') from e
+  data = _gunzip(path, path.read_bytes())
   got = hashlib.sha256(data).hexdigest()
   if got != want_sha or len(data) != want_size:
     raise ChecksumError(
         f'{path}: wrong content; decompressed sha256 expected {want_sha} ({want_size} bytes), '
-        f'got {got} ({len(data)} bytes). Replace this file with the official one.')
+        f'got {got} ({len(data)} bytes)')
   _verified.add(key)
 
 
@@ -103,7 +119,8 @@ def find_source_dir(source_dir: str | None = None, *, download_dir: str | None =
   Tries `source_dir` (else $JAXSSL_FASHION_MNIST_DIR), then DEBIAN_DIR, then
   downloads into `download_dir` (default <tfds data_dir>/downloads/fashion_mnist).
   A complete directory with a corrupt file raises ChecksumError rather than
-  silently falling back, so a broken copy never goes unnoticed.
+  silently falling back, so a broken copy never goes unnoticed; only in the
+  download folder, jaxssl's own, is a corrupt file deleted and fetched again.
   """
   tried = []
   explicit = source_dir if source_dir is not None else os.environ.get(ENV_VAR)
@@ -126,19 +143,46 @@ def find_source_dir(source_dir: str | None = None, *, download_dir: str | None =
   try:
     dl.mkdir(parents=True, exist_ok=True)
     for f in _FILES:
-      if not (dl / (f + '.gz')).is_file():
-        _download(URL + f + '.gz', dl / (f + '.gz'))
+      _fetch_verified(f + '.gz', dl)
+  except ChecksumError:
+    raise
   except Exception as e:  # offline, DNS, timeout, read-only disk...: all mean "not available"
     tried.append(f'download from {URL} into {dl}: {type(e).__name__}: {e}')
     raise DataNotFoundError(
         'Fashion-MNIST files not found. Tried:\n' + ''.join(f'  - {t}\n' for t in tried) + _HOW_TO) from e
-  for f in _FILES:
-    try:
-      _verify(dl / (f + '.gz'))
-    except ChecksumError:
-      (dl / (f + '.gz')).unlink()  # so the next run downloads it again
-      raise
   return dl
+
+
+def _fetch_verified(name: str, dl: pathlib.Path) -> None:
+  """Makes ``dl/name`` a verified copy, downloading it where it is absent or fails verification.
+
+  Only the download folder is repaired this way: every file there came from :func:`_download`, so a copy that
+  fails (a download garbled in transit, a disk error since) is jaxssl's own to delete and fetch again, once; a
+  second failure is an error naming the file and the check, and leaves no copy behind. A user's folder or
+  Debian's is never touched: its corrupt file is an error (see :func:`find_source_dir`).
+  """
+  path = dl / name
+  url = URL + name
+  if not path.is_file():
+    _download(url, path)  # failing here means "not available", as any download failure (find_source_dir)
+  try:
+    _verify(path)
+    return
+  except ChecksumError as e:
+    first = e
+  path.unlink()
+  fix = f'download it yourself and pass --config.data.source_dir=DIR or set {ENV_VAR}=DIR'
+  try:
+    _download(url, path)
+  except Exception as e:  # pylint: disable=broad-except  # offline, timeout, disk...: the message says which
+    raise ChecksumError(f'{first.problem}; deleted it, and fetching it again from {url} failed '
+                        f'({type(e).__name__}: {e})', f'be online and rerun, or {fix}') from e
+  try:
+    _verify(path)
+  except ChecksumError as e:
+    path.unlink()
+    raise ChecksumError(f'{e.problem}; downloaded twice from {url}, both copies failed verification and were '
+                        'deleted, so the server or a proxy serves a damaged file', fix) from e
 
 
 def _parse_idx(data: bytes, name: str) -> np.ndarray:
@@ -159,7 +203,7 @@ def read_idx(path) -> np.ndarray:
   path = pathlib.Path(path)
   data = path.read_bytes()
   if data[:2] == b'\x1f\x8b':  # gzip magic, whatever the file is called
-    data = gzip.decompress(data)
+    data = _gunzip(path, data)
   return _parse_idx(data, str(path))
 
 

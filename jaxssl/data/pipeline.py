@@ -9,6 +9,10 @@ iterator state (a position) is all a checkpoint needs, and workers produce what 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import os
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
@@ -84,6 +88,29 @@ def iterator_options(data_cfg) -> dict[str, int]:
           'prefetch_batches': data_cfg.get('prefetch_batches', 4)}
 
 
+PARENT_POLL_S = 0.5   # how often a grain worker checks that the training process still exists
+
+
+def _exit_with_parent(parent_pid: int, worker_index: int, worker_count: int) -> None:
+  """grain's ``worker_init_fn``: the worker ends itself once ``parent_pid`` (the training process) is gone.
+
+  grain closes its workers when the iterator is closed, but a parent killed with SIGKILL closes nothing, and each
+  worker (a copy of the dataset and its buffers, about 240 MB) lived on as an orphan. A daemon thread polls
+  ``os.getppid()``: an orphan is re-parented (to init or a subreaper), so a different parent means the training
+  process died. Not PR_SET_PDEATHSIG: that fires when the *thread* that started the worker exits, and grain
+  starts workers from its own read threads, which may end before the training process does. The parent's pid is
+  passed in rather than read in the worker, so a parent that died before the worker got here is noticed too.
+  """
+  del worker_index, worker_count
+
+  def watch():
+    while os.getppid() == parent_pid:
+      time.sleep(PARENT_POLL_S)
+    os._exit(1)  # pylint: disable=protected-access  # nothing to flush: the batches were for the dead parent
+
+  threading.Thread(target=watch, name='jaxssl-exit-with-parent', daemon=True).start()
+
+
 def train_iterator(source, tasks, *, global_batch: int, seed: int, num_workers: int = 0, read_threads: int = 1,
                    prefetch_batches: int = 4):
   """A checkpointable iterator (``get_state``/``set_state``) over :func:`train_dataset`.
@@ -97,7 +124,8 @@ def train_iterator(source, tasks, *, global_batch: int, seed: int, num_workers: 
   options = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch_batches)
   it = train_dataset(source, tasks, global_batch=global_batch, seed=seed).to_iter_dataset(options)
   if num_workers > 0:
-    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers),
+                        worker_init_fn=functools.partial(_exit_with_parent, os.getpid()))
   return iter(it)
 
 

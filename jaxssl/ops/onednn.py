@@ -9,11 +9,14 @@ of conv.py, which write a copy of the input per kernel tap, 1.5-2.2x slower (REA
 How. The first use compiles csrc/onednn_conv.cc (a few seconds, C++17) against the oneDNN the environment has:
 the ``onednn-cpu-gomp`` / ``onednn-devel-cpu-gomp`` wheels (jaxssl's dependencies on Linux x86-64), the directory
 in ``$JAXSSL_ONEDNN_ROOT`` (``include/`` and ``lib/``), or Debian's ``libdnnl-dev``. The library goes to
-``$JAXSSL_CACHE_DIR`` (default ``~/.cache/jaxssl``), named by a hash of the source and of the jaxlib and oneDNN
-it was built against, and is reused. ``available()`` says whether this worked and ``unavailable_reason()`` why
-not; the setting 'auto' (dispatch.py) then falls back to the gathered path. Convolutions take float32, or
-bfloat16 where ``supports(jnp.bfloat16)`` (oneDNN has fast bf16 kernels for this CPU: AVX512-BF16 or AMX;
-products accumulate in float32); batch norm the same two types (statistics and parameters float32).
+``$JAXSSL_CACHE_DIR`` (default ``~/.cache/jaxssl``) and is reused. Since it runs inside every training process,
+the cache is guarded (:func:`_build`): the library is named by a hash of everything its build read (source,
+compiler, oneDNN and jax's FFI headers, flags), written atomically with its sha256 beside it and checked against
+that before every load; a mismatch or a failed load rebuilds it, and a cache directory that another user owns or
+could write to is refused. ``available()`` says whether this worked and ``unavailable_reason()`` why not; the
+setting 'auto' (dispatch.py) then falls back to the gathered path. Convolutions take float32, or bfloat16 where
+``supports(jnp.bfloat16)`` (oneDNN has fast bf16 kernels for this CPU: AVX512-BF16 or AMX; products accumulate
+in float32); batch norm the same two types (statistics and parameters float32).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import hashlib
 import os
 import pathlib
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -66,32 +70,107 @@ def _compiler() -> str:
   raise RuntimeError('no C++ compiler found (set $CXX or install g++)')
 
 
-def _build() -> pathlib.Path:
-  include, lib = _find_onednn()
-  jax_include = jax.ffi.include_dir()
+_FLAGS = ('-O2', '-std=c++17', '-shared', '-fPIC', '-w')
+_SHA_SUFFIX = '.sha256'
+
+
+def cache_dir() -> pathlib.Path:
+  """``$JAXSSL_CACHE_DIR`` (default ``~/.cache/jaxssl``), created private; refused unless this user owns it and no
+  one else can write to it, since a library found there is loaded into the process: one planted there would run
+  inside a training run."""
+  cache = pathlib.Path(os.environ.get('JAXSSL_CACHE_DIR') or pathlib.Path.home() / '.cache' / 'jaxssl')
+  cache.mkdir(mode=0o700, parents=True, exist_ok=True)
+  st = cache.stat()
+  problems = []
+  if st.st_uid != os.getuid():
+    problems.append(f'it is owned by uid {st.st_uid}, not by you (uid {os.getuid()})')
+  if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+    problems.append(f'its mode {stat.S_IMODE(st.st_mode):o} lets other users write to it')
+  if problems:
+    raise RuntimeError(f'refusing the oneDNN library cache {cache}: {" and ".join(problems)}, so a library another '
+                       'user planted there would run inside this process; set JAXSSL_CACHE_DIR to a directory of '
+                       f'your own, or make this one yours with `chown $USER {cache}; chmod go-w {cache}`')
+  return cache
+
+
+def _cache_key(cxx: str, include: pathlib.Path, lib: pathlib.Path, jax_include: pathlib.Path) -> str:
+  """A hash of everything the build reads, so that a change to any of them builds a new library instead of
+  loading one made for other headers (a oneDNN or jaxlib upgraded in place, another compiler)."""
+  version = subprocess.run([cxx, '--version'], capture_output=True, text=True, check=False).stdout
+  headers = [include / 'oneapi' / 'dnnl' / f'dnnl_{h}.h' for h in ('version', 'config')]
+  headers += sorted((jax_include / 'xla' / 'ffi' / 'api').glob('*.h'))
   key = hashlib.sha256()
-  for part in (_SOURCE.read_bytes(), jax.__version__.encode(), str(include).encode(),
-               str((lib / 'libdnnl.so').resolve()).encode()):
-    key.update(part)
-  cache = pathlib.Path(os.environ.get('JAXSSL_CACHE_DIR', pathlib.Path.home() / '.cache' / 'jaxssl'))
-  cache.mkdir(parents=True, exist_ok=True)
-  target = cache / f'libjaxssl_onednn_conv-{key.hexdigest()[:16]}.so'
-  if target.exists():
-    return target
-  with tempfile.TemporaryDirectory(dir=cache) as tmp:
+  for part in (_SOURCE.read_bytes(), os.path.realpath(shutil.which(cxx) or cxx), version, jax.__version__,
+               ' '.join(_FLAGS), str(include), os.path.realpath(lib / 'libdnnl.so'),
+               *(f'{h}\n'.encode() + (h.read_bytes() if h.is_file() else b'(absent)') for h in headers)):
+    part = part if isinstance(part, bytes) else part.encode()
+    key.update(len(part).to_bytes(8, 'little') + part)  # length-prefixed: no two lists hash alike
+  return key.hexdigest()[:16]
+
+
+def _sha256(path: pathlib.Path) -> str:
+  return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _intact(target: pathlib.Path) -> bool:
+  """Whether ``target`` is a regular file whose sha256 is the one recorded when it was built: a truncated copy
+  (which crashed every run with a bus error when loaded), a file planted under its name or one without a record
+  is not."""
+  try:
+    if not stat.S_ISREG(os.lstat(target).st_mode):
+      return False
+    return _sha256(target) == (target.parent / (target.name + _SHA_SUFFIX)).read_text().strip()
+  except OSError:
+    return False
+
+
+def _compile(target: pathlib.Path, cxx: str, include: pathlib.Path, lib: pathlib.Path, jax_include) -> None:
+  """Builds into a private temporary folder beside ``target``, records the library's sha256, then renames both
+  into place (atomic: concurrent builds, or a build killed half-way, never leave a partial library)."""
+  with tempfile.TemporaryDirectory(dir=target.parent, prefix='.build-') as tmp:
     out = pathlib.Path(tmp) / target.name
-    cmd = [_compiler(), '-O2', '-std=c++17', '-shared', '-fPIC', '-w', f'-I{jax_include}', f'-I{include}',
-           str(_SOURCE), f'-L{lib}', '-ldnnl', f'-Wl,-rpath,{lib}', '-o', str(out)]
+    cmd = [cxx, *_FLAGS, f'-I{jax_include}', f'-I{include}', str(_SOURCE), f'-L{lib}', '-ldnnl',
+           f'-Wl,-rpath,{lib}', '-o', str(out)]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
       raise RuntimeError(f'compiling {_SOURCE.name} failed: {" ".join(cmd)}\n{done.stderr[-2000:]}')
-    os.replace(out, target)  # atomic: concurrent builds leave one complete library
+    record = out.with_name(out.name + _SHA_SUFFIX)
+    record.write_text(_sha256(out) + '\n')
+    os.replace(out, target)
+    os.replace(record, target.with_name(target.name + _SHA_SUFFIX))
+
+
+def _toolchain() -> tuple[str, pathlib.Path, pathlib.Path, pathlib.Path]:
+  """(compiler, oneDNN include dir, oneDNN lib dir, jax's FFI include dir): what a build uses."""
+  include, lib = _find_onednn()
+  return _compiler(), include, lib, pathlib.Path(jax.ffi.include_dir())
+
+
+def library_path() -> pathlib.Path:
+  """Where the library for this toolchain lives in :func:`cache_dir` (it may not be built yet)."""
+  return cache_dir() / f'libjaxssl_onednn_conv-{_cache_key(*_toolchain())}.so'
+
+
+def _build(rebuild: bool = False) -> pathlib.Path:
+  """:func:`library_path`, compiled first where that library is absent or not intact (or ``rebuild``)."""
+  target = library_path()
+  if rebuild or not _intact(target):
+    _compile(target, *_toolchain())
   return target
 
 
 @functools.lru_cache(maxsize=None)
 def _library() -> ctypes.CDLL:
-  return ctypes.CDLL(str(_build()))
+  """The library, loaded; one that passes its checksum but fails to load is rebuilt once."""
+  try:
+    return ctypes.CDLL(str(_build()))
+  except OSError as e:
+    first = e
+  path = _build(rebuild=True)
+  try:
+    return ctypes.CDLL(str(path))
+  except OSError as e:
+    raise RuntimeError(f'{path} does not load even rebuilt ({e}; before rebuilding: {first})') from e
 
 
 @functools.lru_cache(maxsize=None)

@@ -43,8 +43,30 @@ def _options(cls) -> set[str]:
   return {f.name for f in dataclasses.fields(cls)}
 
 
+# Stand-ins for what a task takes from the dataset, so that the config check can build every task (its
+# __post_init__ checks its option values: rotation angles, pool, crop, ...) before any data is prepared. The real
+# values replace them in build_tasks; a check that needs them (a dataset without attributes) runs there.
+_PLACEHOLDER_DATASET = {'num_classes': 2, 'mean': 0.0, 'std': 1.0, 'num_attributes': 1, 'attribute_frequency': ()}
+
+
+def _make(name: str, cfg, from_dataset: Mapping) -> Task:
+  """One task from its config options and what it takes from the dataset; a bad option value is one line."""
+  cls = task_class(cfg.get('kind', name))
+  fields = _options(cls)
+  options = {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items() if k not in ('kind', 'weight')}
+  options.update({k: v for k, v in from_dataset.items() if k in fields and k in cls.FROM_DATASET})
+  try:
+    return cls(name=name, **options)
+  except (TypeError, ValueError) as e:  # a value of the wrong type or range, from the class's __post_init__
+    message = ' '.join(str(e).split()) or type(e).__name__
+    if message.startswith(f"task '{name}'"):
+      raise ValueError(message) from e
+    raise ValueError(f"task '{name}' ({cls.__name__}): {message}") from e
+
+
 def check_tasks(tasks_cfg: ml_collections.ConfigDict) -> None:
-  """Rejects an unknown kind or option with one message, before any data or model is built."""
+  """Rejects an unknown kind or option, or a bad option value, with one message, before any data or model is
+  built."""
   if not tasks_cfg:
     raise ValueError('config.tasks is empty: name at least one task, e.g. tasks.classify = {}')
   for name, cfg in tasks_cfg.items():
@@ -54,6 +76,10 @@ def check_tasks(tasks_cfg: ml_collections.ConfigDict) -> None:
     if unknown:
       raise ValueError(f"task '{name}' ({cls.__name__}) has no option(s) {sorted(unknown)}; "
                        f"its options are: {sorted(fields - set(cls.FROM_DATASET) - {'name'})}")
+    weight = cfg.get('weight', 1.0)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
+      raise ValueError(f"task '{name}': weight={weight!r} must be a number >= 0 (set --config.tasks.{name}.weight)")
+    _make(name, cfg, _PLACEHOLDER_DATASET)
 
 
 def build_tasks(tasks_cfg: ml_collections.ConfigDict, info) -> tuple[list[Task], dict[str, float]]:
@@ -61,14 +87,8 @@ def build_tasks(tasks_cfg: ml_collections.ConfigDict, info) -> tuple[list[Task],
   check_tasks(tasks_cfg)
   from_dataset = {'num_classes': info.num_classes, 'mean': info.mean, 'std': info.std,
                   'num_attributes': len(info.attribute_names), 'attribute_frequency': info.attribute_frequency}
-  tasks, weights = [], {}
-  for name, cfg in tasks_cfg.items():
-    cls = task_class(cfg.get('kind', name))
-    fields = _options(cls)
-    options = {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items() if k not in ('kind', 'weight')}
-    options.update({k: v for k, v in from_dataset.items() if k in fields and k in cls.FROM_DATASET})
-    tasks.append(cls(name=name, **options))
-    weights[name] = float(cfg.get('weight', 1.0))
+  tasks = [_make(name, cfg, from_dataset) for name, cfg in tasks_cfg.items()]
+  weights = {name: float(cfg.get('weight', 1.0)) for name, cfg in tasks_cfg.items()}
   return tasks, weights
 
 

@@ -135,6 +135,14 @@ class _Jigsaw(Task):
   tile_norm: bool = True      # standardize every tile by its own mean/std (else the dataset's)
   feature: str | None = None  # backbone feature the head reads; None: the backbone's output_name
 
+  def __post_init__(self):
+    # What can be checked without the image size (tile_geometry checks the rest once the dataset is known).
+    if int(self.grid) < 2:
+      raise ValueError(f"task '{self.name}': grid must be at least 2, got {self.grid}")
+    if int(self.tile_size) < 0 or (self.gap is not None and int(self.gap) < 0):
+      raise ValueError(f"task '{self.name}': tile_size={self.tile_size} and gap={self.gap} must not be negative "
+                       '(tile_size 0 and gap None choose them from the image size)')
+
   def geometry(self, image_shape) -> Geometry:
     return tile_geometry(image_shape, self.grid, self.tile_size, self.gap)
 
@@ -176,6 +184,7 @@ class JigsawPermutation(_Jigsaw):
   hidden_size: int = 512          # the MLP head's hidden layer
 
   def __post_init__(self):
+    super().__post_init__()
     t = self.grid * self.grid
     num = min(int(self.num_permutations), math.factorial(t)) if t <= perm_lib.MAX_ENUMERATED_TILES \
         else int(self.num_permutations)

@@ -40,7 +40,11 @@ class Rotation(Task):
   flip: bool = False                             # random horizontal flip before rotating (train only)
 
   def __post_init__(self):
-    angles = tuple(int(a) for a in self.angles)
+    try:
+      angles = tuple(int(a) for a in self.angles)
+    except (TypeError, ValueError) as e:
+      raise ValueError(f"task '{self.name}': angles must be a list of multiples of 90 degrees, got "
+                       f'{self.angles!r}') from e
     if not angles or any(a % 90 for a in angles):
       raise ValueError(f"task '{self.name}': angles must be multiples of 90 degrees, got {self.angles}")
     if len({a % 360 for a in angles}) != len(angles):
