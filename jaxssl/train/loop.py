@@ -95,7 +95,7 @@ class _Window:
   them (log, evaluation, checkpoint, end), and the count of non-finite steps the run let pass."""
 
   def __init__(self, config: ml_collections.ConfigDict, skipped: int):
-    self.allowed = int(config.optim.get('skip_nonfinite_steps', 0))
+    self.allowed = int(config.optim.skip_nonfinite_steps)
     self.lr = config.optim.lr
     self.skipped = skipped       # over the whole run: saved in each checkpoint's meta
     self.rows: list[tuple[int, Any]] = []
@@ -170,7 +170,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   with writing(workdir, workdir):
     os.makedirs(workdir, exist_ok=True)
   # Before anything reads or writes the run: another live run on this workdir is one line, not a mixed run.
-  with lock.hold(workdir, config.get('lock_timeout_s', 600.0)), writing('', workdir):
+  with lock.hold(workdir, config.lock_timeout_s), writing('', workdir):
     summary = _train(config, workdir, stop_after)
     if summary['finished']:
       _write_summary(workdir, config, summary)
