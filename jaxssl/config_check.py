@@ -27,6 +27,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   _check_model_options(BACKBONES[config.model.name], config.model)
   from jaxssl.ops import IMPLS  # pylint: disable=import-outside-toplevel
   choose('conv impl', config.model.conv_impl, IMPLS, '--config.model.conv_impl')
+  if config.model.conv_impl == 'onednn':  # asked for by name: where it cannot be built, say so now (builds ~5 s)
+    from jaxssl.ops import cpu_path  # pylint: disable=import-outside-toplevel
+    cpu_path('onednn')
   choose('optimizer', config.optim.name, OPTIMIZERS, '--config.optim.name')
   choose('schedule', config.optim.schedule, SCHEDULES, '--config.optim.schedule')
   check_tasks(config.tasks)
@@ -64,14 +67,14 @@ def _check_counts(config: ml_collections.ConfigDict) -> None:
   if config.total_steps <= 0 and config.num_epochs <= 0:
     raise ValueError('set --config.num_epochs or --config.total_steps to a positive value')
   for key in ('eval_step', 'init_step'):
-    if config.get(key, -1) < -1:
+    if config[key] < -1:
       raise ValueError(f'--config.{key}={config[key]} must be a step >= 0, or -1 for the latest checkpoint')
   data = config.data
   for key, meaning in (('train_limit', '0 = every record'), ('eval_limit', '0 = every record'),
                        ('num_workers', '0 = read in the training process')):
-    if data.get(key, 0) < 0:
+    if data[key] < 0:
       raise ValueError(f'--config.data.{key}={data[key]} must be >= 0 ({meaning})')
-  if not 0 < data.get('train_fraction', 1.0) <= 1:
+  if not 0 < data.train_fraction <= 1:
     raise ValueError(f'--config.data.train_fraction={data.train_fraction} must be in (0, 1] (1 = every record)')
 
 

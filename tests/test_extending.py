@@ -128,3 +128,30 @@ def test_metric_pairs_make_exact_split_means():
   assert (float(total), float(count)) == (1.0, 2.0)
   assert as_pair((total, count), jnp.asarray(4.0)) == (total, count)
   assert [float(x) for x in as_pair(jnp.asarray(0.25), jnp.asarray(4.0))] == [1.0, 4.0]
+
+
+@dataclasses.dataclass
+class FailsAtTheEnd(Evaluator):
+  """An evaluator that breaks (a full disk under its picture, say) after the last step."""
+  at: tuple[str, ...] = ('final',)
+
+  def run(self, state, phase):
+    raise RuntimeError('picture writer broke')
+
+
+def test_a_failing_final_evaluator_costs_no_training_steps(tmp_path, tfds_dir):
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  from jaxssl.train.checkpoint import Checkpointer  # pylint: disable=import-outside-toplevel
+  config = small_config(tfds_dir, total_steps=6, checkpoint_every=4, eval_every=0)
+  config.evals = ml_collections.ConfigDict({'fails': {'type': f'{__name__}:FailsAtTheEnd'}})
+  with pytest.raises(RuntimeError, match='picture writer broke'):
+    loop.train_and_evaluate(config, str(tmp_path))
+  ckpt = Checkpointer(str(tmp_path / 'checkpoints'), read_only=True)
+  assert ckpt.latest_step() == 6     # saved before the final evaluation, not only step 4
+  ckpt.close()
+
+
+def test_knn_options_are_checked_when_the_run_is_built(tfds_dir):
+  from jaxssl.eval.knn import Knn  # pylint: disable=import-outside-toplevel
+  with pytest.raises(ValueError, match="unknown k-NN pool 'max'"):
+    Knn(ctx=None, pool='max')

@@ -501,3 +501,19 @@ def test_a_full_then_read_only_disk_is_one_line_and_loses_nothing(generated_tfds
     assert last == (f'error: {str(where).rstrip("/")}: Read-only file system (EROFS); the run cannot write there: '
                     'make it writable, or point --workdir elsewhere'), log[-3000:]
   assert _listing(str(out / 'after_ro')) == _listing(kept)
+
+
+def test_a_run_that_lost_its_lock_stops_before_saving(tmp_path):
+  """A lock taken over while its run was stalled (another run's token on disk) stops that run at its next save."""
+  from jaxssl.train import lock as lock_lib  # pylint: disable=import-outside-toplevel
+  held = lock_lib.WorkdirLock(str(tmp_path))
+  held.acquire()
+  try:
+    held.check()                                   # still ours: nothing happens
+    record = json.loads((tmp_path / lock_lib.LOCK_FILE).read_text())
+    (tmp_path / lock_lib.LOCK_FILE).write_text(json.dumps({**record, 'token': 'another run'}))
+    with pytest.raises(lock_lib.LockError, match='lost its lock'):
+      held.check()
+  finally:
+    held.release()
+  assert (tmp_path / lock_lib.LOCK_FILE).exists()  # the other run's lock is left alone

@@ -20,6 +20,7 @@ from flax import nnx
 from jaxssl.eval import features as features_lib
 from jaxssl.eval.base import Evaluator
 from jaxssl.eval.features import check_feature
+from jaxssl.tasks.base import POOLS
 
 
 @functools.partial(jax.jit, static_argnames=('k', 'num_classes'))
@@ -79,14 +80,20 @@ class Knn(Evaluator):
 
   def __post_init__(self):
     if self.k <= 0 or self.temperature <= 0:
-      raise ValueError('the k-NN probe needs k > 0 and temperature > 0 (set --config.knn.k / .temperature)')
+      raise ValueError('the k-NN probe needs k > 0 and temperature > 0 (--config.knn.k / .temperature for '
+                       '--mode=knn, config.evals.knn for a training run)')
+    if self.pool not in POOLS:
+      raise ValueError(f"unknown k-NN pool '{self.pool}'; choose one of: {', '.join(POOLS)}")
+    self._compiled = {}   # (feature, pool) -> the compiled feature function: built once, not per evaluation
 
   def features(self, state, source):
     """(features, labels) of ``source`` at this probe's layer; the layer's name."""
     backbone = nnx.merge(self.ctx.graphdef, state.params, state.model_state).backbone
     feature = self.feature or backbone.output_name
     check_feature(backbone.feature_names, feature, self.pool, self.ctx.config.model.name, 'knn.feature')
-    fn = features_lib.make_feature_fn(self.ctx, feature, self.pool)
+    if feature not in self._compiled:
+      self._compiled[feature] = features_lib.make_feature_fn(self.ctx, feature, self.pool)
+    fn = self._compiled[feature]
     return (*features_lib.extract(self.ctx, state, source, fn, self.batch_size or None), feature)
 
   def result(self, state) -> dict[str, Any]:

@@ -149,9 +149,7 @@ class Checkpointer:
 
   def saved_shapes(self, step: int) -> dict[tuple[str, ...], str]:
     """'shape dtype' of every array of ``step``'s train state, by path, from its metadata (no array is read)."""
-    meta = ocp.StandardCheckpointer().metadata(os.path.join(self.directory, str(step), 'state'))
-    tree = getattr(meta, 'item_metadata', meta)
-    return _shapes(getattr(tree, 'tree', tree))
+    return _shapes(state_metadata(os.path.join(self.directory, str(step), 'state')))
 
   def restore(self, step: int | None, state_like, sharding, data_iter=None, *, set_aside: bool = False):
     """Restores ``step`` (None: the newest readable one) onto ``sharding``; ``state_like`` gives the tree.
@@ -267,6 +265,14 @@ class Checkpointer:
           _settle()
 
 
+def state_metadata(state_dir: str):
+  """The tree of array metadata (shapes, dtypes) a saved train state holds, read without reading an array."""
+  with ocp.StandardCheckpointer() as reader:  # closed: each one holds an async writer's threads
+    meta = reader.metadata(state_dir)
+  tree = getattr(meta, 'item_metadata', meta)
+  return getattr(tree, 'tree', tree)
+
+
 # ---- what a checkpoint must agree with besides its arrays
 
 
@@ -275,7 +281,9 @@ def data_fingerprint(data_cfg, num_records: int, *, seed: int, batch_size: int) 
   taken, after ``train_limit`` and the labelled subset; the shuffle seed; the batches each process cuts)."""
   return {'dataset': data_cfg.name, 'split': data_cfg.train_split, 'records': int(num_records),
           'train_fraction': float(data_cfg.train_fraction), 'subset_seed': int(data_cfg.subset_seed),
-          'seed': int(seed), 'batch_size': int(batch_size), 'processes': jax.process_count()}
+          'seed': int(seed), 'batch_size': int(batch_size), 'processes': jax.process_count(),
+          # grain's saved position has another shape with worker processes (one per worker): not interchangeable.
+          'num_workers': int(data_cfg.num_workers)}
 
 
 def check_data_position(path: str, meta: dict[str, Any], fingerprint: dict[str, Any], iter_state: Any,

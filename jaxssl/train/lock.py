@@ -223,6 +223,14 @@ class WorkdirLock:
     except (ValueError, AttributeError):
       return False
 
+  def check(self) -> None:
+    """Raises :class:`LockError` where the lock on disk is no longer ours: another run took it over while this one
+    was frozen for longer than the timeout, and this run must not write into the workdir any more."""
+    if self._token is not None and not self.holds():
+      raise LockError(f'{self.workdir}: this run lost its lock ({self.path}) to another run while it was stalled; it '
+                      'stops without saving so as not to mix two runs. Rerun when the other has finished, or use '
+                      'another --workdir')
+
   def release(self) -> None:
     if self._thread is not None:
       self._stop.set()

@@ -170,14 +170,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   with writing(workdir, workdir):
     os.makedirs(workdir, exist_ok=True)
   # Before anything reads or writes the run: another live run on this workdir is one line, not a mixed run.
-  with lock.hold(workdir, config.lock_timeout_s), writing('', workdir):
-    summary = _train(config, workdir, stop_after)
+  with lock.hold(workdir, config.lock_timeout_s) as held, writing('', workdir):
+    summary = _train(config, workdir, stop_after, held)
     if summary['finished']:
       _write_summary(workdir, config, summary)
   return summary
 
 
-def _train(config: ml_collections.ConfigDict, workdir: str, stop_after: int | None) -> dict[str, Any]:
+def _train(config: ml_collections.ConfigDict, workdir: str, stop_after: int | None, held) -> dict[str, Any]:
   exp = build_experiment(config, load_init=not transfer.has_checkpoint(workdir))  # init_from: fresh runs only
   fingerprint = ckpt_lib.data_fingerprint(config.data, len(exp.train_source), seed=config.seed,
                                           batch_size=config.batch_size)
@@ -217,6 +217,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stop_after: int | No
 
     def save(force=False):
       nonlocal last_saved
+      if held is not None and jax.process_count() == 1:  # several processes: only process 0 could know; no check
+        held.check()  # a run whose lock was taken over (a frozen host) must not write over the new holder's run
       ckpt.save(step, state, rng, train_iter, {'epoch': step / exp.steps_per_epoch, 'data': fingerprint,
                                                'nonfinite_skipped': window.skipped}, force=force)
       last_saved = step
@@ -264,10 +266,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stop_after: int | No
 
     if (bad := window.check()) is not None:
       return diverged(bad)
+    if ckpt.latest_step() != step:  # first: an evaluator that fails must not cost the steps since the last save
+      save(force=True)
     eval_metrics = run_eval('final')
     log(f'final {config.data.eval_split} @ {step}: {fmt(eval_metrics)}')  # before any file: a full disk loses nothing
-    if ckpt.latest_step() != step:
-      save(force=True)
   return {'step': step, 'eval': eval_metrics, 'finished': True, 'exit_code': 0}
 
 
