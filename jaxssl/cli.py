@@ -1,8 +1,10 @@
 """Command-line plumbing shared by jaxssl's commands (jaxssl.main, jaxssl.study, the benches).
 
-It defines no flags: a command defines its own when it runs (``run``), so that all of them import in one process.
+It defines no flags itself: the study and the benches define theirs when they run (``run``), so that every command
+imports in one process beside jaxssl.main (which defines its flags on import).
 """
 
+import contextlib
 import functools
 import os
 import sys
@@ -30,6 +32,32 @@ def parse_flags(argv):
   except (AttributeError, KeyError) as e:  # ml_collections: unknown field, with a suggestion
     msg = str(e).strip('\'"').replace('\\n', ' ').replace('\\\'', "'")
     sys.exit(f'FATAL Flags parsing error: no such config field: {msg}')
+
+
+def one_line_errors() -> tuple[type[Exception], ...]:
+  """The errors every command reports as one line, ``error: <the problem and the fix>``, exit code 2: missing or
+  corrupt data, a checkpoint that does not fit or cannot be read, a workdir in use or not writable."""
+  # pylint: disable=import-outside-toplevel  # imported when a command runs, after its config is checked
+  from jaxssl.data.deepfashion import DataNotFoundError as DeepFashionNotFound
+  from jaxssl.data.deepfashion_layouts import AnnotationError
+  from jaxssl.data.fashion_mnist import ChecksumError, DataNotFoundError
+  from jaxssl.runlog import WriteError
+  from jaxssl.train.checkpoint import CheckpointError
+  from jaxssl.train.lock import LockError
+  from jaxssl.train.transfer import TransferError
+  # pylint: enable=import-outside-toplevel
+  return (DataNotFoundError, ChecksumError, FileNotFoundError, TransferError, DeepFashionNotFound, AnnotationError,
+          LockError, CheckpointError, WriteError)
+
+
+@contextlib.contextmanager
+def errors_as_one_line():
+  """Inside, an error of :func:`one_line_errors` ends the command with its one line and exit code 2."""
+  try:
+    yield
+  except one_line_errors() as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
 
 
 def run(define_flags, main) -> None:

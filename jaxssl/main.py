@@ -52,24 +52,13 @@ def main(argv):
   if _MULTIHOST.value:
     jax.distributed.initialize()
 
-  from jaxssl.data.deepfashion import DataNotFoundError as DeepFashionNotFound  # pylint: disable=import-outside-toplevel
-  from jaxssl.data.deepfashion_layouts import AnnotationError  # pylint: disable=import-outside-toplevel
-  from jaxssl.data.fashion_mnist import ChecksumError, DataNotFoundError  # pylint: disable=import-outside-toplevel
   from jaxssl import modes  # pylint: disable=import-outside-toplevel
-  from jaxssl.runlog import WriteError  # pylint: disable=import-outside-toplevel
   from jaxssl.train import loop  # pylint: disable=import-outside-toplevel
-  from jaxssl.train.checkpoint import CheckpointError  # pylint: disable=import-outside-toplevel
-  from jaxssl.train.lock import LockError  # pylint: disable=import-outside-toplevel
-  from jaxssl.train.transfer import TransferError  # pylint: disable=import-outside-toplevel
-  try:
+  with cli.errors_as_one_line():
     if config.mode == 'train':
       result = loop.train_and_evaluate(config, _WORKDIR.value)
       sys.exit(result['exit_code'])
     modes.RUNNERS[config.mode](config, _WORKDIR.value)
-  except (DataNotFoundError, ChecksumError, FileNotFoundError, TransferError, DeepFashionNotFound,
-          AnnotationError, LockError, CheckpointError, WriteError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
 
 
 def run():

@@ -32,8 +32,8 @@ _SKIP_DIRS = ('checkpoints', 'tensorboard', 'artifacts')
 
 
 def _read_json(path: str) -> Any:
-  """A run's JSON file; one that does not parse (written by an older jaxssl that a kill could tear) counts as
-  absent, with a warning, so that one broken run does not stop the report of the others."""
+  """A run's JSON file; one that does not parse (torn by a kill, or edited) counts as absent, with a warning, so
+  that one broken run does not stop the report of the others."""
   try:
     with open(path, encoding='utf-8') as f:
       return json.load(f)

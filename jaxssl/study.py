@@ -148,17 +148,11 @@ def main(argv):
     check_config(config)
   except ValueError as e:
     sys.exit(f'error: bad config: {e}')
-  from jaxssl.runlog import WriteError, writing  # pylint: disable=import-outside-toplevel
-  from jaxssl.train.checkpoint import CheckpointError  # pylint: disable=import-outside-toplevel
-  from jaxssl.train.lock import LockError  # pylint: disable=import-outside-toplevel
-  from jaxssl.train.transfer import TransferError  # pylint: disable=import-outside-toplevel
-  try:
+  from jaxssl.runlog import writing  # pylint: disable=import-outside-toplevel
+  with cli.errors_as_one_line():
     with writing(workdir, workdir):
       os.makedirs(workdir, exist_ok=True)
     run_study(config, workdir)
-  except (FileNotFoundError, TransferError, LockError, CheckpointError, WriteError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
 
 
 def run():

@@ -1,8 +1,9 @@
 """What the bench commands share: the loop that times a step (the GPU bench's and the PyTorch twin's; the step
 bench alternates two steps and the per-layer bench keeps minima, so theirs differ), and the --json file."""
 
-import json
 import time
+
+from jaxssl import runlog
 
 
 def step_times(step, steps: int, warmup: int) -> list[float]:
@@ -21,5 +22,4 @@ def step_times(step, steps: int, warmup: int) -> list[float]:
 def write_json(path: str, rows: list[dict]) -> None:
   """All of a command's rows, which it has printed one JSON line each, as one file ('' writes none)."""
   if path:
-    with open(path, 'w', encoding='utf-8') as f:
-      json.dump(rows, f, indent=1)
+    runlog.write_json(path, rows)

@@ -130,9 +130,9 @@ def measure(config, *, steps: int, warmup: int, pipeline_batches: int, peak_gflo
                      'timing': {'alternate': 'alternating jax and torch steps',
                                 'blocks': 'all jax steps, then all torch steps'}[torch_timing]}
   return {
-      'config': config.get('name', ''), 'model': config.model.name, 'tasks': sorted(config.tasks.keys()),
+      'model': config.model.name, 'tasks': sorted(config.tasks.keys()),
       'dataset': config.data.name, 'batch_size': config.batch_size,
-      'conv_impl': config.model.get('conv_impl', 'auto'), 'dtype': str(config.model.options.get('dtype', 'float32')),
+      'conv_impl': config.model.conv_impl, 'dtype': str(config.model.options.get('dtype', 'float32')),
       'devices': f'{jax.device_count()}x {jax.devices()[0].device_kind}', 'host': platform.processor() or
       platform.machine(), 'jax': jax.__version__,
       'compile_s': round(compile_s, 2), 'step_ms_median': round(1e3 * step_s, 2),
@@ -184,15 +184,13 @@ def main(argv, *, opts: types.SimpleNamespace):
     check_config(opts.config.value)
   except ValueError as e:
     raise SystemExit(f'error: bad config: {e}') from None
-  from jaxssl.data.fashion_mnist import ChecksumError, DataNotFoundError  # pylint: disable=import-outside-toplevel
   torch_step = None
   try:
-    torch_step, torch_info = _torch_step(opts.config.value) if opts.torch.value else (None, {})
-    result = measure(opts.config.value, steps=opts.steps.value, warmup=opts.warmup.value,
-                     pipeline_batches=opts.pipeline_batches.value, peak_gflops=opts.peak_gflops.value,
-                     torch_step=torch_step, torch_timing=opts.torch_timing.value)
-  except (DataNotFoundError, ChecksumError) as e:
-    raise SystemExit(f'error: {e}') from None
+    with cli.errors_as_one_line():
+      torch_step, torch_info = _torch_step(opts.config.value) if opts.torch.value else (None, {})
+      result = measure(opts.config.value, steps=opts.steps.value, warmup=opts.warmup.value,
+                       pipeline_batches=opts.pipeline_batches.value, peak_gflops=opts.peak_gflops.value,
+                       torch_step=torch_step, torch_timing=opts.torch_timing.value)
   finally:
     if torch_step is not None:
       torch_step.close()

@@ -51,6 +51,4 @@ class PaddedImages:
     return self._pad(self.source[index])
 
   def __getitems__(self, indices):
-    getitems = getattr(self.source, '__getitems__', None)
-    records = getitems(indices) if getitems else [self.source[i] for i in indices]
-    return [self._pad(r) for r in records]
+    return [self._pad(r) for r in read_records(self.source, indices)]

@@ -38,7 +38,7 @@ import numpy as np
 
 from jaxssl.data import sources
 from jaxssl.eval.base import Evaluator
-from jaxssl.runlog import log
+from jaxssl.runlog import log, write_json
 from jaxssl.tasks import attribute_metrics as am
 
 DECISIONS = ('threshold', 'group_argmax')
@@ -159,8 +159,7 @@ def choose_thresholds(exp, state, task, step: int, output_fn=None) -> dict[str, 
 def save_thresholds(workdir: str, record: dict[str, Any]) -> str:
   path = os.path.join(workdir, THRESHOLDS_FILE)
   if jax.process_index() == 0:
-    with open(path, 'w', encoding='utf-8') as f:
-      json.dump(record, f, indent=2)
+    write_json(path, record)
   return path
 
 
@@ -214,13 +213,16 @@ class Attributes(Evaluator):
   (``thresholds.json``), scores ``multitask.report_split`` and writes ``attributes_<split>_step<N>.json``;
   returns the scalar metrics as ``<task>/<split>/<metric>`` (merged into final_metrics.json)."""
 
+  def __post_init__(self):
+    self._task = attribute_task(self.ctx.tasks)
+    # One compiled function for both splits and every evaluation.
+    self._outputs = make_output_fn(self.ctx, self._task) if self._task is not None else None
+
   def run(self, state, phase: str) -> dict[str, Any]:
-    exp, workdir = self.ctx, self.ctx.workdir
-    task = attribute_task(exp.tasks)
+    exp, workdir, task, output_fn = self.ctx, self.ctx.workdir, self._task, self._outputs
     if task is None:
       return {}
     step, opts = int(state.step), options(exp.config)
-    output_fn = make_output_fn(exp, task)  # one compiled function for both splits
     thresholds = choose_thresholds(exp, state, task, step, output_fn)
     save_thresholds(workdir, thresholds)
     split = opts['report_split']
@@ -230,8 +232,7 @@ class Attributes(Evaluator):
     result = score(gather(exp, state, exp.source(split), task, output_fn), thresholds, exp.info)
     result = {'step': step, 'split': split, 'thresholds': thresholds, **result}
     if jax.process_index() == 0:
-      with open(os.path.join(workdir, f'attributes_{split}_step{step}.json'), 'w', encoding='utf-8') as f:
-        json.dump(result, f, indent=2)
+      write_json(os.path.join(workdir, f'attributes_{split}_step{step}.json'), result)
     scalars = {k: v for k, v in result.items() if isinstance(v, float)}
     log(f'{task.name} on {split} @ {step}, {describe(thresholds)}: '
         + ', '.join(f'{k}={v:.4f}' for k, v in scalars.items()))

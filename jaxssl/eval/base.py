@@ -56,6 +56,7 @@ class EvalContext:
   workdir: str
   train_source: Any
   eval_source: Any
+  _sources: dict = dataclasses.field(default_factory=dict, repr=False)   # (split, limit) -> source, loaded once
 
   @property
   def eval_split(self) -> str:
@@ -66,7 +67,9 @@ class EvalContext:
     if split == self.config.data.eval_split and limit is None:
       return self.eval_source
     limit = self.config.data.eval_limit if limit is None else limit
-    return datasets.load_split(self.info, split, self.config.data, limit)
+    if (split, limit) not in self._sources:
+      self._sources[split, limit] = datasets.load_split(self.info, split, self.config.data, limit)
+    return self._sources[split, limit]
 
   def compile(self, fn: Callable, *, per_example: bool = False) -> Callable:
     """``fn(model, batch)`` as a jitted ``(state, batch)`` function over the mesh. ``per_example``: the outputs

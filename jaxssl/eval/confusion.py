@@ -26,11 +26,12 @@ def confusion_counts(logits: jax.Array, labels: jax.Array, weight: jax.Array, nu
   return true.T @ pred
 
 
-def confusion_matrices(ctx, state, source=None) -> dict[str, np.ndarray]:
-  """{task: [true, predicted] counts} of every task that predicts the dataset's classes, over ``source``."""
+def make_counts_fn(ctx):
+  """Compiled (state, batch) -> {task: [true, predicted] counts} of the tasks that predict the dataset's classes
+  (None where no task does)."""
   tasks = [t for t in ctx.tasks if t.predicts_classes]
   if not tasks:
-    return {}
+    return None
 
   def counts(model, batch):
     out = {}
@@ -40,7 +41,15 @@ def confusion_matrices(ctx, state, source=None) -> dict[str, np.ndarray]:
       out[task.name] = confusion_counts(logits, b['label'], b['weight'], task.num_classes)
     return out
 
-  sums = ctx.accumulate(ctx.compile(counts), state, ctx.batches(source))
+  return ctx.compile(counts)
+
+
+def confusion_matrices(ctx, state, counts_fn=None, source=None) -> dict[str, np.ndarray]:
+  """{task: [true, predicted] counts} of every task that predicts the dataset's classes, over ``source``."""
+  counts_fn = counts_fn or make_counts_fn(ctx)
+  if counts_fn is None:
+    return {}
+  sums = ctx.accumulate(counts_fn, state, ctx.batches(source))
   return {k: np.asarray(v).round().astype(np.int64) for k, v in sums.items()}
 
 
@@ -82,8 +91,11 @@ class Confusion(Evaluator):
   matrices as ``confusion.csv|png`` in the workdir (``confusion_<task>`` when there are several;
   ``confusion_<split>_step<N>`` outside training)."""
 
+  def __post_init__(self):
+    self._counts = make_counts_fn(self.ctx)  # compiled once, whatever the number of evaluations
+
   def run(self, state, phase: str) -> dict[str, Any]:
-    matrices = confusion_matrices(self.ctx, state)
+    matrices = confusion_matrices(self.ctx, state, self._counts) if self._counts is not None else {}
     names = self.ctx.info.class_names
     out = {}
     stem = self.stem('confusion', state, phase)

@@ -7,7 +7,6 @@ run's checkpoint loads into a classifier), and only the ``backbone`` subtrees of
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
@@ -17,6 +16,8 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from jaxssl import trees
+from jaxssl.runlog import write_json
+from jaxssl.train.checkpoint import state_metadata
 
 BACKBONE = 'backbone'
 # Normalization layers join the layer called just before them: a conv and its BatchNorm train together.
@@ -55,9 +56,7 @@ def read_backbone(checkpoint: str) -> dict[tuple[str, ...], np.ndarray]:
   state_dir = os.path.join(checkpoint, 'state')
   if not os.path.isdir(state_dir):
     raise FileNotFoundError(f'no train state in {checkpoint} (expected {state_dir})')
-  meta = ocp.StandardCheckpointer().metadata(state_dir)
-  tree = getattr(meta, 'item_metadata', meta)
-  tree = getattr(tree, 'tree', tree)
+  tree = state_metadata(state_dir)
   wanted = {part: {BACKBONE: tree[part][BACKBONE]} for part in ('params', 'model_state')
             if isinstance(tree, dict) and isinstance(tree.get(part), dict) and BACKBONE in tree[part]}
   if 'params' not in wanted:
@@ -110,8 +109,7 @@ def load_backbone(model, checkpoint: str) -> dict[str, Any]:
 def write_init_info(workdir: str, info: dict[str, Any]) -> None:
   if jax.process_index():
     return
-  with open(os.path.join(workdir, 'init_from.json'), 'w', encoding='utf-8') as f:
-    json.dump(info, f, indent=2)
+  write_json(os.path.join(workdir, 'init_from.json'), info)
 
 
 def has_checkpoint(workdir: str) -> bool:
