@@ -151,7 +151,7 @@ def test_a_failing_final_evaluator_costs_no_training_steps(tmp_path, tfds_dir):
   ckpt.close()
 
 
-def test_knn_options_are_checked_when_the_run_is_built(tfds_dir):
+def test_knn_options_are_checked_when_the_run_is_built():
   from jaxssl.eval.knn import Knn  # pylint: disable=import-outside-toplevel
   with pytest.raises(ValueError, match="unknown k-NN pool 'max'"):
     Knn(ctx=None, pool='max')

@@ -505,7 +505,7 @@ def test_a_full_then_read_only_disk_is_one_line_and_loses_nothing(generated_tfds
 
 def test_a_run_that_lost_its_lock_stops_before_saving(tmp_path):
   """A lock taken over while its run was stalled (another run's token on disk) stops that run at its next save."""
-  from jaxssl.train import lock as lock_lib  # pylint: disable=import-outside-toplevel
+  lock_lib = lock
   held = lock_lib.WorkdirLock(str(tmp_path))
   held.acquire()
   try:

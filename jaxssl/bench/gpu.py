@@ -81,8 +81,11 @@ def make_batch(folder: str, source_batch: int, data_dir: str = '') -> None:
   info = get_dataset(cfg.data.name, cfg.data)
   tasks, _ = build_tasks(cfg.tasks, info)
   source = load_split(info, cfg.data.train_split, cfg.data, 0)
-  batch = next(pipeline.train_iterator(source, tasks, global_batch=source_batch, seed=0,
-                                       **pipeline.iterator_options(cfg.data)))
+  it = pipeline.train_iterator(source, tasks, global_batch=source_batch, seed=0, **pipeline.iterator_options(cfg.data))
+  try:
+    batch = next(it)
+  finally:  # grain's workers and their shared memory end here, not at exit
+    getattr(it, 'close', lambda: None)()
   os.makedirs(folder, exist_ok=True)
   flat = {'/'.join(str(getattr(k, 'key', k)) for k in path): np.asarray(v)
           for path, v in jax.tree_util.tree_flatten_with_path(batch)[0]}

@@ -78,11 +78,14 @@ def measure(config, *, steps: int, warmup: int, pipeline_batches: int, peak_gflo
   exp = experiment.build_experiment(config)
   it = pipeline.train_iterator(exp.train_source, exp.tasks, global_batch=config.batch_size, seed=config.seed,
                                **pipeline.iterator_options(config.data))
-  next(it)  # first batch pays for opening files / starting workers
-  t0 = time.perf_counter()
-  for _ in range(pipeline_batches):
-    host_batch = next(it)
-  pipeline_ips = pipeline_batches * config.batch_size / (time.perf_counter() - t0)
+  try:
+    next(it)  # first batch pays for opening files / starting workers
+    t0 = time.perf_counter()
+    for _ in range(pipeline_batches):
+      host_batch = next(it)
+    pipeline_ips = pipeline_batches * config.batch_size / (time.perf_counter() - t0)
+  finally:  # grain's workers and their shared memory end here, not at exit
+    getattr(it, 'close', lambda: None)()
 
   batch = sharding.shard_batch(host_batch, exp.mesh)
   rng = jax.random.PRNGKey(0)
