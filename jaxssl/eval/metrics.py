@@ -33,10 +33,6 @@ class SplitMetrics(Evaluator):
     self._sums = ctx.compile(sums)
 
   def run(self, state, phase: str) -> dict[str, float]:
-    return self.evaluate(state)
-
-  def evaluate(self, state, source=None) -> dict[str, float]:
-    """The split means over ``source`` (default: the eval split)."""
-    sums = self.ctx.accumulate(self._sums, state, self.ctx.batches(source))
+    sums = self.ctx.accumulate(self._sums, state, self.ctx.batches())
     keys = ['loss'] + [k for t in self.ctx.tasks for k in sums if k.startswith(f'{t.name}/')]  # task by task
     return {k: float(sums[k][0]) / max(float(sums[k][1]), 1e-8) for k in keys}
