@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import argparse
 import csv
-import glob
+import io
 import json
 import math
 import os
+import posixpath
 import re
 import sys
 from typing import Any
+
+from jaxssl import files
 
 # Metrics that say how good a run is, in the order the headline is picked when --metric is not given.
 _HEADLINE_SUFFIXES = ('top1', '/acc', 'accuracy', 'macro_f1', 'f1', 'exact')
@@ -35,8 +38,7 @@ def _read_json(path: str) -> Any:
   """A run's JSON file; one that does not parse (torn by a kill, or edited) counts as absent, with a warning, so
   that one broken run does not stop the report of the others."""
   try:
-    with open(path, encoding='utf-8') as f:
-      return json.load(f)
+    return json.loads(files.read_text(path))
   except ValueError as e:
     print(f'warning: {path} is not valid JSON ({e}); left out', file=sys.stderr)
     return {}
@@ -51,15 +53,15 @@ def find_runs(paths) -> tuple[list[str], list[tuple[str, str]]]:
   """(run directories, [(path, why it is not one)]): the given ones, or the workdirs found below them."""
   runs, skipped = [], []
   for path in paths:
-    if not os.path.isdir(path):
+    if not files.isdir(path):
       skipped.append((path, 'not a directory'))
-    elif _is_run(os.listdir(path)):
+    elif _is_run(files.listdir(path)):
       runs.append(path)
     else:
       found = []
-      for root, dirs, files in os.walk(path):
+      for root, dirs, names in files.walk(path):
         dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS)
-        if _is_run(files):
+        if _is_run(names):
           found.append(root)
           dirs[:] = []  # a run's own subfolders are not runs
       runs += found
@@ -70,12 +72,17 @@ def find_runs(paths) -> tuple[list[str], list[tuple[str, str]]]:
 
 def short_names(runs) -> list[str]:
   """The fewest trailing path components that tell the runs apart."""
-  parts = [os.path.normpath(os.path.abspath(r)).split(os.sep) for r in runs]
+  parts = [_norm(files.abspath(r)).split('/' if files.is_remote(r) else os.sep) for r in runs]
   for n in range(1, max((len(p) for p in parts), default=1) + 1):
     names = ['/'.join(p[-n:]) for p in parts]
     if len(set(names)) == len(names):
       return names
-  return [os.path.normpath(r) for r in runs]
+  return [_norm(r) for r in runs]
+
+
+def _norm(path: str) -> str:
+  """``os.path.normpath`` of a local path; a URL as it is (normpath would make ``gs://`` ``gs:/``)."""
+  return files.abspath(path) if files.is_remote(path) else os.path.normpath(path)
 
 
 def _is_number(v) -> bool:
@@ -107,8 +114,8 @@ def _describe_config(config: dict[str, Any], run_dir: str, knn: dict[str, Any]) 
     weight = '' if float(t.get('weight', 1.0)) == 1.0 else f" x{t['weight']:g}"
     tasks.append(f"{name}{'@' + layer if layer else ''}{' frozen' if t.get('freeze_backbone') else ''}{weight}")
   init = ''
-  if os.path.exists(os.path.join(run_dir, 'init_from.json')):
-    init = _read_json(os.path.join(run_dir, 'init_from.json')).get('checkpoint', '')
+  if files.exists(files.join(run_dir, 'init_from.json')):
+    init = _read_json(files.join(run_dir, 'init_from.json')).get('checkpoint', '')
   init = init or config.get('init_from') or ''
   if knn and not config:
     init = (knn.get('backbone') or {}).get('checkpoint', '')
@@ -132,8 +139,8 @@ def _short_init(path: str) -> str:
   """A checkpoint path as <workdir name>@<step>; '' = scratch."""
   if not path:
     return 'scratch'
-  m = re.match(r'(.*)/checkpoints/(\d+)/?$', os.path.normpath(path))
-  return f'{os.path.basename(m.group(1))}@{m.group(2)}' if m else os.path.basename(os.path.normpath(path))
+  m = re.match(r'(.*)/checkpoints/(\d+)/?$', _norm(path))
+  return f'{files.basename(m.group(1))}@{m.group(2)}' if m else files.basename(_norm(path))
 
 
 def _throughput(rows, batch_size) -> dict[str, Any]:
@@ -157,14 +164,14 @@ def _throughput(rows, batch_size) -> dict[str, Any]:
 def run_row(run_dir: str, metric: str = '') -> tuple[dict[str, Any] | None, str]:
   """One run's row, or (None, why it has no results)."""
   from jaxssl.runlog import read_metrics  # pylint: disable=import-outside-toplevel
-  config_path = os.path.join(run_dir, 'config.json')
-  config = _read_json(config_path) if os.path.exists(config_path) else {}
+  config_path = files.join(run_dir, 'config.json')
+  config = _read_json(config_path) if files.exists(config_path) else {}
   rows = read_metrics(run_dir)
-  final_path = os.path.join(run_dir, 'final_metrics.json')
-  final = _read_json(final_path) if os.path.exists(final_path) else {}
-  knn_files = sorted(glob.glob(os.path.join(run_dir, 'knn_*.json')))
+  final_path = files.join(run_dir, 'final_metrics.json')
+  final = _read_json(final_path) if files.exists(final_path) else {}
+  knn_files = files.glob(run_dir, 'knn_*.json')
   row = {'run': run_dir, **_describe_config(config, run_dir, _read_json(knn_files[0]) if knn_files else {})}
-  eval_files = sorted(glob.glob(os.path.join(run_dir, 'eval_*_step*.json')))
+  eval_files = files.glob(run_dir, 'eval_*_step*.json')
   evals = [r for r in rows if r.get('split') not in (None, 'train')]
   last_step = max((r['step'] for r in rows), default=None)
   if not (final or knn_files or eval_files or evals):
@@ -178,12 +185,12 @@ def run_row(run_dir: str, metric: str = '') -> tuple[dict[str, Any] | None, str]
   results: dict[str, Any] = {k: v for k, v in final.items() if _is_number(v) and k != 'step'}
   for path in knn_files:
     knn = _read_json(path)
-    split = os.path.basename(path)[len('knn_'):-len('.json')]
+    split = files.basename(path)[len('knn_'):-len('.json')]
     results.update({f'knn_{split}/{k}': knn[k] for k in ('top1', 'top5') if _is_number(knn.get(k))})
     results[f'knn_{split}/layer'] = f"{knn.get('feature')}/{knn.get('pool')}"
   latest: dict[str, tuple[int, str]] = {}
   for path in eval_files:
-    m = re.match(r'eval_(.+)_step(\d+)\.json$', os.path.basename(path))
+    m = re.match(r'eval_(.+)_step(\d+)\.json$', files.basename(path))
     if m and int(m.group(2)) >= latest.get(m.group(1), (-1, ''))[0]:
       latest[m.group(1)] = (int(m.group(2)), path)
   for split, (step, path) in sorted(latest.items()):
@@ -202,7 +209,7 @@ def run_row(run_dir: str, metric: str = '') -> tuple[dict[str, Any] | None, str]
     row['best'], row['best_step'] = pick[head], pick['step']
   row.update(_throughput(rows, row.get('batch_size')))
   row['dir'] = run_dir
-  row['pictures'] = [os.path.join(run_dir, p) for p in _PICTURES if os.path.exists(os.path.join(run_dir, p))]
+  row['pictures'] = [files.join(run_dir, p) for p in _PICTURES if files.exists(files.join(run_dir, p))]
   row['results'] = results
   return row, ''
 
@@ -233,11 +240,12 @@ def _cell(v, column: str = '') -> str:
 
 def write_csv(rows, path: str) -> None:
   cols = _columns(rows)
-  with open(path, 'w', newline='', encoding='utf-8') as f:
-    w = csv.DictWriter(f, fieldnames=cols, extrasaction='ignore')
-    w.writeheader()
-    for row in rows:
-      w.writerow({k: ('' if v is None else v) for k, v in _flat(row).items()})
+  table = io.StringIO(newline='')
+  w = csv.DictWriter(table, fieldnames=cols, extrasaction='ignore')
+  w.writeheader()
+  for row in rows:
+    w.writerow({k: ('' if v is None else v) for k, v in _flat(row).items()})
+  files.write_text(path, table.getvalue())
 
 
 def write_markdown(rows, skipped, path: str, out_dir: str) -> None:
@@ -255,13 +263,22 @@ def write_markdown(rows, skipped, path: str, out_dir: str) -> None:
            '|' + '---|' * (len(cols) + 1)]
   for row in rows:
     flat = _flat(row)
-    links = ', '.join(f'[{os.path.splitext(os.path.basename(p))[0]}]({os.path.relpath(p, out_dir)})'
-                      for p in row['pictures'])
+    links = ', '.join(f'[{os.path.splitext(files.basename(p))[0]}]({_link(p, out_dir)})' for p in row['pictures'])
     lines.append('| ' + ' | '.join([_cell(flat.get(c), c) for c in cols] + [links]) + ' |')
   if skipped:
     lines += ['', '## Without results', ''] + [f'- `{p}`: {why}' for p, why in skipped]
-  with open(path, 'w', encoding='utf-8') as f:
-    f.write('\n'.join(lines) + '\n')
+  files.write_text(path, '\n'.join(lines) + '\n')
+
+
+def _link(path: str, out_dir: str) -> str:
+  """``path`` relative to ``out_dir`` where both are on one disk or in one bucket; else ``path`` whole."""
+  if not files.is_remote(path) and not files.is_remote(out_dir):
+    return os.path.relpath(path, out_dir)
+  path, out_dir = files.abspath(path), files.abspath(out_dir)
+  bucket = path.split('/')[:3]  # ['gs:', '', '<bucket>']
+  if out_dir.split('/')[:3] != bucket:
+    return path
+  return posixpath.relpath(path[len('/'.join(bucket)):] or '/', out_dir[len('/'.join(bucket)):] or '/')
 
 
 def write_chart(rows, path: str) -> str | None:
@@ -286,7 +303,7 @@ def write_chart(rows, path: str) -> str | None:
   ax.set_xlabel('final evaluation (headline metric)')
   ax.grid(alpha=0.3, axis='x')
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  files.save_figure(fig, path, dpi=110)
   plt.close(fig)
   return path
 
@@ -295,9 +312,12 @@ def report(paths, out_dir: str | None = None, metric: str = '', filters: bool = 
   """Rows of every run found in ``paths``; writes summary.md|csv|png into ``out_dir``."""
   runs, skipped = find_runs(paths)
   if out_dir is None:
-    parents = [os.path.dirname(os.path.abspath(r)) for r in runs] or [os.path.abspath(p) for p in paths]
-    out_dir = os.path.commonpath(parents) if parents else '.'
-  os.makedirs(out_dir, exist_ok=True)
+    parents = [files.dirname(files.abspath(r)) for r in runs] or [files.abspath(p) for p in paths]
+    try:
+      out_dir = files.commonpath(parents) if parents else '.'
+    except ValueError:  # runs on this disk and in a bucket, or in two kinds of store: no common parent
+      out_dir = '.'
+  files.makedirs(out_dir)
   rows = []
   for run_dir, name in zip(runs, short_names(runs)):
     row, why = run_row(run_dir, metric)
@@ -312,9 +332,9 @@ def report(paths, out_dir: str | None = None, metric: str = '', filters: bool = 
       elif why:
         print(f'{name}: no filters picture: {why}', file=sys.stderr)
     rows.append(row)
-  write_csv(rows, os.path.join(out_dir, 'summary.csv'))
-  write_markdown(rows, skipped, os.path.join(out_dir, 'summary.md'), out_dir)
-  write_chart(rows, os.path.join(out_dir, 'summary.png'))
+  write_csv(rows, files.join(out_dir, 'summary.csv'))
+  write_markdown(rows, skipped, files.join(out_dir, 'summary.md'), out_dir)
+  write_chart(rows, files.join(out_dir, 'summary.png'))
   return {'rows': rows, 'skipped': skipped, 'out': out_dir}
 
 
@@ -327,9 +347,9 @@ def checkpoint_filters(run_dir: str) -> tuple[str, Any]:
   if found is None:
     raise ValueError(f'the backbone in {checkpoint} has no conv layer')
   model = ''
-  if os.path.exists(os.path.join(run_dir, 'config.json')):
-    model = _read_json(os.path.join(run_dir, 'config.json')).get('model', {}).get('name', '') + ' '
-  return f'{model}{"/".join(found[0])} at step {os.path.basename(checkpoint)}', found[1]
+  if files.exists(files.join(run_dir, 'config.json')):
+    model = _read_json(files.join(run_dir, 'config.json')).get('model', {}).get('name', '') + ' '
+  return f'{model}{"/".join(found[0])} at step {files.basename(checkpoint)}', found[1]
 
 
 def _checkpoint_filters(run_dir: str, out_dir: str, name: str) -> tuple[str | None, str]:
@@ -343,8 +363,8 @@ def _checkpoint_filters(run_dir: str, out_dir: str, name: str) -> tuple[str | No
     what, kernel = checkpoint_filters(run_dir)
   except (ValueError, KeyError, FileNotFoundError) as e:
     return None, str(e)
-  path = os.path.join(out_dir, 'filters', re.sub(r'[^\w.-]+', '_', name), 'filters.png')
-  os.makedirs(os.path.dirname(path), exist_ok=True)
+  path = files.join(out_dir, 'filters', re.sub(r'[^\w.-]+', '_', name), 'filters.png')
+  files.makedirs(files.dirname(path))
   return filters.write_filters(kernel, path, f'{name}: {what}'), ''
 
 
@@ -363,11 +383,15 @@ def main(argv=None) -> int:
                       help='draw the first conv layer of the latest checkpoint of runs without filters.png '
                       '(into DIR/filters/)')
   args = parser.parse_args(argv)
-  result = report(args.runs, args.out, args.metric, args.filters)
+  try:
+    result = report(args.runs, args.out, args.metric, args.filters)
+  except files.RemotePathError as e:  # a gs:// run folder without the [gcs] extra
+    print(f'error: {e}', file=sys.stderr)
+    return 2
   for path, why in result['skipped']:
     print(f'skipped {path}: {why}', file=sys.stderr)
   out = result['out']
-  print(f"{len(result['rows'])} run(s) -> {os.path.join(out, 'summary.md')}, summary.csv, summary.png")
+  print(f"{len(result['rows'])} run(s) -> {files.join(out, 'summary.md')}, summary.csv, summary.png")
   return 0 if result['rows'] else 1
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import json
 import os
 import re
@@ -13,6 +14,8 @@ import time
 from typing import Any
 
 import jax
+
+from jaxssl import files
 
 # A disk's refusals, by what fixes them; any other OSError is not about where the run writes.
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -35,11 +38,12 @@ def write_error(exc: BaseException, path: str = '', workdir: str = '') -> WriteE
   code = exc.errno if isinstance(exc, OSError) else None
   if code is None and (m := _TENSORSTORE_OS_ERROR.search(str(exc))):
     code = int(m.group(1))
+  if code is None and isinstance(exc, OSError) and str(exc).startswith('Forbidden'):
+    code = errno.EACCES  # gcsfs: HTTP 403, no errno
   if code not in _FULL + _READ_ONLY + _NOT_A_FOLDER:
     return None
   where = (getattr(exc, 'filename', None) if isinstance(exc, OSError) else None) or path or '?'
-  top = os.path.abspath(workdir) if workdir else ''
-  ours = bool(top) and os.path.commonpath([top, os.path.abspath(str(where))]) == top
+  ours = bool(workdir) and files.is_within(str(where), workdir)
   if code in _FULL:
     fix = 'free space there and rerun the same command (what was written before is intact)'
   elif code in _READ_ONLY:
@@ -65,18 +69,11 @@ def writing(path: str = '', workdir: str = ''):
 
 
 def write_text(path: str, text: str) -> None:
-  """Replaces ``path`` whole or not at all: written beside it, then renamed over it, so a full disk or a
-  killed process leaves the previous version (or nothing), never half a file."""
-  tmp = f'{path}.tmp-{os.getpid()}'
+  """Replaces ``path`` whole or not at all (:func:`jaxssl.files.write_text`: written beside it, then renamed over
+  it; one upload on a store), so a full disk or a killed process leaves the previous version (or nothing), never
+  half a file; a refusal is one :class:`WriteError` line."""
   with writing(path):
-    try:
-      with open(tmp, 'w', encoding='utf-8') as f:
-        f.write(text)
-      os.replace(tmp, path)
-    except BaseException:
-      with contextlib.suppress(OSError):
-        os.remove(tmp)
-      raise
+    files.write_text(path, text)
 
 
 def write_json(path: str, value: Any) -> None:
@@ -95,13 +92,17 @@ class MetricWriter:
 
   def __init__(self, workdir: str, start_step: int = 0, rerun_split: str | None = None):
     self.active = jax.process_index() == 0
-    self.path = os.path.join(workdir, 'metrics.jsonl')
+    self.path = files.join(workdir, 'metrics.jsonl')
     self._tb = None
     if self.active:
       with writing(self.path, workdir):
         _drop_rows_after(self.path, start_step, rerun_split)
-        from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-        self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+        # pylint: disable=import-outside-toplevel
+        from tensorboardX import SummaryWriter, record_writer
+        # pylint: enable=import-outside-toplevel
+        if files.is_remote(workdir):  # events through jaxssl.files, as every other file of the run
+          record_writer.register_writer_factory(files.scheme(workdir), _StoreEvents())
+        self._tb = SummaryWriter(files.join(workdir, 'tensorboard'))
     self._workdir = workdir
 
   def write(self, step: int, split: str, metrics: dict[str, Any]) -> None:
@@ -109,41 +110,82 @@ class MetricWriter:
       return
     row = {'step': int(step), 'split': split, **{k: float(v) for k, v in metrics.items()}}
     with writing(self.path, self._workdir):
-      with open(self.path, 'a', encoding='utf-8') as f:
-        f.write(json.dumps(row) + '\n')
+      files.append_text(self.path, json.dumps(row) + '\n')
       for k, v in metrics.items():
         self._tb.add_scalar(f'{split}/{k}', float(v), int(step))
       self._tb.flush()
 
   def close(self) -> None:
     if self._tb is not None:
-      with writing(os.path.join(self._workdir, 'tensorboard'), self._workdir):
+      with writing(files.join(self._workdir, 'tensorboard'), self._workdir):
         self._tb.close()
+
+
+# Uploads of a growing events file at most this often: GCS takes about one write per second of one object, and
+# the run's numbers are in metrics.jsonl anyway; closing uploads the rest.
+_EVENTS_UPLOAD_S = 10.0
+
+
+class _StoreEventFile:
+  """A TensorBoard events file on a store, for tensorboardX's RecordWriter: records are appended in memory and
+  each flush uploads the whole file (a store cannot append; tensorboardX's own GCS writer does the same, through
+  google-cloud-storage), at most every ``_EVENTS_UPLOAD_S`` seconds."""
+
+  def __init__(self, path: str):
+    self.path = path
+    self._buf = io.BytesIO()
+    self._sent, self._last = 0, float('-inf')
+
+  def write(self, data: bytes) -> None:
+    self._buf.write(data)
+
+  def flush(self) -> None:
+    if self._buf.tell() != self._sent and time.monotonic() - self._last >= _EVENTS_UPLOAD_S:
+      self._upload()
+
+  def close(self) -> None:
+    if self._buf.tell() != self._sent:
+      self._upload()
+
+  def _upload(self) -> None:
+    data = self._buf.getvalue()
+    files.write_bytes(self.path, data)
+    self._sent, self._last = len(data), time.monotonic()
+
+
+class _StoreEvents:
+  """tensorboardX's writer factory (``record_writer.register_writer_factory``) for a remote scheme."""
+
+  def open(self, path: str) -> _StoreEventFile:
+    return _StoreEventFile(path)
+
+  def directory_check(self, path: str) -> None:
+    files.check_remote(path)  # a store has no folders to make
 
 
 def _parse_lines(path: str) -> tuple[list[tuple[str, dict[str, Any]]], list[int]]:
   """(line, row) of every row of a metrics file, and the numbers of the lines that are not one (torn)."""
   rows, bad = [], []
-  with open(path, encoding='utf-8', errors='replace') as f:
-    for n, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-      except ValueError:
-        bad.append(n)
-        continue
-      if isinstance(row, dict) and isinstance(row.get('step'), int):
-        rows.append((line if line.endswith('\n') else line + '\n', row))
-      else:
-        bad.append(n)
+  # Lines as a text file gives them (universal newlines); the file is read whole, in one request on a store.
+  for n, line in enumerate(io.StringIO(files.read_text(path, errors='replace'), newline=None), 1):
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+    except ValueError:
+      bad.append(n)
+      continue
+    if isinstance(row, dict) and isinstance(row.get('step'), int):
+      rows.append((line if line.endswith('\n') else line + '\n', row))
+    else:
+      bad.append(n)
   return rows, bad
 
 
 def _drop_rows_after(path: str, step: int, rerun_split: str | None = None) -> None:
   """Rewrites ``path`` (whole, or not at all) without rows of steps after ``step`` (or of ``rerun_split`` at
   ``step``) and without torn lines."""
-  if not os.path.isfile(path):  # absent, or not a plain file: nothing of the run's to rewrite
+  if not files.isfile(path):  # absent, or not a plain file: nothing of the run's to rewrite
     return
   rows, bad = _parse_lines(path)
   kept = [line for line, row in rows
@@ -161,8 +203,8 @@ _REPORTED: set[str] = set()
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
   """The rows of ``workdir``'s metrics.jsonl. A line that is not a row (a writer killed mid-line) is skipped and
   reported once on stderr: the rest of the history stands."""
-  path = os.path.join(workdir, 'metrics.jsonl')
-  if not os.path.isfile(path):
+  path = files.join(workdir, 'metrics.jsonl')
+  if not files.isfile(path):
     return []
   rows, bad = _parse_lines(path)
   if bad and path not in _REPORTED:

@@ -15,14 +15,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import sys
 from typing import Any
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jaxssl import cli
+from jaxssl import cli, files
 
 _FLAGS: dict = {}
 
@@ -71,9 +70,9 @@ def run_study(config, workdir: str) -> list[dict[str, Any]]:
   rows = []
   cells = [(init, f, s) for init in config.study.inits for f in config.study.fractions for s in config.study.seeds]
   for i, (init, fraction, seed) in enumerate(cells):
-    cell_dir = os.path.join(workdir, 'cells', cell_name(init, fraction, seed))
-    final = os.path.join(cell_dir, 'final_metrics.json')
-    if not os.path.exists(final):
+    cell_dir = files.join(workdir, 'cells', cell_name(init, fraction, seed))
+    final = files.join(cell_dir, 'final_metrics.json')
+    if not files.exists(final):
       log(f'study cell {i + 1}/{len(cells)}: {cell_name(init, fraction, seed)}')
       c = cell_config(config, config.study.inits[init], fraction, seed, num_records, jax.device_count())
       result = loop.train_and_evaluate(c, cell_dir)
@@ -84,8 +83,7 @@ def run_study(config, workdir: str) -> list[dict[str, Any]]:
         else:
           log('study interrupted; rerun the same command to continue')
         sys.exit(result['exit_code'])
-    with open(final, encoding='utf-8') as f:
-      metrics = json.load(f)
+    metrics = json.loads(files.read_text(final))
     rows.append({'init': init, 'fraction': float(fraction), 'seed': int(seed), 'step': metrics['step'],
                  **{k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k != 'step'}})
   if jax.process_index() == 0:
@@ -112,9 +110,9 @@ def write_results(rows, workdir: str, metric: str) -> None:
   w = csv.DictWriter(table, fieldnames=keys)
   w.writeheader()
   w.writerows(rows)
-  write_text(os.path.join(workdir, 'results.csv'), table.getvalue())
+  write_text(files.join(workdir, 'results.csv'), table.getvalue())
   summary = summarize(rows, metric)
-  write_json(os.path.join(workdir, 'results.json'), {'metric': metric, 'cells': summary})
+  write_json(files.join(workdir, 'results.json'), {'metric': metric, 'cells': summary})
   from jaxssl.eval import plots  # pylint: disable=import-outside-toplevel  # Agg backend
   plt = plots.plt
   fig, ax = plt.subplots(figsize=(5.5, 3.8))
@@ -133,7 +131,7 @@ def write_results(rows, workdir: str, metric: str) -> None:
   ax.legend()
   fig.tight_layout()
   with writing(workdir, workdir):
-    fig.savefig(os.path.join(workdir, 'label_efficiency.png'), dpi=110)
+    files.save_figure(fig, files.join(workdir, 'label_efficiency.png'), dpi=110)
   plt.close(fig)
 
 
@@ -151,7 +149,7 @@ def main(argv):
   from jaxssl.runlog import writing  # pylint: disable=import-outside-toplevel
   with cli.errors_as_one_line():
     with writing(workdir, workdir):
-      os.makedirs(workdir, exist_ok=True)
+      files.makedirs(workdir)
     run_study(config, workdir)
 
 

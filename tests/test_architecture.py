@@ -21,7 +21,7 @@ LAYERS = {
     'jaxssl.tasks': 2,
     'jaxssl.models': 1,
     'jaxssl.data': 0, 'jaxssl.ops': 0, 'jaxssl.sharding': 0, 'jaxssl.trees': 0, 'jaxssl.runlog': 0,
-    'jaxssl.registry': 0,
+    'jaxssl.registry': 0, 'jaxssl.files': 0,
 }
 
 

@@ -27,15 +27,16 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import math
-import os
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 
+from jaxssl import files
 from jaxssl.data import sources
 from jaxssl.eval.base import Evaluator
 from jaxssl.runlog import log, write_json
@@ -157,7 +158,7 @@ def choose_thresholds(exp, state, task, step: int, output_fn=None) -> dict[str, 
 
 
 def save_thresholds(workdir: str, record: dict[str, Any]) -> str:
-  path = os.path.join(workdir, THRESHOLDS_FILE)
+  path = files.join(workdir, THRESHOLDS_FILE)
   if jax.process_index() == 0:
     write_json(path, record)
   return path
@@ -165,11 +166,10 @@ def save_thresholds(workdir: str, record: dict[str, Any]) -> str:
 
 def saved_thresholds(workdir: str, step: int, decision: str) -> dict[str, Any] | None:
   """The record saved for this checkpoint step and decision rule, if any."""
-  path = os.path.join(workdir, THRESHOLDS_FILE)
-  if not os.path.exists(path):
+  path = files.join(workdir, THRESHOLDS_FILE)
+  if not files.exists(path):
     return None
-  with open(path, encoding='utf-8') as f:
-    record = json.load(f)
+  record = json.loads(files.read_text(path))
   return record if record.get('step') == step and record.get('decision') == decision else None
 
 
@@ -232,7 +232,7 @@ class Attributes(Evaluator):
     result = score(gather(exp, state, exp.source(split), task, output_fn), thresholds, exp.info)
     result = {'step': step, 'split': split, 'thresholds': thresholds, **result}
     if jax.process_index() == 0:
-      write_json(os.path.join(workdir, f'attributes_{split}_step{step}.json'), result)
+      write_json(files.join(workdir, f'attributes_{split}_step{step}.json'), result)
     scalars = {k: v for k, v in result.items() if isinstance(v, float)}
     log(f'{task.name} on {split} @ {step}, {describe(thresholds)}: '
         + ', '.join(f'{k}={v:.4f}' for k, v in scalars.items()))
@@ -256,18 +256,24 @@ def file_paths(source, count: int) -> list[str]:
 
 
 def write_predictions(directory: str, paths, category_labels, attribute_decisions) -> dict[str, str]:
-  """The two submission files; ``category_labels`` None writes only attribute.csv."""
-  os.makedirs(directory, exist_ok=True)
+  """The two submission files, each written whole (:func:`jaxssl.files.write_text`); ``category_labels`` None writes
+  only attribute.csv."""
+  files.makedirs(directory)
   written = {}
   if category_labels is not None:
-    written['category'] = os.path.join(directory, 'category.csv')
-    with open(written['category'], 'w', newline='', encoding='utf-8') as f:
-      w = csv.writer(f)
-      w.writerow(['file_path', 'category_label'])
-      w.writerows(zip(paths, (int(c) for c in category_labels)))
-  written['attribute'] = os.path.join(directory, 'attribute.csv')
-  with open(written['attribute'], 'w', newline='', encoding='utf-8') as f:
-    w = csv.writer(f)
-    w.writerow(['file_path', 'attribute_label'])
-    w.writerows((p, ' '.join(str(a) for a in np.flatnonzero(row))) for p, row in zip(paths, attribute_decisions))
+    written['category'] = files.join(directory, 'category.csv')
+    files.write_text(written['category'], _csv(['file_path', 'category_label'],
+                                               zip(paths, (int(c) for c in category_labels))))
+  written['attribute'] = files.join(directory, 'attribute.csv')
+  files.write_text(written['attribute'], _csv(
+      ['file_path', 'attribute_label'],
+      ((p, ' '.join(str(a) for a in np.flatnonzero(row))) for p, row in zip(paths, attribute_decisions))))
   return written
+
+
+def _csv(header, rows) -> str:
+  buf = io.StringIO(newline='')
+  w = csv.writer(buf)
+  w.writerow(header)
+  w.writerows(rows)
+  return buf.getvalue()

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import os
+import io
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxssl import files
 from jaxssl.eval import plots
 from jaxssl.eval.base import Evaluator
 
@@ -60,11 +61,12 @@ def per_class_accuracy(cm: np.ndarray, class_names) -> dict[str, float | None]:
 
 def write_confusion(cm: np.ndarray, class_names, path_stem: str) -> None:
   """``<stem>.csv`` (rows: true class, columns: predicted) and ``<stem>.png`` (row-normalized heat map)."""
-  with open(path_stem + '.csv', 'w', newline='', encoding='utf-8') as f:
-    w = csv.writer(f)
-    w.writerow(['true \\ predicted', *class_names])
-    for name, row in zip(class_names, cm):
-      w.writerow([name, *[int(x) for x in row]])
+  table = io.StringIO(newline='')
+  w = csv.writer(table)
+  w.writerow(['true \\ predicted', *class_names])
+  for name, row in zip(class_names, cm):
+    w.writerow([name, *[int(x) for x in row]])
+  files.write_text(path_stem + '.csv', table.getvalue())
   plt = plots.plt
   rates = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
   n = len(class_names)
@@ -79,9 +81,9 @@ def write_confusion(cm: np.ndarray, class_names, path_stem: str) -> None:
   ax.set_yticks(range(n), class_names, fontsize=7)
   ax.set_xlabel('predicted')
   ax.set_ylabel('true')
-  ax.set_title(f'{os.path.basename(path_stem)} (row-normalized)', fontsize=8)
+  ax.set_title(f'{files.basename(path_stem)} (row-normalized)', fontsize=8)
   fig.tight_layout()
-  fig.savefig(path_stem + '.png', dpi=110)
+  files.save_figure(fig, path_stem + '.png', dpi=110)
   plt.close(fig)
 
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import os
+import io
 from typing import Any
 
 import jax
 import numpy as np
 from flax import nnx
 
+from jaxssl import files
 from jaxssl.data.sources import IndexedSubset
 from jaxssl.eval import features, plots
 from jaxssl.eval.base import Evaluator
@@ -60,11 +61,12 @@ def write_embedding(features, labels, class_names, path_stem: str, title: str = 
     ratio = np.concatenate([ratio, np.zeros(2 - len(ratio))])
   labels = np.asarray(labels).astype(np.int64)
   names = list(class_names)
-  with open(path_stem + '.csv', 'w', newline='', encoding='utf-8') as f:
-    w = csv.writer(f)
-    w.writerow(['pc1', 'pc2', 'label', 'class'])
-    for (a, b), y in zip(points, labels):
-      w.writerow([f'{a:.6g}', f'{b:.6g}', int(y), names[y] if 0 <= y < len(names) else y])
+  table = io.StringIO(newline='')
+  w = csv.writer(table)
+  w.writerow(['pc1', 'pc2', 'label', 'class'])
+  for (a, b), y in zip(points, labels):
+    w.writerow([f'{a:.6g}', f'{b:.6g}', int(y), names[y] if 0 <= y < len(names) else y])
+  files.write_text(path_stem + '.csv', table.getvalue())
   plt = plots.plt
   cmap = plt.get_cmap('tab10' if len(names) <= 10 else 'tab20' if len(names) <= 20 else 'turbo')
   fig, ax = plt.subplots(figsize=(7.5, 5.5))
@@ -75,11 +77,11 @@ def write_embedding(features, labels, class_names, path_stem: str, title: str = 
                label=names[c] if 0 <= c < len(names) else str(c))
   ax.set_xlabel(f'PC1 ({100 * ratio[0]:.1f}% of variance)')
   ax.set_ylabel(f'PC2 ({100 * ratio[1]:.1f}% of variance)')
-  ax.set_title(title or os.path.basename(path_stem), fontsize=9)
+  ax.set_title(title or files.basename(path_stem), fontsize=9)
   ax.legend(fontsize=7, markerscale=2.5, loc='center left', bbox_to_anchor=(1.0, 0.5), frameon=False)
   ax.grid(alpha=0.3)
   fig.tight_layout()
-  fig.savefig(path_stem + '.png', dpi=110)
+  files.save_figure(fig, path_stem + '.png', dpi=110)
   plt.close(fig)
   return {'points': points, 'explained_variance_ratio': ratio}
 
@@ -109,9 +111,9 @@ def embedding_for_run(feats, labels, class_names, workdir: str, layer: str, spli
   """``<workdir>/embedding.png|csv`` of the first ``limit`` rows (process 0 only)."""
   if jax.process_index():
     return None
-  stem = os.path.join(workdir, 'embedding')
+  stem = files.join(workdir, 'embedding')
   n = min(limit, len(labels))
   write_embedding(feats[:n], labels[:n], class_names, stem,
-                  f'{os.path.basename(os.path.abspath(workdir))}: PCA of {layer} features '
+                  f'{files.basename(files.abspath(workdir))}: PCA of {layer} features '
                   f'(L2-normalized), {n} {split} images')
   return stem + '.png'

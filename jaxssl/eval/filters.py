@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from typing import Any
 
 import jax
 import numpy as np
 
-from jaxssl import trees
+from jaxssl import files, trees
 from jaxssl.eval import plots
 from jaxssl.eval.base import Evaluator
 
@@ -67,7 +66,7 @@ def filter_grid(kernel, pad: int = 1, cols: int | None = None) -> np.ndarray:
 
 
 def write_filters(kernel, path: str, title: str = '') -> str:
-  """``filter_grid`` of ``kernel`` as a PNG."""
+  """``filter_grid`` of ``kernel`` as a PNG (:func:`jaxssl.files.save_figure`: any path, written whole)."""
   plt = plots.plt
   kernel = np.asarray(kernel)
   grid = filter_grid(kernel)
@@ -84,7 +83,7 @@ def write_filters(kernel, path: str, title: str = '') -> str:
   what = f'{cout} kernels {kh}x{kw}, {how}, each scaled to its own range'
   ax.set_title(f'{title}\n{what}' if title else what, fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  files.save_figure(fig, path, dpi=110)
   plt.close(fig)
   return path
 
@@ -102,7 +101,7 @@ class Filters(Evaluator):
     if found is None:
       return {}
     path, kernel = found
-    name = os.path.basename(os.path.abspath(self.ctx.workdir))
+    name = files.basename(files.abspath(self.ctx.workdir))
     write_filters(kernel, self.stem('filters', state, phase) + '.png',
                   f'{name}: {self.ctx.config.model.name} {"/".join(path)} at step {int(state.step)}')
     return {}

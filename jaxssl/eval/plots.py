@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import matplotlib
 
@@ -12,6 +11,7 @@ import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 
 import jax  # pylint: disable=wrong-import-position
 
+from jaxssl import files  # pylint: disable=wrong-import-position
 from jaxssl.eval.base import Evaluator  # pylint: disable=wrong-import-position
 from jaxssl.runlog import read_metrics  # pylint: disable=wrong-import-position
 
@@ -43,10 +43,10 @@ def plot_curves(workdir: str, eval_split: str = 'test', out: str | None = None) 
     ax.set_xlabel('step')
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-  fig.suptitle(os.path.basename(os.path.abspath(workdir)))
+  fig.suptitle(files.basename(files.abspath(workdir)))
   fig.tight_layout()
-  out = out or os.path.join(workdir, 'curves.png')
-  fig.savefig(out, dpi=110)
+  out = out or files.join(workdir, 'curves.png')
+  files.save_figure(fig, out, dpi=110)
   plt.close(fig)
   return out
 

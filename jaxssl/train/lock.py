@@ -12,6 +12,13 @@ others whether it got it.
 
 The ``--mode=eval|knn|predict`` runners take no lock: they only read committed checkpoints (orbax renames a
 step into place when it is complete), so they may run beside the training run they evaluate.
+
+On GCS (``gs://`` workdirs) creation stays exclusive: the lock and the takeover guard are uploaded with the
+precondition that no generation of the object exists (``ifGenerationMatch=0``), which GCS decides alone, so of two
+runs starting together exactly one gets the lock. What is weaker there: the heartbeat rewrites the lock after
+reading that it is still ours (a read, then a write: a takeover landing between the two is overwritten, and the run
+that took over finds its lock lost at its next save and stops, as a frozen run does); and heartbeat ages are the
+store's clock against this host's (a host clock minutes off shortens or lengthens ``lock_timeout_s``).
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxssl import files
 from jaxssl.runlog import log, writing
 
 LOCK_FILE = 'lock.json'
@@ -42,10 +50,10 @@ class LockError(RuntimeError):
 
 
 def _read(path: str) -> str:
+  """A file of this machine (/proc) or the lock, stripped; '' if it cannot be read."""
   try:
-    with open(path, encoding='utf-8') as f:
-      return f.read().strip()
-  except OSError:
+    return files.read_text(path).strip()
+  except (OSError, UnicodeDecodeError):
     return ''
 
 
@@ -97,8 +105,9 @@ class WorkdirLock:
   """The lock of one workdir, held from :meth:`acquire` to :meth:`release` (a context manager)."""
 
   def __init__(self, workdir: str, timeout_s: float = 600.0, heartbeat_s: float | None = None):
-    self.workdir = os.path.abspath(workdir)
-    self.path = os.path.join(self.workdir, LOCK_FILE)
+    self.workdir = files.abspath(workdir)
+    self.path = files.join(self.workdir, LOCK_FILE)
+    self._remote = files.is_remote(self.workdir)
     self.timeout_s = float(timeout_s)
     self.heartbeat_s = heartbeat_s if heartbeat_s is not None else max(0.5, min(30.0, self.timeout_s / 4))
     self._token = None
@@ -136,6 +145,8 @@ class WorkdirLock:
 
   def _create(self, record: dict[str, Any]) -> bool:
     """Puts ``record`` in place whole if no lock is there; False if one is."""
+    if self._remote:  # one upload, whole, on the condition that no object is there
+      return files.create_new(self.path, json.dumps(record, indent=2).encode('utf-8'))
     tmp = f'{self.path}.{record["token"]}.tmp'
     try:
       try:
@@ -168,7 +179,7 @@ class WorkdirLock:
   def _holder(self) -> tuple[dict[str, Any], float]:
     """(the lock's record, {} if unreadable; seconds since its last heartbeat)."""
     try:
-      age = time.time() - os.stat(self.path).st_mtime
+      age = time.time() - files.mtime(self.path)
     except FileNotFoundError:
       return {}, float('inf')
     try:
@@ -190,31 +201,33 @@ class WorkdirLock:
   def _take_over(self, holder: dict[str, Any], record: dict[str, Any]) -> bool:
     """Replaces the stale lock by ours under a guard; False if another run changed it first."""
     guard = f'{self.path}.takeover'
-    try:
-      fd = os.open(guard, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
+    if not files.create_new(guard, record['token'].encode('ascii')):
       with contextlib.suppress(OSError):
-        if time.time() - os.stat(guard).st_mtime > _TAKEOVER_STALE_S:
-          os.remove(guard)  # its taker was killed mid-takeover
+        if time.time() - files.mtime(guard) > _TAKEOVER_STALE_S:
+          files.remove(guard)  # its taker was killed mid-takeover
       time.sleep(0.2)
       return False
-    os.close(fd)
     try:
       if self._holder()[0] != holder:  # another run took it (or it was released) since we looked: look again
         return False
       with contextlib.suppress(FileNotFoundError):
-        os.remove(self.path)
+        files.remove(self.path)
       return self._create(record)
     finally:
       with contextlib.suppress(OSError):
-        os.remove(guard)
+        files.remove(guard)
 
   # ---- holding and leaving it
 
   def _heartbeat(self) -> None:
     while not self._stop.wait(self.heartbeat_s):
-      with contextlib.suppress(OSError):
-        os.utime(self.path)
+      with contextlib.suppress(OSError, ValueError, AttributeError):  # unreadable now: the next beat tries again
+        if not self._remote:
+          os.utime(self.path)
+          continue
+        text = files.read_text(self.path)  # a store has no utime: the lock is uploaded again, while it is ours
+        if json.loads(text).get('token') == self._token:
+          files.write_text(self.path, text)
 
   def holds(self) -> bool:
     """Whether the lock on disk is still ours (a run that lost it, e.g. after a host freeze, must not go on)."""
@@ -238,7 +251,7 @@ class WorkdirLock:
       self._thread = None
     if self._token is not None and self.holds():
       with contextlib.suppress(OSError):
-        os.remove(self.path)
+        files.remove(self.path)
     self._token = None
 
   def __enter__(self):
