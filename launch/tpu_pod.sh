@@ -3,7 +3,8 @@
 #
 #   launch/tpu_pod.sh TPU_NAME ZONE configs/fmnist_rotation.py gs://BUCKET/runs/rotation [--config.x=y ...]
 #
-# Each host installs jaxssl from this checkout's git remote (JAXSSL_REPO, default: origin's URL), then all
+# Each host installs jaxssl with its tpu and gcs extras (pyproject.toml) from this checkout's git remote
+# (JAXSSL_REPO, default: origin's URL) at this checkout's commit (JAXSSL_REF, default: HEAD), then all
 # hosts start together; `--multihost` makes each call jax.distributed.initialize(), which finds the
 # coordinator and its process index from the TPU metadata. The workdir must be shared storage (gs://...),
 # since orbax writes one checkpoint from all hosts. Rerunning the same command resumes from it.
@@ -18,6 +19,6 @@ gcloud compute tpus tpu-vm ssh "$tpu" --zone "$zone" --worker=all --command "
   set -e
   [ -d jaxssl ] || git clone -q '$repo' jaxssl
   cd jaxssl && git fetch -q && git checkout -q '$ref'
-  python3 -m venv .venv && .venv/bin/pip install -q -e . 'jax[tpu]'
+  python3 -m venv .venv && .venv/bin/pip install -q -e '.[tpu,gcs]'
   .venv/bin/python -m jaxssl.main --multihost --config '$config' --workdir '$workdir' $*
 "

@@ -7,7 +7,7 @@ on CifarNet's and ResNet-18's layers (forward; up to 17x for kernel gradients), 
 of conv.py, which write a copy of the input per kernel tap, 1.5-2.2x slower (README, "Benchmark").
 
 How. The first use compiles csrc/onednn_conv.cc (a few seconds, C++17) against the oneDNN the environment has:
-the ``onednn-cpu-gomp`` / ``onednn-devel-cpu-gomp`` wheels (jaxssl's dependencies on Linux x86-64), the directory
+the ``onednn-cpu-gomp`` / ``onednn-devel-cpu-gomp`` wheels (jaxssl's ``cpu`` extra, Linux x86-64), the directory
 in ``$JAXSSL_ONEDNN_ROOT`` (``include/`` and ``lib/``), or Debian's ``libdnnl-dev``. The library goes to
 ``$JAXSSL_CACHE_DIR`` (default ``~/.cache/jaxssl``) and is reused. Since it runs inside every training process,
 the cache is guarded (:func:`_build`): the library is named by a hash of everything its build read (source,
@@ -60,7 +60,7 @@ def _find_onednn() -> tuple[pathlib.Path, pathlib.Path]:
       if (lib / 'libdnnl.so').exists():
         return include, lib
   raise RuntimeError("no oneDNN found (looked in $JAXSSL_ONEDNN_ROOT, the Python environment, /usr, /usr/local); "
-                     "pip install onednn-cpu-gomp==2023.2.0 onednn-devel-cpu-gomp==2023.2.0 provides one")
+                     "pip install -e '.[cpu]' in jaxssl's checkout installs one (Linux x86-64)")
 
 
 def _compiler() -> str:
