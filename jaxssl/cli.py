@@ -36,18 +36,21 @@ def parse_flags(argv):
 
 def one_line_errors() -> tuple[type[Exception], ...]:
   """The errors every command reports as one line, ``error: <the problem and the fix>``, exit code 2: missing or
-  corrupt data, a checkpoint that does not fit or cannot be read, a workdir in use or not writable."""
+  corrupt data, a checkpoint that does not fit or cannot be read, a workdir in use or not writable, a remote
+  workdir whose client libraries are missing."""
   # pylint: disable=import-outside-toplevel  # imported when a command runs, after its config is checked
   from jaxssl.data.deepfashion import DataNotFoundError as DeepFashionNotFound
   from jaxssl.data.deepfashion_layouts import AnnotationError
   from jaxssl.data.fashion_mnist import ChecksumError, DataNotFoundError
+  from jaxssl.files import RemotePathError
   from jaxssl.runlog import WriteError
   from jaxssl.train.checkpoint import CheckpointError
+  from jaxssl.sharding import MeshError
   from jaxssl.train.lock import LockError
   from jaxssl.train.transfer import TransferError
   # pylint: enable=import-outside-toplevel
   return (DataNotFoundError, ChecksumError, FileNotFoundError, TransferError, DeepFashionNotFound, AnnotationError,
-          LockError, CheckpointError, WriteError)
+          LockError, CheckpointError, WriteError, RemotePathError, MeshError)
 
 
 @contextlib.contextmanager

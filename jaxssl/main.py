@@ -50,7 +50,11 @@ def main(argv):
 
   import jax  # pylint: disable=import-outside-toplevel
   if _MULTIHOST.value:
-    jax.distributed.initialize()
+    try:
+      jax.distributed.initialize()
+    except (ValueError, RuntimeError) as e:  # no cluster found, or the coordinator did not answer
+      sys.exit(f'error: --multihost: jax.distributed.initialize() failed ({str(e).strip().splitlines()[0][:200]}); '
+               'run it under Slurm (srun), on every host of a TPU pod, or with launch/local.sh N on one machine')
 
   from jaxssl import modes  # pylint: disable=import-outside-toplevel
   from jaxssl.train import loop  # pylint: disable=import-outside-toplevel

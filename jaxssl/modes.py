@@ -16,7 +16,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxssl import sharding
+from jaxssl import files, sharding
 from jaxssl.eval import attributes, embedding
 from jaxssl.eval.base import build_evaluators, run_phase
 from jaxssl.eval.knn import Knn
@@ -40,26 +40,25 @@ def restore_for_mode(config: ml_collections.ConfigDict, workdir: str, mode: str,
     raise FileNotFoundError(f'--mode={mode} needs a trained model: no checkpoints in {workdir}; point --workdir '
                             f'at a trained run (train first with the same --workdir){also}')
   exp = build_experiment(config, load_init=False)
-  ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'), read_only=True)
+  ckpt = Checkpointer(files.join(workdir, 'checkpoints'), read_only=True)
   try:
     want = None if config.eval_step < 0 else config.eval_step
-    state, _, _ = ckpt.restore(want, exp.state, sharding.replicated(exp.mesh))
+    state, _ = ckpt.restore(want, exp.state, sharding.replicated(exp.mesh))
   except ckpt_lib.StateMismatchError as e:
     raise ckpt_lib.config_mismatch(e, workdir, config) from None
   finally:
     ckpt.close()
-  return exp, state, {'checkpoint': os.path.join(ckpt.directory, str(int(state.step)))}
+  return exp, state, {'checkpoint': files.join(ckpt.directory, str(int(state.step)))}
 
 
 def _check_writable(workdir: str) -> None:
   """A workdir the results cannot be written to is one line now, not after minutes of evaluation."""
   if jax.process_index() == 0:
     with writing(workdir, workdir):
-      probe = os.path.join(workdir, f'.jaxssl-write-test-{os.getpid()}')
+      probe = files.join(workdir, f'.jaxssl-write-test-{os.getpid()}')
       try:
-        with open(probe, 'w', encoding='utf-8'):
-          pass
-        os.remove(probe)
+        files.write_bytes(probe, b'')
+        files.remove(probe)
       except OSError as e:  # named as the workdir: the probe is ours, not the user's
         raise OSError(e.errno, e.strerror, workdir) from e
 
@@ -79,7 +78,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
   with writing(workdir, workdir):  # evaluators may draw pictures into the workdir
     metrics = run_phase(build_evaluators(exp.eval_context(workdir)), state, 'checkpoint')
   result = {'step': step, 'split': config.data.eval_split, **metrics}
-  path = os.path.join(workdir, f'eval_{config.data.eval_split}_step{step}.json')
+  path = files.join(workdir, f'eval_{config.data.eval_split}_step{step}.json')
   log(f'eval {config.data.eval_split} @ step {step} ({time.perf_counter() - t0:.1f}s): {fmt(metrics)} -> {path}')
   _write_json(path, result)
   return result
@@ -90,7 +89,7 @@ def evaluate_knn(config: ml_collections.ConfigDict, workdir: str) -> dict[str, A
   ``data.eval_split`` from ``data.train_split`` with the options of ``config.knn``; writes
   ``knn_<split>.json`` and ``embedding.png|csv`` (PCA of the features of the first 2,000 eval images)."""
   with writing(workdir, workdir):
-    os.makedirs(workdir, exist_ok=True)
+    files.makedirs(workdir)
   exp, state, origin = restore_for_mode(config, workdir, 'knn', allow_init_from=True)
   _check_writable(workdir)
   kcfg = config.knn
@@ -103,7 +102,7 @@ def evaluate_knn(config: ml_collections.ConfigDict, workdir: str) -> dict[str, A
             **{k: r[k] for k in ('feature', 'pool', 'dim', 'k', 'temperature', 'train_count')},
             'backbone': origin, 'dataset': config.data.name, 'model': config.model.name,
             **{k: r[k] for k in ('top1', 'top5', 'per_class_top1', 'count')}}
-  path = os.path.join(workdir, f'knn_{config.data.eval_split}.json')
+  path = files.join(workdir, f'knn_{config.data.eval_split}.json')
   log(f"knn {r['feature']}/{r['pool']} k={r['k']} on {config.data.eval_split} "
       f"({time.perf_counter() - t0:.1f}s): top1={r['top1']:.4f} top5={r['top5']:.4f} -> {path}")
   _write_json(path, result)
@@ -140,7 +139,7 @@ def predict_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[
   written = {}
   if jax.process_index() == 0:
     with writing(workdir, workdir):
-      written = attributes.write_predictions(os.path.join(workdir, 'predictions'), paths, categories,
+      written = attributes.write_predictions(files.join(workdir, 'predictions'), paths, categories,
                                              attributes.decide(g['attribute_probs'], thresholds,
                                                                exp.info.attribute_groups))
     log(f"predicted {len(paths)} {split} images at step {step} ({attributes.describe(thresholds)}) -> "

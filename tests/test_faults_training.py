@@ -491,7 +491,7 @@ def test_a_full_then_read_only_disk_is_one_line_and_loses_nothing(generated_tfds
       list(range(1, 9))
   exp = experiment.build_experiment(_config(generated_tfds_dir))
   ckpt = ckpt_lib.Checkpointer(os.path.join(kept, 'checkpoints'), read_only=True)
-  state, _, _ = ckpt.restore(None, exp.state, sharding.replicated(exp.mesh))
+  state, _ = ckpt.restore(None, exp.state, sharding.replicated(exp.mesh))
   ckpt.close()
   assert int(state.step) == 4
   for name in ('ro', 'ro_eval'):

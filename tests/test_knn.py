@@ -3,7 +3,6 @@
 import json
 import os
 
-import jax
 import numpy as np
 
 from conftest import small_config
@@ -53,7 +52,7 @@ def test_knn_mode_on_a_checkpoint(tfds_dir, tmp_path):
   src = str(tmp_path / 'src')
   config = small_config(tfds_dir, mode='knn', **{'data.train_limit': 1000, 'data.eval_limit': 250})
   ckpt = Checkpointer(os.path.join(src, 'checkpoints'), async_save=False)
-  ckpt.save(0, experiment.build_experiment(config).state, jax.random.PRNGKey(0))
+  ckpt.save(0, experiment.build_experiment(config).state)
   ckpt.close()
   own = modes.evaluate_knn(config, src)
   config.init_from = src

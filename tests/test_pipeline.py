@@ -2,12 +2,12 @@
 
 import dataclasses
 
-import jax
 import ml_collections
 import numpy as np
 import pytest
 
 from jaxssl.data import augment, fashion_mnist, pipeline
+from jaxssl.sharding import BatchLayout
 from jaxssl.tasks.classification import Classification
 
 
@@ -107,19 +107,61 @@ def test_restored_iterator_continues_identically(records, num_workers):
       i.close()
 
 
-def test_processes_get_disjoint_shards_and_equal_eval_batches(records, monkeypatch):
-  seen_train, seen_eval, counts = [], [], []
-  for p in range(3):
-    monkeypatch.setattr(jax, 'process_index', lambda p=p: p)
-    monkeypatch.setattr(jax, 'process_count', lambda: 3)
-    it = pipeline.train_iterator(records, [Raw()], global_batch=60, seed=0)
-    seen_train.append(np.concatenate([b['index'] for b in _take(it, 10)]))  # one epoch of 200 each
-    batches = [b['raw'] for b in pipeline.eval_batches(records[:301], [Raw()], global_batch=90)]
-    counts.append(len(batches))
-    seen_eval.append(np.concatenate([b['index'][b['weight'] > 0] for b in batches]))
-  assert sorted(np.concatenate(seen_train)) == list(range(600))
-  assert sorted(np.concatenate(seen_eval)) == list(range(301))
-  assert len(set(counts)) == 1  # every process runs the same number of eval steps
+@dataclasses.dataclass(frozen=True)
+class Drawn:
+  """Raw, plus a random draw per row: shows which generator each row's transform used."""
+  name: str = 'raw'
+
+  def transform(self, batch, rng, *, train):  # pylint: disable=unused-argument
+    return {**batch, 'draw': rng.integers(0, 2**31, len(batch['weight']))}
+
+
+def test_processes_share_every_global_batch_as_one_process_would_see_it(records):
+  """3 processes x 2 devices: each reads its own rows of every global batch, and together they hold exactly the
+  batch (records, transforms' random draws, padding) that 1 process x 6 devices holds, and 1 device."""
+  whole = BatchLayout(60, 6, tuple(range(6)))
+  parts = [BatchLayout(60, 6, (2 * p, 2 * p + 1)) for p in (1, 0, 2)]   # process 1 first: order must not matter
+  one = pipeline.train_iterator(records, [Drawn()], global_batch=60, seed=0, layout=whole)
+  many = [pipeline.train_iterator(records, [Drawn()], global_batch=60, seed=0, layout=l) for l in parts]
+  for _ in range(12):  # two epochs
+    expected = next(one)['raw']
+    got = {l.chunks: next(it)['raw'] for l, it in zip(parts, many)}
+    assert all(len(b['index']) == 20 for b in got.values())
+    assert len(set(np.concatenate([b['index'] for b in got.values()]))) == 60  # disjoint
+    for key, value in expected.items():
+      np.testing.assert_array_equal(np.concatenate([got[c][key] for c in sorted(got)]), value)
+  single = pipeline.train_iterator(records, [Drawn()], global_batch=60, seed=0, layout=BatchLayout(60, 1, (0,)))
+  six = pipeline.train_iterator(records, [Drawn()], global_batch=60, seed=0, layout=whole)
+  for _ in range(3):
+    a, b = next(single)['raw'], next(six)['raw']
+    for key, value in a.items():
+      np.testing.assert_array_equal(value, b[key])
+
+  # Eval: 88 records per batch on 6 devices -> batches of 90 rows, the 2 last rows padding; every record once.
+  whole, parts = BatchLayout(90, 6, tuple(range(6))), [BatchLayout(90, 6, (2 * p, 2 * p + 1)) for p in range(3)]
+  expected = [b['raw'] for b in pipeline.eval_batches(records[:301], [Drawn()], global_batch=88, layout=whole)]
+  got = [[b['raw'] for b in pipeline.eval_batches(records[:301], [Drawn()], global_batch=88, layout=l)]
+         for l in parts]
+  assert len(expected) == 4 and all(len(g) == 4 for g in got)  # the same number of steps in every process
+  for i, batch in enumerate(expected):
+    for key, value in batch.items():
+      np.testing.assert_array_equal(np.concatenate([g[i][key] for g in got]), value)
+    assert (batch['weight'][88:] == 0).all()
+  kept = np.concatenate([b['index'][b['weight'] > 0] for b in expected])
+  np.testing.assert_array_equal(kept, np.arange(301))
+  # The same records and draws in the same batches as on one device: the figures do not depend on the devices.
+  single = [b['raw'] for b in pipeline.eval_batches(records[:301], [Drawn()], global_batch=88,
+                                                     layout=BatchLayout(88, 1, (0,)))]
+  for a, b in zip(single, expected):
+    for key, value in a.items():
+      np.testing.assert_array_equal(value[a['weight'] > 0], b[key][b['weight'] > 0])
+
+
+def test_a_transform_that_draws_other_than_per_row_is_told_how():
+  rng = pipeline.RowGenerator(np.random.default_rng(0), np.arange(4, 8), 8)
+  assert rng.integers(0, 10, size=(4, 3)).shape == (4, 3)
+  with pytest.raises(ValueError, match=r'draws per row: the size of each draw starts with its batch size \(4\)'):
+    rng.random(size=8)
 
 
 def test_eval_padding_is_exact(records):

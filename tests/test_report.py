@@ -4,7 +4,6 @@ import csv
 import json
 import os
 
-import jax
 import numpy as np
 import pytest
 from flax import nnx
@@ -187,7 +186,7 @@ def test_probe_pictures_knn_embedding_and_report_filters_of_a_checkpoint(tfds_di
   exp = experiment.build_experiment(config)
   src = str(tmp_path / 'src')
   ckpt = Checkpointer(os.path.join(src, 'checkpoints'), async_save=False)
-  ckpt.save(0, exp.state, jax.random.PRNGKey(0))
+  ckpt.save(0, exp.state)
   ckpt.close()
   knn_config = config.copy_and_resolve_references()
   knn_config.mode, knn_config.knn.feature = 'knn', 'conv2'

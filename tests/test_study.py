@@ -4,7 +4,6 @@ import csv
 import json
 import os
 
-import jax
 import ml_collections
 import numpy as np
 
@@ -29,7 +28,7 @@ def test_tiny_study_runs_every_cell_once_and_summarizes(tfds_dir, tmp_path):
   src = str(tmp_path / 'src')
   base = small_config(tfds_dir, **{'data.train_limit': 512, 'data.eval_limit': 100})
   ckpt = Checkpointer(os.path.join(src, 'checkpoints'), async_save=False)
-  ckpt.save(0, experiment.build_experiment(small_config(tfds_dir, seed=7)).state, jax.random.PRNGKey(0))
+  ckpt.save(0, experiment.build_experiment(small_config(tfds_dir, seed=7)).state)
   ckpt.close()
   base.study = ml_collections.ConfigDict({'fractions': (0.25,), 'seeds': (0,),
                                           'inits': {'pretext': src, 'scratch': ''}, 'epochs': 0.0,

@@ -41,7 +41,7 @@ def _save_source(workdir, tfds_dir, seed=1, input_shape=None, **overrides):
   state = state.replace(model_state=jax.tree.map(  # pylint: disable=no-member  # flax.struct dataclass method
       lambda x: jnp.asarray(rng.uniform(0.5, 1.5, x.shape), x.dtype), state.model_state))
   ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'), async_save=False)
-  ckpt.save(0, state, jax.random.PRNGKey(0))
+  ckpt.save(0, state)
   ckpt.close()
   return state
 
@@ -155,7 +155,7 @@ def test_linear_probe_freezes_backbone_and_batchnorm(tfds_dir, tmp_path):
     assert json.load(f)['checkpoint'] == str(tmp_path / 'src' / 'checkpoints' / '0')
   exp = experiment.build_experiment(config, load_init=False)
   ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'), read_only=True)
-  state, _, _ = ckpt.restore(3, exp.state, mesh_lib.replicated(exp.mesh))
+  state, _ = ckpt.restore(3, exp.state, mesh_lib.replicated(exp.mesh))
   ckpt.close()
   for part in ('params', 'model_state'):
     want, got = _backbone(getattr(source, part)), _backbone(getattr(state, part))

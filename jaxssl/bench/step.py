@@ -77,7 +77,7 @@ def measure(config, *, steps: int, warmup: int, pipeline_batches: int, peak_gflo
 
   exp = experiment.build_experiment(config)
   it = pipeline.train_iterator(exp.train_source, exp.tasks, global_batch=config.batch_size, seed=config.seed,
-                               **pipeline.iterator_options(config.data))
+                               mesh=exp.mesh, **pipeline.iterator_options(config.data))
   try:
     next(it)  # first batch pays for opening files / starting workers
     t0 = time.perf_counter()

@@ -1,9 +1,13 @@
-"""grain pipelines: random-access source -> per-process shard -> shuffle -> batch -> task transforms.
+"""grain pipelines: record indices -> shuffle -> global batches -> this process's rows, read -> task transforms.
 
 Transforms run on whole batches (one vectorized numpy call per batch, not a Python loop per image): on this
 2-core CPU that is several times faster than per-record maps. ``random_map`` hands every batch a generator
 seeded from (seed, batch position), so a batch's content depends only on the seed and its position: the
 iterator state (a position) is all a checkpoint needs, and workers produce what one process would.
+
+Several processes share every global batch rather than each taking a slice of the records: each reads its own
+devices' rows of it (jaxssl/sharding.py) and transforms them with the random draws the whole batch would get
+(:class:`RowGenerator`), so a run's batches are the same on any number of devices and processes.
 """
 
 from __future__ import annotations
@@ -17,10 +21,11 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 import grain
-import jax
 import numpy as np
 
+from jaxssl import sharding
 from jaxssl.data.sources import read_records
+from jaxssl.sharding import BatchLayout
 
 Batch = dict[str, Any]
 
@@ -50,6 +55,41 @@ def stack_records(records: Sequence[dict[str, Any]]) -> Batch:
   return batch
 
 
+class RowGenerator:
+  """What a batch transform draws on a whole global batch, cut to the rows this process holds.
+
+  A transform draws per row: every draw's leading dimension is its batch's rows (a crop offset, a flip, a
+  permutation index per image). Given this process's rows of a global batch of ``num_rows`` records, each draw is
+  made for all ``num_rows`` rows from the batch's generator (the same in every process) and this process keeps its
+  rows; padding rows (``rows >= num_rows``) repeat row 0's. So every row gets the values it would get if one
+  process on one device transformed the whole batch: the run does not depend on the number of devices or
+  processes. Drawing numbers for the whole batch costs a few microseconds; the images are only this process's.
+  """
+
+  def __init__(self, generator: np.random.Generator, rows: np.ndarray, num_rows: int):
+    self._generator, self._num_rows = generator, num_rows
+    self._take = np.where(rows < num_rows, rows, 0)
+
+  def _draw(self, method: str, size, **kwargs):
+    shape = (size,) if isinstance(size, (int, np.integer)) else tuple(size) if size is not None else ()
+    if not shape or shape[0] != len(self._take):
+      raise ValueError(f'a batch transform draws per row: the size of each draw starts with its batch size '
+                       f'({len(self._take)}), not {size!r} (jaxssl/data/pipeline.py RowGenerator)')
+    return getattr(self._generator, method)(size=(self._num_rows,) + shape[1:], **kwargs)[self._take]
+
+  def integers(self, low, high=None, size=None, dtype=np.int64, endpoint=False):
+    return self._draw('integers', size, low=low, high=high, dtype=dtype, endpoint=endpoint)
+
+  def random(self, size=None, dtype=np.float64):
+    return self._draw('random', size, dtype=dtype)
+
+  def uniform(self, low=0.0, high=1.0, size=None):
+    return self._draw('uniform', size, low=low, high=high)
+
+  def normal(self, loc=0.0, scale=1.0, size=None):
+    return self._draw('normal', size, loc=loc, scale=scale)
+
+
 @dataclasses.dataclass(frozen=True)
 class TaskTransforms(grain.transforms.RandomMap):
   """Applies every task's batch transform; each task draws from its own stream so adding one keeps the rest."""
@@ -57,29 +97,53 @@ class TaskTransforms(grain.transforms.RandomMap):
   train: bool
 
   def random_map(self, batch: Batch, rng: np.random.Generator) -> dict[str, Batch]:
+    return self.on_rows(batch, rng, None, 0)
+
+  def on_rows(self, batch: Batch, rng: np.random.Generator, rows: np.ndarray | None,
+              num_rows: int) -> dict[str, Batch]:
+    """The transforms of ``batch``, this process's ``rows`` of a global batch of ``num_rows`` records (None: the
+    whole batch), with the draws the whole batch would get (:class:`RowGenerator`)."""
+    whole = rows is None or (len(rows) == num_rows and np.array_equal(rows, np.arange(num_rows)))
     seeds = rng.integers(0, 2**63 - 1, size=len(self.tasks))
-    return {t.name: t.transform(batch, np.random.default_rng(int(s)), train=self.train)
-            for t, s in zip(self.tasks, seeds)}
+    out = {}
+    for task, seed in zip(self.tasks, seeds):
+      task_rng = np.random.default_rng(int(seed))
+      out[task.name] = task.transform(batch, task_rng if whole else RowGenerator(task_rng, rows, num_rows),
+                                      train=self.train)
+    return out
 
 
-def process_shard(ds: grain.MapDataset) -> grain.MapDataset:
-  """This process's share of the records (every process gets a disjoint, near-equal slice)."""
-  return ds[jax.process_index()::jax.process_count()]
+@dataclasses.dataclass(frozen=True)
+class _ReadAndTransform(grain.transforms.RandomMap):
+  """A global batch of record indices -> this process's rows of it, read and transformed."""
+  source: Any
+  transforms: TaskTransforms
+  layout: BatchLayout
+
+  def random_map(self, element: np.ndarray, rng: np.random.Generator) -> dict[str, Batch]:
+    rows = self.layout.rows()
+    batch = stack_records(read_records(self.source, element[rows]))
+    return self.transforms.on_rows(batch, rng, rows, len(element))
 
 
-def local_batch_size(global_batch: int) -> int:
-  if global_batch % jax.process_count():
-    raise ValueError(f'batch_size={global_batch} must be divisible by the number of processes '
-                     f'({jax.process_count()}); set --config.batch_size to a multiple of it.')
-  return global_batch // jax.process_count()
+def _layout(mesh, global_batch: int, what: str) -> BatchLayout:
+  layout = sharding.batch_layout(sharding.make_mesh() if mesh is None else mesh, global_batch, what)
+  return dataclasses.replace(layout, devices=())  # rows only: grain's worker processes get a pickled copy
 
 
-def train_dataset(source, tasks: Sequence[BatchTransform], *, global_batch: int, seed: int) -> grain.MapDataset:
-  """Endless, shuffled with a new order every epoch, batched and transformed."""
-  ds = process_shard(grain.MapDataset.source(source))
-  ds = ds.shuffle(seed=seed).repeat(None, reseed_each_epoch=True)
-  ds = ds.batch(local_batch_size(global_batch), drop_remainder=True, batch_fn=stack_records)
-  return ds.random_map(TaskTransforms(tuple(tasks), train=True), seed=seed + 1)
+def train_dataset(source, tasks: Sequence[BatchTransform], *, global_batch: int, seed: int, mesh=None,
+                  layout: BatchLayout | None = None) -> grain.MapDataset:
+  """Endless, shuffled with a new order every epoch, batched and transformed.
+
+  The order and the batches are global (the record indices of every global batch are the same in every
+  process); each process then reads and transforms only its devices' rows of each batch (``layout``, default:
+  this process's share of ``mesh``, default: every device). On one device this is the plain shuffle -> batch ->
+  transform of the whole batch.
+  """
+  layout = layout or _layout(mesh, global_batch, 'batch_size')
+  ds = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat(None, reseed_each_epoch=True)
+  ds = ds.batch(global_batch, drop_remainder=True, batch_fn=np.asarray)
+  return ds.random_map(_ReadAndTransform(source, TaskTransforms(tuple(tasks), train=True), layout), seed=seed + 1)
 
 
 def iterator_options(data_cfg) -> dict[str, int]:
@@ -112,7 +176,7 @@ def _exit_with_parent(parent_pid: int, worker_index: int, worker_count: int) -> 
 
 
 def train_iterator(source, tasks, *, global_batch: int, seed: int, num_workers: int = 0, read_threads: int = 1,
-                   prefetch_batches: int = 4):
+                   prefetch_batches: int = 4, mesh=None, layout: BatchLayout | None = None):
   """A checkpointable iterator (``get_state``/``set_state``) over :func:`train_dataset`.
 
   ``read_threads`` / ``prefetch_batches`` bound the background work. grain's defaults (16 threads, 500
@@ -122,43 +186,40 @@ def train_iterator(source, tasks, *, global_batch: int, seed: int, num_workers: 
   one thread prepares (``python -m jaxssl.bench`` prints the ratio), so a few batches ahead suffice.
   """
   options = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch_batches)
-  it = train_dataset(source, tasks, global_batch=global_batch, seed=seed).to_iter_dataset(options)
+  it = train_dataset(source, tasks, global_batch=global_batch, seed=seed, mesh=mesh, layout=layout)
+  it = it.to_iter_dataset(options)
   if num_workers > 0:
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers),
                         worker_init_fn=functools.partial(_exit_with_parent, os.getpid()))
   return iter(it)
 
 
-def _pad(batch: Batch, size: int) -> Batch:
-  """Fills a short final batch up to ``size`` by repeating its first row with weight 0."""
-  n = len(batch['weight'])
-  if n == size:
-    return batch
-  idx = np.concatenate([np.arange(n), np.zeros(size - n, np.int64)])
-  out = {k: v[idx] for k, v in batch.items()}
-  out['weight'][n:] = 0.0
-  return out
+def num_eval_batches(num_records: int, records_per_batch: int) -> int:
+  return -(-num_records // records_per_batch)
 
 
-def num_eval_batches(num_records: int, global_batch: int) -> int:
-  longest = -(-num_records // jax.process_count())
-  return -(-longest // local_batch_size(global_batch))
-
-
-def eval_batches(source, tasks: Sequence[BatchTransform] | None, *, global_batch: int,
-                 seed: int = 0) -> Iterator[dict[str, Batch]] | Iterator[Batch]:
+def eval_batches(source, tasks: Sequence[BatchTransform] | None, *, global_batch: int, seed: int = 0,
+                 mesh=None, layout: BatchLayout | None = None) -> Iterator[dict[str, Batch]] | Iterator[Batch]:
   """One pass over ``source`` in order, every record exactly once, in full batches padded with weight 0:
   ``{task name: task batch}``, or the raw batches where ``tasks`` is None.
 
-  Every process yields the same number of batches (collectives would hang otherwise), so processes whose
-  slice is shorter finish with all-padding batches.
+  Global batch ``i`` holds records ``[i * global_batch, (i + 1) * global_batch)``, whatever the mesh: where the
+  devices do not divide ``global_batch``, each batch gets padding rows up to the next multiple (a config runs on
+  any device count, with the same figures). Each process reads its devices' rows; every process yields the same
+  number of batches (collectives would hang otherwise), some of them all padding. ``layout`` (default: this
+  process's share of ``mesh``, default: every device) must be of a global batch of that multiple.
   """
-  local = local_batch_size(global_batch)
-  indices = np.arange(jax.process_index(), len(source), jax.process_count())
+  if layout is None:
+    mesh = sharding.make_mesh() if mesh is None else mesh
+    layout = _layout(mesh, sharding.round_up(global_batch, mesh.size), 'eval_batch_size')
+  rows = layout.rows()
   transform = None if tasks is None else TaskTransforms(tuple(tasks), train=False)
   for i in range(num_eval_batches(len(source), global_batch)):
-    idx = indices[i * local:(i + 1) * local]
-    batch = _pad(stack_records(read_records(source, idx if len(idx) else [0])), local)
-    if len(idx) == 0:
-      batch['weight'][:] = 0.0
-    yield batch if transform is None else transform.random_map(batch, np.random.default_rng([seed, i]))
+    index = i * global_batch + rows
+    valid = (rows < global_batch) & (index < len(source))
+    # Padding rows repeat the batch's first record, with weight 0: the same rows whichever process holds them.
+    batch = stack_records(read_records(source, np.where(valid, index, i * global_batch)))
+    batch['weight'][~valid] = 0.0
+    rng = np.random.default_rng([seed, i])
+    # Draws for global_batch rows, as one device makes them (the last batch's padding rows included).
+    yield batch if transform is None else transform.on_rows(batch, rng, rows, global_batch)

@@ -87,7 +87,8 @@ class EvalContext:
     ``{task: task batch}`` for ``tasks`` (default: the run's), raw batches for ``tasks=None``."""
     tasks = self.tasks if tasks == () else tasks
     return pipeline.eval_batches(self.eval_source if source is None else source, tasks,
-                                 global_batch=batch_size or self.config.eval_batch_size, seed=self.config.seed)
+                                 global_batch=batch_size or self.config.eval_batch_size, seed=self.config.seed,
+                                 mesh=self.mesh)
 
   def accumulate(self, fn: Callable, state, batches) -> Any:
     """The sum over ``batches`` of a compiled (reducing) ``fn(state, batch)``, on the host."""

@@ -1,6 +1,9 @@
-"""orbax checkpoints of everything a resumed run needs to continue exactly: train state, run key, and the
-grain iterator's position. Saves are asynchronous; orbax commits a step by renaming a finished temporary
-directory, so a run killed mid-save (even with kill -9) leaves the previous checkpoint intact.
+"""orbax checkpoints of everything a resumed run needs to continue exactly: the train state and the grain
+iterator's position (the run's key is ``PRNGKey(config.seed)``, and a resume cannot change the seed: the data
+position saved beside the state records it). Checkpoints of earlier versions also hold an ``rng`` item; it is
+not read. Saves are asynchronous; orbax commits a step by renaming a finished temporary directory (on gs://, by
+writing its commit_success.txt last), so a run killed mid-save (even with kill -9) leaves the previous checkpoint
+intact.
 
 Restoring never trusts a checkpoint blindly. The saved arrays' shapes are compared with the model the config
 builds before anything is read (another model's checkpoint is one line naming the differing config keys, not an
@@ -25,8 +28,20 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
-from jaxssl import trees
+from jaxssl import files, trees
 from jaxssl.runlog import WriteError, log, write_error, writing
+
+
+class _ReadOnlyNotices(logging.Filter):
+  """Drops orbax's warnings that a read-only manager is read-only (it says so twice per restore in --mode=eval,
+  knn and predict, which open the checkpoints read-only on purpose). Other warnings pass."""
+  NOTICES = ('CheckpointManagerOptions.read_only=True', 'Given directory is read only')
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not (record.levelno == logging.WARNING and str(record.msg).startswith(self.NOTICES))
+
+
+logging.getLogger('absl').addFilter(_ReadOnlyNotices())  # orbax logs through absl's logger
 
 
 class CheckpointError(RuntimeError):
@@ -104,7 +119,7 @@ class Checkpointer:
   """A thin layer over ``ocp.CheckpointManager`` that names the items jaxssl saves."""
 
   def __init__(self, directory: str, *, max_to_keep: int = 3, async_save: bool = True, read_only: bool = False):
-    self.directory = os.path.abspath(directory)
+    self.directory = files.abspath(directory)  # a gs:// URL as it is: orbax takes it
     self._failed = False
     with writing(self.directory):
       self.manager = ocp.CheckpointManager(
@@ -129,12 +144,11 @@ class Checkpointer:
     return WriteError(f'{self.directory}: the checkpoint{f" of step {step.group(1)}" if step else ""} could not be '
                       f'saved: {cause}')
 
-  def save(self, step: int, state, rng: jax.Array, data_iter=None, meta: dict[str, Any] | None = None,
-           *, force: bool = False) -> None:
+  def save(self, step: int, state, data_iter=None, meta: dict[str, Any] | None = None, *,
+           force: bool = False) -> None:
     """Starts saving ``step`` in the background. A previous save that failed for want of disk raises here, as one
     line: orbax reports a background save's failure at the next save (or wait, or close)."""
-    items = {'state': ocp.args.StandardSave(state), 'rng': ocp.args.ArraySave(rng),
-             'meta': ocp.args.JsonSave(meta or {})}
+    items = {'state': ocp.args.StandardSave(state), 'meta': ocp.args.JsonSave(meta or {})}
     if data_iter is not None:
       items['data_iter'] = grain.checkpoint.CheckpointSave(data_iter)
     try:
@@ -154,7 +168,7 @@ class Checkpointer:
   def restore(self, step: int | None, state_like, sharding, data_iter=None, *, set_aside: bool = False):
     """Restores ``step`` (None: the newest readable one) onto ``sharding``; ``state_like`` gives the tree.
 
-    Returns (state, rng, meta); the data iterator, if given, is restored in place. With ``step`` None, a step
+    Returns (state, meta); the data iterator, if given, is restored in place. With ``step`` None, a step
     that cannot be read is skipped for the next older one, with a warning; ``set_aside`` (a training run, which
     will save those steps again) renames it to ``<step>.corrupt-<time>`` beside the others, never deleting it.
     A checkpoint of another model raises :class:`StateMismatchError` at once: older steps are of the same run.
@@ -185,7 +199,7 @@ class Checkpointer:
         continue
       if unreadable:
         self._skipped(unreadable, candidate, set_aside)
-      return restored['state'], restored['rng'], restored['meta']
+      return restored['state'], restored['meta']
     tried = '; '.join(f'step {s}: {why}' for s, why in unreadable)
     if step is not None:
       raise CheckpointError(f'the checkpoint {os.path.join(self.directory, str(step))} cannot be read ({tried}); '
@@ -194,9 +208,10 @@ class Checkpointer:
                           'move that folder aside to start this run afresh, or use another --workdir')
 
   def _try_restore(self, step: int, abstract_state, data_iter) -> tuple[dict[str, Any] | None, str]:
-    """(the restored items, '') or (None, why ``step`` cannot be read): only words are kept of the failure."""
-    items = {'state': ocp.args.StandardRestore(abstract_state), 'rng': ocp.args.ArrayRestore(),
-             'meta': ocp.args.JsonRestore()}
+    """(the restored items, '') or (None, why ``step`` cannot be read): only words are kept of the failure.
+    Every array is read straight onto the sharding ``abstract_state`` names, whatever mesh or process count saved
+    it."""
+    items = {'state': ocp.args.StandardRestore(abstract_state), 'meta': ocp.args.JsonRestore()}
     try:
       restored = self.manager.restore(step, args=ocp.args.Composite(**items))
       if data_iter is not None:
@@ -209,7 +224,15 @@ class Checkpointer:
 
   def _restore_iterator(self, step: int, data_iter) -> None:
     """Sets ``data_iter`` to ``step``'s position. A file that does not parse is an unreadable checkpoint (the
-    caller tries an older one); a position that parses but cannot be set was edited: a CheckpointError."""
+    caller tries an older one); a position that parses but cannot be set was edited: a CheckpointError. So is a
+    checkpoint of another number of processes (each saved its own position), which is not unreadable either."""
+    folder = files.join(self.directory, str(step), 'data_iter')
+    saved = sorted(n for n in files.listdir(folder) if n.startswith('process_')) if files.isdir(folder) else []
+    if saved and f'process_{jax.process_index()}-of-{jax.process_count()}.json' not in saved:
+      count = saved[0].rsplit('-of-', 1)[-1].split('.')[0]
+      raise CheckpointError(f'the checkpoint {files.join(self.directory, str(step))} was saved by a run of {count} '
+                            f'process(es), this one has {jax.process_count()}: resume it with {count} (the same '
+                            'launch), or start a new --workdir from its weights with --config.init_from')
     try:
       self.manager.restore(step, args=ocp.args.Composite(data_iter=grain.checkpoint.CheckpointRestore(data_iter)))
     except (LookupError, TypeError, AttributeError) as e:  # grain's set_state on a wrong position
@@ -229,7 +252,7 @@ class Checkpointer:
         where = f'moved aside to {path}.corrupt-{stamp}'
         if jax.process_index() == 0:
           with writing(path):
-            os.rename(path, f'{path}.corrupt-{stamp}')
+            files.rename(path, f'{path}.corrupt-{stamp}')
       log(f'warning: the checkpoint {path} cannot be read ({why}); using step {used} instead. '
           f'The unreadable one is {where}')
     if set_aside:
@@ -267,10 +290,14 @@ class Checkpointer:
 
 def state_metadata(state_dir: str):
   """The tree of array metadata (shapes, dtypes) a saved train state holds, read without reading an array."""
-  with ocp.StandardCheckpointer() as reader:  # closed: each one holds an async writer's threads
-    meta = reader.metadata(state_dir)
-  tree = getattr(meta, 'item_metadata', meta)
-  return getattr(tree, 'tree', tree)
+  # The item's handler, not a Checkpointer: that would also look for a step's metadata file in the item's folder
+  # and warn that there is none.
+  reader = ocp.StandardCheckpointHandler()
+  try:
+    meta = reader.metadata(files.path(state_dir))
+  finally:
+    reader.close()  # it holds an async writer's threads
+  return getattr(meta, 'tree', meta)
 
 
 # ---- what a checkpoint must agree with besides its arrays
@@ -324,15 +351,14 @@ def recorded_config(workdir: str) -> tuple[str, dict[str, Any]] | None:
   """(path, config) the workdir's run last recorded: its latest ``config.step<N>.json`` (a resume with another
   config), else ``config.json``; None if it has neither or they cannot be read."""
   recorded = {}
-  for name in os.listdir(workdir) if os.path.isdir(workdir) else ():
+  for name in files.listdir(workdir) if files.isdir(workdir) else ():
     if m := re.fullmatch(r'config\.step(\d+)\.json', name):
       recorded[int(m.group(1))] = name
   names = [recorded[max(recorded)]] if recorded else []
   for name in names + ['config.json']:
-    path = os.path.join(workdir, name)
+    path = files.join(workdir, name)
     try:
-      with open(path, encoding='utf-8') as f:
-        return path, json.load(f)
+      return path, json.loads(files.read_text(path))
     except (OSError, ValueError):
       continue
   return None

@@ -77,7 +77,6 @@ def build_experiment(config: ml_collections.ConfigDict, *, load_init: bool = Tru
   # Mesh: batch split over every device, parameters replicated.
   mesh = sharding.make_mesh()
   sharding.check_batch_size(config.batch_size, mesh)
-  sharding.check_batch_size(config.eval_batch_size, mesh, 'eval_batch_size')
   replicated = sharding.replicated(mesh)
   state = jax.device_put(state, replicated)
   train_step = step_lib.jit_train_step(step_lib.make_train_step(graphdef, tx, schedule, tasks, weights),

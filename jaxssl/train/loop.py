@@ -29,7 +29,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxssl import ops, sharding
+from jaxssl import files, ops, sharding
 from jaxssl.data import pipeline
 from jaxssl.eval.base import build_evaluators, run_phase
 from jaxssl.runlog import MetricWriter, Progress, log, write_json, write_text, writing
@@ -47,12 +47,11 @@ def _write_config(config: ml_collections.ConfigDict, workdir: str, step: int) ->
   if jax.process_index():
     return
   text = config.to_json_best_effort(indent=2, sort_keys=True)
-  path = os.path.join(workdir, 'config.json')
-  if os.path.exists(path):
-    with open(path, encoding='utf-8') as f:
-      if f.read() == text:
-        return
-    path = os.path.join(workdir, f'config.step{step}.json')
+  path = files.join(workdir, 'config.json')
+  if files.exists(path):
+    if files.read_text(path) == text:
+      return
+    path = files.join(workdir, f'config.step{step}.json')
     log(f'note: the config differs from the one this workdir started with; saved as {path}')
   write_text(path, text)
 
@@ -63,16 +62,38 @@ def _write_artifacts(tasks, workdir: str) -> None:
     return
   for task in tasks:
     for name, array in task.artifacts().items():
-      os.makedirs(os.path.join(workdir, 'artifacts', task.name), exist_ok=True)
-      np.save(os.path.join(workdir, 'artifacts', task.name, name), np.asarray(array))  # adds .npy if missing
+      files.makedirs(files.join(workdir, 'artifacts', task.name))
+      files.save_array(files.join(workdir, 'artifacts', task.name, name), array)  # adds .npy if missing
 
 
 class _StopFlag:
-  """SIGTERM (preemption, Ctrl-C of a scheduler) asks the loop to checkpoint and leave at the next step."""
+  """SIGTERM (preemption, Ctrl-C of a scheduler) asks the loop to checkpoint and leave at the next step.
 
-  def __init__(self):
+  With several processes, one host may be preempted alone, and a process that saved and left on its own would
+  leave the others waiting in a collective forever. So every step each process votes (``agreed``): a tiny jitted
+  max over one flag per device, dispatched behind the step and read one step later, while the next one runs.
+  All processes read the same vote at the same step, so all stop after the same step, save it together and exit
+  143. One process needs no vote: its own flag decides at once.
+  """
+
+  def __init__(self, mesh: jax.sharding.Mesh):
     self.signum = None
+    self.signaled_anywhere = False   # this process's signal, or another's (the vote)
     self._previous = {}
+    self._mesh = mesh
+    self._vote = None
+    if jax.process_count() > 1:
+      self._any = jax.jit(lambda flags: flags.max() > 0, out_shardings=sharding.replicated(mesh))
+
+  def agreed(self) -> bool:
+    """Called once per step by every process: whether to stop after this step (the same answer everywhere)."""
+    if jax.process_count() == 1:
+      self.signaled_anywhere = self.signum is not None
+    else:
+      local = np.full(len(self._mesh.local_devices), self.signum is not None, np.int32)
+      previous, self._vote = self._vote, self._any(sharding.shard_batch(local, self._mesh))
+      self.signaled_anywhere = previous is not None and bool(previous)
+    return self.signaled_anywhere
 
   def __enter__(self):
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -168,7 +189,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   Returns ``{'step', 'eval': metrics, 'finished': bool, 'exit_code'}`` (exit codes: the module's docstring).
   """
   with writing(workdir, workdir):
-    os.makedirs(workdir, exist_ok=True)
+    files.makedirs(workdir)
   # Before anything reads or writes the run: another live run on this workdir is one line, not a mixed run.
   with lock.hold(workdir, config.lock_timeout_s) as held, writing('', workdir):
     summary = _train(config, workdir, stop_after, held)
@@ -181,17 +202,19 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stop_after: int | No
   exp = build_experiment(config, load_init=not transfer.has_checkpoint(workdir))  # init_from: fresh runs only
   fingerprint = ckpt_lib.data_fingerprint(config.data, len(exp.train_source), seed=config.seed,
                                           batch_size=config.batch_size)
-  with contextlib.ExitStack() as cleanup, _StopFlag() as stop:
+  with contextlib.ExitStack() as cleanup, _StopFlag(exp.mesh) as stop:
     # Closed on every exit: grain workers hold shared memory, async saves must land, events must flush.
     train_iter = pipeline.train_iterator(exp.train_source, exp.tasks, global_batch=config.batch_size,
-                                         seed=config.seed, **pipeline.iterator_options(config.data))
+                                         seed=config.seed, mesh=exp.mesh, **pipeline.iterator_options(config.data))
     cleanup.callback(getattr(train_iter, 'close', lambda: None))
     ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'), max_to_keep=config.keep_checkpoints)
     cleanup.callback(ckpt.close)
-    state, rng, meta = exp.state, jax.random.PRNGKey(config.seed), {}
+    # The run's key, a global (replicated) array like the state; each step folds its number in (train/step.py).
+    state, meta = exp.state, {}
+    rng = jax.device_put(jax.random.PRNGKey(config.seed), sharding.replicated(exp.mesh))
     if ckpt.latest_step() is not None:
       try:
-        state, rng, meta = ckpt.restore(None, state, sharding.replicated(exp.mesh), data_iter=train_iter,
+        state, meta = ckpt.restore(None, state, sharding.replicated(exp.mesh), data_iter=train_iter,
                                         set_aside=True)
       except ckpt_lib.StateMismatchError as e:
         raise ckpt_lib.config_mismatch(e, workdir, config) from None
@@ -219,7 +242,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stop_after: int | No
       nonlocal last_saved
       if held is not None and jax.process_count() == 1:  # several processes: only process 0 could know; no check
         held.check()  # a run whose lock was taken over (a frozen host) must not write over the new holder's run
-      ckpt.save(step, state, rng, train_iter, {'epoch': step / exp.steps_per_epoch, 'data': fingerprint,
+      ckpt.save(step, state, train_iter, {'epoch': step / exp.steps_per_epoch, 'data': fingerprint,
                                                'nonfinite_skipped': window.skipped}, force=force)
       last_saved = step
 
@@ -240,7 +263,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stop_after: int | No
       if step == first + 1:  # the first step compiled; throughput counts from here
         jax.block_until_ready(metrics)
         progress.start(step)
-      interrupted = stop.signum is not None or (stop_after is not None and step - first >= stop_after)
+      interrupted = stop.agreed() or (stop_after is not None and step - first >= stop_after)
       to_eval = bool(config.eval_every) and step % config.eval_every == 0 and step < exp.total_steps
       to_save = step % config.checkpoint_every == 0 or interrupted
       if step % config.log_every == 0 or step == exp.total_steps or to_eval or to_save:
@@ -259,10 +282,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stop_after: int | No
       if to_save:
         save(force=interrupted)
       if interrupted and step < exp.total_steps:
-        why = f'signal {stop.signum}' if stop.signum is not None else f'stop_after={stop_after}'
+        why = (f'signal {stop.signum}' if stop.signum is not None else 'another process was stopped'
+               if stop.signaled_anywhere else f'stop_after={stop_after}')
         log(f'stopped at step {step}/{exp.total_steps} ({why}); checkpoint saved. Rerun the same command to resume.')
         return {'step': step, 'eval': eval_metrics, 'finished': False,
-                'exit_code': PREEMPTED_EXIT_CODE if stop.signum is not None else 0}
+                'exit_code': PREEMPTED_EXIT_CODE if stop.signaled_anywhere else 0}
 
     if (bad := window.check()) is not None:
       return diverged(bad)
@@ -280,5 +304,5 @@ def fmt(metrics: dict[str, float]) -> str:
 def _write_summary(workdir: str, config, summary: dict[str, Any]) -> None:
   if jax.process_index():
     return
-  write_json(os.path.join(workdir, 'final_metrics.json'),
+  write_json(files.join(workdir, 'final_metrics.json'),
              {'step': summary['step'], 'split': config.data.eval_split, **summary['eval']})

@@ -15,7 +15,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from jaxssl import trees
+from jaxssl import files, trees
 from jaxssl.runlog import write_json
 from jaxssl.train.checkpoint import state_metadata
 
@@ -30,16 +30,16 @@ class TransferError(ValueError):
 
 def resolve_checkpoint(init_from: str, init_step: int = -1) -> str:
   """A workdir, a ``checkpoints/`` folder or one ``checkpoints/<step>`` folder -> that step's folder."""
-  path = os.path.abspath(os.path.expanduser(init_from))
-  if os.path.isdir(os.path.join(path, 'state')):
-    if init_step >= 0 and os.path.basename(path) != str(init_step):
-      raise TransferError(f'init_from={init_from} is the checkpoint of step {os.path.basename(path)}, but '
+  path = files.abspath(init_from if files.is_remote(init_from) else os.path.expanduser(init_from))
+  if files.isdir(files.join(path, 'state')):
+    if init_step >= 0 and files.basename(path) != str(init_step):
+      raise TransferError(f'init_from={init_from} is the checkpoint of step {files.basename(path)}, but '
                        f'init_step={init_step}; give the workdir instead, or init_step=-1')
     return path
-  ckpt_dir = path if os.path.basename(path) == 'checkpoints' else os.path.join(path, 'checkpoints')
-  steps = sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit()) if os.path.isdir(ckpt_dir) else []
+  ckpt_dir = path if files.basename(path) == 'checkpoints' else files.join(path, 'checkpoints')
+  steps = sorted(int(d) for d in files.listdir(ckpt_dir) if d.isdigit()) if files.isdir(ckpt_dir) else []
   # Only finished saves: orbax writes into a temporary folder and renames it when committed.
-  steps = [s for s in steps if os.path.isdir(os.path.join(ckpt_dir, str(s), 'state'))]
+  steps = [s for s in steps if files.isdir(files.join(ckpt_dir, str(s), 'state'))]
   if not steps:
     raise FileNotFoundError(f'init_from={init_from}: no checkpoint in {ckpt_dir}; point --config.init_from at a '
                             'trained workdir or one of its checkpoints/<step> folders')
@@ -47,14 +47,14 @@ def resolve_checkpoint(init_from: str, init_step: int = -1) -> str:
   if step not in steps:
     raise FileNotFoundError(f'init_from={init_from}: no checkpoint at step {step} in {ckpt_dir}; '
                             f'available steps: {steps}')
-  return os.path.join(ckpt_dir, str(step))
+  return files.join(ckpt_dir, str(step))
 
 
 def read_backbone(checkpoint: str) -> dict[tuple[str, ...], np.ndarray]:
   """The backbone's arrays (parameters and BatchNorm statistics) of one checkpoint step folder, by path
   below ``backbone``."""
-  state_dir = os.path.join(checkpoint, 'state')
-  if not os.path.isdir(state_dir):
+  state_dir = files.join(checkpoint, 'state')
+  if not files.isdir(state_dir):
     raise FileNotFoundError(f'no train state in {checkpoint} (expected {state_dir})')
   tree = state_metadata(state_dir)
   wanted = {part: {BACKBONE: tree[part][BACKBONE]} for part in ('params', 'model_state')
@@ -109,13 +109,13 @@ def load_backbone(model, checkpoint: str) -> dict[str, Any]:
 def write_init_info(workdir: str, info: dict[str, Any]) -> None:
   if jax.process_index():
     return
-  write_json(os.path.join(workdir, 'init_from.json'), info)
+  write_json(files.join(workdir, 'init_from.json'), info)
 
 
 def has_checkpoint(workdir: str) -> bool:
-  ckpt_dir = os.path.join(workdir, 'checkpoints')
-  return os.path.isdir(ckpt_dir) and any(
-      d.isdigit() and os.path.isdir(os.path.join(ckpt_dir, d)) for d in os.listdir(ckpt_dir))
+  ckpt_dir = files.join(workdir, 'checkpoints')
+  return files.isdir(ckpt_dir) and any(
+      d.isdigit() and files.isdir(files.join(ckpt_dir, d)) for d in files.listdir(ckpt_dir))
 
 
 # ---- Layer order, for 'last:K' fine-tuning.
