@@ -53,7 +53,8 @@ def main(argv):
     try:
       jax.distributed.initialize()
     except (ValueError, RuntimeError) as e:  # no cluster found, or the coordinator did not answer
-      sys.exit(f'error: --multihost: jax.distributed.initialize() failed ({str(e).strip().splitlines()[0][:200]}); '
+      why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+      sys.exit(f'error: --multihost: jax.distributed.initialize() failed ({why}); '
                'run it under Slurm (srun), on every host of a TPU pod, or with launch/local.sh N on one machine')
 
   from jaxssl import modes  # pylint: disable=import-outside-toplevel

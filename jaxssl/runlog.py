@@ -104,18 +104,33 @@ class MetricWriter:
           record_writer.register_writer_factory(files.scheme(workdir), _StoreEvents())
         self._tb = SummaryWriter(files.join(workdir, 'tensorboard'))
     self._workdir = workdir
+    # On a store an append re-uploads the whole file: train rows are batched, uploaded at most every
+    # _EVENTS_UPLOAD_S seconds, and at once with any evaluation's row (the curves read the file then) and on close.
+    self._pending: list[str] = []
+    self._uploaded = time.monotonic()
 
   def write(self, step: int, split: str, metrics: dict[str, Any]) -> None:
     if not self.active:
       return
     row = {'step': int(step), 'split': split, **{k: float(v) for k, v in metrics.items()}}
     with writing(self.path, self._workdir):
-      files.append_text(self.path, json.dumps(row) + '\n')
+      self._pending.append(json.dumps(row) + '\n')
+      if (not files.is_remote(self.path) or split != 'train'
+          or time.monotonic() - self._uploaded >= _EVENTS_UPLOAD_S):
+        self._append_pending()
       for k, v in metrics.items():
         self._tb.add_scalar(f'{split}/{k}', float(v), int(step))
       self._tb.flush()
 
+  def _append_pending(self) -> None:
+    if self._pending:
+      files.append_text(self.path, ''.join(self._pending))
+      self._pending, self._uploaded = [], time.monotonic()
+
   def close(self) -> None:
+    if self._pending:
+      with writing(self.path, self._workdir):
+        self._append_pending()
     if self._tb is not None:
       with writing(files.join(self._workdir, 'tensorboard'), self._workdir):
         self._tb.close()

@@ -78,8 +78,9 @@ def _output(workdir, processes=2) -> str:
 
 
 def _said(path) -> str:
+  """A process's output without gloo's connection lines (several threads print them: they can interleave)."""
   with open(path, encoding='utf-8') as f:
-    return '\n'.join(l for l in f.read().splitlines() if not l.startswith('[Gloo]'))
+    return '\n'.join(l for l in f.read().splitlines() if '[Gloo]' not in l and 'peer ranks' not in l)
 
 
 def _warnings(said: str) -> list[str]:

@@ -162,6 +162,21 @@ def test_a_transform_that_draws_other_than_per_row_is_told_how():
   assert rng.integers(0, 10, size=(4, 3)).shape == (4, 3)
   with pytest.raises(ValueError, match=r'draws per row: the size of each draw starts with its batch size \(4\)'):
     rng.random(size=8)
+  with pytest.raises(ValueError, match=r'scalar bounds: integers got an array'):
+    rng.integers(0, np.arange(1, 5), size=4)
+  with pytest.raises(AttributeError):
+    rng.permutation(4)  # pylint: disable=no-member
+  # The pipeline hands the same generator on one device: a transform that breaks the rule fails on its first run.
+
+  @dataclasses.dataclass(frozen=True)
+  class Scalar:
+    name: str = 'raw'
+
+    def transform(self, batch, rng, *, train):  # pylint: disable=unused-argument
+      return {**batch, 'coin': rng.random()}
+
+  with pytest.raises(ValueError, match='draws per row'):
+    pipeline.TaskTransforms((Scalar(),), train=True).random_map({'weight': np.ones(3)}, np.random.default_rng(0))
 
 
 def test_eval_padding_is_exact(records):

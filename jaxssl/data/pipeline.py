@@ -75,6 +75,9 @@ class RowGenerator:
     if not shape or shape[0] != len(self._take):
       raise ValueError(f'a batch transform draws per row: the size of each draw starts with its batch size '
                        f'({len(self._take)}), not {size!r} (jaxssl/data/pipeline.py RowGenerator)')
+    if any(np.ndim(v) for k, v in kwargs.items() if k != 'dtype'):
+      raise ValueError(f'a batch transform draws per row with scalar bounds: {method} got an array for one of '
+                       f'{sorted(k for k in kwargs if k != "dtype")} (jaxssl/data/pipeline.py RowGenerator)')
     return getattr(self._generator, method)(size=(self._num_rows,) + shape[1:], **kwargs)[self._take]
 
   def integers(self, low, high=None, size=None, dtype=np.int64, endpoint=False):
@@ -102,15 +105,13 @@ class TaskTransforms(grain.transforms.RandomMap):
   def on_rows(self, batch: Batch, rng: np.random.Generator, rows: np.ndarray | None,
               num_rows: int) -> dict[str, Batch]:
     """The transforms of ``batch``, this process's ``rows`` of a global batch of ``num_rows`` records (None: the
-    whole batch), with the draws the whole batch would get (:class:`RowGenerator`)."""
-    whole = rows is None or (len(rows) == num_rows and np.array_equal(rows, np.arange(num_rows)))
+    whole batch), with the draws the whole batch would get (:class:`RowGenerator`: on one device too, so that a
+    transform that breaks the per-row rule fails on the first run, not on the first multi-host one)."""
+    if rows is None:
+      rows, num_rows = np.arange(len(batch['weight'])), len(batch['weight'])
     seeds = rng.integers(0, 2**63 - 1, size=len(self.tasks))
-    out = {}
-    for task, seed in zip(self.tasks, seeds):
-      task_rng = np.random.default_rng(int(seed))
-      out[task.name] = task.transform(batch, task_rng if whole else RowGenerator(task_rng, rows, num_rows),
-                                      train=self.train)
-    return out
+    return {task.name: task.transform(batch, RowGenerator(np.random.default_rng(int(seed)), rows, num_rows),
+                                      train=self.train) for task, seed in zip(self.tasks, seeds)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,8 +128,7 @@ class _ReadAndTransform(grain.transforms.RandomMap):
 
 
 def _layout(mesh, global_batch: int, what: str) -> BatchLayout:
-  layout = sharding.batch_layout(sharding.make_mesh() if mesh is None else mesh, global_batch, what)
-  return dataclasses.replace(layout, devices=())  # rows only: grain's worker processes get a pickled copy
+  return sharding.batch_layout(sharding.make_mesh() if mesh is None else mesh, global_batch, what)
 
 
 def train_dataset(source, tasks: Sequence[BatchTransform], *, global_batch: int, seed: int, mesh=None,
@@ -140,7 +140,8 @@ def train_dataset(source, tasks: Sequence[BatchTransform], *, global_batch: int,
   this process's share of ``mesh``, default: every device). On one device this is the plain shuffle -> batch ->
   transform of the whole batch.
   """
-  layout = layout or _layout(mesh, global_batch, 'batch_size')
+  # Rows only: grain's worker processes get a pickled copy, and devices do not pickle.
+  layout = dataclasses.replace(layout or _layout(mesh, global_batch, 'batch_size'), devices=())
   ds = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat(None, reseed_each_epoch=True)
   ds = ds.batch(global_batch, drop_remainder=True, batch_fn=np.asarray)
   return ds.random_map(_ReadAndTransform(source, TaskTransforms(tuple(tasks), train=True), layout), seed=seed + 1)

@@ -17,7 +17,6 @@ attribute report), plus every entry of ``config.evals`` (``{name: {type: <regist
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
@@ -26,7 +25,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from jaxssl import registry, sharding
+from jaxssl import files, registry, sharding
 from jaxssl.data import datasets, pipeline
 
 PHASES = ('eval', 'final', 'checkpoint')
@@ -138,7 +137,7 @@ class Evaluator:
     """A file path stem in the workdir: ``name`` at the end of training, ``name_<split>_step<N>`` otherwise (so
     evaluating several checkpoints keeps each one's files)."""
     base = name if phase == 'final' else f'{name}_{self.ctx.eval_split}_step{int(state.step)}'
-    return os.path.join(self.ctx.workdir, base)
+    return files.join(self.ctx.workdir, base)
 
 
 def evaluator_class(kind: str) -> type[Evaluator]:

@@ -49,7 +49,12 @@ class Task:
   predicts_classes: ClassVar[bool] = False
 
   def transform(self, batch: Batch, rng: np.random.Generator, *, train: bool) -> Batch:
-    """Vectorized numpy over the whole batch; deterministic given ``rng``."""
+    """Vectorized numpy over the whole batch; deterministic given ``rng``.
+
+    Every draw is per row: ``rng.integers``, ``random``, ``uniform`` or ``normal`` with scalar bounds and a size
+    whose first dimension is the batch's rows. The pipeline's ``rng`` (jaxssl/data/pipeline.py RowGenerator)
+    makes each draw for the whole global batch and keeps this process's rows, so that a run is the same on any
+    number of devices and processes; it refuses any other draw."""
     raise NotImplementedError
 
   def make_head(self, backbone: nnx.Module, input_shape: tuple[int, ...], rngs: nnx.Rngs) -> nnx.Module:

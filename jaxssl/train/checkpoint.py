@@ -26,6 +26,7 @@ from typing import Any
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxssl import files, trees
@@ -97,6 +98,15 @@ def _quiet_orbax_failures():
     asyncio_log.setLevel(level)
 
 
+def _everywhere(ok: bool) -> bool:
+  """Whether every process says ``ok``: a step one process cannot read (a transient store error) is skipped by all,
+  or they would restore different steps (or wait for each other in different collectives)."""
+  if jax.process_count() == 1:
+    return ok
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel  # multi-process only
+  return bool(np.min(multihost_utils.process_allgather(np.int32(ok))))
+
+
 def _settle() -> None:
   time.sleep(0.5)
   gc.collect()
@@ -163,7 +173,7 @@ class Checkpointer:
 
   def saved_shapes(self, step: int) -> dict[tuple[str, ...], str]:
     """'shape dtype' of every array of ``step``'s train state, by path, from its metadata (no array is read)."""
-    return _shapes(state_metadata(os.path.join(self.directory, str(step), 'state')))
+    return _shapes(state_metadata(files.join(self.directory, str(step), 'state')))
 
   def restore(self, step: int | None, state_like, sharding, data_iter=None, *, set_aside: bool = False):
     """Restores ``step`` (None: the newest readable one) onto ``sharding``; ``state_like`` gives the tree.
@@ -180,11 +190,14 @@ class Checkpointer:
     live = _shapes(state_like)
     unreadable = []
     for candidate in ([step] if step is not None else sorted(steps, reverse=True)):
-      path = os.path.join(self.directory, str(candidate))
+      path = files.join(self.directory, str(candidate))
+      saved, why = None, ''
       try:
         saved = self.saved_shapes(candidate)
       except Exception as e:  # pylint: disable=broad-exception-caught  # orbax/tensorstore raise bare Exceptions
-        unreadable.append((candidate, _first_line(e)))
+        why = _first_line(e)
+      if not _everywhere(saved is not None):  # every process must settle on the same step
+        unreadable.append((candidate, why or 'another process could not read it'))
         continue
       detail = _mismatch(saved, live)
       if detail:
@@ -194,15 +207,15 @@ class Checkpointer:
         restored, why = self._try_restore(candidate, _abstract(state_like, sharding), data_iter)
         if restored is None:
           _settle()
-      if restored is None:
-        unreadable.append((candidate, why))
+      if not _everywhere(restored is not None):
+        unreadable.append((candidate, why or 'another process could not read it'))
         continue
       if unreadable:
         self._skipped(unreadable, candidate, set_aside)
       return restored['state'], restored['meta']
     tried = '; '.join(f'step {s}: {why}' for s, why in unreadable)
     if step is not None:
-      raise CheckpointError(f'the checkpoint {os.path.join(self.directory, str(step))} cannot be read ({tried}); '
+      raise CheckpointError(f'the checkpoint {files.join(self.directory, str(step))} cannot be read ({tried}); '
                             f'choose another step (available: {steps}); it is left as it is')
     raise CheckpointError(f'no checkpoint in {self.directory} can be read ({tried}); they are left as they are: '
                           'move that folder aside to start this run afresh, or use another --workdir')
@@ -236,7 +249,7 @@ class Checkpointer:
     try:
       self.manager.restore(step, args=ocp.args.Composite(data_iter=grain.checkpoint.CheckpointRestore(data_iter)))
     except (LookupError, TypeError, AttributeError) as e:  # grain's set_state on a wrong position
-      raise CheckpointError(f'the checkpoint {os.path.join(self.directory, str(step))} holds a data iterator '
+      raise CheckpointError(f'the checkpoint {files.join(self.directory, str(step))} holds a data iterator '
                             f'position that does not fit this dataset ({_first_line(e)}); it was edited or is of '
                             'another pipeline: resume from another step (move this one aside) or use another '
                             '--workdir') from e
@@ -246,7 +259,7 @@ class Checkpointer:
     (orbax would otherwise keep them as the latest steps, or refuse to save those steps anew)."""
     stamp = time.strftime('%Y%m%d-%H%M%S')
     for bad, why in unreadable:
-      path = os.path.join(self.directory, str(bad))
+      path = files.join(self.directory, str(bad))
       where = 'left as it is'
       if set_aside:
         where = f'moved aside to {path}.corrupt-{stamp}'

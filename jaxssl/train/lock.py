@@ -276,7 +276,7 @@ def hold(workdir: str, timeout_s: float = 600.0):
     lock = WorkdirLock(workdir, timeout_s)
     try:
       lock.acquire()
-    except (LockError, OSError) as e:
+    except Exception as e:  # pylint: disable=broad-exception-caught  # re-raised below, after the others heard
       error = e
   ok = int(multihost_utils.broadcast_one_to_all(np.int32(error is None)))
   if error is not None:

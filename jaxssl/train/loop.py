@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import signal
 from typing import Any
 
@@ -71,7 +70,8 @@ class _StopFlag:
 
   With several processes, one host may be preempted alone, and a process that saved and left on its own would
   leave the others waiting in a collective forever. So every step each process votes (``agreed``): a tiny jitted
-  max over one flag per device, dispatched behind the step and read one step later, while the next one runs.
+  max over one flag per device, dispatched behind the step and read one step later (the host waits for step k
+  when it has dispatched step k + 1: it runs at most one step ahead, which the device never notices).
   All processes read the same vote at the same step, so all stop after the same step, save it together and exit
   143. One process needs no vote: its own flag decides at once.
   """
@@ -207,7 +207,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stop_after: int | No
     train_iter = pipeline.train_iterator(exp.train_source, exp.tasks, global_batch=config.batch_size,
                                          seed=config.seed, mesh=exp.mesh, **pipeline.iterator_options(config.data))
     cleanup.callback(getattr(train_iter, 'close', lambda: None))
-    ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'), max_to_keep=config.keep_checkpoints)
+    ckpt = Checkpointer(files.join(workdir, 'checkpoints'), max_to_keep=config.keep_checkpoints)
     cleanup.callback(ckpt.close)
     # The run's key, a global (replicated) array like the state; each step folds its number in (train/step.py).
     state, meta = exp.state, {}
@@ -218,7 +218,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stop_after: int | No
                                         set_aside=True)
       except ckpt_lib.StateMismatchError as e:
         raise ckpt_lib.config_mismatch(e, workdir, config) from None
-      ckpt_lib.check_data_position(os.path.join(ckpt.directory, str(int(state.step))), meta, fingerprint,
+      ckpt_lib.check_data_position(files.join(ckpt.directory, str(int(state.step))), meta, fingerprint,
                                    train_iter.get_state(), int(state.step))
       log(f'resumed from {ckpt.directory} at step {int(state.step)}')
     step = last_saved = int(state.step)
@@ -286,7 +286,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stop_after: int | No
                if stop.signaled_anywhere else f'stop_after={stop_after}')
         log(f'stopped at step {step}/{exp.total_steps} ({why}); checkpoint saved. Rerun the same command to resume.')
         return {'step': step, 'eval': eval_metrics, 'finished': False,
-                'exit_code': PREEMPTED_EXIT_CODE if stop.signaled_anywhere else 0}
+                'exit_code': PREEMPTED_EXIT_CODE if stop.signaled_anywhere else 0}  # a signal wins over stop_after
 
     if (bad := window.check()) is not None:
       return diverged(bad)
