@@ -72,8 +72,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim = ml_collections.ConfigDict()
   c.optim.name = 'sgd'
   c.optim.lr = 0.05
-  c.optim.momentum = 0.9           # sgd
-  c.optim.nesterov = True          # sgd
+  c.optim.momentum = 0.9           # sgd, lars
+  c.optim.nesterov = True          # sgd, lars
+  c.optim.trust_coefficient = 1e-3  # lars: the layer-wise trust ratio's scale
   c.optim.b1 = 0.9                 # adam, adamw
   c.optim.b2 = 0.999               # adam, adamw
   c.optim.weight_decay = 5e-4
@@ -97,6 +98,24 @@ def base_config() -> ml_collections.ConfigDict:
   c.multitask = ml_collections.ConfigDict({
       'threshold_split': 'val', 'threshold_metric': 'mean_sample_f1', 'per_attribute_threshold': False,
       'decision': 'threshold', 'report_split': 'test', 'predict_split': 'test'})
+
+  # The online linear probe and k-NN monitor (jaxssl/tasks/online_probe.py), for any run of a labelled dataset:
+  # enabled=True adds the task 'probe', a linear classifier of the labels on stop_gradient(backbone feature) run in
+  # inference mode (its gradient never reaches the backbone, BatchNorm statistics untouched), trained beside the
+  # run's tasks with its loss x weight; it reports probe/top1 in every log row and evaluation, and with knn the
+  # weighted k-NN vote of the eval split among the training features (probe/knn_top1) at every evaluation. Off by
+  # default (a dataset without labels cannot have it); the pretext configs turn it on. feature: the backbone layer
+  # ('' = its output); pool: how the linear probe flattens a spatial map ('flatten' or 'avg'), knn_pool the k-NN's;
+  # norm: > 0 scales each feature vector to this L2 norm first (features change scale as a run trains), 0 = raw;
+  # label_key: '' (label, else DeepFashion's category). A backbone built for smaller inputs than the images (the
+  # jigsaw's: CifarNet's fc layers fix the size) is fed what it was built for: crop: c > 0 the centred c x c square;
+  # tiles: g > 0 the g x g centred jigsaw tiles of every image, their features concatenated (tile_size 0 = the
+  # jigsaw's, tile_norm as the jigsaw's). knn_train_limit: > 0 votes among only the first N training records.
+  # enable_online_probe(c, ...) below turns it on in a config file.
+  c.online_probe = ml_collections.ConfigDict({
+      'enabled': False, 'weight': 1.0, 'feature': '', 'pool': 'flatten', 'norm': 32.0, 'label_key': '',
+      'crop': 0, 'tiles': 0, 'tile_size': 0, 'tile_norm': True,
+      'knn': True, 'knn_k': 200, 'knn_temperature': 0.07, 'knn_pool': 'avg', 'knn_train_limit': 0})
 
   # Evaluators beyond those every run has (jaxssl/eval/base.py): name -> options, set in a config file
   # (c.evals.knn = {...}); empty: each run's defaults.
@@ -142,6 +161,43 @@ def set_pretext_schedule(c: ml_collections.ConfigDict, *, lr: float) -> ml_colle
   c.optim.warmup_epochs = 0.5
   c.eval_every = 936           # ~2 epochs
   c.checkpoint_every = 468
+  return c
+
+
+def two_view_config(model: str, quick: bool) -> ml_collections.ConfigDict:
+  """What the Fashion-MNIST SimCLR and BYOL configs share: ``model`` (cifarnet or resnet18_cifar), 100 epochs of
+  256 images, evaluated every 10 epochs with a k-NN monitor of the representation; ``quick``: 150 steps of 64
+  images (ResNet-18: 60 of 32). The config adds its task, then its optimizer (which scales with the batch)."""
+  c = base_config()
+  c.model.name = model
+  c.model.options = ml_collections.ConfigDict({'dropout': 0.0} if model == 'cifarnet' else {'width': 1.0})
+  c.batch_size, c.num_epochs, c.eval_batch_size = 256, 100.0, 250
+  c.eval_every = c.checkpoint_every = 2340
+  c.evals.knn = ml_collections.ConfigDict({'at': ('eval', 'final'), 'feature': ''})
+  if quick:
+    heavy = model != 'cifarnet'
+    make_quick(c, train_limit=6400, eval_limit=1000, batch_size=32 if heavy else 64,
+               total_steps=60 if heavy else 150, eval_every=60 if heavy else 50)
+  return c
+
+
+def set_lars(c: ml_collections.ConfigDict, *, lr: float, scaling: str, weight_decay: float,
+             warmup_epochs: float = 10.0) -> ml_collections.ConfigDict:
+  """The large-batch recipe of SimCLR and BYOL: LARS (momentum 0.9) at ``lr`` x batch_size / 256 (``scaling``
+  'linear') or ``lr`` x sqrt(batch_size) ('sqrt', SimCLR's choice for small batches), linear warmup, then cosine.
+  Set ``c.batch_size`` first."""
+  c.optim.name, c.optim.schedule = 'lars', 'cosine'
+  c.optim.lr = lr * (c.batch_size / 256 if scaling == 'linear' else c.batch_size ** 0.5)
+  c.optim.momentum, c.optim.nesterov = 0.9, False
+  c.optim.weight_decay, c.optim.warmup_epochs = weight_decay, warmup_epochs
+  return c
+
+
+def enable_online_probe(c: ml_collections.ConfigDict, **options: Any) -> ml_collections.ConfigDict:
+  """Turns on the online linear probe and k-NN monitor (``c.online_probe``, see base_config) with ``options``
+  (feature, pool, tiles, ...); ``--config.online_probe.enabled=false`` turns it off again."""
+  c.online_probe.enabled = True
+  c.online_probe.update(options)
   return c
 
 

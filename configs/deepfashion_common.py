@@ -65,3 +65,12 @@ def pretext_schedule(c: ml_collections.ConfigDict, variant: str, quick: bool) ->
   if quick:
     common.make_quick(c, train_limit=0, eval_limit=0, batch_size=16, total_steps=100, eval_every=50)
   return c
+
+
+def two_view_task(c: ml_collections.ConfigDict, quick: bool, **options) -> ml_collections.ConfigDict:
+  """The task options SimCLR and BYOL share here (two views: 224 px crops, or the quick image size; flip; colour
+  jitter; grayscale), then ``options``. The backbone gets no dropout: the multi-task model adds its own when it
+  loads these weights."""
+  c.model.options.dropout = 0.0
+  return ml_collections.ConfigDict({'crop_size': c.data.image_size if quick else 224, 'crop_scale': (0.08, 1.0),
+                                    'flip': 0.5, 'jitter_prob': 0.8, 'grayscale_prob': 0.2, **options})

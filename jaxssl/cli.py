@@ -45,12 +45,13 @@ def one_line_errors() -> tuple[type[Exception], ...]:
   from jaxssl.files import RemotePathError
   from jaxssl.runlog import WriteError
   from jaxssl.train.checkpoint import CheckpointError
+  from jaxssl.train.experiment import DatasetMismatchError
   from jaxssl.sharding import MeshError
   from jaxssl.train.lock import LockError
   from jaxssl.train.transfer import TransferError
   # pylint: enable=import-outside-toplevel
   return (DataNotFoundError, ChecksumError, FileNotFoundError, TransferError, DeepFashionNotFound, AnnotationError,
-          LockError, CheckpointError, WriteError, RemotePathError, MeshError)
+          LockError, CheckpointError, WriteError, RemotePathError, MeshError, DatasetMismatchError)
 
 
 @contextlib.contextmanager

@@ -123,9 +123,9 @@ class MetricWriter:
       self._tb.flush()
 
   def _append_pending(self) -> None:
-    if self._pending:
-      files.append_text(self.path, ''.join(self._pending))
-      self._pending, self._uploaded = [], time.monotonic()
+    if self._pending:  # taken first: rows a disk refused are reported once, not again at close
+      text, self._pending, self._uploaded = ''.join(self._pending), [], time.monotonic()
+      files.append_text(self.path, text)
 
   def close(self) -> None:
     if self._pending:

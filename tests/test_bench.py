@@ -54,6 +54,7 @@ def test_bench_alternates_jaxssl_and_torch_steps(generated_tfds_dir):
   assert result['jax_over_torch'] == pytest.approx(result['torch_step_ms_median'] / result['step_ms_median'],
                                                    rel=1e-2)
   assert result['train_images_per_s'] > 0 and result['gflops_per_step'] > 0
+  assert 0 < result['step_memory']['arguments_mb'] < result['step_memory_mb']   # XLA's plan of the step
   order.clear()
   result = bench.measure(config, steps=2, warmup=1, pipeline_batches=2, peak_gflops=166.0,
                          torch_step=recorded_torch_step, torch_timing='blocks')
@@ -105,3 +106,60 @@ def test_bench_ops_times_pytorch_in_a_process_of_its_own(tmp_path):
   (row,) = json.loads(out.read_text())
   assert row['layer'] == 'resnet_stem' and row['torch_fwd_ms'] > 0 and row['torch_dx_plus_dw_ms'] > 0
   assert row['fwd_xla_ms'] > 0
+
+
+def _simclr_config(tfds_dir, batch_size):
+  from conftest import small_config  # pylint: disable=import-outside-toplevel
+  c = small_config(tfds_dir, **{'batch_size': batch_size, 'model.options.dropout': 0.0})
+  del c.tasks.classify
+  c.tasks.simclr = {'crop_scale': (0.2, 1.0), 'proj_hidden': 64, 'proj_dim': 32, 'temperature': 0.5}
+  c.optim.name, c.optim.lr, c.optim.nesterov, c.optim.weight_decay = 'lars', 0.5, False, 1e-4
+  c.optim.schedule, c.optim.warmup_epochs = 'constant', 0.0   # the twin's lr is constant
+  c.online_probe.enabled = False
+  return c
+
+
+def test_simclr_twin_matches_jaxssl_loss_step_for_step(generated_tfds_dir):
+  """The SimCLR twin on jaxssl's own batch and weights gives jaxssl's loss at step 0 (model, views, projector,
+  NT-Xent) and after two LARS steps (the optimizer too)."""
+  from jaxssl import sharding, trees  # pylint: disable=import-outside-toplevel
+  from jaxssl.bench import step as bench  # pylint: disable=import-outside-toplevel
+  from jaxssl.data import pipeline  # pylint: disable=import-outside-toplevel
+  from jaxssl.data.datasets import get_dataset  # pylint: disable=import-outside-toplevel
+  from jaxssl.train import experiment  # pylint: disable=import-outside-toplevel
+  config = _simclr_config(generated_tfds_dir, 8)
+  exp = experiment.build_experiment(config)
+  it = pipeline.train_iterator(exp.train_source, exp.tasks, global_batch=8, seed=0, mesh=exp.mesh,
+                               **pipeline.iterator_options(config.data))
+  try:
+    host_batch = next(it)
+  finally:
+    getattr(it, 'close', lambda: None)()
+  options, notes, shape, why_not = bench._simclr_options(  # pylint: disable=protected-access
+      config, get_dataset(config.data.name, config.data))
+  assert why_not is None and notes['torch_optimizer'].startswith('LARS')
+  step = torch_twin.make_step('cifarnet', 'simclr', 8, shape, options=options, batch=host_batch['simclr'])
+  torch_twin.load_jax_params(step.net, {k: np.asarray(v) for k, v in trees.flat_paths(exp.state.params).items()})
+  batch, state, rng = sharding.shard_batch(host_batch, exp.mesh), exp.state, jax.random.PRNGKey(0)
+  jax_losses, torch_losses = [], []
+  for _ in range(3):
+    state, metrics = exp.train_step(state, batch, rng)
+    jax_losses.append(float(metrics['loss']))
+    torch_losses.append(step())
+  assert jax_losses[2] != pytest.approx(jax_losses[0], abs=1e-3)   # the steps moved the weights
+  np.testing.assert_allclose(torch_losses, jax_losses, rtol=2e-4, atol=2e-4)
+
+
+def test_simclr_twin_runs_in_its_own_process_on_the_batch_it_is_sent():
+  worker = torch_twin.StepProcess('cifarnet', 'simclr', 4, (28, 28, 1),
+                                  options={'mean': 0.3, 'std': 0.35, 'proj_hidden': 32, 'proj_dim': 16})
+  try:
+    first = worker()
+    images = np.zeros((4, 2, 28, 28, 1), np.uint8)
+    worker.set_batch({'image': images, 'weight': np.ones(4, np.float32)})
+    # identical views of identical images: every candidate as similar as the partner, loss log(2N - 1)
+    assert worker() == pytest.approx(np.log(7), rel=1e-4) and np.isfinite(first)
+  finally:
+    worker.close()
+  with pytest.raises(ValueError, match="task 'simclr' with model 'resnet20'"):
+    torch_twin.make_step('resnet20', 'simclr', 4, (28, 28, 1))

@@ -33,6 +33,19 @@ ARGS = {
     'deepfashion_multitask': _DEEPFASHION,
     'deepfashion_rotation': _DEEPFASHION,
     'deepfashion_jigsaw': _DEEPFASHION,
+    'fmnist_autoencoder': ('', 'quick', 'gaussian', 'masking', 'salt_pepper', 'gaussian,quick', 'bce', 'fc1',
+                           'noise=masking,level=0.5,loss=bce,layer=conv2'),
+    'fmnist_inpainting': ('', 'quick', 'blocks', 'center,zero', 'blocks,noise,quick', 'size=0.3', 'conv2'),
+    'deepfashion_inpainting': _DEEPFASHION,
+    'deepfashion_colorization': _DEEPFASHION + ('regression', 'sample,regression,quick'),
+    'fmnist_simclr': ('', 'quick', 'resnet18_cifar', 'resnet18_cifar,quick', 'model=cifarnet,quick=true'),
+    'fmnist_byol': ('', 'quick', 'resnet18_cifar', 'resnet18_cifar,quick'),
+    'deepfashion_simclr': _DEEPFASHION,
+    'deepfashion_byol': _DEEPFASHION,
+    'fmnist_patch_location': ('', 'quick'),
+    'fmnist_exemplar': ('', 'quick', 'resnet18_cifar', 'resnet18_cifar,quick', 'model=cifarnet,quick=true'),
+    'deepfashion_exemplar': _DEEPFASHION,
+    'deepfashion_patch_location': _DEEPFASHION,
 }
 
 

@@ -162,8 +162,9 @@ def test_a_transform_that_draws_other_than_per_row_is_told_how():
   assert rng.integers(0, 10, size=(4, 3)).shape == (4, 3)
   with pytest.raises(ValueError, match=r'draws per row: the size of each draw starts with its batch size \(4\)'):
     rng.random(size=8)
-  with pytest.raises(ValueError, match=r'scalar bounds: integers got an array'):
+  with pytest.raises(ValueError, match=r'bounds shared by the rows: integers got bounds with a row axis'):
     rng.integers(0, np.arange(1, 5), size=4)
+  assert rng.integers(0, np.array([3, 5]), size=(4, 2)).shape == (4, 2)  # bounds over a trailing axis
   with pytest.raises(AttributeError):
     rng.permutation(4)  # pylint: disable=no-member
   # The pipeline hands the same generator on one device: a transform that breaks the rule fails on its first run.

@@ -21,7 +21,12 @@ temporaries (over a GB for ResNet-18) and faults them in anew, and on a VM that 
 host those faults cost more after the other process's step (README, "Benchmark"). Earlier versions timed
 PyTorch's steps after jaxssl's in the same process, which slowed PyTorch by up to 1.5x and overstated jaxssl's
 ratio accordingly.
-Models with a PyTorch twin: cifarnet, resnet20, resnet18_cifar; tasks: rotation, classify. A bfloat16 model
+Models with a PyTorch twin: cifarnet, resnet20, resnet18_cifar; tasks: rotation, classify, and simclr (cifarnet):
+jaxssl's whole SimCLR step, fed the very batch of views jaxssl's pipeline made, with the same projector, NT-Xent
+and temperature, and LARS written out in PyTorch as optax.lars computes it (torch_twin.LARS; at a constant lr,
+the config's peak: the schedule's value changes no work). Any other optimizer is named in ``torch_optimizer``.
+``step_memory_mb``: what XLA's compiled jaxssl step holds on the device (arguments + outputs + temporaries -
+outputs aliased onto donated arguments, from ``compiled.memory_analysis()``), for every config. A bfloat16 model
 (``"--config.model.options={'dtype': 'bfloat16'}"``) meets PyTorch under ``torch.autocast('cpu', torch.bfloat16)``;
 give --peak_gflops the CPU's bf16 peak for its utilization figure.
 """
@@ -29,6 +34,7 @@ give --peak_gflops the CPU's bf16 peak for its utilization figure.
 import json
 import platform
 import statistics
+import sys
 import time
 import types
 
@@ -88,11 +94,14 @@ def measure(config, *, steps: int, warmup: int, pipeline_batches: int, peak_gflo
     getattr(it, 'close', lambda: None)()
 
   batch = sharding.shard_batch(host_batch, exp.mesh)
+  if torch_step is not None and hasattr(torch_step, 'set_batch') and len(config.tasks) == 1:
+    torch_step.set_batch(host_batch[next(iter(config.tasks.keys()))])   # the twins that take jaxssl's own batch
   rng = jax.random.PRNGKey(0)
   t0 = time.perf_counter()
   compiled = exp.train_step.lower(exp.state, batch, rng).compile()
   compile_s = time.perf_counter() - t0
   flops = _model_flops(exp, batch, rng)
+  memory = _step_memory(compiled)
 
   carry = {'state': exp.state}
 
@@ -143,8 +152,30 @@ def measure(config, *, steps: int, warmup: int, pipeline_batches: int, peak_gflo
       'pipeline_images_per_s': round(pipeline_ips, 1),
       'pipeline_to_step_ratio': round(pipeline_ips / train_ips, 2),
       'gflops_per_step': round(flops / 1e9, 3), 'achieved_gflops': round(flops / step_s / 1e9, 2),
-      'peak_gflops': peak_gflops, 'peak_fraction': round(flops / step_s / 1e9 / peak_gflops, 4), **torch_figures,
+      'peak_gflops': peak_gflops, 'peak_fraction': round(flops / step_s / 1e9 / peak_gflops, 4), **memory,
+      **torch_figures,
   }
+
+
+def _step_memory(compiled) -> dict:
+  """The compiled step's memory as XLA plans it: arguments (state, batch, key) + outputs + temporaries, less the
+  outputs written in place of donated arguments (the new state over the old), in MiB; empty where the backend
+  does not say."""
+  try:
+    m = compiled.memory_analysis()
+  except Exception:  # pylint: disable=broad-except  # backends without the analysis
+    return {}
+  if m is None:
+    return {}
+  mib = 2.0 ** 20
+  total = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
+  return {'step_memory_mb': round(total / mib, 1),
+          'step_memory': {'arguments_mb': round(m.argument_size_in_bytes / mib, 1),
+                          'outputs_mb': round(m.output_size_in_bytes / mib, 1),
+                          'temporaries_mb': round(m.temp_size_in_bytes / mib, 1),
+                          'aliased_mb': round(m.alias_size_in_bytes / mib, 1),
+                          'counts': "XLA's plan for the compiled jaxssl step: arguments + outputs + temporaries "
+                                    '- outputs aliased onto donated arguments (MiB, all devices)'}}
 
 
 def _model_flops(exp, batch, rng) -> float:
@@ -167,14 +198,41 @@ def _torch_step(config):
   from jaxssl.data.datasets import get_dataset  # pylint: disable=import-outside-toplevel
   kinds = [t.get('kind', name) for name, t in config.tasks.items()]
   if len(kinds) != 1 or kinds[0] not in torch_twin.SUPPORTED_TASKS or \
-      config.model.name not in torch_twin.SUPPORTED_MODELS:
+      config.model.name not in torch_twin.TASK_MODELS.get(kinds[0], torch_twin.SUPPORTED_MODELS):
     return None, {'torch': f'no PyTorch twin for model {config.model.name} with tasks {kinds}'}
   dtype = str(config.model.options.get('dtype', 'float32'))
   if dtype not in torch_twin.DTYPES:
     return None, {'torch': f'no PyTorch twin in dtype {dtype}'}
-  shape = get_dataset(config.data.name, config.data).input_shape
-  worker = torch_twin.StepProcess(config.model.name, kinds[0], config.batch_size, shape, dtype)
-  return worker, worker.info
+  info = get_dataset(config.data.name, config.data)
+  shape, options, notes = info.input_shape, None, {}
+  if kinds[0] == 'simclr':
+    options, notes, shape, why_not = _simclr_options(config, info)
+    if why_not:
+      return None, {'torch': f'no PyTorch twin: {why_not}'}
+  worker = torch_twin.StepProcess(config.model.name, kinds[0], config.batch_size, shape, dtype, options=options)
+  return worker, {**worker.info, **notes}
+
+
+def _simclr_options(config, info):
+  """(the twin's options, notes for the JSON line, the views' shape, why there is no twin or None) for a SimCLR
+  config: the task as jaxssl builds it (dataset mean and std), the optimizer as jaxssl.train.optim reads it."""
+  from jaxssl.tasks import build_tasks  # pylint: disable=import-outside-toplevel
+  (task,), _ = build_tasks(config.tasks, info)
+  if task.feature not in (None, '', 'fc2') or task.pool != 'flatten':
+    return None, {}, None, f'simclr reading feature {task.feature!r} pooled {task.pool!r} (the twin reads fc2)'
+  if config.model.options.get('dropout', 0.0):
+    return None, {}, None, 'simclr with dropout in the backbone'
+  o = config.optim
+  optim = {'name': 'lars' if o.name == 'lars' else 'sgd', 'lr': float(o.lr), 'momentum': float(o.momentum),
+           'nesterov': bool(o.nesterov), 'weight_decay': float(o.weight_decay),
+           'trust_coefficient': float(o.trust_coefficient)}
+  notes = {'torch_optimizer': 'LARS as optax.lars (torch_twin.LARS), constant lr' if o.name == 'lars' else
+           f"differs: jaxssl {o.name}, PyTorch SGD (the twin writes out LARS only)"}
+  if o.grad_clip_norm:
+    notes['torch_optimizer'] += '; jaxssl clips the gradient norm, PyTorch does not'
+  options = {'mean': task.mean, 'std': task.std, 'temperature': float(task.temperature),
+             'proj_hidden': int(task.proj_hidden), 'proj_dim': int(task.proj_dim), 'optim': optim}
+  return options, notes, task.backbone_input_shape(info.input_shape), None
 
 
 def main(argv, *, opts: types.SimpleNamespace):
@@ -188,6 +246,12 @@ def main(argv, *, opts: types.SimpleNamespace):
   except ValueError as e:
     raise SystemExit(f'error: bad config: {e}') from None
   torch_step = None
+  config = opts.config.value
+  if opts.torch.value and config.online_probe.enabled:  # PyTorch's twin has no probe: time the same work
+    with config.unlocked():
+      config.online_probe.enabled = False
+    print('bench: online probe off, as in the PyTorch twin (--torch=false times the config as it is)',
+          file=sys.stderr)
   try:
     with cli.errors_as_one_line():
       torch_step, torch_info = _torch_step(opts.config.value) if opts.torch.value else (None, {})

@@ -75,9 +75,10 @@ class RowGenerator:
     if not shape or shape[0] != len(self._take):
       raise ValueError(f'a batch transform draws per row: the size of each draw starts with its batch size '
                        f'({len(self._take)}), not {size!r} (jaxssl/data/pipeline.py RowGenerator)')
-    if any(np.ndim(v) for k, v in kwargs.items() if k != 'dtype'):
-      raise ValueError(f'a batch transform draws per row with scalar bounds: {method} got an array for one of '
-                       f'{sorted(k for k in kwargs if k != "dtype")} (jaxssl/data/pipeline.py RowGenerator)')
+    if any(np.ndim(v) >= len(shape) for k, v in kwargs.items() if k != 'dtype'):  # bounds per row
+      raise ValueError(f'a batch transform draws per row with bounds shared by the rows: {method} got bounds with '
+                       f'a row axis (they may vary along the trailing axes of size {shape[1:]}; '
+                       'jaxssl/data/pipeline.py RowGenerator)')
     return getattr(self._generator, method)(size=(self._num_rows,) + shape[1:], **kwargs)[self._take]
 
   def integers(self, low, high=None, size=None, dtype=np.int64, endpoint=False):

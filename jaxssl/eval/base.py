@@ -39,6 +39,8 @@ EVALUATORS: dict[str, str] = {
     'embedding': 'jaxssl.eval.embedding:ProbeEmbedding',
     'filters': 'jaxssl.eval.filters:Filters',
     'curves': 'jaxssl.eval.plots:Curves',
+    'online_knn': 'jaxssl.eval.online_knn:OnlineKnn',   # the online probe's k-NN monitor
+    'reconstructions': 'jaxssl.eval.reconstructions:Reconstructions',
 }
 ALWAYS = ('metrics', 'filters', 'curves')
 

@@ -23,10 +23,22 @@ TASKS: dict[str, str] = {
     'rotation': 'jaxssl.tasks.rotation:Rotation',
     'jigsaw': 'jaxssl.tasks.jigsaw:JigsawPermutation',
     'jigsaw_coords': 'jaxssl.tasks.jigsaw:JigsawCoords',
+    # Dense pretext tasks with a decoder head (issue 16).
+    'autoencoder': 'jaxssl.tasks.autoencoder:Autoencoder',
+    'inpainting': 'jaxssl.tasks.inpainting:Inpainting',
+    'colorization': 'jaxssl.tasks.colorization:Colorization',
+    'patch_location': 'jaxssl.tasks.patch_location:PatchLocation',
     # DeepFashion: a softmax category and sigmoid attributes from one backbone feature. 'multitask' is its
     # earlier name, kept so that existing configs and workdirs keep working.
     'category_attributes': 'jaxssl.tasks.category_attributes:CategoryAttributes',
     'multitask': 'jaxssl.tasks.category_attributes:CategoryAttributes',
+    # Instance discrimination from two views of every image (jaxssl/data/views.py).
+    'simclr': 'jaxssl.tasks.contrastive:SimCLR',
+    'byol': 'jaxssl.tasks.byol:BYOL',
+    # Exemplar CNN: N seed images, each a class under random transformations (issue 17).
+    'exemplar': 'jaxssl.tasks.exemplar:Exemplar',
+    # The online linear probe; config.online_probe adds it to any run as the task 'probe' (see with_online_probe).
+    'online_probe': 'jaxssl.tasks.online_probe:OnlineProbe',
 }
 
 
@@ -64,12 +76,29 @@ def _make(name: str, cfg, from_dataset: Mapping) -> Task:
     raise ValueError(f"task '{name}' ({cls.__name__}): {message}") from e
 
 
-def check_tasks(tasks_cfg: ml_collections.ConfigDict) -> None:
+PROBE = 'probe'   # the name of the task config.online_probe adds
+
+
+def with_online_probe(tasks_cfg, online_probe=None) -> list[tuple[str, Mapping]]:
+  """``(name, options)`` of every task of a run: ``config.tasks``, then, where ``config.online_probe.enabled``,
+  the online probe (jaxssl/tasks/online_probe.py) as the task ``probe``, last (it changes no other task's draws),
+  with the switch's other keys as its options."""
+  entries = list(tasks_cfg.items())
+  if online_probe is None or not online_probe.get('enabled', False):
+    return entries
+  if PROBE in tasks_cfg:
+    raise ValueError(f"config.online_probe.enabled adds a task named '{PROBE}', but config.tasks already has one: "
+                     'rename that task or set --config.online_probe.enabled=false')
+  options = {k: v for k, v in online_probe.items() if k != 'enabled'}
+  return entries + [(PROBE, {'kind': 'online_probe', **options})]
+
+
+def check_tasks(tasks_cfg: ml_collections.ConfigDict, online_probe=None) -> None:
   """Rejects an unknown kind or option, or a bad option value, with one message, before any data or model is
-  built."""
+  built. ``online_probe``: the config's switch (``config.online_probe``), checked as the task it adds."""
   if not tasks_cfg:
     raise ValueError('config.tasks is empty: name at least one task, e.g. tasks.classify = {}')
-  for name, cfg in tasks_cfg.items():
+  for name, cfg in with_online_probe(tasks_cfg, online_probe):
     cls = task_class(cfg.get('kind', name))
     fields = _options(cls)
     unknown = set(cfg.keys()) - fields - {'kind', 'weight'}
@@ -82,13 +111,19 @@ def check_tasks(tasks_cfg: ml_collections.ConfigDict) -> None:
     _make(name, cfg, _PLACEHOLDER_DATASET)
 
 
-def build_tasks(tasks_cfg: ml_collections.ConfigDict, info) -> tuple[list[Task], dict[str, float]]:
-  """The tasks of a config, with what they take from the dataset (classes, pixel statistics, attributes)."""
-  check_tasks(tasks_cfg)
+def build_tasks(tasks_cfg: ml_collections.ConfigDict, info, online_probe=None,
+                train_source=None) -> tuple[list[Task], dict[str, float]]:
+  """The tasks of a config, with what they take from the dataset (classes, pixel statistics, attributes, and,
+  for a task that declares it in ``FROM_DATASET``, the run's ``train_source``: the exemplar task's images), plus
+  the online probe where ``online_probe`` (``config.online_probe``) enables it."""
+  check_tasks(tasks_cfg, online_probe)
   from_dataset = {'num_classes': info.num_classes, 'mean': info.mean, 'std': info.std,
                   'num_attributes': len(info.attribute_names), 'attribute_frequency': info.attribute_frequency}
-  tasks = [_make(name, cfg, from_dataset) for name, cfg in tasks_cfg.items()]
-  weights = {name: float(cfg.get('weight', 1.0)) for name, cfg in tasks_cfg.items()}
+  if train_source is not None:
+    from_dataset['train_source'] = train_source
+  entries = with_online_probe(tasks_cfg, online_probe)
+  tasks = [_make(name, cfg, from_dataset) for name, cfg in entries]
+  weights = {name: float(cfg.get('weight', 1.0)) for name, cfg in entries}
   return tasks, weights
 
 

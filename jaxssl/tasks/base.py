@@ -47,14 +47,18 @@ class Task:
   freeze_backbone: bool = False
   # True where ``forward`` returns logits over the dataset's classes (confusion matrices, per-class accuracy).
   predicts_classes: ClassVar[bool] = False
+  # True where the task draws a picture grid at evaluations (jaxssl/eval/reconstructions.py) through
+  # :meth:`picture_outputs` and :meth:`pictures`.
+  draws_pictures: ClassVar[bool] = False
 
   def transform(self, batch: Batch, rng: np.random.Generator, *, train: bool) -> Batch:
     """Vectorized numpy over the whole batch; deterministic given ``rng``.
 
-    Every draw is per row: ``rng.integers``, ``random``, ``uniform`` or ``normal`` with scalar bounds and a size
-    whose first dimension is the batch's rows. The pipeline's ``rng`` (jaxssl/data/pipeline.py RowGenerator)
-    makes each draw for the whole global batch and keeps this process's rows, so that a run is the same on any
-    number of devices and processes; it refuses any other draw."""
+    Every draw is per row: ``rng.integers``, ``random``, ``uniform`` or ``normal`` with a size whose first
+    dimension is the batch's rows, and bounds shared by the rows (scalars, or arrays over the trailing axes).
+    The pipeline's ``rng`` (jaxssl/data/pipeline.py RowGenerator) makes each draw for the whole global batch and
+    keeps this process's rows, so that a run is the same on any number of devices and processes; it refuses any
+    other draw."""
     raise NotImplementedError
 
   def make_head(self, backbone: nnx.Module, input_shape: tuple[int, ...], rngs: nnx.Rngs) -> nnx.Module:
@@ -85,6 +89,29 @@ class Task:
   def evaluators(self) -> tuple[str, ...]:
     """Evaluators (jaxssl/eval) this task adds to a run's defaults, by registry name."""
     return ()
+
+  def picture_outputs(self, outputs: Any, batch: Batch) -> dict[str, jax.Array]:
+    """Where ``draws_pictures``: on device, per example, what the picture grid needs of ``forward``'s outputs."""
+    del outputs, batch
+    return {}
+
+  def pictures(self, out: dict[str, np.ndarray], batch: Batch) -> dict[str, np.ndarray]:
+    """Where ``draws_pictures``: on the host, the grid's columns, ``{name: images [N, H, W, C] in [0, 1]}``."""
+    del out, batch
+    return {}
+
+  def update_state(self, backbone: nnx.Module, head: nnx.Module, *, step: jax.Array, total_steps: int) -> None:
+    """Updates the task's state at the start of every training step; by default there is none.
+
+    A task's state is the variables of its head that are not ``nnx.Param`` (a BYOL target network, a queue of
+    negatives): they live in the train state's ``model_state`` beside the BatchNorm statistics, so they are
+    checkpointed, restored, evaluated and rolled back after a non-finite step with the model, and the optimizer
+    never sees them. The jitted train step calls this (only where a task overrides it) on the model with the
+    step's parameters, before the loss, so the forward sees the result: mutate the head's state variables in
+    place. ``step`` is the step about to run (0 first; traced), ``total_steps`` the run's length (0 if unknown).
+    A state that a forward pass changes (a queue) may instead be written in :meth:`forward` with ``train=True``,
+    as BatchNorm writes its statistics."""
+    del backbone, head, step, total_steps
 
 
 # --------------------------------------------------------------------------------------------- helpers

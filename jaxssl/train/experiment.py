@@ -21,6 +21,11 @@ from jaxssl.train import optim, step as step_lib, transfer
 from jaxssl.train.state import TrainState, build_model, init_train_state
 
 
+class DatasetMismatchError(ValueError):
+  """A task or model that this dataset cannot serve (colorization of grey images, a probe without labels, an
+  input size the backbone refuses): found when the real dataset is known, reported as one line."""
+
+
 @dataclasses.dataclass
 class Experiment:
   """What a config builds; ``eval_context(workdir)`` is what evaluators see of it."""
@@ -60,8 +65,11 @@ def build_experiment(config: ml_collections.ConfigDict, *, load_init: bool = Tru
 
   # Tasks, model, optimizer. How the layers compute (jaxssl/ops) is the run's setting, not the model's.
   ops.set_impl(config.model.conv_impl)
-  tasks, weights = build_tasks(config.tasks, info)
-  model = build_model(config.model, info.input_shape, tasks, config.seed)
+  try:
+    tasks, weights = build_tasks(config.tasks, info, config.get('online_probe'), train_source=train_source)
+    model = build_model(config.model, info.input_shape, tasks, config.seed)
+  except ValueError as e:  # what only the real dataset shows: colour needed, no classes, a size the model refuses
+    raise DatasetMismatchError(' '.join(str(e).split())) from e
   init_info = None
   if load_init and config.init_from:  # before the optimizer state exists: it starts from these
     init_info = transfer.load_backbone(model, transfer.resolve_checkpoint(config.init_from,
@@ -79,7 +87,8 @@ def build_experiment(config: ml_collections.ConfigDict, *, load_init: bool = Tru
   sharding.check_batch_size(config.batch_size, mesh)
   replicated = sharding.replicated(mesh)
   state = jax.device_put(state, replicated)
-  train_step = step_lib.jit_train_step(step_lib.make_train_step(graphdef, tx, schedule, tasks, weights),
+  train_step = step_lib.jit_train_step(step_lib.make_train_step(graphdef, tx, schedule, tasks, weights,
+                                                                total_steps),
                                        replicated, sharding.batch_sharding(mesh), replicated)
   return Experiment(config, info, train_source, eval_source, tasks, weights, mesh, graphdef, state, tx, schedule,
                     steps_per_epoch, total_steps, train_step, init_info)

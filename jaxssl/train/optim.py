@@ -8,7 +8,7 @@ import optax
 
 from jaxssl import trees
 
-OPTIMIZERS = ('sgd', 'adam', 'adamw')
+OPTIMIZERS = ('sgd', 'adam', 'adamw', 'lars')
 SCHEDULES = ('constant', 'cosine', 'step')
 
 
@@ -112,6 +112,13 @@ def _base_optimizer(cfg: ml_collections.ConfigDict, schedule) -> optax.GradientT
                      optax.adam(schedule, b1=cfg.b1, b2=cfg.b2))
   elif cfg.name == 'adamw':
     tx = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=wd, mask=decay_mask)
+  elif cfg.name == 'lars':
+    # LARS (You et al. 2017), the large-batch recipe of SimCLR and BYOL: each kernel's step is scaled by
+    # trust_coefficient x |w| / |g + wd w|. Biases and BatchNorm take plain momentum SGD without weight decay,
+    # as in both papers.
+    tx = optax.lars(schedule, weight_decay=wd, weight_decay_mask=decay_mask,
+                    trust_coefficient=cfg.trust_coefficient, trust_ratio_mask=decay_mask, momentum=cfg.momentum,
+                    nesterov=cfg.nesterov)
   else:
     raise ValueError(f"unknown optimizer '{cfg.name}'; choose one of: {', '.join(OPTIMIZERS)}")
   return tx

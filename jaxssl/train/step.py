@@ -25,12 +25,28 @@ def _all_finite(tree) -> jax.Array:
   return jnp.stack(leaves).all() if leaves else jnp.asarray(True)
 
 
+def update_task_states(graphdef: nnx.GraphDef, tasks: Sequence[Task], params: nnx.State, model_state: nnx.State,
+                       step: jax.Array, total_steps: int) -> nnx.State:
+  """The ``model_state`` after every task's :meth:`Task.update_state` (a BYOL target's moving average) on
+  ``params``; the parameters are only read."""
+  model = merge_model(graphdef, params, model_state)
+  for task in tasks:
+    task.update_state(model.backbone, model.heads[task.name], step=step, total_steps=total_steps)
+  return nnx.state(model, nnx.Not(nnx.Param))
+
+
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    tasks: Sequence[Task], weights: Mapping[str, float]) -> Callable:
-  """(state, batch, rng) -> (state, metrics). ``rng`` is the run's key; each step folds its number in."""
+                    tasks: Sequence[Task], weights: Mapping[str, float], total_steps: int = 0) -> Callable:
+  """(state, batch, rng) -> (state, metrics). ``rng`` is the run's key; each step folds its number in.
+  ``total_steps``: the run's length, for tasks whose state follows a schedule (BYOL's target momentum)."""
+  # Only tasks with a state are called: the step of every other run stays exactly what it was.
+  stateful = [t for t in tasks if type(t).update_state is not Task.update_state]
 
   def train_step(state: TrainState, batch, rng: jax.Array):
     step_rng = jax.random.fold_in(rng, state.step)
+    model_state = state.model_state
+    if stateful:
+      model_state = update_task_states(graphdef, stateful, state.params, model_state, state.step, total_steps)
 
     def loss_fn(params, model_state):
       model = merge_model(graphdef, params, model_state)
@@ -38,7 +54,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sc
       return loss, (metrics, nnx.state(model, nnx.Not(nnx.Param)))
 
     (loss, (metrics, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, state.model_state)
+        state.params, model_state)
     grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
