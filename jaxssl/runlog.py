@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 import jax
+import numpy as np
 
 from jaxssl import files
 
@@ -134,6 +135,25 @@ class MetricWriter:
     if self._tb is not None:
       with writing(files.join(self._workdir, 'tensorboard'), self._workdir):
         self._tb.close()
+
+
+def write_image(workdir: str, tag: str, image: np.ndarray, step: int) -> None:
+  """One picture (uint8 [H, W, 3]) into the run's TensorBoard events under ``tag``, beside the scalars. Evaluators
+  do not hold the trainer's writer: each picture goes through a writer of its own (one more small events file in
+  ``tensorboard/``, which TensorBoard reads with the others). Only process 0 writes."""
+  if jax.process_index():
+    return
+  # pylint: disable=import-outside-toplevel
+  from tensorboardX import SummaryWriter, record_writer
+  # pylint: enable=import-outside-toplevel
+  with writing(files.join(workdir, 'tensorboard'), workdir):
+    if files.is_remote(workdir):
+      record_writer.register_writer_factory(files.scheme(workdir), _StoreEvents())
+    writer = SummaryWriter(files.join(workdir, 'tensorboard'))
+    try:
+      writer.add_image(tag, np.asarray(image), int(step), dataformats='HWC')
+    finally:
+      writer.close()
 
 
 # Uploads of a growing events file at most this often: GCS takes about one write per second of one object, and

@@ -438,6 +438,11 @@ def test_dense_tasks_train_draw_pictures_and_their_backbone_feeds_the_linear_pro
     assert np.mean([r[key] for r in train[-2:]]) < 0.9 * np.mean([r[key] for r in train[:2]]), key
   for name in ('reconstructions_test_step4.png', 'reconstructions_test_step8.png', 'reconstructions.png'):
     assert (workdir / name).stat().st_size > 1000, name
+  # The same grids in TensorBoard, as PNG images at each evaluation's step.
+  images = {(v.tag, e.step): v.image for e in _events(workdir / 'tensorboard') for v in e.summary.value
+            if v.HasField('image')}
+  assert set(images) == {('reconstructions/test', 4), ('reconstructions/test', 8)}
+  assert all(i.encoded_image_string.startswith(b'\x89PNG') and i.height > 100 for i in images.values())
   # The linear probe takes the checkpoint as any other: the backbone is copied, the decoders left behind.
   probe = fmnist_linear.get_config('pool2')
   probe.data.data_dir = tfds_dir
@@ -450,6 +455,19 @@ def test_dense_tasks_train_draw_pictures_and_their_backbone_feeds_the_linear_pro
   assert set(loaded) <= set(saved) and loaded
   for path, value in loaded.items():
     np.testing.assert_array_equal(np.asarray(value), np.asarray(saved[path]))
+
+
+def _events(folder):
+  """Every event of every TensorBoard file in ``folder`` (TFRecord: length, its CRC, the record, its CRC)."""
+  from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
+  for path in sorted(folder.iterdir()):
+    data, i = path.read_bytes(), 0
+    while i < len(data):
+      n = int.from_bytes(data[i:i + 8], 'little')
+      event = event_pb2.Event()  # pylint: disable=no-member  # a generated protobuf class
+      event.ParseFromString(data[i + 12:i + 12 + n])
+      yield event
+      i += 12 + n + 4
 
 
 def test_reconstruction_pictures_show_what_the_network_saw(fmnist, tmp_path):

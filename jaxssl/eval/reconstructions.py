@@ -21,14 +21,16 @@ import itertools
 import jax
 import numpy as np
 
-from jaxssl import files
+from jaxssl import files, runlog
 from jaxssl.eval import plots
 from jaxssl.eval.base import Evaluator
 
 
-def picture_grid(blocks: list[tuple[str, dict[str, np.ndarray]]], path: str, title: str = '') -> str:
+def picture_grid(blocks: list[tuple[str, dict[str, np.ndarray]]], path: str, title: str = '',
+                 pixels: list | None = None) -> str:
   """A PNG of ``blocks``, (task name, {column name: images [N, H, W, C] in [0, 1]}): one row per (task, column),
-  one column per image; greyscale for C = 1, RGB for C = 3."""
+  one column per image; greyscale for C = 1, RGB for C = 3. ``pixels``: a list that receives the rendered grid
+  (uint8 [H, W, 3]) for TensorBoard."""
   plt = plots.plt
   rows = [(task, name, images) for task, columns in blocks for name, images in columns.items()]
   n = max(len(images) for _, _, images in rows)
@@ -55,6 +57,9 @@ def picture_grid(blocks: list[tuple[str, dict[str, np.ndarray]]], path: str, tit
   fig.tight_layout()
   try:
     files.save_figure(fig, path, dpi=100)
+    if pixels is not None:
+      fig.canvas.draw()
+      pixels.append(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy())
   finally:
     plt.close(fig)   # a failed write must not leave the figure open in a long run
   return path
@@ -104,8 +109,10 @@ class Reconstructions(Evaluator):
     step = int(state.step)
     name = files.basename(files.abspath(self.ctx.workdir))
     title = f'{name}: {self.ctx.eval_split} images, step {step} (rows: input as the network saw it, target, output)'
+    pixels = []
     picture_grid(blocks, files.join(self.ctx.workdir, f'reconstructions_{self.ctx.eval_split}_step{step}.png'),
-                 title)
+                 title, pixels)
+    runlog.write_image(self.ctx.workdir, f'reconstructions/{self.ctx.eval_split}', pixels[0], step)
     if phase == 'final':
       picture_grid(blocks, self.stem('reconstructions', state, phase) + '.png', title)
     return {}
