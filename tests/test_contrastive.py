@@ -2,6 +2,7 @@
 hand-worked values and their properties, the target network's moving average inside the jitted step, exact
 resume, 8 devices giving the loss of one, and a few steps lowering each loss on real Fashion-MNIST."""
 
+import dataclasses
 import json
 import math
 import os
@@ -268,6 +269,20 @@ def test_byol_target_follows_the_online_weights_inside_the_step_and_the_loss_fal
   # The same real images again: the prediction learns the target's projection.
   _, losses = _steps(byol, batches, 10, s2)
   assert np.mean(losses[-3:]) < 0.8 * losses[0], losses
+
+
+def test_byol_copies_the_online_weights_at_its_first_kept_update_not_at_step_zero(byol):
+  """A non-finite step 0 is rolled back (the update counter with it) while the step count moves on: the first
+  step that counts, here step 1, still starts the target as a copy of the online network (after init_from, the
+  loaded backbone), not as an average with the random initial copy."""
+  batches = _batches(byol, 1)
+  fresh = jax.tree.map(jnp.copy, byol.state)
+  theta0 = _target(fresh)[1]
+  state = dataclasses.replace(fresh, step=jnp.ones_like(fresh.step))   # as after a rolled-back step 0
+  s1, _ = _steps(byol, batches, 1, state)
+  for key, value in _target(s1)[0].items():
+    np.testing.assert_array_equal(value, theta0[key])
+  assert int(s1.model_state['heads']['byol']['ema_updates'].get_value()) == 1
 
 
 def test_byol_resumes_exactly_and_its_backbone_transfers(byol, tfds_dir, tmp_path):

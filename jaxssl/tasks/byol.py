@@ -8,8 +8,9 @@ projector whose weights are :class:`Target` variables, not ``nnx.Param``, so the
 rollback carry them with the model. At the start of every step, inside the jitted step, they move towards the
 online weights: ``target = tau * target + (1 - tau) * online``, with BYOL's cosine schedule
 ``tau = 1 - (1 - base_momentum) * (cos(pi k / K) + 1) / 2`` rising from ``base_momentum`` to 1 over the run's K
-steps, and ``tau = 0`` at step 0: the target starts as a copy of the online network, also when that was loaded
-with ``init_from``. Updating before the forward rather than after the optimizer step is the paper's order: step
+steps, and ``tau = 0`` at the first update the run keeps (a counter in the head's state, rolled back with it after
+a non-finite step): the target starts as a copy of the online network, also when that was loaded with
+``init_from``. Updating before the forward rather than after the optimizer step is the paper's order: step
 k's target averages the weights up to step k's own. The target runs in training mode (batch statistics; its
 BatchNorm keeps its own running statistics, used at evaluation), under ``stop_gradient``.
 
@@ -83,6 +84,9 @@ class BYOLHead(nnx.Module):
     self.predictor = MLP(proj_dim, pred_hidden, proj_dim, rngs=rngs)
     self.target_backbone = frozen_copy(backbone)
     self.target_projector = frozen_copy(self.projector)
+    # Moving-average updates kept so far: the first copies the online weights (a non-finite step 0 is rolled back
+    # with it, so the copy happens at the first step that counts, not at step 0 alone).
+    self.ema_updates = Target(jnp.zeros((), jnp.int32))
 
 
 @dataclasses.dataclass
@@ -121,7 +125,9 @@ class BYOL(TwoViews):
     return byol_loss(p[:, 0], p[:, 1], z[:, 0], z[:, 1], batch['weight'])
 
   def update_state(self, backbone, head, *, step, total_steps: int) -> None:
-    tau = jnp.where(step == 0, 0.0, target_momentum(step, total_steps, self.base_momentum))
+    updates = head.ema_updates.get_value()
+    tau = jnp.where(updates == 0, 0.0, target_momentum(step, total_steps, self.base_momentum))
+    head.ema_updates.set_value(updates + 1)
     for online, target in ((backbone, head.target_backbone), (head.projector, head.target_projector)):
       state = nnx.state(target, Target)
       moved = ema_update(nnx.to_pure_dict(state), nnx.to_pure_dict(nnx.state(online, nnx.Param)), tau)
