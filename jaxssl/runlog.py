@@ -98,12 +98,7 @@ class MetricWriter:
     if self.active:
       with writing(self.path, workdir):
         _drop_rows_after(self.path, start_step, rerun_split)
-        # pylint: disable=import-outside-toplevel
-        from tensorboardX import SummaryWriter, record_writer
-        # pylint: enable=import-outside-toplevel
-        if files.is_remote(workdir):  # events through jaxssl.files, as every other file of the run
-          record_writer.register_writer_factory(files.scheme(workdir), _StoreEvents())
-        self._tb = SummaryWriter(files.join(workdir, 'tensorboard'))
+        self._tb = _events_writer(workdir)
     self._workdir = workdir
     # On a store an append re-uploads the whole file: train rows are batched, uploaded at most every
     # _EVENTS_UPLOAD_S seconds, and at once with any evaluation's row (the curves read the file then) and on close.
@@ -137,19 +132,23 @@ class MetricWriter:
         self._tb.close()
 
 
+def _events_writer(workdir: str):
+  """A tensorboardX writer of a new events file in ``workdir/tensorboard``; on a store its bytes go through
+  jaxssl.files, as every other file of the run (:class:`_StoreEvents`)."""
+  from tensorboardX import SummaryWriter, record_writer  # pylint: disable=import-outside-toplevel
+  if files.is_remote(workdir):
+    record_writer.register_writer_factory(files.scheme(workdir), _StoreEvents())
+  return SummaryWriter(files.join(workdir, 'tensorboard'))
+
+
 def write_image(workdir: str, tag: str, image: np.ndarray, step: int) -> None:
   """One picture (uint8 [H, W, 3]) into the run's TensorBoard events under ``tag``, beside the scalars. Evaluators
   do not hold the trainer's writer: each picture goes through a writer of its own (one more small events file in
   ``tensorboard/``, which TensorBoard reads with the others). Only process 0 writes."""
   if jax.process_index():
     return
-  # pylint: disable=import-outside-toplevel
-  from tensorboardX import SummaryWriter, record_writer
-  # pylint: enable=import-outside-toplevel
   with writing(files.join(workdir, 'tensorboard'), workdir):
-    if files.is_remote(workdir):
-      record_writer.register_writer_factory(files.scheme(workdir), _StoreEvents())
-    writer = SummaryWriter(files.join(workdir, 'tensorboard'))
+    writer = _events_writer(workdir)
     try:
       writer.add_image(tag, np.asarray(image), int(step), dataformats='HWC')
     finally:

@@ -62,10 +62,6 @@ class BatchLayout:
   def chunk_size(self) -> int:
     return self.global_batch // self.num_chunks
 
-  @property
-  def local_batch(self) -> int:
-    return len(self.chunks) * self.chunk_size
-
   def rows(self) -> np.ndarray:
     """This process's rows of the global batch, in host-batch order."""
     size = self.chunk_size
