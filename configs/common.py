@@ -27,7 +27,8 @@ def data_config(name: str, **dataset_keys: Any) -> ml_collections.ConfigDict:
       'train_limit': 0,         # > 0: only the first N training records (quick runs)
       'eval_limit': 0,
       'train_fraction': 1.0,    # < 1: a class-stratified random subset of the training records (after train_limit)
-      'subset_seed': 0,         # which subset
+      'subset_seed': 0,         # which subset (with subset_mode=kfold: which fold)
+      'subset_mode': 'random',  # 'random' subset per seed, or disjoint stratified 'kfold' folds (data/subsets.py)
       'num_workers': 0,         # grain worker processes (0: in the main process)
       'read_threads': 1,        # threads preparing batches in each process
       'prefetch_batches': 4,    # batches prepared ahead (grain's default of 500 starves a small CPU's step)

@@ -25,6 +25,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   check_splits(config.data)
   choose('model', config.model.name, list(BACKBONES), '--config.model.name')
   _check_model_options(BACKBONES[config.model.name], config.model)
+  from jaxssl.models.torchvision_weights import check_weights_config  # pylint: disable=import-outside-toplevel
+  check_weights_config(config.init_from, config.init_step, config.model.name, dict(config.model.options))
   from jaxssl.ops import IMPLS  # pylint: disable=import-outside-toplevel
   choose('conv impl', config.model.conv_impl, IMPLS, '--config.model.conv_impl')
   if config.model.conv_impl == 'onednn':  # asked for by name: where it cannot be built, say so now (builds ~5 s)
@@ -76,6 +78,9 @@ def _check_counts(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f'--config.data.{key}={data[key]} must be >= 0 ({meaning})')
   if not 0 < data.train_fraction <= 1:
     raise ValueError(f'--config.data.train_fraction={data.train_fraction} must be in (0, 1] (1 = every record)')
+  if data.get('subset_mode', 'random') not in ('random', 'kfold'):
+    raise ValueError(f"--config.data.subset_mode='{data.subset_mode}' must be 'random' (a random subset per "
+                     "subset_seed) or 'kfold' (disjoint stratified folds, subset_seed = the fold)")
 
 
 def _check_model_options(constructor, model_cfg: ml_collections.ConfigDict) -> None:

@@ -125,7 +125,8 @@ def _describe_config(config: dict[str, Any], run_dir: str, knn: dict[str, Any]) 
     trainable += f" (backbone lr x{optim['backbone_lr_scale']:g})"
   labels = []
   if float(data.get('train_fraction', 1.0)) < 1.0:
-    labels.append(f"{100 * data['train_fraction']:g}% (subset seed {data.get('subset_seed', 0)})")
+    which = 'fold' if data.get('subset_mode') == 'kfold' else 'subset seed'
+    labels.append(f"{100 * data['train_fraction']:g}% ({which} {data.get('subset_seed', 0)})")
   if data.get('train_limit'):
     labels.append(f"first {data['train_limit']}")
   return {'dataset': data.get('name', knn.get('dataset', '')),

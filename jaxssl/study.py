@@ -6,6 +6,8 @@ Every cell (init x fraction x seed) is one ordinary training run of the config i
 ``<workdir>/cells/<init>_f<fraction>_s<seed>/``; a cell whose ``final_metrics.json`` exists is skipped, so
 rerunning the command resumes the study (and a cell interrupted mid-run resumes from its checkpoint). The
 labelled subset is class-stratified and depends only on (fraction, seed): every init sees the same images.
+``study.subsets='kfold'`` makes the seeds disjoint stratified folds instead of random subsets (seed experiment
+003's protocol; a fraction has only so many folds, e.g. 2 at 0.5: its cells beyond them are skipped and listed).
 Writes ``results.csv`` (one row per cell), ``results.json`` (mean and std over seeds per init and fraction)
 and ``label_efficiency.png``.
 """
@@ -49,6 +51,7 @@ def cell_config(config, init_from: str, fraction: float, seed: int, num_records:
     c.init_from = init_from
     c.data.train_fraction = float(fraction)
     c.data.subset_seed = int(seed)
+    c.data.subset_mode = str(config.study.get('subsets', 'random'))
     c.seed = int(seed)
     n = max(1, int(round(fraction * num_records)))
     c.batch_size = max(devices, min(c.batch_size, n // devices * devices))
@@ -64,11 +67,30 @@ def run_study(config, workdir: str) -> list[dict[str, Any]]:
   from jaxssl.data import datasets  # pylint: disable=import-outside-toplevel
   from jaxssl.train import loop  # pylint: disable=import-outside-toplevel
   from jaxssl.runlog import log  # pylint: disable=import-outside-toplevel
-  info = datasets.get_dataset(config.data.name)
-  num_records = len(datasets.load_split(info, config.data.train_split, config.data,
-                                        config.data.train_limit))
-  rows = []
-  cells = [(init, f, s) for init in config.study.inits for f in config.study.fractions for s in config.study.seeds]
+  from jaxssl.data import subsets  # pylint: disable=import-outside-toplevel
+  info = datasets.get_dataset(config.data.name, config.data)
+  train = datasets.load_split(info, config.data.train_split, config.data, config.data.train_limit)
+  num_records = len(train)
+  mode = str(config.study.get('subsets', 'random'))
+  if mode not in subsets.MODES:
+    raise ValueError(f"--config.study.subsets='{mode}' must be one of: {', '.join(subsets.MODES)}")
+  folds = {}
+  if mode == 'kfold':
+    labels = subsets.source_labels(train)
+    folds = {f: subsets.num_folds(labels, f) for f in config.study.fractions}
+  rows, skipped = [], []
+  cells = []
+  for init in config.study.inits:
+    for f in config.study.fractions:
+      for s in config.study.seeds:
+        if mode == 'kfold' and s >= folds[f]:
+          skipped.append({'init': init, 'fraction': float(f), 'seed': int(s),
+                          'why': f'only {folds[f]} disjoint folds'})
+        else:
+          cells.append((init, f, s))
+  if skipped:
+    log(f'study: {len(skipped)} cells skipped, their fraction has fewer disjoint folds than seeds: '
+        + ', '.join(sorted({f"{s['fraction']:g} ({folds[s['fraction']]} folds)" for s in skipped})))
   for i, (init, fraction, seed) in enumerate(cells):
     cell_dir = files.join(workdir, 'cells', cell_name(init, fraction, seed))
     final = files.join(cell_dir, 'final_metrics.json')
@@ -87,7 +109,7 @@ def run_study(config, workdir: str) -> list[dict[str, Any]]:
     rows.append({'init': init, 'fraction': float(fraction), 'seed': int(seed), 'step': metrics['step'],
                  **{k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k != 'step'}})
   if jax.process_index() == 0:
-    write_results(rows, workdir, config.study.metric)
+    write_results(rows, workdir, config.study.metric, skipped=skipped, subsets_mode=mode)
   return rows
 
 
@@ -102,8 +124,9 @@ def summarize(rows, metric: str) -> list[dict[str, Any]]:
   return out
 
 
-def write_results(rows, workdir: str, metric: str) -> None:
-  """results.csv (one row per cell), results.json (mean and std per init and fraction) and their plot."""
+def write_results(rows, workdir: str, metric: str, *, skipped=(), subsets_mode: str = 'random') -> None:
+  """results.csv (one row per cell), results.json (mean and std per init and fraction, the cells skipped) and
+  their plot."""
   from jaxssl.runlog import write_json, write_text, writing  # pylint: disable=import-outside-toplevel
   keys = list(dict.fromkeys(k for r in rows for k in r))
   table = io.StringIO(newline='')
@@ -112,7 +135,8 @@ def write_results(rows, workdir: str, metric: str) -> None:
   w.writerows(rows)
   write_text(files.join(workdir, 'results.csv'), table.getvalue())
   summary = summarize(rows, metric)
-  write_json(files.join(workdir, 'results.json'), {'metric': metric, 'cells': summary})
+  write_json(files.join(workdir, 'results.json'), {'metric': metric, 'subsets': subsets_mode, 'cells': summary,
+                                                   'skipped': list(skipped)})
   from jaxssl.eval import plots  # pylint: disable=import-outside-toplevel  # Agg backend
   plt = plots.plt
   fig, ax = plt.subplots(figsize=(5.5, 3.8))

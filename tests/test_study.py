@@ -6,6 +6,7 @@ import os
 
 import ml_collections
 import numpy as np
+import pytest
 
 from conftest import small_config
 from jaxssl import study
@@ -24,11 +25,54 @@ def test_stratified_subset_keeps_class_proportions_and_is_reproducible():
   np.testing.assert_array_equal(subsets.stratified_subset(labels, 1.0, seed=0), np.arange(len(labels)))
 
 
+def test_kfold_folds_are_disjoint_stratified_and_fixed():
+  labels = np.repeat(np.arange(3), [100, 40, 21])
+  assert subsets.num_folds(labels, 0.1) == 10 and subsets.num_folds(labels, 0.5) == 2
+  assert subsets.num_folds(labels, 0.3) == 3  # class 2: 21 // floor(6.3) = 3
+  assert subsets.num_folds(np.repeat([0, 1], [23, 30]), 0.5) == 2  # 23 // 11
+  folds = [subsets.labelled_subset(labels, 0.1, k, 'kfold') for k in range(10)]
+  for fold in folds:
+    assert np.bincount(labels[fold]).tolist() == [10, 4, 2]
+  everything = np.concatenate(folds)
+  assert len(set(everything.tolist())) == len(everything)  # disjoint
+  # The same folds in every study (a fixed cut), unlike random subsets, which a seed redraws.
+  np.testing.assert_array_equal(folds[3], subsets.stratified_fold(labels, 0.1, 3))
+  # Random subsets of the same size do overlap across seeds; folds never do.
+  a, b = (subsets.labelled_subset(labels, 0.1, s, 'random') for s in (0, 1))
+  assert len(np.intersect1d(a, b)) > 0 and len(a) == len(folds[0])
+  with pytest.raises(subsets.FoldError, match=r'only 2 disjoint stratified folds \(0..1\); use subset_seed < 2'):
+    subsets.stratified_fold(labels, 0.5, 2)
+  np.testing.assert_array_equal(subsets.stratified_fold(labels, 1.0, 0), np.arange(len(labels)))
+
+
+def test_kfold_study_trains_each_fold_and_lists_the_cells_it_cannot_have(tfds_dir, tmp_path):
+  base = small_config(tfds_dir, **{'data.train_limit': 256, 'data.eval_limit': 64})
+  base.study = ml_collections.ConfigDict({'fractions': (0.25, 0.5), 'seeds': (0, 1, 2), 'subsets': 'kfold',
+                                          'inits': {'scratch': ''}, 'epochs': 0.0, 'min_steps': 1,
+                                          'metric': 'classify/top1'})
+  workdir = str(tmp_path / 'study')
+  rows = study.run_study(base, workdir)
+  assert [(r['fraction'], r['seed']) for r in rows] == [(0.25, 0), (0.25, 1), (0.25, 2), (0.5, 0), (0.5, 1)]
+  with open(os.path.join(workdir, 'results.json'), encoding='utf-8') as f:
+    results = json.load(f)
+  assert results['subsets'] == 'kfold'
+  assert [(s['fraction'], s['seed']) for s in results['skipped']] == [(0.5, 2)]
+  # The two folds of 0.5 are disjoint halves of the 256 records.
+  picked = []
+  for seed in (0, 1):
+    with open(os.path.join(workdir, 'cells', f'scratch_f0.5_s{seed}', 'config.json'), encoding='utf-8') as f:
+      cfg = ml_collections.ConfigDict(json.load(f))
+    assert cfg.data.subset_mode == 'kfold'
+    picked.append(experiment.build_experiment(cfg).train_source.indices)
+  assert len(np.intersect1d(picked[0], picked[1])) == 0
+
+
 def test_tiny_study_runs_every_cell_once_and_summarizes(tfds_dir, tmp_path):
   src = str(tmp_path / 'src')
   base = small_config(tfds_dir, **{'data.train_limit': 512, 'data.eval_limit': 100})
   ckpt = Checkpointer(os.path.join(src, 'checkpoints'), async_save=False)
-  ckpt.save(0, experiment.build_experiment(small_config(tfds_dir, seed=7)).state)
+  src_state = experiment.build_experiment(small_config(tfds_dir, seed=7)).state
+  ckpt.save(0, src_state)
   ckpt.close()
   base.study = ml_collections.ConfigDict({'fractions': (0.25,), 'seeds': (0,),
                                           'inits': {'pretext': src, 'scratch': ''}, 'epochs': 0.0,
@@ -49,8 +93,18 @@ def test_tiny_study_runs_every_cell_once_and_summarizes(tfds_dir, tmp_path):
   with open(os.path.join(workdir, 'results.csv'), encoding='utf-8') as f:
     assert len(list(csv.DictReader(f))) == 2
   assert os.path.exists(os.path.join(workdir, 'label_efficiency.png'))
-  # Both inits trained on the same images, from different backbones.
-  assert rows[0]['classify/top1'] != rows[1]['classify/top1'] or rows[0]['loss'] != rows[1]['loss']
+  # Both inits train on the same images, from different backbones: the pretext cell starts from the source
+  # checkpoint's backbone, the scratch cell from its own random one.
+  built = {}
+  for init in ('pretext', 'scratch'):
+    with open(os.path.join(workdir, 'cells', f'{init}_f0.25_s0', 'config.json'), encoding='utf-8') as f:
+      built[init] = experiment.build_experiment(ml_collections.ConfigDict(json.load(f)))
+  np.testing.assert_array_equal(built['pretext'].train_source.indices, built['scratch'].train_source.indices)
+  assert abs(len(built['pretext'].train_source) - 128) <= 5  # a quarter of the 512 records, rounded per class
+  source_kernel = np.asarray(src_state.params['backbone']['conv1']['kernel'])
+  np.testing.assert_array_equal(np.asarray(built['pretext'].state.params['backbone']['conv1']['kernel']),
+                                source_kernel)
+  assert not np.array_equal(np.asarray(built['scratch'].state.params['backbone']['conv1']['kernel']), source_kernel)
   # A rerun trains nothing: every cell has its final_metrics.json.
   stamp = os.path.getmtime(os.path.join(cell, 'final_metrics.json'))
   assert study.run_study(base, workdir) == rows

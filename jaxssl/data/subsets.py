@@ -1,7 +1,15 @@
 """Class-stratified subsets of a labelled split: the labelled fractions of a label-efficiency study.
 
-A subset depends only on (labels, fraction, seed), never on the model or its initialization, so every init of
-a study is trained on exactly the same images.
+Two ways to pick the subsets of one fraction (``data.subset_mode``):
+
+- ``random``: repeated random subsets, one per ``subset_seed``; two seeds' subsets may share images.
+- ``kfold``: disjoint stratified folds (seed experiment 003's protocol). Every class's records are permuted once
+  with a fixed seed and cut into consecutive folds of floor(fraction x count) records (at least 1);
+  ``subset_seed`` = k picks fold k. Folds never share an image, so their scores are independent estimates; a
+  fraction f has the smallest class's floor(count / fold size) folds (2 at f = 0.5, 1 at f = 1).
+
+A subset depends only on (labels, fraction, seed, mode), never on the model or its initialization, so every
+init of a study is trained on exactly the same images.
 """
 
 from __future__ import annotations
@@ -24,6 +32,58 @@ def stratified_subset(labels, fraction: float, seed: int) -> np.ndarray:
     n = min(len(members), max(1, int(round(fraction * len(members)))))
     picked.append(rng.permutation(members)[:n])
   return np.sort(np.concatenate(picked)) if picked else np.zeros(0, np.int64)
+
+
+MODES = ('random', 'kfold')
+FOLD_PERMUTATION_SEED = 0  # one fixed cut into folds: fold k of a fraction is the same images in every study
+
+
+class FoldError(ValueError):
+  """A fold beyond the number of disjoint folds a fraction has."""
+
+
+def _class_members(labels: np.ndarray):
+  for c in np.unique(labels):  # sorted classes: the draw order is fixed
+    yield np.flatnonzero(labels == c)
+
+
+def _fold_size(count: int, fraction: float) -> int:
+  # Rounded down (not to nearest, as random subsets are): 0.5 of 23 images makes two folds of 11, not one of 12.
+  return min(count, max(1, int(np.floor(fraction * count + 1e-9))))
+
+
+def num_folds(labels, fraction: float) -> int:
+  """How many disjoint stratified folds of ``fraction`` the labels allow (the smallest class decides)."""
+  labels = np.asarray(labels)
+  counts = [len(m) for m in _class_members(labels)]
+  return min((n // _fold_size(n, fraction) for n in counts), default=0)
+
+
+def stratified_fold(labels, fraction: float, fold: int) -> np.ndarray:
+  """Sorted indices of fold ``fold`` of the disjoint stratified folds of ``fraction`` (module docstring)."""
+  if not 0 < fraction <= 1:
+    raise ValueError(f'fraction={fraction} must be in (0, 1]')
+  labels = np.asarray(labels)
+  available = num_folds(labels, fraction)
+  if not 0 <= fold < available:
+    raise FoldError(f'fold {fold} of fraction {fraction:g}: its records make only {available} disjoint stratified '
+                    f'folds (0..{available - 1}); use subset_seed < {available} or data.subset_mode=random')
+  rng = np.random.default_rng(FOLD_PERMUTATION_SEED)
+  picked = []
+  for members in _class_members(labels):
+    n = _fold_size(len(members), fraction)
+    picked.append(rng.permutation(members)[fold * n:(fold + 1) * n])
+  return np.sort(np.concatenate(picked)) if picked else np.zeros(0, np.int64)
+
+
+def labelled_subset(labels, fraction: float, seed: int, mode: str = 'random') -> np.ndarray:
+  """The training records of one study cell: ``mode`` 'random' (seed = which random subset) or 'kfold'
+  (seed = which fold)."""
+  if mode == 'kfold':
+    return stratified_fold(labels, fraction, seed)
+  if mode != 'random':
+    raise ValueError(f"unknown subset mode '{mode}'; choose one of: {', '.join(MODES)} (set --config.data.subset_mode)")
+  return stratified_subset(labels, fraction, seed)
 
 
 def source_labels(source) -> np.ndarray:

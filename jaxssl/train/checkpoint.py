@@ -323,7 +323,9 @@ def data_fingerprint(data_cfg, num_records: int, *, seed: int, batch_size: int) 
           'train_fraction': float(data_cfg.train_fraction), 'subset_seed': int(data_cfg.subset_seed),
           'seed': int(seed), 'batch_size': int(batch_size), 'processes': jax.process_count(),
           # grain's saved position has another shape with worker processes (one per worker): not interchangeable.
-          'num_workers': int(data_cfg.num_workers)}
+          'num_workers': int(data_cfg.num_workers),
+          # Only where it is not the default, so that runs saved before k-fold subsets existed still resume.
+          **({'subset_mode': data_cfg.subset_mode} if data_cfg.get('subset_mode', 'random') != 'random' else {})}
 
 
 def check_data_position(path: str, meta: dict[str, Any], fingerprint: dict[str, Any], iter_state: Any,

@@ -58,8 +58,12 @@ def build_experiment(config: ml_collections.ConfigDict, *, load_init: bool = Tru
   train_source = datasets.load_split(info, config.data.train_split, config.data, config.data.train_limit)
   eval_source = datasets.load_split(info, config.data.eval_split, config.data, config.data.eval_limit)
   if config.data.train_fraction < 1.0:  # label-efficiency studies: the same images for every init
-    train_source = sources.IndexedSubset(train_source, subsets.stratified_subset(
-        subsets.source_labels(train_source), config.data.train_fraction, config.data.subset_seed))
+    try:
+      train_source = sources.IndexedSubset(train_source, subsets.labelled_subset(
+          subsets.source_labels(train_source), config.data.train_fraction, config.data.subset_seed,
+          config.data.get('subset_mode', 'random')))
+    except subsets.FoldError as e:
+      raise DatasetMismatchError(str(e)) from e
   steps_per_epoch = max(1, len(train_source) // config.batch_size)
   total_steps = int(config.total_steps or round(config.num_epochs * steps_per_epoch))
 
@@ -72,8 +76,7 @@ def build_experiment(config: ml_collections.ConfigDict, *, load_init: bool = Tru
     raise DatasetMismatchError(' '.join(str(e).split())) from e
   init_info = None
   if load_init and config.init_from:  # before the optimizer state exists: it starts from these
-    init_info = transfer.load_backbone(model, transfer.resolve_checkpoint(config.init_from,
-                                                                          config.init_step))
+    init_info = transfer.load_init(model, config.init_from, config.init_step)  # a run, or a weights file
     log(f"backbone initialized from {init_info['checkpoint']} ({init_info['parameters']:,} values)")
   transfer.check_frozen_tasks(config.optim, tasks)
   layers = None
