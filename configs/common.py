@@ -17,7 +17,9 @@ import ml_collections
 
 
 def data_config(name: str, **dataset_keys: Any) -> ml_collections.ConfigDict:
-  """The data keys every dataset reads, then ``dataset_keys`` (its own, or a different default)."""
+  """The data keys of every dataset, then ``dataset_keys`` (a dataset's own, or a different default). Each dataset
+  reads only its keys, but all are here so that any config can be pointed at another dataset on the command line
+  (``--config.data.name=image_folder --config.data.source_dir=DIR``)."""
   d = {
       'name': name,
       'data_dir': '',           # prepared tfds data; '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
@@ -32,6 +34,23 @@ def data_config(name: str, **dataset_keys: Any) -> ml_collections.ConfigDict:
       'num_workers': 0,         # grain worker processes (0: in the main process)
       'read_threads': 1,        # threads preparing batches in each process
       'prefetch_batches': 4,    # batches prepared ahead (grain's default of 500 starves a small CPU's step)
+      'normalize': 'dataset',   # its own mean/std, or 'imagenet' for torchvision weights (data/normalization.py)
+      # name='tfds:NAME[/CONFIG][:VERSION]' (jaxssl/data/tfds_any.py): which features are the image and the label
+      # ('' = found from the dataset's features); image_size > 0: images centre-cropped and resized to S x S
+      # (0 = as stored, where every image has one size). DeepFashion's configs set their own image_size.
+      'image_key': '',
+      'label_key': '',
+      'image_size': 0,
+      # name='image_folder' (your own images, jaxssl/data/image_folder.py; source_dir or $JAXSSL_IMAGE_FOLDER_DIR):
+      # prepared once at image_size (0 = 64) by resize 'crop' (shorter side, centre square) or 'squash', with
+      # channels 3 or 1, as image_format 'jpeg' (q90) or 'png'; val/test held out of train per class where the
+      # folder has no val/ or test/. image_format and prepare_workers are also DeepFashion's.
+      'resize': 'crop',
+      'channels': 3,
+      'val_fraction': 0.1,
+      'test_fraction': 0.1,
+      'image_format': 'jpeg',
+      'prepare_workers': 0,     # threads decoding images at prepare time (0: one per CPU)
   }
   d.update(dataset_keys)
   return ml_collections.ConfigDict(d)

@@ -21,9 +21,22 @@ def sample_dir() -> str:
       pathlib.Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'deepfashion_attr_sample')
 
 
-def parse(arg: str | None) -> ml_collections.ConfigDict:
-  """``VARIANT[,quick]`` (or ``variant=VARIANT,quick=BOOL``) -> ``.variant``, ``.quick``."""
-  return common.parse_arg(arg, variant=common.Choice(*VARIANTS), quick=False)
+def parse(arg: str | None, **more) -> ml_collections.ConfigDict:
+  """``VARIANT[,quick]`` (or ``variant=VARIANT,quick=BOOL``) -> ``.variant``, ``.quick`` (and ``more``)."""
+  return common.parse_arg(arg, variant=common.Choice(*VARIANTS), quick=False, **more)
+
+
+IMAGENET_ALEXNET = 'alexnet-owt-7be5be79.safetensors'   # torchvision's IMAGENET1K_V1 AlexNet, converted (README)
+
+
+def use_imagenet_alexnet(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """torchvision's AlexNet (64-192-384-256-256, no normalization, fc 4096) started from its ImageNet weights
+  (``init_from``: the file, default ``$JAXSSL_IMAGENET_ALEXNET`` else IMAGENET_ALEXNET in the working directory;
+  a missing file is one line), inputs standardized with ImageNet's mean and std as those weights expect."""
+  c.model.options.update({'arch': 'torchvision', 'norm': 'none', 'width': 1.0, 'fc_width': 4096})
+  c.data.normalize = 'imagenet'
+  c.init_from = os.environ.get('JAXSSL_IMAGENET_ALEXNET') or IMAGENET_ALEXNET
+  return c
 
 
 def base_config(variant: str, quick: bool) -> ml_collections.ConfigDict:
@@ -39,7 +52,10 @@ def base_config(variant: str, quick: bool) -> ml_collections.ConfigDict:
       image_format='jpeg',     # or 'png' (lossless, ~5x larger)
       prepare_workers=0)       # threads decoding images at prepare time (0: one per CPU)
   c.model.name = 'alexnet'
-  c.model.options = ml_collections.ConfigDict({'dropout': 0.5, 'norm': 'batch', 'fc_width': 4096, 'width': 1.0})
+  # arch='torchvision' with norm='none': torchvision's AlexNet, which takes its ImageNet weights (init_from a
+  # .safetensors/.pth file, jaxssl/models/torchvision_weights.py; with data.normalize='imagenet').
+  c.model.options = ml_collections.ConfigDict({'dropout': 0.5, 'norm': 'batch', 'fc_width': 4096, 'width': 1.0,
+                                               'arch': 'paper'})
   c.batch_size = 128
   c.eval_batch_size = 256
   # AdamW: the attribute loss is a mean over attributes (1/A of one attribute's gradient each); Adam's

@@ -27,6 +27,24 @@ Arguments (``VARIANT[,quick]``, or ``variant=VARIANT,quick=true``):
   csv         an image folder with train.csv / val.csv / test.csv (file_path, category, attributes);
               --config.data.source_dir=DIR
   quick       small images and a narrow AlexNet for a look in minutes on a CPU
+  imagenet    torchvision's AlexNet from its ImageNet weights (seed experiment 002's third column), inputs
+              standardized as ImageNet's; --config.init_from=FILE.safetensors (default $JAXSSL_IMAGENET_ALEXNET,
+              else alexnet-owt-7be5be79.safetensors here; README: where to get it); quick keeps the full width
+
+Seed experiment 002 (scratch vs. pretext vs. ImageNet-pretrained, category top-1/3/5 and attributes) is three
+runs of this config, compared with ``python -m jaxssl.report``:
+
+  python -m jaxssl.main --config configs/deepfashion_multitask.py --workdir runs/df_scratch
+  python -m jaxssl.main --config configs/deepfashion_rotation.py --workdir runs/df_rotation
+  python -m jaxssl.main --config configs/deepfashion_multitask.py --workdir runs/df_mt_rotation \\
+      --config.init_from=runs/df_rotation --config.optim.backbone_lr_scale=0.1
+  python -m jaxssl.main --config configs/deepfashion_multitask.py:imagenet --workdir runs/df_mt_imagenet \\
+      --config.init_from=alexnet-owt-7be5be79.safetensors
+  python -m jaxssl.report runs/df_scratch runs/df_mt_rotation runs/df_mt_imagenet --out runs/seed002
+
+(each with ``--config.data.source_dir=DIR``). The ImageNet row's AlexNet is torchvision's (no BatchNorm, other
+widths); for the same network in every row add ``--config.model.options.arch=torchvision
+--config.model.options.norm=none`` to the other three (their BatchNorm-free AlexNet trains less easily).
 """
 
 import ml_collections
@@ -36,8 +54,11 @@ from configs import common, deepfashion_common
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
   """The category + attributes config for ``arg`` (variant and ``quick``: see the module docstring)."""
-  a = deepfashion_common.parse(arg)
+  a = deepfashion_common.parse(arg, imagenet=False)
   c = deepfashion_common.base_config(a.variant, a.quick)
+  if a.imagenet:
+    deepfashion_common.use_imagenet_alexnet(c)
+    c.optim.backbone_lr_scale = 0.1   # as from a pretext backbone: the weights are worth keeping
   c.tasks.multitask = ml_collections.ConfigDict({
       'category_weight': 1.0, 'attribute_weight': 1.0,
       # sqrt(neg/pos) on the benchmark's 1,000 mostly rare attributes; the sample's 6 groups are balanced enough.

@@ -42,6 +42,8 @@ def one_line_errors() -> tuple[type[Exception], ...]:
   from jaxssl.data.deepfashion import DataNotFoundError as DeepFashionNotFound
   from jaxssl.data.deepfashion_layouts import AnnotationError
   from jaxssl.data.fashion_mnist import ChecksumError, DataNotFoundError
+  from jaxssl.data.datasets import NoLabelsError
+  from jaxssl.data.tfds_any import TfdsError
   from jaxssl.files import RemotePathError
   from jaxssl.runlog import WriteError
   from jaxssl.train.checkpoint import CheckpointError
@@ -51,7 +53,8 @@ def one_line_errors() -> tuple[type[Exception], ...]:
   from jaxssl.train.transfer import TransferError
   # pylint: enable=import-outside-toplevel
   return (DataNotFoundError, ChecksumError, FileNotFoundError, TransferError, DeepFashionNotFound, AnnotationError,
-          LockError, CheckpointError, WriteError, RemotePathError, MeshError, DatasetMismatchError)
+          LockError, CheckpointError, WriteError, RemotePathError, MeshError, DatasetMismatchError, TfdsError,
+          NoLabelsError)
 
 
 @contextlib.contextmanager

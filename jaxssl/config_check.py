@@ -21,8 +21,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"unknown {what} '{value}'; choose one of: {', '.join(choices)} (set {flag})")
 
   choose('mode', config.mode, MODES, '--mode or --config.mode')
-  choose('dataset', config.data.name, sorted(DATASETS), '--config.data.name')
+  if not config.data.name.startswith('tfds:'):  # tfds:NAME: any prepared tfds dataset, checked by check_splits
+    choose('dataset', config.data.name, sorted(DATASETS) + ['tfds:NAME[/CONFIG][:VERSION]'], '--config.data.name')
   check_splits(config.data)
+  from jaxssl.data.normalization import check_normalize  # pylint: disable=import-outside-toplevel
+  check_normalize(config.data)
   choose('model', config.model.name, list(BACKBONES), '--config.model.name')
   _check_model_options(BACKBONES[config.model.name], config.model)
   from jaxssl.models.torchvision_weights import check_weights_config  # pylint: disable=import-outside-toplevel

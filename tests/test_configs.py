@@ -16,36 +16,44 @@ from jaxssl.models import build_backbone
 from jaxssl.tasks import build_tasks
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / 'configs'
-LIBRARIES = ('__init__', 'common', 'deepfashion_common')   # imported by configs, not experiments themselves
+# Imported by configs, not experiments themselves.
+LIBRARIES = ('__init__', 'common', 'deepfashion_common', 'folder_common')
 
-_DEEPFASHION = ('', 'sample', 'csv', 'quick', 'sample,quick', 'benchmark,quick', 'csv,quick')
+_DEEPFASHION = ('', 'sample', 'csv', 'quick', 'sample,quick', 'benchmark,quick', 'csv,quick',
+                'variant=sample,quick=true')
 ARGS = {
     'fmnist_supervised': ('', 'quick'),
     'fmnist_rotation': ('', 'quick'),
     'fmnist_rotation_jigsaw': ('', 'quick'),
     'fmnist_jigsaw': ('', 'quick', '2x2_perm', '3x3_perm', '2x2_coords', '3x3_coords', '2x2_perm,quick',
                       '3x3_perm,quick', '2x2_coords,quick', '3x3_coords,quick', 'variant=2x2_coords,quick=true'),
-    'fmnist_resnet': ('', 'resnet20', 'resnet18_cifar', 'resnet18', 'resnet50'),
-    'fmnist_linear': ('', 'fc1', 'conv2', 'pool2', 'pool2,avg', 'conv2,avg', 'layer=conv1,pool=avg'),
-    'fmnist_knn': ('', 'conv2', 'fc1', 'layer=pool2'),
+    'fmnist_resnet': ('', 'resnet20', 'resnet18_cifar', 'resnet18', 'resnet50', 'model=resnet18'),
+    'fmnist_linear': ('', 'fc1', 'conv2', 'pool2', 'pool2,avg', 'conv2,avg', 'layer=conv1,pool=avg', 'pool1,flatten',
+                      'fc2'),
+    'fmnist_knn': ('', 'conv2', 'fc1', 'layer=pool2', 'conv1', 'fc2'),
     'fmnist_finetune': ('', 'all', 'last:1', 'last:3', 'trainable=last:2'),
     'fmnist_label_efficiency': ('', 'all', 'last:1'),
-    'deepfashion_multitask': _DEEPFASHION,
+    'deepfashion_multitask': _DEEPFASHION + ('imagenet', 'sample,imagenet,quick'),
     'deepfashion_rotation': _DEEPFASHION,
     'deepfashion_jigsaw': _DEEPFASHION,
     'fmnist_autoencoder': ('', 'quick', 'gaussian', 'masking', 'salt_pepper', 'gaussian,quick', 'bce', 'fc1',
-                           'noise=masking,level=0.5,loss=bce,layer=conv2'),
-    'fmnist_inpainting': ('', 'quick', 'blocks', 'center,zero', 'blocks,noise,quick', 'size=0.3', 'conv2'),
+                           'noise=masking,level=0.5,loss=bce,layer=conv2', 'none,mse', 'salt_pepper,level=0.2,pool1'),
+    'fmnist_inpainting': ('', 'quick', 'blocks', 'center,zero', 'blocks,noise,quick', 'size=0.3', 'conv2',
+                          'center,mean,size=0.4,layer=pool1'),
     'deepfashion_inpainting': _DEEPFASHION,
-    'deepfashion_colorization': _DEEPFASHION + ('regression', 'sample,regression,quick'),
+    'deepfashion_colorization': _DEEPFASHION + ('regression', 'sample,regression,quick', 'classification',
+                                               'variant=csv,mode=regression'),
     'fmnist_simclr': ('', 'quick', 'resnet18_cifar', 'resnet18_cifar,quick', 'model=cifarnet,quick=true'),
-    'fmnist_byol': ('', 'quick', 'resnet18_cifar', 'resnet18_cifar,quick'),
+    'fmnist_byol': ('', 'quick', 'resnet18_cifar', 'resnet18_cifar,quick', 'cifarnet',
+                    'model=resnet18_cifar,quick=true'),
     'deepfashion_simclr': _DEEPFASHION,
     'deepfashion_byol': _DEEPFASHION,
-    'fmnist_patch_location': ('', 'quick'),
+    'fmnist_patch_location': ('', 'quick', 'quick=true'),
     'fmnist_exemplar': ('', 'quick', 'resnet18_cifar', 'resnet18_cifar,quick', 'model=cifarnet,quick=true'),
     'deepfashion_exemplar': _DEEPFASHION,
     'deepfashion_patch_location': _DEEPFASHION,
+    'folder_rotation': ('', 'quick', 'sample', 'sample,quick', 'variant=folder,quick=true'),
+    'folder_label_volumes': ('', 'quick', 'sample', 'sample,quick'),
 }
 
 
@@ -65,12 +73,23 @@ def _dataset_stand_in(config):
   """What tasks take from the dataset, without preparing it: class and attribute counts of each DeepFashion
   layout (the sample has 26 attributes and no categories)."""
   name = config.data.name
-  classes = {'fashion_mnist': 10, 'deepfashion': 50, 'image_csv': 50, 'deepfashion_attr': 0}[name]
-  attributes = {'fashion_mnist': 0, 'deepfashion': 1000, 'image_csv': 1000, 'deepfashion_attr': 26}[name]
+  classes = {'fashion_mnist': 10, 'deepfashion': 50, 'image_csv': 50, 'deepfashion_attr': 0, 'image_folder': 2}[name]
+  attributes = {'fashion_mnist': 0, 'deepfashion': 1000, 'image_csv': 1000, 'deepfashion_attr': 26,
+                'image_folder': 0}[name]
   channels = _image_shape(config)[-1]
   return types.SimpleNamespace(num_classes=classes, mean=(0.5,) * channels, std=(0.25,) * channels,
                                attribute_names=tuple(f'a{i}' for i in range(attributes)),
                                attribute_frequency=(0.1,) * attributes)
+
+
+def _check(config):
+  """check_config; a config that starts from a weights file the user downloads (``:imagenet``) must say, in one
+  line, that the file is missing here, and passes the check without it."""
+  if config.init_from.endswith('.safetensors'):
+    with pytest.raises(ValueError, match=f'init_from={re.escape(config.init_from)}: no such weights file'):
+      check_config(config)
+    config.init_from = ''
+  check_config(config)
 
 
 def test_every_config_is_listed():
@@ -81,7 +100,7 @@ def test_every_config_is_listed():
 def test_config_checks_and_builds(name, arg):
   module = importlib.import_module(f'configs.{name}')
   config = module.get_config(arg)
-  check_config(config)
+  _check(config)
   if arg == '':
     assert config.to_dict() == module.get_config().to_dict()   # as ml_collections calls it without an argument
   shape = _image_shape(config)
@@ -102,6 +121,46 @@ def test_config_checks_and_builds(name, arg):
     assert config.knn.feature in backbone.feature_names
 
 
+def _spec(module) -> dict:
+  """The arguments a config knows: what its get_config hands configs/common.py's parse_arg."""
+  spec = {}
+  parse_arg = common.parse_arg
+
+  def spy(arg, **known):
+    spec.update(known)
+    return parse_arg(arg, **known)
+
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(common, 'parse_arg', spy)
+    module.get_config('')
+  return spec
+
+
+@pytest.mark.parametrize('name', sorted(ARGS))
+def test_args_try_everything_each_config_knows(name):
+  """ARGS gives every argument a config knows at least once, so test_config_checks_and_builds loads each: every
+  word of each choice (its default also by ''), each flag, the free word (a layer name) and each number
+  (``key=value``)."""
+  spec = _spec(importlib.import_module(f'configs.{name}'))
+  tokens = [t for arg in ARGS[name] for t in arg.split(',') if t]
+  pairs = {tuple(t.split('=', 1)) for t in tokens if '=' in t}
+  keys, bare = {k for k, _ in pairs}, {t for t in tokens if '=' not in t}
+  named = {w for v in spec.values() if isinstance(v, common.Choice) for w in v} | \
+      {k for k, v in spec.items() if isinstance(v, bool)}
+  missing = []
+  for key, default in spec.items():
+    if isinstance(default, common.Choice):
+      missing += [f'{key}: {w}' for w in default if w not in bare and (key, w) not in pairs
+                  and not (w == default.default and '' in ARGS[name])]   # '' is the default's config
+    elif isinstance(default, bool):
+      missing += [] if key in bare or (key, 'true') in pairs else [key]
+    elif isinstance(default, common.Word):
+      missing += [] if bare - named or key in keys else [f'{key.upper()} (any word)']
+    elif key not in keys:
+      missing.append(f'{key}=...')
+  assert not missing, f'add arguments to ARGS[{name!r}] that use {missing}'
+
+
 def test_commands_in_the_docstrings_load():
   """Every ``configs/X.py:ARG`` a config's docstring shows is a config argument that works."""
   shown = set()
@@ -110,7 +169,7 @@ def test_commands_in_the_docstrings_load():
     shown |= set(re.findall(r'configs/(\w+)\.py:(\S+)', doc))
   assert shown
   for name, arg in sorted(shown):
-    check_config(importlib.import_module(f'configs.{name}').get_config(arg))
+    _check(importlib.import_module(f'configs.{name}').get_config(arg))
 
 
 def test_parse_arg_types_and_bare_words():
@@ -135,9 +194,9 @@ def test_parse_arg_types_and_bare_words():
     ('sample,csv', "config argument 'sample,csv' sets variant twice"),
 ])
 def test_parse_arg_rejects_with_one_line(arg, message):
-  deepfashion_multitask = importlib.import_module('configs.deepfashion_multitask')
+  deepfashion_rotation = importlib.import_module('configs.deepfashion_rotation')
   with pytest.raises(ValueError, match=re.escape(message)):
-    deepfashion_multitask.get_config(arg)
+    deepfashion_rotation.get_config(arg)
 
 
 def test_parse_arg_rejects_bad_numbers():

@@ -120,3 +120,16 @@ def test_summary_mean_and_std_over_seeds(tmp_path):
   assert cells[0]['mean'] == 0.6 and abs(cells[0]['std'] - np.std([0.5, 0.7], ddof=1)) < 1e-12
   assert cells[1] == {'init': 'b', 'fraction': 0.1, 'n': 1, 'mean': 0.4, 'std': 0.0}
   assert (tmp_path / 'label_efficiency.png').exists()
+
+
+def test_a_labelled_subset_of_unlabelled_records_is_one_clear_error():
+  from jaxssl import cli  # pylint: disable=import-outside-toplevel
+  from jaxssl.data import datasets  # pylint: disable=import-outside-toplevel
+  from jaxssl.eval import features  # pylint: disable=import-outside-toplevel
+  unlabelled = [{'image': np.zeros((4, 4, 1), np.uint8), 'index': i} for i in range(3)]
+  with pytest.raises(datasets.NoLabelsError, match=r'labelled subset .* needs class labels.*use a labelled dataset'):
+    subsets.source_labels(unlabelled)
+  with pytest.raises(datasets.NoLabelsError, match=r'^k-NN .* needs class labels'):
+    features._labels({'image': np.zeros((2, 4, 4, 1))})  # pylint: disable=protected-access
+  assert datasets.NoLabelsError in cli.one_line_errors()
+  np.testing.assert_array_equal(subsets.source_labels([{'label': 3}, {'label': 1}]), [3, 1])

@@ -36,6 +36,9 @@ class DatasetInfo:
   exclusive_groups: bool = False
   attribute_frequency: tuple[float, ...] = ()
   category_base: int = 0   # how the dataset's own files number categories (predictions are written so)
+  # A dataset without class labels (a flat image folder): why, and what to do; the one-line error of a task that
+  # needs labels starts with it.
+  no_labels: str = ''
 
   @property
   def num_classes(self) -> int:
@@ -83,11 +86,18 @@ def _deepfashion(layout: str, name: str) -> Callable[[ml_collections.ConfigDict]
   return make
 
 
+def _image_folder(data_cfg: ml_collections.ConfigDict) -> DatasetInfo:
+  """Your own images (jaxssl/data/image_folder.py): the layout read from the folder, prepared on first use."""
+  from jaxssl.data import image_folder  # pylint: disable=import-outside-toplevel
+  return DatasetInfo(**image_folder.dataset_fields(data_cfg))
+
+
 DATASETS: dict[str, Callable[[ml_collections.ConfigDict], DatasetInfo]] = {
     'fashion_mnist': _fashion_mnist,
     'deepfashion': _deepfashion('benchmark', 'deepfashion'),            # the official benchmark
     'deepfashion_attr': _deepfashion('attr_challenge', 'deepfashion_attr'),  # 6 exclusive groups, 26 attributes
     'image_csv': _deepfashion('csv', 'image_csv'),                      # image folder + annotation CSVs
+    'image_folder': _image_folder,     # class folders, Kaggle's cat.1.jpg names, or flat (no labels)
 }
 
 
@@ -99,7 +109,21 @@ SPLITS: dict[str, tuple[str, ...]] = {
     'deepfashion': DEEPFASHION_SPLITS,
     'deepfashion_attr': DEEPFASHION_SPLITS,
     'image_csv': DEEPFASHION_SPLITS,
+    'image_folder': ('train', 'val', 'test'),   # jaxssl/data/image_folder.py's SPLITS, without importing tfds
 }
+
+
+class NoLabelsError(ValueError):
+  """Something that needs class labels (a labelled subset, k-NN, class features) on records without any (a flat
+  image folder, an unlabelled tfds dataset, the DeepFashion attribute sample): one line, exit 2."""
+
+
+def require_labels(record_or_batch, needed_by: str) -> None:
+  """Raises NoLabelsError naming ``needed_by`` where the records carry no 'label'."""
+  if 'label' not in record_or_batch:
+    raise NoLabelsError(f"{needed_by} needs class labels, and this dataset's records have none (a flat image "
+                        'folder, an unlabelled tfds dataset or an attribute-only DeepFashion layout): use a labelled '
+                        'dataset (class folders, <label>.<id>.jpg names, a tfds dataset with a ClassLabel)')
 
 
 class MissingSplitError(AnnotationError):
@@ -109,6 +133,10 @@ class MissingSplitError(AnnotationError):
 
 def check_splits(data_cfg: ml_collections.ConfigDict) -> None:
   """Part of the config check: ``data.train_split`` and ``data.eval_split`` are splits the dataset can have."""
+  if data_cfg.name.startswith('tfds:'):  # any prepared tfds dataset: its own splits (jaxssl/data/tfds_any.py)
+    from jaxssl.data import tfds_any  # pylint: disable=import-outside-toplevel
+    tfds_any.check_splits(data_cfg)
+    return
   names = SPLITS.get(data_cfg.name)
   if names is None:
     return  # a dataset added to DATASETS without its split names: load_split checks them once it is read
@@ -122,6 +150,10 @@ def check_splits(data_cfg: ml_collections.ConfigDict) -> None:
 def get_dataset(name: str, data_cfg: ml_collections.ConfigDict | None = None) -> DatasetInfo:
   """``data_cfg`` (the config's ``data``) decides what a dataset built at prepare time looks like (DeepFashion's
   image size, Fashion-MNIST's ``pad_to``)."""
+  if name.startswith('tfds:'):  # tfds:NAME[/CONFIG][:VERSION], any tfds dataset prepared in ArrayRecord
+    from jaxssl.data import tfds_any  # pylint: disable=import-outside-toplevel
+    return DatasetInfo(name, **tfds_any.describe(name, data_cfg if data_cfg is not None else
+                                                 ml_collections.ConfigDict()))
   if name not in DATASETS:
     raise ValueError(f"unknown dataset '{name}'; choose one of: {', '.join(sorted(DATASETS))} "
                      '(set --config.data.name)')
@@ -129,7 +161,7 @@ def get_dataset(name: str, data_cfg: ml_collections.ConfigDict | None = None) ->
 
 
 def load_split(info: DatasetInfo, split: str, data_cfg: ml_collections.ConfigDict, limit: int = 0):
-  if split not in info.splits:
+  if split.split('[', 1)[0] not in info.splits:  # a tfds slice ('train[:90%]') of a split is read as tfds reads it
     raise MissingSplitError(f"dataset '{info.name}' has no split '{split}'; it has: {', '.join(info.splits)} "
                             '(choose one of them, or add the split to the dataset\'s files)')
   source = info.load(split, data_cfg)

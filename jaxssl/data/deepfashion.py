@@ -34,6 +34,7 @@ from PIL import Image
 
 from jaxssl.data import deepfashion_layouts as layouts
 from jaxssl.data.paths import tfds_data_dir
+from jaxssl.data.prepared import RuntimeConfiguredBuilder
 
 ENV_VARS = {'benchmark': 'JAXSSL_DEEPFASHION_DIR', 'attr_challenge': 'JAXSSL_DEEPFASHION_ATTR_DIR', 'csv': None}
 FORMATS = {'jpeg': 'JPEG', 'png': 'PNG'}
@@ -141,28 +142,13 @@ class DeepFashionConfig(tfds.core.BuilderConfig):
     self.crop_bbox, self.image_format = bool(crop_bbox), image_format
 
 
-class DeepFashion(tfds.core.GeneratorBasedBuilder):
+class DeepFashion(RuntimeConfiguredBuilder):
   """DeepFashion images with category, multi-hot attributes and file paths, in annotation order."""
 
   name = 'jaxssl_deepfashion'
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Benchmark, attribute-challenge and CSV layouts; resized at prepare time.'}
   MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
-
-  _configs: dict[str, DeepFashionConfig] = {}  # made at run time from the data config, see get_builder_config
-
-  def __init__(self, *, config: DeepFashionConfig, workers: int = 0, **kwargs):
-    self._workers = workers or os.cpu_count() or 1
-    type(self)._configs[config.name] = config
-    kwargs.setdefault('file_format', 'array_record')
-    super().__init__(config=config, **kwargs)
-
-  @classmethod
-  def get_builder_config(cls, name, version=None):
-    """Configs are made from the data config rather than listed in BUILDER_CONFIGS; knowing them here keeps
-    tfds from logging "Using custom data configuration" every time a split is opened."""
-    del version
-    return cls._configs.get(name)
 
   def _info(self) -> tfds.core.DatasetInfo:
     s = self.builder_config.image_size
@@ -251,6 +237,7 @@ def builder(layout: str, data_cfg) -> DeepFashion:
   if not b.is_prepared():
     if not config.source_dir.is_dir():
       raise DataNotFoundError(f'{config.source_dir} (the {layout} folder) does not exist.\n{_HOW_TO[layout]}')
+    tfds.disable_progress_bar()  # tqdm bars of every shard and split; jaxssl logs its own progress
     b.download_and_prepare()
     _write_skipped(b)
   return b

@@ -17,6 +17,8 @@ import zlib
 import numpy as np
 import tensorflow_datasets as tfds
 
+from jaxssl.runlog import log
+
 CLASS_NAMES: tuple[str, ...] = (
     'T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat',
     'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot')
@@ -277,5 +279,7 @@ def data_source(split: str, *, data_dir: str, source_dir: str | None = None):
   # writes into an 'incomplete.*' dir and renames it only on success, so an
   # interrupted run is never mistaken for a finished one.
   if not builder.is_prepared():
+    log(f'preparing Fashion-MNIST once into {data_dir} (about 15 s)')
+    tfds.disable_progress_bar()  # tqdm bars of every shard and split
     builder.download_and_prepare()
   return builder.as_data_source(split=split)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from jaxssl.data.datasets import require_labels
 from jaxssl.data.sources import read_records
 
 
@@ -89,5 +90,8 @@ def labelled_subset(labels, fraction: float, seed: int, mode: str = 'random') ->
 def source_labels(source) -> np.ndarray:
   labels = []
   for start in range(0, len(source), 4096):
-    labels += [int(r['label']) for r in read_records(source, range(start, min(start + 4096, len(source))))]
+    records = read_records(source, range(start, min(start + 4096, len(source))))
+    if records and 'label' not in records[0]:
+      require_labels(records[0], 'a class-stratified labelled subset (data.train_fraction < 1, the study)')
+    labels += [int(r['label']) for r in records]
   return np.asarray(labels, np.int64)

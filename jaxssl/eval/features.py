@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
+from jaxssl.data import datasets
 from jaxssl.tasks.base import POOLS, normalize, pool_feature
 
 
@@ -37,7 +38,5 @@ def extract(ctx, state, source, feature_fn, batch_size: int | None = None) -> tu
 
 
 def _labels(batch):
-  if 'label' not in batch:
-    raise ValueError("the dataset's records have no 'label': class features need a labelled dataset "
-                     '(e.g. fashion_mnist)')
+  datasets.require_labels(batch, 'k-NN (and every evaluation of class features)')
   return batch['label']

@@ -7,10 +7,14 @@ input size, so fc6 has the same shape at every resolution: a backbone pretrained
 jigsaw tiles loads into a 227 px model, and tests can run the real architecture on small images. The
 smallest input that reaches pool5 is 67 px.
 
-``norm``: 'none' (torchvision's AlexNet), 'lrn' (the paper's local response normalization after conv1 and
-conv2: k=2, n=5, alpha=1e-4, beta=0.75) or 'batch' (BatchNorm after every convolution, as self-supervised
+``arch``: 'paper' (the default, above) or 'torchvision': torchvision's AlexNet ("One weird trick", Krizhevsky
+2014), widths 64-192-384-256-256 and conv1 padded by 2 (224 px gives 55x55 as 227 px does unpadded), the rest as
+here; it takes torchvision's ImageNet weights (jaxssl/models/torchvision_weights.py) and inputs of 63 px and up.
+
+``norm``: 'none' (torchvision's AlexNet has none), 'lrn' (the paper's local response normalization after conv1
+and conv2: k=2, n=5, alpha=1e-4, beta=0.75) or 'batch' (BatchNorm after every convolution, as self-supervised
 AlexNets commonly use so that training from scratch needs no careful initialization). Dropout (default 0.5)
-precedes fc6 and fc7, as in the paper.
+precedes fc6 and fc7, as in the paper and torchvision.
 """
 from __future__ import annotations
 
@@ -21,6 +25,8 @@ from flax import nnx
 from jaxssl.ops.layers import Conv, batch_norm_act, conv_relu_max_pool, max_pool
 
 NORMS = ('none', 'lrn', 'batch')
+# arch -> (convolution widths, conv1's padding): the paper's one tower, or torchvision's AlexNet.
+ARCHS = {'paper': ((96, 256, 384, 384, 256), 0), 'torchvision': ((64, 192, 384, 256, 256), 2)}
 POOL5_SIZE = 6
 _KERNEL_INIT = nnx.initializers.he_normal()
 _BIAS_INIT = nnx.initializers.zeros_init()
@@ -63,22 +69,30 @@ class AlexNet(nnx.Module):
   output_name = 'fc7'
 
   def __init__(self, *, input_shape: tuple[int, int, int], rngs: nnx.Rngs, dropout: float = 0.5,
-               norm: str = 'none', fc_width: int = 4096, width: float = 1.0, dtype=jnp.float32):
+               norm: str = 'none', fc_width: int = 4096, width: float = 1.0, arch: str = 'paper',
+               dtype=jnp.float32):
     """``width`` scales the convolution channels and ``fc_width`` the fully connected layers (small variants
-    for quick runs and tests; 1.0 and 4096 are the paper's)."""
+    for quick runs and tests; 1.0 and 4096 are the paper's); ``arch`` picks the paper's or torchvision's
+    widths (module docstring)."""
     if norm not in NORMS:
       raise ValueError(f"AlexNet: unknown norm '{norm}'; choose one of: {', '.join(NORMS)} "
                        '(set --config.model.options.norm)')
+    if arch not in ARCHS:
+      raise ValueError(f"AlexNet: unknown arch '{arch}'; choose one of: {', '.join(ARCHS)} "
+                       '(set --config.model.options.arch)')
+    widths, pad = ARCHS[arch]
     h, w, c = input_shape
-    p5 = [_out(_out(_out(_out(n, 11, 4), 3, 2), 3, 2), 3, 2) for n in (h, w)]
+    p5 = [_out(_out(_out(_out(n + 2 * pad, 11, 4), 3, 2), 3, 2), 3, 2) for n in (h, w)]
     if min(p5) < 1:
-      raise ValueError(f'AlexNet needs inputs of at least 67x67 pixels, got {h}x{w}; raise data.image_size '
-                       '(or the task crop_size)')
+      smallest = 67 - 2 * pad  # the smallest input whose pool5 is 1x1
+      raise ValueError(f'AlexNet(arch={arch}) needs inputs of at least {smallest}x{smallest} pixels, got {h}x{w}; '
+                       'raise data.image_size (or the task crop_size)')
     dtype = jnp.dtype(dtype)
-    ch = [max(1, round(k * width)) for k in (96, 256, 384, 384, 256)]
+    ch = [max(1, round(k * width)) for k in widths]
     kw = dict(dtype=dtype, kernel_init=_KERNEL_INIT, bias_init=_BIAS_INIT, rngs=rngs)
-    self.dtype, self.norm, self.dropout_rate = dtype, norm, float(dropout)
-    self.conv1 = Conv(c, ch[0], (11, 11), strides=(4, 4), padding='VALID', **kw)
+    self.dtype, self.norm, self.dropout_rate, self.arch = dtype, norm, float(dropout), arch
+    self.conv1 = Conv(c, ch[0], (11, 11), strides=(4, 4), padding=((pad, pad), (pad, pad)) if pad else 'VALID',
+                      **kw)
     self.conv2 = Conv(ch[0], ch[1], (5, 5), padding=((2, 2), (2, 2)), **kw)
     self.conv3 = Conv(ch[1], ch[2], (3, 3), padding=((1, 1), (1, 1)), **kw)
     self.conv4 = Conv(ch[2], ch[3], (3, 3), padding=((1, 1), (1, 1)), **kw)

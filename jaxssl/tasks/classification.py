@@ -34,6 +34,9 @@ class Classification(Task):
   predicts_classes = True
 
   def __post_init__(self):
+    if int(self.num_classes) < 1:  # else a head of 0 outputs, and a loss of nothing
+      raise ValueError(f"task '{self.name}': the dataset has no class labels to classify; use a labelled dataset, "
+                       'or a pretext task (rotation, jigsaw, simclr, ...)')
     check_choice(self.name, 'pool', self.pool, POOLS)
 
   def evaluators(self) -> tuple[str, ...]:

@@ -13,7 +13,7 @@ import optax
 from flax import nnx
 
 from jaxssl import ops, sharding
-from jaxssl.data import datasets, sources, subsets
+from jaxssl.data import datasets, normalization, sources, subsets
 from jaxssl.eval.base import EvalContext
 from jaxssl.runlog import log
 from jaxssl.tasks import Task, build_tasks
@@ -70,10 +70,14 @@ def build_experiment(config: ml_collections.ConfigDict, *, load_init: bool = Tru
   # Tasks, model, optimizer. How the layers compute (jaxssl/ops) is the run's setting, not the model's.
   ops.set_impl(config.model.conv_impl)
   try:
+    info = normalization.normalized(info, config.data)  # data.normalize: the dataset's statistics or ImageNet's
     tasks, weights = build_tasks(config.tasks, info, config.get('online_probe'), train_source=train_source)
     model = build_model(config.model, info.input_shape, tasks, config.seed)
   except ValueError as e:  # what only the real dataset shows: colour needed, no classes, a size the model refuses
-    raise DatasetMismatchError(' '.join(str(e).split())) from e
+    message = ' '.join(str(e).split())
+    if info.no_labels and 'label' in message:  # a task that needs labels, on data without: say which data and why
+      message = f'{info.no_labels}: {message}'
+    raise DatasetMismatchError(message) from e
   init_info = None
   if load_init and config.init_from:  # before the optimizer state exists: it starts from these
     init_info = transfer.load_init(model, config.init_from, config.init_step)  # a run, or a weights file

@@ -16,6 +16,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from jaxssl import files, trees
+from jaxssl.models import torchvision_weights
 from jaxssl.runlog import write_json
 from jaxssl.train.checkpoint import state_metadata
 
@@ -104,6 +105,18 @@ def load_backbone(model, checkpoint: str) -> dict[str, Any]:
   nnx.update(model.backbone, jax.tree_util.tree_unflatten(treedef, new))
   return {'checkpoint': checkpoint, 'step': int(os.path.basename(checkpoint)) if os.path.basename(
       checkpoint).isdigit() else None, 'arrays': len(source), 'parameters': int(sum(v.size for v in source.values()))}
+
+
+def load_init(model, init_from: str, init_step: int = -1) -> dict[str, Any]:
+  """``config.init_from`` into ``model.backbone``: a torchvision-format weights file (.safetensors, .pth, .pt;
+  jaxssl/models/torchvision_weights.py) or a jaxssl run's checkpoint (:func:`load_backbone`)."""
+  if not torchvision_weights.is_weights_file(init_from):
+    return load_backbone(model, resolve_checkpoint(init_from, init_step))
+  try:
+    torchvision_weights.check_weights_file(init_from, init_step)
+    return torchvision_weights.load_weights(model.backbone, init_from)[0]
+  except torchvision_weights.WeightsError as e:
+    raise TransferError(str(e)) from None
 
 
 def write_init_info(workdir: str, info: dict[str, Any]) -> None:

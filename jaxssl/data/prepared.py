@@ -1,0 +1,32 @@
+"""The base of jaxssl's own tfds builders whose builder configs are made at run time from the data config (an
+image size, a source folder), prepared once into ArrayRecord and read with random access, without TensorFlow."""
+
+from __future__ import annotations
+
+import os
+
+import tensorflow_datasets as tfds
+
+
+class RuntimeConfiguredBuilder(tfds.core.GeneratorBasedBuilder):
+  """A builder given its config object at construction, not from a fixed BUILDER_CONFIGS list. Abstract (no
+  ``_info`` and generators), so tfds does not register it as a dataset."""
+
+  _configs: dict = {}   # each subclass gets its own (see __init_subclass__)
+
+  def __init_subclass__(cls, **kwargs):
+    super().__init_subclass__(**kwargs)
+    cls._configs = {}
+
+  def __init__(self, *, config, workers: int = 0, **kwargs):
+    self._workers = workers or os.cpu_count() or 1
+    type(self)._configs[config.name] = config
+    kwargs.setdefault('file_format', 'array_record')
+    super().__init__(config=config, **kwargs)
+
+  @classmethod
+  def get_builder_config(cls, name, version=None):
+    """Configs are made from the data config rather than listed in BUILDER_CONFIGS; knowing them here keeps
+    tfds from logging "Using custom data configuration" every time a split is opened."""
+    del version
+    return cls._configs.get(name)
