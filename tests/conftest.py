@@ -4,6 +4,16 @@ DeepFashion attribute sample), generated Fashion-MNIST files that stand in for t
 Two tiers: ``pytest -m real_data`` runs the tests on the real files, ``pytest -m 'not real_data'`` the tests that
 need no data files (a machine without them runs this tier and skips nothing for want of data); plain ``pytest``
 runs both.
+
+CI leaves nothing to chance (``.ci/run`` exports both): with ``JAXSSL_REQUIRE_REAL_DATA=1`` the run stops at once,
+in one line, where the real Fashion-MNIST or the DeepFashion sample is missing, and with ``JAXSSL_REQUIRE_ONEDNN=1``
+where oneDNN's convolutions cannot be built (the compiler's first error in that line); any test that still skips
+for those reasons fails. Without them, a developer who lacks the files or a compiler gets clean skips.
+
+Isolation: the session runs with HOME, XDG_CACHE_HOME, XDG_CONFIG_HOME, TFDS_DATA_DIR and JAXSSL_CACHE_DIR
+pointing into a temporary folder (subprocesses inherit them), so no test reads or writes the user's home or
+caches. The oneDNN library is copied there from the user's cache when an intact one for this toolchain is there
+(read only), else built there once (about 5 s on 2 cores).
 """
 
 import contextlib
@@ -13,7 +23,9 @@ import hashlib
 import os
 import pathlib
 import re
+import shutil
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -25,14 +37,20 @@ sys.path.insert(0, str(REPO))  # configs/ is imported as a package by the tests
 REAL_DATA_FIXTURES = frozenset({'fmnist_source_dir', 'tfds_dir', 'deepfashion_sample'})
 # A skip mark for want of the real files (test_fashion_mnist.py's `needs_real` checks a module-level path).
 _REAL_DATA_SKIP = re.compile(r'\breal\b.*\bnot found\b')
+# CI's switches (.ci/run): a skip for want of the real files, or of oneDNN, fails the run instead.
+REQUIRE_REAL_DATA = 'JAXSSL_REQUIRE_REAL_DATA'
+REQUIRE_ONEDNN = 'JAXSSL_REQUIRE_ONEDNN'
+_ONEDNN_SKIP = re.compile(r'\boneDNN\b')
+# How a test says it skips for the hardware, not for the build: never turned into a failure.
+NO_BF16_CPU = 'this CPU has no bfloat16 instructions'
 
 
 def fashion_mnist_dir() -> str | None:
   """CI sets JAXSSL_FASHION_MNIST_DIR; a checkout beside ../shared finds the data there."""
   for d in (os.environ.get('JAXSSL_FASHION_MNIST_DIR'), REPO.parent / 'shared' / 'data' / 'fashion_mnist',
             '/usr/share/datasets/fashion-mnist'):
-    if d and (pathlib.Path(d) / 't10k-labels-idx1-ubyte.gz').exists():
-      return str(d)
+    if d and (pathlib.Path(d).expanduser() / 't10k-labels-idx1-ubyte.gz').exists():
+      return os.path.abspath(os.path.expanduser(d))
   return None
 
 
@@ -40,18 +58,164 @@ def deepfashion_sample_dir() -> str | None:
   """$JAXSSL_DEEPFASHION_SAMPLE_DIR, else ../shared/data/deepfashion_attr_sample beside the checkout."""
   for d in (os.environ.get('JAXSSL_DEEPFASHION_SAMPLE_DIR'),
             REPO.parent / 'shared' / 'data' / 'deepfashion_attr_sample'):
-    if d and (pathlib.Path(d) / 'split' / 'train_attr.txt').exists():
-      return str(d)
+    if d and (pathlib.Path(d).expanduser() / 'split' / 'train_attr.txt').exists():
+      return os.path.abspath(os.path.expanduser(d))
   return None
 
 
-def pytest_configure(config):  # pylint: disable=unused-argument
+def _required(variable: str) -> bool:
+  return os.environ.get(variable, '') not in ('', '0')
+
+
+def cpu_has_bf16() -> bool:
+  """Whether the CPU says it has bfloat16 instructions (AVX512-BF16 or AMX-BF16): where oneDNN has fast kernels."""
+  try:
+    flags = pathlib.Path('/proc/cpuinfo').read_text(encoding='utf-8', errors='replace').split()
+  except OSError:
+    return False
+  return 'avx512_bf16' in flags or 'amx_bf16' in flags
+
+
+def onednn_skip_reason() -> str | None:
+  """Why the oneDNN tests skip (None: they run): oneDNN's own reason, in one line."""
+  from jaxssl.ops import onednn  # pylint: disable=import-outside-toplevel
+  reason = onednn.unavailable_reason()
+  return None if reason is None else f'oneDNN unavailable: {one_line(reason)}'
+
+
+def onednn_bf16_skip_reason() -> str | None:
+  """Why the oneDNN bfloat16 tests skip (None: they run). oneDNN unavailable, or its bf16 kernels the reference
+  loops although the CPU has bf16 instructions, is a reason CI fails on; a CPU without them is not."""
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from jaxssl.ops import onednn  # pylint: disable=import-outside-toplevel
+  if (reason := onednn_skip_reason()) is not None:
+    return reason
+  if onednn.supports(jnp.bfloat16):
+    return None
+  if cpu_has_bf16():
+    return (f'oneDNN has no fast bfloat16 convolutions here ({onednn.conv_kernels(jnp.bfloat16) or "none"}) although '
+            'the CPU has AVX512-BF16/AMX')
+  return f'{NO_BF16_CPU} (AVX512-BF16 or AMX) for fast bf16 convolutions'
+
+
+def one_line(reason: str) -> str:
+  """oneDNN's reason for being unavailable in one line: its first line and, for a failed build, the compiler's
+  first error instead of the compiler's command line."""
+  lines = [l.strip() for l in reason.strip().splitlines() if l.strip()] or ['(no reason given)']
+  first = lines[0]
+  if ' failed: ' in first and len(lines) > 1:
+    errors = [l for l in lines[1:] if 'error' in l.lower()] or lines[-1:]
+    first = f"{first.split(' failed: ', 1)[0]} failed: {errors[0]}"
+  return first
+
+
+# ------------------------------------------------------------------------------------------------- isolation
+
+_SAVED_ENV: dict[str, str | None] = {}  # the variables _isolate sets, as they were
+_ROOT = pytest.StashKey[pathlib.Path]()  # the session's temporary folder
+
+
+def _isolate() -> pathlib.Path:
+  """Points the home folder and every cache the code or its libraries write to into a new temporary folder, and
+  seeds its oneDNN cache from the user's (read only). Before collection: test modules ask oneDNN at import."""
+  from jaxssl.ops import onednn  # pylint: disable=import-outside-toplevel
+  user_cache = pathlib.Path(os.environ.get('JAXSSL_CACHE_DIR') or pathlib.Path.home() / '.cache' / 'jaxssl')
+  root = pathlib.Path(tempfile.mkdtemp(prefix='jaxssl-tests-')).resolve()
+  home = root / 'home'
+  paths = {'HOME': home, 'XDG_CACHE_HOME': home / '.cache', 'XDG_CONFIG_HOME': home / '.config',
+           'TFDS_DATA_DIR': root / 'tensorflow_datasets', 'JAXSSL_CACHE_DIR': root / 'jaxssl_cache'}
+  for name, path in paths.items():
+    _SAVED_ENV.setdefault(name, os.environ.get(name))
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.environ[name] = str(path)
+  if user_cache.is_dir() and os.environ.get('JAXSSL_ONEDNN', '1') != '0':
+    try:
+      with _env('JAXSSL_CACHE_DIR', str(user_cache)):
+        lib = onednn.library_path()  # where the user's cache would hold it; it exists, so nothing is written
+      if onednn._intact(lib):  # pylint: disable=protected-access
+        for f in (lib, lib.with_name(lib.name + '.sha256')):
+          shutil.copy2(f, paths['JAXSSL_CACHE_DIR'] / f.name)
+    except (RuntimeError, OSError):
+      pass  # no toolchain, or a cache jaxssl would refuse: the session's own build says why when asked
+  return root
+
+
+@contextlib.contextmanager
+def _env(name: str, value: str):
+  before = os.environ.get(name)
+  os.environ[name] = value
+  try:
+    yield
+  finally:
+    if before is None:
+      del os.environ[name]
+    else:
+      os.environ[name] = before
+
+
+def _check_required() -> None:
+  """CI's switches, checked before any test runs: one line per missing piece, and the run stops."""
+  problems = []
+  if _required(REQUIRE_REAL_DATA):
+    missing = [what for what, found in (
+        ('real Fashion-MNIST (set JAXSSL_FASHION_MNIST_DIR to the folder of its four .gz files)', fashion_mnist_dir()),
+        ('the DeepFashion attribute sample (set JAXSSL_DEEPFASHION_SAMPLE_DIR to the folder holding img/ and split/)',
+         deepfashion_sample_dir())) if not found]
+    if missing:
+      problems.append(f'{REQUIRE_REAL_DATA}=1 but {" and ".join(missing)} not found')
+  if _required(REQUIRE_ONEDNN):
+    reason = onednn_bf16_skip_reason()
+    if reason is not None and not reason.startswith(NO_BF16_CPU):
+      problems.append(f'{REQUIRE_ONEDNN}=1 but {reason}')
+  if problems:
+    raise pytest.UsageError('\n'.join(problems))
+
+
+def pytest_configure(config):
+  """Before collection (test modules ask oneDNN at import): the real data's folders, isolation, CI's switches."""
   # grain's multiprocess prefetch reads absl flags; pytest does not parse them.
   from absl import flags  # pylint: disable=import-outside-toplevel
   flags.FLAGS.mark_as_parsed()
-  src = fashion_mnist_dir()
-  if src:
-    os.environ['JAXSSL_FASHION_MNIST_DIR'] = src
+  for variable, src in (('JAXSSL_FASHION_MNIST_DIR', fashion_mnist_dir()),
+                        ('JAXSSL_DEEPFASHION_SAMPLE_DIR', deepfashion_sample_dir())):
+    if src:  # absolute (resolved before HOME moves), for the tests and their subprocesses
+      os.environ[variable] = src
+  config.stash[_ROOT] = _isolate()
+  try:
+    _check_required()
+  except pytest.UsageError:
+    pytest_unconfigure(config)  # pytest does not call it when configuring fails
+    raise
+
+
+def pytest_unconfigure(config):
+  for name, value in _SAVED_ENV.items():
+    if value is None:
+      os.environ.pop(name, None)
+    else:
+      os.environ[name] = value
+  if (root := config.stash.get(_ROOT, None)) is not None:
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def ci_failure(skip_reason: str) -> str | None:
+  """The one-line failure a skip for ``skip_reason`` becomes under CI's switches (None: it stays a skip): one for
+  want of the real files under JAXSSL_REQUIRE_REAL_DATA, one for want of oneDNN under JAXSSL_REQUIRE_ONEDNN."""
+  for variable, pattern in ((REQUIRE_REAL_DATA, _REAL_DATA_SKIP), (REQUIRE_ONEDNN, _ONEDNN_SKIP)):
+    if _required(variable) and pattern.search(skip_reason) and NO_BF16_CPU not in skip_reason:
+      return f'{variable}=1 (CI) but this test skipped: {skip_reason}'
+  return None
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):  # pylint: disable=unused-argument
+  """Under CI's switches a test that skipped for want of the real files or of oneDNN (however it skipped: a
+  mark, a fixture, a call in the test) fails, in one line: the switches' check at the start cannot see them all."""
+  report = (yield).get_result()
+  if report.skipped and not hasattr(report, 'wasxfail'):
+    reason = str(report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr)
+    if (failure := ci_failure(reason.removeprefix('Skipped: '))) is not None:
+      report.outcome, report.longrepr = 'failed', failure
 
 
 def _needs_real_data(item) -> bool:

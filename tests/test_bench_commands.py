@@ -77,16 +77,23 @@ def _run(*args, env=None):
   return done.stdout
 
 
-def test_python_m_jaxssl_bench_prints_its_figures(generated_tfds_dir):
-  """The documented command, end to end: one JSON line of figures (PyTorch's side is test_bench.py's)."""
+def test_python_m_jaxssl_bench_prints_its_figures_without_torch(generated_tfds_dir, tmp_path):
+  """The documented command, end to end, where PyTorch cannot be imported (a stand-in package that refuses to load
+  shadows any installed torch): one JSON line of jaxssl's figures (the step's time, rate, FLOPs and memory, the
+  input pipeline's rate), saying why there is no PyTorch column (PyTorch's side is test_bench.py's)."""
+  (tmp_path / 'torch').mkdir()
+  (tmp_path / 'torch' / '__init__.py').write_text("raise ImportError('torch is not installed here')\n")
+  path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get('PYTHONPATH', '')) if p)
   out = _run('jaxssl.bench', '--config', CONFIG, f'--config.data.data_dir={generated_tfds_dir}',
              '--config.batch_size=8', '--config.data.train_limit=64', '--config.model.conv_impl=xla', '--steps=2',
-             '--warmup=0', '--pipeline_batches=1', '--notorch')
+             '--warmup=0', '--pipeline_batches=1', env={'PYTHONPATH': path})
   (line,) = [x for x in out.splitlines() if x.startswith('{')]
   row = json.loads(line)
   assert row['model'] == 'cifarnet' and row['batch_size'] == 8 and row['conv_impl'] == 'xla'
   assert row['step_ms_median'] > 0 and row['gflops_per_step'] > 0 and row['pipeline_images_per_s'] > 0
-  assert 'torch_step_ms_median' not in row
+  assert row['train_images_per_s'] > 0 and row['step_memory_mb'] > 0 and row['pipeline_to_step_ratio'] > 0
+  assert row['torch'].startswith('not installed')
+  assert not [k for k in row if k.startswith('torch_') or k == 'jax_over_torch']
 
 
 def test_python_m_jaxssl_bench_ops_writes_its_rows(tmp_path):

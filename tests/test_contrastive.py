@@ -325,30 +325,37 @@ def test_byol_resumes_exactly_and_its_backbone_transfers(byol, tfds_dir, tmp_pat
     np.testing.assert_array_equal(value, saved_backbone[key])
 
 
-def test_simclr_sees_the_whole_global_batch_on_eight_devices_and_its_loss_falls(tfds_dir):
-  """Negatives from the whole global batch: the same SimCLR steps on 1 and on 8 (fake CPU) devices compute the
-  same losses (a per-device loss would have 8x fewer negatives and differ). Then a few steps on the same real
-  images lower the loss."""
-  if jax.device_count() != 1:
-    pytest.skip('the one-device reference runs in the test process, which sees several devices')
-  overrides = {'total_steps': 40}
-  exp = build_experiment(_config(tfds_dir, 'simclr', **overrides))
-  batches = _batches(exp, 3)
-  state, one = _steps(exp, batches, 3)
+def _simclr_losses_on_cpu_devices(devices, tfds_dir, overrides):
+  """The first three SimCLR losses, in a process of its own on ``devices`` CPU devices."""
   script = (
       'import json, sys; sys.path.insert(0, %r); sys.path.insert(0, %r)\n'
       'import jax\n'
       'from test_contrastive import _batches, _config, _steps\n'
       'from jaxssl.train.experiment import build_experiment\n'
       'exp = build_experiment(_config(%r, "simclr", **%r))\n'
-      'print(json.dumps({"devices": jax.device_count(), "losses": _steps(exp, _batches(exp, 3), 3)[1]}))\n') % (
+      'print(json.dumps({"devices": jax.device_count(), "platform": jax.default_backend(),\n'
+      '                  "losses": _steps(exp, _batches(exp, 3), 3)[1]}))\n') % (
           str(REPO / 'tests'), str(REPO), tfds_dir, overrides)
-  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=8', 'JAX_PLATFORMS': 'cpu'}
+  env = {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}', 'JAX_PLATFORMS': 'cpu'}
   out = subprocess.run([sys.executable, '-c', script], cwd=REPO, env=env, capture_output=True, text=True,
                        timeout=300, check=False)
   assert out.returncode == 0, out.stderr[-3000:]
-  eight = json.loads(out.stdout.strip().splitlines()[-1])
-  assert eight['devices'] == 8
-  np.testing.assert_allclose(eight['losses'], one, rtol=2e-5)
+  result = json.loads(out.stdout.strip().splitlines()[-1])
+  assert (result['devices'], result['platform']) == (devices, 'cpu')
+  return result['losses']
+
+
+def test_simclr_sees_the_whole_global_batch_on_eight_devices_and_its_loss_falls(tfds_dir):
+  """Negatives from the whole global batch: the same SimCLR steps on 1 and on 8 (fake) CPU devices compute the
+  same losses (a per-device loss would have 8x fewer negatives and differ); both on the CPU, whatever this
+  process runs on (a GPU's TF32 convolutions would differ by more than float32 rounding). Then a few steps on
+  the same real images lower the loss."""
+  overrides = {'total_steps': 40}
+  exp = build_experiment(_config(tfds_dir, 'simclr', **overrides))
+  batches = _batches(exp, 3)
+  state, one = _steps(exp, batches, 3)
+  if jax.default_backend() != 'cpu' or jax.device_count() != 1:  # this process cannot be the one-device run
+    one = _simclr_losses_on_cpu_devices(1, tfds_dir, overrides)
+  np.testing.assert_allclose(_simclr_losses_on_cpu_devices(8, tfds_dir, overrides), one, rtol=2e-5)
   _, losses = _steps(exp, batches[:1], 10, state)
   assert losses[0] > 3.0 and np.mean(losses[-3:]) < losses[0] - 0.3, losses

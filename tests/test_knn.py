@@ -47,8 +47,9 @@ def test_separable_features_score_100_percent():
 
 
 def test_knn_mode_on_a_checkpoint(tfds_dir, tmp_path):
-  """A (randomly initialized) CifarNet's checkpoint, probed from another workdir via init_from and from its own
-  workdir: both give the same report, far above chance on real images."""
+  """A (randomly initialized) CifarNet's checkpoint, probed from its own workdir and from another one via
+  init_from: the same backbone gives the same report, figure for figure, far above chance on real images; another
+  layer (conv2, average-pooled) gives its own."""
   src = str(tmp_path / 'src')
   config = small_config(tfds_dir, mode='knn', **{'data.train_limit': 1000, 'data.eval_limit': 250})
   ckpt = Checkpointer(os.path.join(src, 'checkpoints'), async_save=False)
@@ -56,12 +57,17 @@ def test_knn_mode_on_a_checkpoint(tfds_dir, tmp_path):
   ckpt.close()
   own = modes.evaluate_knn(config, src)
   config.init_from = src
-  config.knn.feature, config.knn.pool = 'conv2', 'avg'
   other = modes.evaluate_knn(config, str(tmp_path / 'probe'))
-  with open(tmp_path / 'probe' / 'knn_test.json', encoding='utf-8') as f:
-    written = json.load(f)
-  assert written['top1'] == other['top1'] and written['feature'] == 'conv2' and written['dim'] == 64
+  assert own['backbone']['checkpoint'] == other['backbone']['checkpoint'] == os.path.join(src, 'checkpoints', '0')
+  figures = ('feature', 'pool', 'dim', 'k', 'temperature', 'train_count', 'count', 'top1', 'top5', 'per_class_top1')
+  assert {k: own[k] for k in figures} == {k: other[k] for k in figures}
   assert own['feature'] == 'fc2' and own['dim'] == 192
-  for r in (own, other):
-    assert r['count'] == 250 and r['train_count'] == 1000 and len(r['per_class_top1']) == 10
-    assert 0.3 < r['top1'] <= r['top5'] <= 1.0
+  assert own['count'] == 250 and own['train_count'] == 1000 and len(own['per_class_top1']) == 10
+  assert 0.3 < own['top1'] <= own['top5'] <= 1.0
+  with open(tmp_path / 'probe' / 'knn_test.json', encoding='utf-8') as f:
+    assert {k: v for k, v in json.load(f).items() if k != 'backbone'} == \
+        {k: v for k, v in other.items() if k != 'backbone'}
+  config.knn.feature, config.knn.pool = 'conv2', 'avg'
+  conv2 = modes.evaluate_knn(config, str(tmp_path / 'conv2'))
+  assert conv2['feature'] == 'conv2' and conv2['pool'] == 'avg' and conv2['dim'] == 64
+  assert conv2['count'] == 250 and 0.3 < conv2['top1'] <= conv2['top5'] <= 1.0

@@ -72,15 +72,24 @@ def test_cifarnet_param_count():
   assert feature_shapes(abstract('cifarnet', (28, 28, 1)), (28, 28, 1))['pool2'] == (7, 7, 64)
 
 
+# Exact counts of trainable parameters (BatchNorm's running statistics are not parameters; jaxssl's backbones have
+# no classifier). Each is derived from a published figure, so a missing or extra layer (even one BatchNorm) fails.
+_TORCHVISION_FC = {'resnet18': 512 * 1000 + 1000, 'resnet50': 2048 * 1000 + 1000}
+
+
 @pytest.mark.parametrize('name,expected', [
-    ('resnet20', 0.27e6),        # He et al. 2016 table 6 (incl. a 650-param head)
-    ('resnet18', 11_176_512),    # torchvision 11,689,512 minus the 512x1000 fc
-    ('resnet50', 23_508_032),    # torchvision 25,557,032 minus the 2048x1000 fc
+    # He et al. 2016's ResNet-20 with zero-padding shortcuts: 269,722 with its 64x10 + 10 classifier; jaxssl
+    # projects instead (1x1 conv + BatchNorm) in the first block of stages 2 and 3: 16x32 + 2x32, 32x64 + 2x64.
+    ('resnet20', 269_722 - 650 + (16 * 32 + 2 * 32) + (32 * 64 + 2 * 64)),
+    ('resnet18', 11_689_512 - _TORCHVISION_FC['resnet18']),    # torchvision's resnet18 less its fc
+    ('resnet50', 25_557_032 - _TORCHVISION_FC['resnet50']),    # torchvision's resnet50 less its fc
+    # The CIFAR stem: one 3x3 conv (3x3x3x64) in place of the 7x7 (7x7x3x64), no max pool (no parameters).
+    ('resnet18_cifar', 11_689_512 - _TORCHVISION_FC['resnet18'] - (7 * 7 - 3 * 3) * 3 * 64),
 ])
 def test_resnet_param_counts(name, expected):
-  shape = (32, 32, 3) if name == 'resnet20' else (224, 224, 3)
+  shape = (32, 32, 3) if name in ('resnet20', 'resnet18_cifar') else (224, 224, 3)
   model = abstract(name, shape)
-  assert abs(n_params(model) - expected) / expected < 0.02
+  assert n_params(model) == expected
   if name == 'resnet50':
     assert feature_shapes(model, shape) == {
         'stem': (56, 56, 64), 'stage1': (56, 56, 256), 'stage2': (28, 28, 512),

@@ -48,14 +48,16 @@ def _env(devices: int, process: int | None = None, processes: int = 2, port: int
   return env
 
 
-def _start(workdir, data_dir, *, processes=2, devices=2, extra=()) -> list[subprocess.Popen]:
-  """``processes`` processes of one run (1: a plain process of ``devices`` devices); output in workdir/../."""
+def _start(workdir, data_dir, *, processes=2, devices=2, extra=(), hold_dir=None) -> list[subprocess.Popen]:
+  """``processes`` processes of one run (1: a plain process of ``devices`` devices); output in workdir/../.
+  ``hold_dir``: each process holds still after its first checkpoint (tests/held_run.py)."""
   port = _free_port()
   out = []
   for i in range(processes):
     multi = processes > 1
     log = open(f'{workdir}.p{i}.log', 'w', encoding='utf-8')  # pylint: disable=consider-using-with
-    cmd = [sys.executable, '-m', 'jaxssl.main', *(['--multihost'] if multi else []), *FLAGS,
+    main = ['-m', 'jaxssl.main'] if hold_dir is None else [str(REPO / 'tests' / 'held_run.py'), str(hold_dir)]
+    cmd = [sys.executable, *main, *(['--multihost'] if multi else []), *FLAGS,
            f'--config.data.data_dir={data_dir}', f'--workdir={workdir}', *extra]
     out.append(subprocess.Popen(cmd, cwd=REPO, env=_env(devices, i if multi else None, processes, port),  # pylint: disable=consider-using-with
                                 stdout=log, stderr=subprocess.STDOUT, text=True))
@@ -135,20 +137,26 @@ def test_two_processes_train_checkpoint_and_equal_one_process_of_four_devices(ru
 def test_sigterm_to_one_process_stops_both_at_one_step_and_the_rerun_resumes_exactly(runs, generated_tfds_dir,
                                                                                       tmp_path):
   two, _ = runs
-  workdir = str(tmp_path / 'run')
-  procs = _start(workdir, generated_tfds_dir)
+  workdir, hold = str(tmp_path / 'run'), tmp_path / 'hold'
+  hold.mkdir()
+  # Both processes hold still after their checkpoint of step 4 (tests/held_run.py): the signal cannot come after
+  # the run's last step, however loaded the machine.
+  procs = _start(workdir, generated_tfds_dir, hold_dir=hold)
   deadline = time.time() + 180
-  while 'step 2/' not in _said(f'{workdir}.p0.log') and time.time() < deadline and procs[0].poll() is None:
+  while not all((hold / f'held-{i}').exists() for i in (0, 1)) and time.time() < deadline and \
+      all(p.poll() is None for p in procs):
     time.sleep(0.05)
+  assert all((hold / f'held-{i}').exists() for i in (0, 1)), _output(workdir)
   procs[1].send_signal(signal.SIGTERM)  # one host preempted
   sent = time.time()
+  (hold / 'release').touch()  # the other goes on unsignalled
   assert _wait(procs, workdir) == [143, 143], _output(workdir)
   assert time.time() - sent < 30
   said = _said(f'{workdir}.p0.log')
   stopped = [l for l in said.splitlines() if l.startswith('stopped at step')]
   assert len(stopped) == 1 and '(another process was stopped)' in stopped[0], said
   step = int(stopped[0].split()[3].split('/')[0])
-  assert 2 < step < STEPS
+  assert 4 < step < STEPS
   ckpts = os.path.join(workdir, 'checkpoints')
   assert max(int(s) for s in os.listdir(ckpts) if s.isdigit()) == step  # the step both stopped at, saved by both
   assert sorted(f for f in os.listdir(os.path.join(ckpts, str(step), 'data_iter')) if 'process' in f) == \

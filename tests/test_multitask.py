@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from test_deepfashion import CATEGORIES, GROUP_SIZES, make_benchmark
 from configs import deepfashion_multitask
 from jaxssl import modes
-from jaxssl.data import augment, datasets, sources
+from jaxssl.data import augment, datasets, deepfashion, sources
 from jaxssl.tasks import attribute_metrics as am
 from jaxssl.eval import attributes as mt_eval
+from jaxssl.runlog import read_metrics
 from jaxssl.tasks.base import metric_mean
 from jaxssl.tasks.category_attributes import CategoryAttributes
 from jaxssl.train import loop
@@ -150,9 +152,68 @@ def test_short_run_on_the_real_sample_then_predict(deepfashion_sample, tmp_path)
   assert [[int(a) for a in r[1].split()] for r in rows] == \
       [np.flatnonzero(p >= per).tolist() for p in g['attribute_probs']]
 
+  # multitask.decision=group_argmax (the sample's 6 groups are mutually exclusive): every image gets exactly one
+  # attribute per group, the most probable of its group.
+  config.multitask.decision, config.multitask.per_attribute_threshold = 'group_argmax', False
+  result = modes.predict_checkpoint(config, workdir)
+  assert result['thresholds']['decision'] == 'group_argmax'
+  _, rows = read_csv(result['files']['attribute'])
+  ends = np.cumsum(GROUP_SIZES)
+  probs = result['outputs']['attribute_probs']
+  for row, p in zip(rows, probs):
+    chosen = [int(a) for a in row[1].split()]
+    assert chosen == [int(start + np.argmax(p[start:end])) for start, end in zip(ends - GROUP_SIZES, ends)]
+
+
+def test_benchmark_layout_run_then_predict_numbers_categories_as_its_files(tmp_path):
+  """The benchmark layout as unpacked from Img/img.zip (images under Img/img/), prepared with bounding-box crops,
+  trained 2 steps with non-1 loss weights and pos_weight='sqrt', then --mode=predict: category.csv names each
+  test image's category by the benchmark's own 1-based numbering (the line of Anno/list_category_cloth.txt)."""
+  root = tmp_path / 'benchmark'
+  truth = make_benchmark(root)
+  (root / 'Img').mkdir()
+  (root / 'img').rename(root / 'Img' / 'img')        # Img/img/<product>/img_*.jpg, the lists unchanged
+  config, workdir = small_config('benchmark', root, tmp_path / 'tfds'), str(tmp_path / 'run')
+  config.data.crop_bbox, config.data.image_format = True, 'png'
+  config.tasks.multitask.update({'category_weight': 2.0, 'attribute_weight': 0.5, 'pos_weight': 'sqrt'})
+  config.batch_size, config.eval_batch_size, config.total_steps, config.eval_every = 4, 4, 2, 2
+  config.checkpoint_every = 2
+
+  # Prepared from Img/img/, each image its bounding box (x1, y1, x2, y2) resized: exact, as PNG.
+  info = datasets.get_dataset('deepfashion', config.data)
+  assert info.category_base == 1
+  train = sources.read_records(datasets.load_split(info, 'train', config.data), range(2))
+  for r, t in zip(train, truth):
+    x1, y1, x2, y2 = t['bbox']
+    assert r['file_path'].decode() == t['path'] and tuple(r['image_hw']) == (y2 - y1, x2 - x1)
+    whole = root / 'Img' / t['path']
+    np.testing.assert_array_equal(r['image'], deepfashion.load_image(whole, 32, t['bbox'])[0])
+    assert not np.array_equal(r['image'], deepfashion.load_image(whole, 32)[0])
+
+  summary = loop.train_and_evaluate(config, workdir)
+  assert summary['finished']
+  rows = [r for r in read_metrics(workdir) if r['split'] == 'train']
+  assert len(rows) == 2
+  for r in rows:   # loss = category_weight x cross-entropy + attribute_weight x BCE
+    assert r['multitask/category_loss'] > 0 and r['multitask/attribute_loss'] > 0
+    assert r['loss'] == pytest.approx(2.0 * r['multitask/category_loss'] + 0.5 * r['multitask/attribute_loss'],
+                                      rel=1e-5)
+
+  result = modes.predict_checkpoint(config, workdir)
+  assert set(result['files']) == {'category', 'attribute'}
+  header, rows = read_csv(result['files']['category'])
+  assert header == ['file_path', 'category_label']
+  assert [r[0] for r in rows] == [t['path'] for t in truth if t['split'] == 'test']
+  listed = (root / 'Anno' / 'list_category_cloth.txt').read_text().splitlines()[2:]   # after count and header
+  named = {str(line_no): line.split()[0] for line_no, line in enumerate(listed, start=1)}
+  assert list(named.values()) == [n for n, _ in CATEGORIES]
+  predicted = [info.class_names[c] for c in np.argmax(result['outputs']['category_logits'], axis=1)]
+  assert [named[r[1]] for r in rows] == predicted
+
 
 def test_prediction_files_parse_back(tmp_path):
-  """Paths with commas survive (csv quoting); categories are written as given, attributes 0-based, sorted."""
+  """Paths with commas survive (csv quoting); categories are written as given (the run numbers them: above),
+  attributes 0-based, sorted."""
   paths = ['img/Floral_Dress/img_00000001.jpg', 'img/Shorts, Denim/img_00000002.jpg', 'img/x/img_3.jpg']
   logits = np.array([[0.1, 2.0, 0.3], [3.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
   decisions = np.array([[1, 0, 0, 1], [0, 0, 0, 0], [0, 1, 1, 1]])

@@ -1,5 +1,5 @@
 """Pretext tasks (rotation, jigsaw) on real Fashion-MNIST images: exact inverses, permutation sets, determinism,
-losses, and a short rotation run that learns."""
+losses, and short rotation and jigsaw runs that learn."""
 
 import itertools
 import math
@@ -329,18 +329,23 @@ def test_rotation_jigsaw_config_shares_a_pooled_backbone_and_cifarnet_refuses():
     nnx.eval_shape(lambda: state_lib.build_model(config.model, info.input_shape, tasks, 0))
 
 
-def test_jigsaw_trains_end_to_end(tfds_dir, tmp_path):
-  config = fmnist_jigsaw.get_config('3x3_perm,quick')
+def test_jigsaw_learns_well_above_chance_in_a_short_run(tfds_dir, tmp_path):
+  """Jigsaw pretraining without labels: 2x2 puzzles, all 24 permutations (chance 1/24 = 4.2%); after 40 steps of 32
+  puzzles the held-out permutation accuracy is far above chance (0.60 measured on a 2-core CPU, 2026-11-30)."""
+  config = fmnist_jigsaw.get_config('2x2_perm,quick')
   config.data.data_dir = tfds_dir
-  config.update({'total_steps': 3, 'eval_every': 0, 'checkpoint_every': 3, 'log_every': 1, 'batch_size': 16,
-                 'eval_batch_size': 100})
-  config.data.train_limit, config.data.eval_limit = 256, 100
+  config.data.train_limit, config.data.eval_limit = 2048, 256
+  config.online_probe.enabled = False
+  config.update({'total_steps': 40, 'eval_every': 0, 'checkpoint_every': 40, 'log_every': 10, 'batch_size': 32,
+                 'eval_batch_size': 256})
   summary = loop.train_and_evaluate(config, str(tmp_path))
-  assert summary['finished'] and 0.0 <= summary['eval']['jigsaw/acc'] <= 1.0
-  assert np.isfinite(summary['eval']['jigsaw/loss'])
+  assert summary['finished'] and summary['step'] == 40
+  assert summary['eval']['jigsaw/acc'] > 0.3, summary['eval']
+  assert summary['eval']['jigsaw/loss'] < 0.75 * math.log(24)   # from log(24) at the zero-initialized head
   # The permutation set that defines the labels is saved with the run, and is the task's own.
   saved = np.load(tmp_path / 'artifacts' / 'jigsaw' / 'permutations.npy')
-  assert saved.shape == (config.tasks.jigsaw.num_permutations, 9)
+  np.testing.assert_array_equal(saved, JigsawPermutation(**STATS, grid=2, num_permutations=24).permutations)
+  assert saved.shape == (24, 4)
 
 
 def test_rotation_learns_well_above_chance_in_a_short_run(tfds_dir, tmp_path):
@@ -353,4 +358,7 @@ def test_rotation_learns_well_above_chance_in_a_short_run(tfds_dir, tmp_path):
   summary = loop.train_and_evaluate(config, str(tmp_path))
   assert summary['finished'] and summary['step'] == 40
   assert summary['eval']['rotation/acc'] > 0.6, summary['eval']
+  # Accuracy per angle, each over that angle's examples: every image appears in all four, so they average to acc.
+  per_angle = [summary['eval'][f'rotation/acc_{a}'] for a in (0, 90, 180, 270)]
+  assert all(0 <= a <= 1 for a in per_angle) and np.mean(per_angle) == pytest.approx(summary['eval']['rotation/acc'])
   assert 'classify/top1' not in summary['eval']

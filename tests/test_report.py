@@ -65,8 +65,11 @@ def test_filter_grid_tiles_are_the_kernels_each_scaled_to_0_1(cin):
     r, c = divmod(i, 3)
     tile = grid[r * 6:r * 6 + 5, c * 5:c * 5 + 4]
     k = kernel[..., i] if cin == 3 else kernel[..., i].mean(-1)
-    want = np.full(k.shape, 0.5) if np.ptp(k) == 0 else (k - k.min()) / np.ptp(k)
-    np.testing.assert_allclose(tile, want, err_msg=f'tile {i}')
+    if i == 6:   # the constant kernel: mid-grey, not a division by its zero range
+      np.testing.assert_array_equal(tile, np.full(k.shape, 0.5))
+    else:        # a random kernel: its own range stretched to [0, 1]
+      np.testing.assert_allclose(tile, (k - k.min()) / (k.max() - k.min()), err_msg=f'tile {i}')
+      assert tile.min() == 0.0 and tile.max() == pytest.approx(1.0)
   assert np.isnan(grid[5]).all() and np.isnan(grid[:, 4]).all()  # separators
   assert np.isnan(grid[12:, 5:]).all()  # the two unused places of the last row
 
