@@ -29,7 +29,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   choose('model', config.model.name, list(BACKBONES), '--config.model.name')
   _check_model_options(BACKBONES[config.model.name], config.model)
   from jaxssl.models.torchvision_weights import check_weights_config  # pylint: disable=import-outside-toplevel
-  check_weights_config(config.init_from, config.init_step, config.model.name, dict(config.model.options))
+  if config.mode not in ('eval', 'predict'):   # those restore the run's own checkpoint, never init_from
+    check_weights_config(config.init_from, config.init_step, config.model.name, dict(config.model.options))
   from jaxssl.ops import IMPLS  # pylint: disable=import-outside-toplevel
   choose('conv impl', config.model.conv_impl, IMPLS, '--config.model.conv_impl')
   if config.model.conv_impl == 'onednn':  # asked for by name: where it cannot be built, say so now (builds ~5 s)

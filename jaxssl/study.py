@@ -42,9 +42,11 @@ def cell_name(init: str, fraction: float, seed: int) -> str:
   return f'{init}_f{fraction:g}_s{seed}'
 
 
-def cell_config(config, init_from: str, fraction: float, seed: int, num_records: int, devices: int = 1):
+def cell_config(config, init_from: str, fraction: float, seed: int, num_records: int, devices: int = 1,
+                subset_size: int = 0):
   """The study's base config for one cell: its init, labelled subset and seed; enough steps for small subsets
-  (``study.epochs`` over the subset, at least ``study.min_steps``) and a batch no larger than the subset."""
+  (``study.epochs`` over the subset, at least ``study.min_steps``) and a batch no larger than the subset
+  (``subset_size`` where known, e.g. a k-fold's, else fraction x ``num_records``)."""
   c = config.copy_and_resolve_references()
   with c.unlocked():
     del c['study']
@@ -53,7 +55,7 @@ def cell_config(config, init_from: str, fraction: float, seed: int, num_records:
     c.data.subset_seed = int(seed)
     c.data.subset_mode = str(config.study.get('subsets', 'random'))
     c.seed = int(seed)
-    n = max(1, int(round(fraction * num_records)))
+    n = subset_size or max(1, int(round(fraction * num_records)))
     c.batch_size = max(devices, min(c.batch_size, n // devices * devices))
     c.total_steps = max(int(config.study.min_steps), int(round(config.study.epochs * n / c.batch_size)))
     c.eval_every = 0
@@ -74,10 +76,11 @@ def run_study(config, workdir: str) -> list[dict[str, Any]]:
   mode = str(config.study.get('subsets', 'random'))
   if mode not in subsets.MODES:
     raise ValueError(f"--config.study.subsets='{mode}' must be one of: {', '.join(subsets.MODES)}")
-  folds = {}
+  folds, sizes = {}, {}
   if mode == 'kfold':
     labels = subsets.source_labels(train)
     folds = {f: subsets.num_folds(labels, f) for f in config.study.fractions}
+    sizes = {f: len(subsets.stratified_fold(labels, f, 0)) for f in config.study.fractions if folds[f]}
   rows, skipped = [], []
   cells = []
   for init in config.study.inits:
@@ -96,7 +99,8 @@ def run_study(config, workdir: str) -> list[dict[str, Any]]:
     final = files.join(cell_dir, 'final_metrics.json')
     if not files.exists(final):
       log(f'study cell {i + 1}/{len(cells)}: {cell_name(init, fraction, seed)}')
-      c = cell_config(config, config.study.inits[init], fraction, seed, num_records, jax.device_count())
+      c = cell_config(config, config.study.inits[init], fraction, seed, num_records, jax.device_count(),
+                      subset_size=sizes.get(fraction, 0))
       result = loop.train_and_evaluate(c, cell_dir)
       if not result['finished']:
         if result['exit_code'] == loop.DIVERGED_EXIT_CODE:

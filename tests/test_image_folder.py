@@ -341,3 +341,41 @@ def test_labelled_task_on_a_flat_folder_is_one_line(deepfashion_sample, tmp_path
 def test_base_config_has_the_image_folder_keys():
   d = common.data_config('image_folder')
   assert (d.resize, d.channels, d.val_fraction, d.test_fraction, d.image_format) == ('crop', 3, 0.1, 0.1, 'jpeg')
+
+
+def test_a_linked_folder_counts_once_and_a_link_cycle_ends(tmp_path):
+  root = tmp_path / 'pets'
+  for c in ('cat', 'dog'):
+    for i in range(5):
+      _photo(root / c / f'{i}.png', seed=i)
+  (root / 'cat' / 'again').symlink_to(root / 'cat')    # a cycle back to its own folder
+  plan = image_folder.scan(root, 0.2, 0.2)
+  records = [r for split in plan.splits.values() for r in split]
+  assert len(records) == 10 and len({p for p, _ in records}) == 10   # no image twice, none in two splits
+
+
+def test_val_gives_way_so_test_does_not_depend_on_val_fraction():
+  for n in range(1, 30):
+    tests = {image_folder.held_out_counts(n, v, 0.5)[1] for v in (0.0, 0.1, 0.3)}
+    assert len(tests) == 1, n
+  assert image_folder.held_out_counts(3, 0.1, 0.5) == (0, 2)
+  assert image_folder.held_out_counts(10, 0.1, 0.1) == (1, 1)
+
+
+def test_an_interrupted_sample_folder_is_made_again(deepfashion_sample, tmp_path, monkeypatch):
+  calls = []
+  real_copy = sample_folder.shutil.copyfile
+
+  def failing_copy(src, dst):
+    calls.append(dst)
+    if len(calls) == 5:
+      raise KeyboardInterrupt   # Ctrl-C in the middle of the copy
+    return real_copy(src, dst)
+
+  monkeypatch.setattr(sample_folder.shutil, 'copyfile', failing_copy)
+  with pytest.raises(KeyboardInterrupt):
+    sample_folder.make_sample_folder(tmp_path / 'kaggle', per_class=3, sample_dir=deepfashion_sample)
+  assert not (tmp_path / 'kaggle').exists() and not list(tmp_path.iterdir())   # nothing half-made left behind
+  monkeypatch.setattr(sample_folder.shutil, 'copyfile', real_copy)
+  files = sample_folder.make_sample_folder(tmp_path / 'kaggle', per_class=3, sample_dir=deepfashion_sample)
+  assert len(files) == 9 and all((tmp_path / 'kaggle' / f).is_file() for f in files)

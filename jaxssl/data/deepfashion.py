@@ -34,7 +34,7 @@ from PIL import Image
 
 from jaxssl.data import deepfashion_layouts as layouts
 from jaxssl.data.paths import tfds_data_dir
-from jaxssl.data.prepared import RuntimeConfiguredBuilder
+from jaxssl.data.prepared import RuntimeConfiguredBuilder, prepare_once
 
 ENV_VARS = {'benchmark': 'JAXSSL_DEEPFASHION_DIR', 'attr_challenge': 'JAXSSL_DEEPFASHION_ATTR_DIR', 'csv': None}
 FORMATS = {'jpeg': 'JPEG', 'png': 'PNG'}
@@ -237,9 +237,9 @@ def builder(layout: str, data_cfg) -> DeepFashion:
   if not b.is_prepared():
     if not config.source_dir.is_dir():
       raise DataNotFoundError(f'{config.source_dir} (the {layout} folder) does not exist.\n{_HOW_TO[layout]}')
-    tfds.disable_progress_bar()  # tqdm bars of every shard and split; jaxssl logs its own progress
-    b.download_and_prepare()
-    _write_skipped(b)
+    b, made = prepare_once(b, lambda: DeepFashion(config=config, data_dir=tfds_data_dir(data_cfg)))
+    if made:
+      _write_skipped(b)
   return b
 
 

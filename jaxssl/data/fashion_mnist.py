@@ -17,6 +17,7 @@ import zlib
 import numpy as np
 import tensorflow_datasets as tfds
 
+from jaxssl.data.prepared import prepare_once
 from jaxssl.runlog import log
 
 CLASS_NAMES: tuple[str, ...] = (
@@ -280,6 +281,5 @@ def data_source(split: str, *, data_dir: str, source_dir: str | None = None):
   # interrupted run is never mistaken for a finished one.
   if not builder.is_prepared():
     log(f'preparing Fashion-MNIST once into {data_dir} (about 15 s)')
-    tfds.disable_progress_bar()  # tqdm bars of every shard and split
-    builder.download_and_prepare()
+    builder, _ = prepare_once(builder, lambda: FashionMnist(data_dir=data_dir, source_dir=source_dir))
   return builder.as_data_source(split=split)

@@ -67,7 +67,7 @@ from PIL import Image, ImageOps
 from jaxssl.data.deepfashion import FORMATS, JPEG_QUALITY, DataNotFoundError
 from jaxssl.data.deepfashion_layouts import AnnotationError
 from jaxssl.data.paths import tfds_data_dir
-from jaxssl.data.prepared import RuntimeConfiguredBuilder
+from jaxssl.data.prepared import RuntimeConfiguredBuilder, prepare_once
 from jaxssl.runlog import log
 
 ENV_VAR = 'JAXSSL_IMAGE_FOLDER_DIR'
@@ -148,8 +148,13 @@ def _entries(folder: pathlib.Path) -> tuple[list[str], list[str], int]:
 
 def _walk_images(folder: pathlib.Path, root: pathlib.Path) -> tuple[list[str], int]:
   """Every image under ``folder`` (any depth), as sorted paths relative to ``root``; and the other files."""
-  found, others = [], 0
-  for d, dirs, names in os.walk(folder, followlinks=True):
+  found, others, seen = [], 0, set()
+  for d, dirs, names in os.walk(folder, followlinks=True):   # linked folders count (ImageNet setups link them)
+    real = os.path.realpath(d)
+    if real in seen:   # a link back up the tree, or a second link to one folder: its images once only
+      dirs[:] = []
+      continue
+    seen.add(real)
     dirs[:] = [n for n in dirs if not _skip(n)]
     rel = pathlib.Path(d).relative_to(root)
     for n in names:
@@ -299,8 +304,8 @@ def held_out_counts(n: int, val_fraction: float, test_fraction: float) -> tuple[
     k = int(np.floor(fraction * n + 0.5))
     return max(k, 1) if fraction > 0 and n >= 3 else k
   val, test = count(val_fraction), count(test_fraction)
-  while val + test > max(n - 1, 0):   # at least one training image
-    if val >= test:
+  while val + test > max(n - 1, 0):   # at least one training image; val gives way first, so test stays put
+    if val > 0:
       val -= 1
     else:
       test -= 1
@@ -543,9 +548,9 @@ def builder(data_cfg) -> ImageFolder:
   for note in plan.notes:
     log(f'  note: {note}')
   b = ImageFolder(config=config, data_dir=data_dir, workers=workers, plan=plan)
-  tfds.disable_progress_bar()  # tqdm bars of every shard and split; jaxssl logs its own progress
-  b.download_and_prepare()
-  _write_skipped(b)
+  b, made = prepare_once(b, lambda: ImageFolder(config=config, data_dir=data_dir, workers=workers))
+  if made:
+    _write_skipped(b)
   return b
 
 

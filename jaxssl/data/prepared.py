@@ -30,3 +30,18 @@ class RuntimeConfiguredBuilder(tfds.core.GeneratorBasedBuilder):
     tfds from logging "Using custom data configuration" every time a split is opened."""
     del version
     return cls._configs.get(name)
+
+
+def prepare_once(builder, reopen):
+  """Prepares ``builder``; where another process (a host of the same run, a second run) finished the same copy
+  first, tfds' final rename fails and ``reopen()``'s builder reads theirs. Returns (builder, whether this process
+  wrote the copy). tfds' progress bars are off: jaxssl's builders log their own progress."""
+  tfds.disable_progress_bar()
+  try:
+    builder.download_and_prepare()
+    return builder, True
+  except FileExistsError:
+    builder = reopen()
+    if not builder.is_prepared():
+      raise
+    return builder, False

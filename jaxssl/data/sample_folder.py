@@ -21,6 +21,7 @@ import json
 import os
 import pathlib
 import shutil
+import tempfile
 
 SAMPLE_ENV = 'JAXSSL_DEEPFASHION_SAMPLE_DIR'
 LAYOUTS = ('kaggle', 'classes', 'splits', 'flat')
@@ -80,14 +81,28 @@ def make_sample_folder(dst, layout: str = 'kaggle', *, group: str = 'sleeve', cl
     return json.loads(marker.read_text())['files']
   if dst.exists() and any(dst.iterdir()):
     raise FileExistsError(f'{dst} is not empty: give make_sample_folder an empty or new folder')
+  # Written beside dst and renamed into place when complete: an interrupted copy never looks like a folder.
+  dst.parent.mkdir(parents=True, exist_ok=True)
+  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f'.{dst.name}.incomplete.', dir=dst.parent))
   files = {}
-  for name, paths in chosen.items():
-    for k, path in enumerate(paths):
-      number = int(pathlib.Path(path).stem)
-      rel = {'kaggle': f'train/{name}.{number}.jpg', 'classes': f'{name}/{number}.jpg',
-             'splits': f"{'val' if k % 5 == 4 else 'train'}/{name}/{number}.jpg", 'flat': f'{number}.jpg'}[layout]
-      (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-      shutil.copyfile(src / path, dst / rel)
-      files[rel] = name
-  marker.write_text(json.dumps({'args': args, 'source': str(src), 'files': files}, indent=1))
+  try:
+    for name, paths in chosen.items():
+      for k, path in enumerate(paths):
+        number = int(pathlib.Path(path).stem)
+        rel = {'kaggle': f'train/{name}.{number}.jpg', 'classes': f'{name}/{number}.jpg',
+               'splits': f"{'val' if k % 5 == 4 else 'train'}/{name}/{number}.jpg", 'flat': f'{number}.jpg'}[layout]
+        (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src / path, tmp / rel)
+        files[rel] = name
+    (tmp / _MARKER).write_text(json.dumps({'args': args, 'source': str(src), 'files': files}, indent=1))
+    if dst.exists():
+      dst.rmdir()   # empty (checked above)
+    os.replace(tmp, dst)
+  except OSError:   # the rename lost to another process making the same folder (ENOTEMPTY): theirs is as good
+    shutil.rmtree(tmp, ignore_errors=True)
+    if not (marker.is_file() and json.loads(marker.read_text()).get('args') == args):
+      raise
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
   return files

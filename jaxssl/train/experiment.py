@@ -82,6 +82,9 @@ def build_experiment(config: ml_collections.ConfigDict, *, load_init: bool = Tru
   if load_init and config.init_from:  # before the optimizer state exists: it starts from these
     init_info = transfer.load_init(model, config.init_from, config.init_step)  # a run, or a weights file
     log(f"backbone initialized from {init_info['checkpoint']} ({init_info['parameters']:,} values)")
+    if init_info.get('format') == 'torchvision' and config.data.get('normalize', 'dataset') != 'imagenet':
+      log('note: torchvision weights expect inputs standardized with ImageNet\'s mean and std; this run uses the '
+          "dataset's own (add --config.data.normalize=imagenet to give them what they were trained on)")
   transfer.check_frozen_tasks(config.optim, tasks)
   layers = None
   if config.optim.trainable.startswith('last:'):
