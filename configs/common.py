@@ -31,9 +31,12 @@ def data_config(name: str, **dataset_keys: Any) -> ml_collections.ConfigDict:
       'train_fraction': 1.0,    # < 1: a class-stratified random subset of the training records (after train_limit)
       'subset_seed': 0,         # which subset (with subset_mode=kfold: which fold)
       'subset_mode': 'random',  # 'random' subset per seed, or disjoint stratified 'kfold' folds (data/subsets.py)
-      'num_workers': 0,         # grain worker processes (0: in the main process)
-      'read_threads': 1,        # threads preparing batches in each process
-      'prefetch_batches': 4,    # batches prepared ahead (grain's default of 500 starves a small CPU's step)
+      # -1 = auto, chosen at start from the cores and the backend (jaxssl/data/pipeline.py auto_settings; the run
+      # logs them): on a CPU 0 workers, 1 thread, 4 ahead (the step needs the cores); with an accelerator
+      # min(cores - 2, 16) workers x 2 threads, 2 ahead each.
+      'num_workers': -1,        # grain worker processes (0: in the main process)
+      'read_threads': -1,       # threads preparing batches in each process
+      'prefetch_batches': -1,   # batches prepared ahead per process (grain's default of 500 starves a CPU's step)
       'normalize': 'dataset',   # its own mean/std, or 'imagenet' for torchvision weights (data/normalization.py)
       # name='tfds:NAME[/CONFIG][:VERSION]' (jaxssl/data/tfds_any.py): which features are the image and the label
       # ('' = found from the dataset's features); image_size > 0: images centre-cropped and resized to S x S

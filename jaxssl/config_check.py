@@ -76,10 +76,14 @@ def _check_counts(config: ml_collections.ConfigDict) -> None:
     if config[key] < -1:
       raise ValueError(f'--config.{key}={config[key]} must be a step >= 0, or -1 for the latest checkpoint')
   data = config.data
-  for key, meaning in (('train_limit', '0 = every record'), ('eval_limit', '0 = every record'),
-                       ('num_workers', '0 = read in the training process')):
+  for key, meaning in (('train_limit', '0 = every record'), ('eval_limit', '0 = every record')):
     if data[key] < 0:
       raise ValueError(f'--config.data.{key}={data[key]} must be >= 0 ({meaning})')
+  for key, least, meaning in (('num_workers', 0, '0 = read in the training process'),
+                              ('read_threads', 0, 'threads per process'), ('prefetch_batches', 0, 'batches ahead')):
+    if data.get(key, -1) != -1 and data[key] < least:
+      raise ValueError(f'--config.data.{key}={data[key]} must be >= {least} ({meaning}), or -1 for auto (chosen '
+                       'from the cores and the backend)')
   if not 0 < data.train_fraction <= 1:
     raise ValueError(f'--config.data.train_fraction={data.train_fraction} must be in (0, 1] (1 = every record)')
   if data.get('subset_mode', 'random') not in ('random', 'kfold'):

@@ -6,10 +6,15 @@ r"""Measures a config's speed and prints one JSON line.
 
 Figures: compile time of the train step; steady-state step time and images/s (compile excluded, the step
 fed from a fixed device batch so only the step is timed); the input pipeline's images/s on its own (source
-images, before any pretext multiplies them); model FLOPs per step (XLA's cost analysis of the step written with
-plain convolutions, so the figure does not depend on --config.model.conv_impl), the achieved GFLOP/s and their
-fraction of --peak_gflops (model-FLOPs utilization; default peak: this 2-core CPU's FP32 peak, 2 cores x 32
-FLOP/cycle x 2.6 GHz).
+images, before any pretext multiplies them; with the run's input settings, ``input_settings``, and with 0, 1,
+2, 4, ... up to the cores' worker processes, ``pipeline_images_per_s_by_workers``, --pipeline_workers), its
+ratio to the step's, its cost per image by stage timed apart on the same batches (``pipeline_us_per_image``:
+read + decode, stack, the tasks' transforms, the host-to-device copy; --stage_batches), and on paper what an H100
+step of the config would consume and how many cores of this pipeline that takes (``gpu_on_paper``,
+jaxssl/bench/input.py); these are also printed for people on stderr. Model FLOPs per step (XLA's cost analysis
+of the step written with plain convolutions, so the figure does not depend on --config.model.conv_impl), the
+achieved GFLOP/s and their fraction of --peak_gflops (model-FLOPs utilization; default peak: this 2-core CPU's
+FP32 peak, 2 cores x 32 FLOP/cycle x 2.6 GHz).
 
 With PyTorch installed (``pip install torch==2.13.0``; never required) and --torch (default), the same model,
 pretext batch and SGD step run in PyTorch eager (channels_last) in a process of its own, and the line gains
@@ -57,6 +62,11 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS, argv=None) -> type
       warmup=flags.DEFINE_integer('warmup', 3, 'Untimed steps after compilation.', flag_values=flag_values),
       pipeline_batches=flags.DEFINE_integer('pipeline_batches', 30, 'Batches drawn to time the input pipeline.',
                                             flag_values=flag_values),
+      pipeline_workers=flags.DEFINE_list('pipeline_workers', None, 'Worker process counts to time the pipeline '
+                                         'with (default: 0, 1, 2, 4, ... up to the cores; "none": skip).',
+                                         flag_values=flag_values),
+      stage_batches=flags.DEFINE_integer('stage_batches', 10, 'Batches on which each stage of the pipeline is '
+                                         'timed apart (0: skip).', flag_values=flag_values),
       peak_gflops=flags.DEFINE_float('peak_gflops', 166.0, 'Peak GFLOP/s of the device, for the utilization '
                                      'figure.', flag_values=flag_values),
       torch=flags.DEFINE_bool('torch', True, 'Also time PyTorch beside jaxssl (its twin of the model and task), '
@@ -70,10 +80,12 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS, argv=None) -> type
 
 
 def measure(config, *, steps: int, warmup: int, pipeline_batches: int, peak_gflops: float,
-            torch_step=None, torch_timing: str = 'alternate') -> dict:
+            torch_step=None, torch_timing: str = 'alternate', worker_counts=(), stage_batches: int = 0) -> dict:
   """The figures of one config. With ``torch_step`` (a PyTorch step, ``torch_twin.make_step``) the two steps
   are timed alternately, one of each per round, so both see the same machine (``torch_timing='alternate'``), or
-  all of jaxssl's steps then all of PyTorch's, each framework alone while it runs (``'blocks'``)."""
+  all of jaxssl's steps then all of PyTorch's, each framework alone while it runs (``'blocks'``).
+  ``worker_counts``: also time the pipeline with each of these numbers of worker processes (jaxssl/bench/input.py,
+  with what an H100 step would need); ``stage_batches`` > 0: time its stages apart on that many batches."""
   if torch_timing not in TORCH_TIMINGS:
     raise ValueError(f"torch_timing must be one of {', '.join(TORCH_TIMINGS)}, not {torch_timing!r}")
   import jax  # pylint: disable=import-outside-toplevel
@@ -81,9 +93,12 @@ def measure(config, *, steps: int, warmup: int, pipeline_batches: int, peak_gflo
   from jaxssl import sharding  # pylint: disable=import-outside-toplevel
   from jaxssl.train import experiment  # pylint: disable=import-outside-toplevel
 
+  from jaxssl.bench import input as input_bench  # pylint: disable=import-outside-toplevel
+
   exp = experiment.build_experiment(config)
+  inputs = pipeline.input_settings(config.data)
   it = pipeline.train_iterator(exp.train_source, exp.tasks, global_batch=config.batch_size, seed=config.seed,
-                               mesh=exp.mesh, **pipeline.iterator_options(config.data))
+                               mesh=exp.mesh, **inputs.options())
   try:
     next(it)  # first batch pays for opening files / starting workers
     t0 = time.perf_counter()
@@ -92,6 +107,18 @@ def measure(config, *, steps: int, warmup: int, pipeline_batches: int, peak_gflo
     pipeline_ips = pipeline_batches * config.batch_size / (time.perf_counter() - t0)
   finally:  # grain's workers and their shared memory end here, not at exit
     getattr(it, 'close', lambda: None)()
+
+  input_figures = {'input_settings': inputs.line()}
+  if worker_counts:
+    def make_iterator(k):
+      return pipeline.train_iterator(exp.train_source, exp.tasks, global_batch=config.batch_size, seed=config.seed,
+                                     mesh=exp.mesh, **{**inputs.options(), 'num_workers': k})
+    input_figures['pipeline_images_per_s_by_workers'] = input_bench.scaling(
+        make_iterator, worker_counts, batches=pipeline_batches, images_per_batch=config.batch_size)
+  if stage_batches:
+    input_figures['pipeline_us_per_image'] = input_bench.stage_costs(
+        exp.train_source, exp.tasks, global_batch=config.batch_size, seed=config.seed, mesh=exp.mesh,
+        batches=stage_batches)
 
   batch = sharding.shard_batch(host_batch, exp.mesh)
   if torch_step is not None and hasattr(torch_step, 'set_batch') and len(config.tasks) == 1:
@@ -132,6 +159,15 @@ def measure(config, *, steps: int, warmup: int, pipeline_batches: int, peak_gflo
         timed(name)
   step_s = statistics.median(times['jax'])
   train_ips = config.batch_size / step_s
+  by_workers = input_figures.get('pipeline_images_per_s_by_workers', {})
+  if by_workers:
+    counts = sorted(int(k) for k in by_workers)
+    one = by_workers.get('1') or max(by_workers[str(k)] / max(k, 1) for k in counts)
+    input_figures['pipeline_to_step_ratio_by_workers'] = {str(k): round(by_workers[str(k)] / train_ips, 2)
+                                                          for k in counts}
+    if counts[-1] > 1 and '1' in by_workers:
+      input_figures['pipeline_worker_scaling'] = round(by_workers[str(counts[-1])] / (counts[-1] * one), 2)
+    input_figures['gpu_on_paper'] = input_bench.gpu_on_paper(flops / 1e9, config.batch_size, one)
   torch_figures = {}
   if torch_step:
     torch_s = statistics.median(times['torch'])
@@ -153,7 +189,7 @@ def measure(config, *, steps: int, warmup: int, pipeline_batches: int, peak_gflo
       'pipeline_to_step_ratio': round(pipeline_ips / train_ips, 2),
       'gflops_per_step': round(flops / 1e9, 3), 'achieved_gflops': round(flops / step_s / 1e9, 2),
       'peak_gflops': peak_gflops, 'peak_fraction': round(flops / step_s / 1e9 / peak_gflops, 4), **memory,
-      **torch_figures,
+      **input_figures, **torch_figures,
   }
 
 
@@ -257,11 +293,46 @@ def main(argv, *, opts: types.SimpleNamespace):
       torch_step, torch_info = _torch_step(opts.config.value) if opts.torch.value else (None, {})
       result = measure(opts.config.value, steps=opts.steps.value, warmup=opts.warmup.value,
                        pipeline_batches=opts.pipeline_batches.value, peak_gflops=opts.peak_gflops.value,
-                       torch_step=torch_step, torch_timing=opts.torch_timing.value)
+                       torch_step=torch_step, torch_timing=opts.torch_timing.value,
+                       worker_counts=_worker_counts(opts.pipeline_workers.value),
+                       stage_batches=opts.stage_batches.value)
   finally:
     if torch_step is not None:
       torch_step.close()
+  print(input_summary(result), file=sys.stderr, flush=True)
   print(json.dumps({**result, **torch_info}), flush=True)
+
+
+def _worker_counts(flag: list[str] | None) -> list[int]:
+  from jaxssl.bench import input as input_bench  # pylint: disable=import-outside-toplevel
+  from jaxssl.data import pipeline  # pylint: disable=import-outside-toplevel
+  if flag is None:
+    return input_bench.worker_counts(pipeline.machine_cores())
+  if [w.lower() for w in flag] in (['none'], []):
+    return []
+  try:
+    return sorted({int(w) for w in flag})
+  except ValueError:
+    raise app.UsageError(f'--pipeline_workers takes worker counts or none, not {",".join(flag)}') from None
+
+
+def input_summary(r: dict) -> str:
+  """The input figures of a bench result for people (stderr; the JSON line has them all)."""
+  lines = [f"{r['input_settings']}: pipeline {r['pipeline_images_per_s']:,.0f} images/s, step "
+           f"{r['train_images_per_s']:,.0f} images/s, {r['pipeline_to_step_ratio']:.2f}x"]
+  if by := r.get('pipeline_images_per_s_by_workers'):
+    ratios = r['pipeline_to_step_ratio_by_workers']
+    lines.append('  by worker processes: ' + ', '.join(f'{k}: {v:,.0f}/s ({ratios[k]:.1f}x)' for k, v in by.items())
+                 + (f"; scaling {r['pipeline_worker_scaling']:.2f} of linear" if 'pipeline_worker_scaling' in r
+                    else ''))
+  if us := r.get('pipeline_us_per_image'):
+    total = sum(us.values()) or 1.0
+    lines.append('  per image: ' + ', '.join(f'{k} {v:.0f} us ({100 * v / total:.0f}%)' for k, v in us.items()))
+  for dtype, g in r.get('gpu_on_paper', {}).items():
+    if dtype != 'how':
+      lines.append(f"  on paper, an H100 step in {dtype}: {g['h100_step_images_per_s']:,.0f} images/s, "
+                   f"{g['cores_needed']} cores of this pipeline (one worker each)")
+  return '\n'.join(lines)
 
 
 

@@ -24,6 +24,7 @@ import grain
 import numpy as np
 
 from jaxssl import sharding
+from jaxssl.data import jpeg
 from jaxssl.data.sources import read_records
 from jaxssl.sharding import BatchLayout
 
@@ -132,6 +133,12 @@ def _layout(mesh, global_batch: int, what: str) -> BatchLayout:
   return sharding.batch_layout(sharding.make_mesh() if mesh is None else mesh, global_batch, what)
 
 
+def train_index_batches(num_records: int, *, global_batch: int, seed: int) -> grain.MapDataset:
+  """The record indices of every global batch of :func:`train_dataset`, in order (endless, reshuffled each epoch)."""
+  ds = grain.MapDataset.range(num_records).shuffle(seed=seed).repeat(None, reseed_each_epoch=True)
+  return ds.batch(global_batch, drop_remainder=True, batch_fn=np.asarray)
+
+
 def train_dataset(source, tasks: Sequence[BatchTransform], *, global_batch: int, seed: int, mesh=None,
                   layout: BatchLayout | None = None) -> grain.MapDataset:
   """Endless, shuffled with a new order every epoch, batched and transformed.
@@ -143,15 +150,148 @@ def train_dataset(source, tasks: Sequence[BatchTransform], *, global_batch: int,
   """
   # Rows only: grain's worker processes get a pickled copy, and devices do not pickle.
   layout = dataclasses.replace(layout or _layout(mesh, global_batch, 'batch_size'), devices=())
-  ds = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat(None, reseed_each_epoch=True)
-  ds = ds.batch(global_batch, drop_remainder=True, batch_fn=np.asarray)
+  jpeg.use_fast_decoder(source)   # the same pixels, decoded in about half the time (jaxssl/data/jpeg.py)
+  ds = train_index_batches(len(source), global_batch=global_batch, seed=seed)
   return ds.random_map(_ReadAndTransform(source, TaskTransforms(tuple(tasks), train=True), layout), seed=seed + 1)
 
 
+AUTO = -1   # data.num_workers / read_threads / prefetch_batches: chosen from the machine (input_settings)
+MAX_AUTO_WORKERS = 16
+
+
+def machine_cores() -> int:
+  """The cores this process may run on (its affinity mask: a container's or taskset's share, not the host's)."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except (AttributeError, OSError):  # not Linux
+    return os.cpu_count() or 1
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSettings:
+  """The iterator's worker, thread and prefetch settings, resolved, and what chose them."""
+  num_workers: int
+  read_threads: int
+  prefetch_batches: int
+  cores: int
+  backend: str
+  auto: tuple[str, ...]   # the keys that were 'auto' (-1)
+
+  def options(self) -> dict[str, int]:
+    """Keyword arguments of :func:`train_iterator`."""
+    return {'num_workers': self.num_workers, 'read_threads': self.read_threads,
+            'prefetch_batches': self.prefetch_batches}
+
+  def line(self) -> str:
+    """The run's log line, e.g. ``input: 14 workers x 2 threads, prefetch 2 (auto: 16 cores, gpu)``."""
+    threads = f'{self.read_threads} thread{"s" if self.read_threads != 1 else ""}'
+    how = (f'auto: {self.cores} cores, {self.backend}' if len(self.auto) == 3 else
+           f'auto {", ".join(self.auto)}: {self.cores} cores, {self.backend}' if self.auto else 'as set')
+    return f'input: {self.num_workers} workers x {threads}, prefetch {self.prefetch_batches} ({how})'
+
+
+def auto_settings(cores: int, backend: str) -> tuple[int, int, int]:
+  """(num_workers, read_threads, prefetch_batches) for a host of ``cores`` cores whose step runs on ``backend``.
+
+  On a CPU the step itself is the work: XLA's and oneDNN's threads use every core, and the pipeline makes 5-40x
+  what the step consumes from one thread in the training process (``python -m jaxssl.bench``), so the input
+  gets no worker process, one thread and 4 batches ahead; any more took cycles from the step (grain's defaults,
+  16 threads and 500 batches ahead, made CifarNet's gradient 2x slower on 2 cores). With an accelerator the
+  host's cores are idle but for the input, and it needs them: on paper an H100 step of DeepFashion's AlexNet
+  consumes 17-34k images/s, what 12-24 cores of this pipeline make (the bench's ``gpu_on_paper``). So the input
+  takes every core but two (one for the training loop, which dispatches steps and copies batches to the device,
+  one for grain's main-process threads, checkpoints and the OS), as worker processes, at most 16 (each holds a
+  copy of the dataset's buffers, about 240 MB, and the main process unpickles every batch, which bounds what
+  more workers add); 2 threads each, so a worker decodes one batch while its other thread waits on the disk; 2
+  batches ahead per worker (grain keeps one more per worker in shared memory: 3 x workers batches ahead, >= 9
+  from 3 workers). An accelerator host of 2 cores or fewer keeps the input in the training process with 2
+  threads and 8 batches ahead. Several training processes on one host (one per GPU) each take this share:
+  set ``data.num_workers`` to the cores / processes - 2 there.
+  """
+  if backend == 'cpu':
+    return 0, 1, 4
+  workers = max(0, min(cores - 2, MAX_AUTO_WORKERS))
+  return (workers, 2, 2) if workers else (0, 2, 8)
+
+
+def input_settings(data_cfg, *, cores: int | None = None, backend: str | None = None) -> InputSettings:
+  """``config.data``'s num_workers, read_threads and prefetch_batches, each -1 ('auto', the default) or absent
+  resolved by :func:`auto_settings` for this machine (``cores``: default :func:`machine_cores`; ``backend``:
+  default ``jax.default_backend()``); explicit values are kept."""
+  keys = ('num_workers', 'read_threads', 'prefetch_batches')
+  given = {k: int(data_cfg.get(k, AUTO)) for k in keys}
+  cores = machine_cores() if cores is None else int(cores)
+  if backend is None:
+    import jax  # pylint: disable=import-outside-toplevel  # the pipeline's workers need no jax
+    backend = jax.default_backend()
+  auto = dict(zip(keys, auto_settings(cores, backend)))
+  return InputSettings(**{k: auto[k] if v == AUTO else v for k, v in given.items()}, cores=cores, backend=backend,
+                       auto=tuple(k for k in keys if given[k] == AUTO))
+
+
 def iterator_options(data_cfg) -> dict[str, int]:
-  """The iterator's worker, thread and prefetch settings from ``config.data`` (defaults where absent)."""
-  return {'num_workers': data_cfg.get('num_workers', 0), 'read_threads': data_cfg.get('read_threads', 1),
-          'prefetch_batches': data_cfg.get('prefetch_batches', 4)}
+  """The iterator's worker, thread and prefetch settings from ``config.data``, 'auto' (-1) or absent resolved for
+  this machine (:func:`input_settings`)."""
+  return input_settings(data_cfg).options()
+
+
+def position_of(state: dict[str, Any]) -> int:
+  """The number of batches an iterator state has taken, whatever the number of worker processes that saved it.
+
+  grain's state of a single-process iterator is ``{'next_index': n}``; with k workers (grain 0.2.18's
+  ``mp_prefetch``) worker i makes batches i, i + k, ... and the state holds each worker's own ``next_index``, taken
+  round-robin: their sum is the position. A batch's content depends only on its position (``random_map`` seeds
+  by position), so a position is all that resuming needs, with any number of workers.
+  """
+  def count(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+      raise TypeError(f'not a grain iterator position: {str(state)[:200]}')
+    return value
+
+  if 'next_index' in state:
+    return count(state['next_index'])
+  return sum(count(s['next_index']) for s in state['iterators_in_use_states'] if s is not None)
+
+
+def state_at(position: int, num_workers: int) -> dict[str, Any]:
+  """grain's iterator state at ``position`` (batches taken) for an iterator of ``num_workers`` worker processes
+  (the inverse of :func:`position_of`)."""
+  if num_workers <= 0:
+    return {'next_index': int(position)}
+  return {'next_index_in_cycle': position % num_workers, 'next_index_in_datasets': num_workers,
+          'iterators_in_use_indices': list(range(num_workers)),
+          'iterators_in_use_states': [{'next_index': max(0, -(-(position - i) // num_workers))}
+                                      for i in range(num_workers)],
+          'exhausted': [0] * num_workers, 'future_states': {}}
+
+
+class PortableIterator(grain.DatasetIterator):
+  """A train iterator whose saved state is its position alone (``{'next_index': batches taken}``), so that a
+  checkpoint resumes with any number of worker processes: data.num_workers 'auto' resolves to another value on
+  another machine, and a run moved from a 2-core CPU to a 16-core GPU host continues with the same batches.
+  States saved by grain's own worker iterator (jaxssl before this class) are read too."""
+
+  def __init__(self, parent: grain.DatasetIterator, num_workers: int):
+    super().__init__(parent)
+    self.num_workers = num_workers
+
+  def __next__(self):
+    return next(self._parent)
+
+  def get_state(self) -> dict[str, Any]:
+    return {'next_index': position_of(self._parent.get_state())}
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    position = position_of(state)
+    if position < 0:
+      raise IndexError(f'data iterator position {position} is out of range')
+    self._parent.set_state(state_at(position, self.num_workers))
+
+  def _get_next_index(self) -> int:
+    return self.get_state()['next_index']
+
+  def _set_next_index(self, index: int) -> None:
+    self.set_state({'next_index': index})
 
 
 PARENT_POLL_S = 0.5   # how often a grain worker checks that the training process still exists
@@ -178,8 +318,9 @@ def _exit_with_parent(parent_pid: int, worker_index: int, worker_count: int) -> 
 
 
 def train_iterator(source, tasks, *, global_batch: int, seed: int, num_workers: int = 0, read_threads: int = 1,
-                   prefetch_batches: int = 4, mesh=None, layout: BatchLayout | None = None):
-  """A checkpointable iterator (``get_state``/``set_state``) over :func:`train_dataset`.
+                   prefetch_batches: int = 4, mesh=None, layout: BatchLayout | None = None) -> PortableIterator:
+  """A checkpointable iterator (``get_state``/``set_state``: its position, :class:`PortableIterator`) over
+  :func:`train_dataset`.
 
   ``read_threads`` / ``prefetch_batches`` bound the background work. grain's defaults (16 threads, 500
   elements ahead) are for records of a few KiB read from remote disks; here an element is a whole transformed
@@ -193,7 +334,7 @@ def train_iterator(source, tasks, *, global_batch: int, seed: int, num_workers: 
   if num_workers > 0:
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers),
                         worker_init_fn=functools.partial(_exit_with_parent, os.getpid()))
-  return iter(it)
+  return PortableIterator(iter(it), num_workers)
 
 
 def num_eval_batches(num_records: int, records_per_batch: int) -> int:
@@ -215,6 +356,7 @@ def eval_batches(source, tasks: Sequence[BatchTransform] | None, *, global_batch
     mesh = sharding.make_mesh() if mesh is None else mesh
     layout = _layout(mesh, sharding.round_up(global_batch, mesh.size), 'eval_batch_size')
   rows = layout.rows()
+  jpeg.use_fast_decoder(source)
   transform = None if tasks is None else TaskTransforms(tuple(tasks), train=False)
   for i in range(num_eval_batches(len(source), global_batch)):
     index = i * global_batch + rows

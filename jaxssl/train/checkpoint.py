@@ -322,10 +322,18 @@ def data_fingerprint(data_cfg, num_records: int, *, seed: int, batch_size: int) 
   return {'dataset': data_cfg.name, 'split': data_cfg.train_split, 'records': int(num_records),
           'train_fraction': float(data_cfg.train_fraction), 'subset_seed': int(data_cfg.subset_seed),
           'seed': int(seed), 'batch_size': int(batch_size), 'processes': jax.process_count(),
-          # grain's saved position has another shape with worker processes (one per worker): not interchangeable.
-          'num_workers': int(data_cfg.num_workers),
+          # No num_workers: the saved position is a batch count whatever the workers (pipeline.PortableIterator), so
+          # a run resumes where data.num_workers='auto' (-1) chooses another count; older checkpoints' is ignored.
           # Only where it is not the default, so that runs saved before k-fold subsets existed still resume.
-          **({'subset_mode': data_cfg.subset_mode} if data_cfg.get('subset_mode', 'random') != 'random' else {})}
+          **({'subset_mode': data_cfg.subset_mode} if data_cfg.get('subset_mode', 'random') != 'random' else {}),
+          'content': {k: data_cfg[k] for k in CONTENT_KEYS if k in data_cfg}}
+
+
+# Data settings that change what the records look like without changing their number: a resume with another
+# value would continue on other pixels. (Not source_dir: the same files may live at another path on another
+# machine; another image folder of the same size is the one change this cannot see.)
+CONTENT_KEYS = ('normalize', 'image_size', 'resize', 'channels', 'pad_to', 'crop_bbox', 'image_format',
+                'val_fraction', 'test_fraction', 'image_key', 'label_key')
 
 
 def check_data_position(path: str, meta: dict[str, Any], fingerprint: dict[str, Any], iter_state: Any,
@@ -333,9 +341,17 @@ def check_data_position(path: str, meta: dict[str, Any], fingerprint: dict[str, 
   """Raises CheckpointError unless the restored iterator is a position in this run's data at ``step``: the same
   dataset (its fingerprint, saved beside it) and one batch per step taken."""
   saved = meta.get('data') if isinstance(meta, dict) else None
+  if isinstance(saved, dict):
+    saved = {k: v for k, v in saved.items() if k != 'num_workers'}   # speed only (see data_fingerprint)
+    if 'content' not in saved:   # saved before CONTENT_KEYS were recorded: those checks cannot be made
+      fingerprint = {k: v for k, v in fingerprint.items() if k != 'content'}
   if saved is not None and saved != fingerprint:
-    keys = ', '.join(f'{k} {saved.get(k)!r} there, {fingerprint.get(k)!r} here'
-                     for k in sorted(set(saved) | set(fingerprint)) if saved.get(k) != fingerprint.get(k))
+    def flat(fp):   # content's keys by their config names
+      return {**{k: v for k, v in fp.items() if k != 'content'},
+              **{f'data.{k}': v for k, v in (fp.get('content') or {}).items()}}
+    saved_flat, here = flat(saved), flat(fingerprint)
+    keys = ', '.join(f'{k} {saved_flat.get(k)!r} there, {here.get(k)!r} here'
+                     for k in sorted(set(saved_flat) | set(here)) if saved_flat.get(k) != here.get(k))
     raise CheckpointError(f'the checkpoint {path} holds a data position in another dataset ({keys}); resume with '
                           'the data settings it was saved with, or use another --workdir')
   state = iter_state

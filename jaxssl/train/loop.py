@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import math
 import signal
+import time
 from typing import Any
 
 import jax
@@ -181,6 +182,79 @@ class _Window:
     return line
 
 
+class _InputWait:
+  """How much of the training loop's time goes to waiting for the next batch (``next`` on the iterator) while the
+  device has nothing to do, per log interval (evaluations and checkpoints left out): a run whose pipeline cannot
+  keep up with its step says so.
+
+  The step runs asynchronously: while the host waits for a batch the device is usually still running the
+  previous step, and that wait costs nothing. So a wait counts only where the previous step's outputs are ready
+  when the batch arrives (``is_ready``, no sync): the device went idle at some point of it, and the share bounds
+  its idle time from above; a pipeline that keeps up shows about 0. The first interval over
+  ``INPUT_BOUND`` logs a warning with what to raise; the end of training logs the share over the whole run and
+  its worst interval. (Not a metrics.jsonl field: its rows hold one timing figure, ``images_per_s``, that a
+  resumed run may change.)
+  """
+  INPUT_BOUND = 0.10
+
+  def __init__(self, inputs: pipeline.InputSettings, clock=time.perf_counter):
+    self.inputs, self._clock = inputs, clock
+    self._waited = self._paused = self._total_waited = self._total_span = 0.0
+    self._t0 = None
+    self.shares: list[tuple[int, float]] = []   # (step, share) of every interval
+
+  @contextlib.contextmanager
+  def waiting(self, pending=None):
+    """Times the block; it counts unless ``pending`` (the previous step's outputs) is still being computed."""
+    t0 = self._clock()
+    try:
+      yield
+    finally:
+      spent = self._clock() - t0
+      if pending is None or all(x.is_ready() for x in jax.tree.leaves(pending) if hasattr(x, 'is_ready')):
+        self._waited += spent
+
+  @contextlib.contextmanager
+  def paused(self):
+    t0 = self._clock()
+    try:
+      yield
+    finally:
+      self._paused += self._clock() - t0
+
+  def start(self) -> None:
+    """After the first (compiling) step: the first interval starts here."""
+    self._waited, self._paused, self._t0 = 0.0, 0.0, self._clock()
+
+  def interval(self, step: int) -> str | None:
+    """Ends the interval at ``step``; the input-bound warning, the first time its share is over the bound."""
+    if self._t0 is None:
+      return None
+    now = self._clock()
+    span = now - self._t0 - self._paused
+    share = min(1.0, self._waited / span) if span > 0 else 0.0
+    self._total_waited += min(self._waited, span)
+    self._total_span += max(span, 0.0)
+    self._waited, self._paused, self._t0 = 0.0, 0.0, now
+    warned = any(s > self.INPUT_BOUND for _, s in self.shares)
+    self.shares.append((step, share))
+    if share <= self.INPUT_BOUND or warned:
+      return None
+    s = self.inputs
+    return (f'warning: input-bound: input_wait={100 * share:.0f}% (the step waited that share of the steps up to '
+            f'{step} for its next batch; {s.line().split(": ", 1)[1].split(" (")[0]} on {s.cores} cores): '
+            'raise --config.data.num_workers (or read_threads); `python -m jaxssl.bench --config ...` prints what '
+            'each worker makes')
+
+  def summary(self) -> str | None:
+    """The run's line: the share of its training time spent waiting for input, and the worst interval."""
+    if not self.shares or self._total_span <= 0:
+      return None
+    step, worst = max(self.shares, key=lambda x: x[1])
+    return (f'input_wait={100 * self._total_waited / self._total_span:.0f}% of the training time (worst interval '
+            f'{100 * worst:.0f}%, up to step {step})')
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        stop_after: int | None = None) -> dict[str, Any]:
   """Trains (resuming from the latest readable checkpoint in ``workdir``), evaluates, and writes the summary.
@@ -204,8 +278,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stop_after: int | No
                                           batch_size=config.batch_size)
   with contextlib.ExitStack() as cleanup, _StopFlag(exp.mesh) as stop:
     # Closed on every exit: grain workers hold shared memory, async saves must land, events must flush.
+    inputs = pipeline.input_settings(config.data)
     train_iter = pipeline.train_iterator(exp.train_source, exp.tasks, global_batch=config.batch_size,
-                                         seed=config.seed, mesh=exp.mesh, **pipeline.iterator_options(config.data))
+                                         seed=config.seed, mesh=exp.mesh, **inputs.options())
     cleanup.callback(getattr(train_iter, 'close', lambda: None))
     ckpt = Checkpointer(files.join(workdir, 'checkpoints'), max_to_keep=config.keep_checkpoints)
     cleanup.callback(ckpt.close)
@@ -231,6 +306,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stop_after: int | No
         f'{exp.steps_per_epoch} steps/epoch, {exp.total_steps} steps, batch {config.batch_size} over '
         f'{exp.mesh.size} {jax.devices()[0].platform} device(s) in {jax.process_count()} process(es)')
     log(ops.describe_path())
+    log(inputs.line())
     # Drops the rows of the steps this run repeats; resumed at its end, it repeats the final evaluation.
     writer = MetricWriter(workdir, start_step=step,
                           rerun_split=config.data.eval_split if step >= exp.total_steps else None)
@@ -254,15 +330,20 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stop_after: int | No
       return {'step': step, 'eval': eval_metrics, 'finished': False, 'exit_code': DIVERGED_EXIT_CODE}
 
     progress = Progress(exp.total_steps, config.batch_size, step)
+    waits = _InputWait(inputs)
     first = step
     eval_metrics: dict[str, float] = {}
+    metrics = None   # the last step's, on the device
     while step < exp.total_steps:
-      state, metrics = exp.train_step(state, sharding.shard_batch(next(train_iter), exp.mesh), rng)
+      with waits.waiting(metrics):
+        host_batch = next(train_iter)
+      state, metrics = exp.train_step(state, sharding.shard_batch(host_batch, exp.mesh), rng)
       step += 1
       window.add(step, metrics)
       if step == first + 1:  # the first step compiled; throughput counts from here
         jax.block_until_ready(metrics)
         progress.start(step)
+        waits.start()
       interrupted = stop.agreed() or (stop_after is not None and step - first >= stop_after)
       to_eval = bool(config.eval_every) and step % config.eval_every == 0 and step < exp.total_steps
       to_save = step % config.checkpoint_every == 0 or interrupted
@@ -274,13 +355,17 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stop_after: int | No
         msg, rate = progress.line(step, mean)
         writer.write(step, 'train', {**mean, 'images_per_s': rate, 'epoch': step / exp.steps_per_epoch})
         log(msg)
+        if (bound := waits.interval(step)) is not None:
+          log(bound)
         if (skips := window.skips_to_report()) is not None:
           log(skips)
       if to_eval:
-        eval_metrics = run_eval('eval')
+        with waits.paused():
+          eval_metrics = run_eval('eval')
         log(f'eval {config.data.eval_split} @ {step}: {fmt(eval_metrics)}')
       if to_save:
-        save(force=interrupted)
+        with waits.paused():
+          save(force=interrupted)
       if interrupted and step < exp.total_steps:
         why = (f'signal {stop.signum}' if stop.signum is not None else 'another process was stopped'
                if stop.signaled_anywhere else f'stop_after={stop_after}')
@@ -290,6 +375,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stop_after: int | No
 
     if (bad := window.check()) is not None:
       return diverged(bad)
+    if (waited := waits.summary()) is not None:
+      log(waited)
     if ckpt.latest_step() != step:  # first: an evaluator that fails must not cost the steps since the last save
       save(force=True)
     eval_metrics = run_eval('final')
