@@ -23,7 +23,6 @@ import concurrent.futures
 import dataclasses
 import hashlib
 import io
-import json
 import os
 import pathlib
 
@@ -34,7 +33,8 @@ from PIL import Image
 
 from jaxssl.data import deepfashion_layouts as layouts
 from jaxssl.data.paths import tfds_data_dir
-from jaxssl.data.prepared import RuntimeConfiguredBuilder, prepare_once
+from jaxssl.data.prepared import RuntimeConfiguredBuilder, prepare_once, write_skipped
+from jaxssl.data.prepared import skipped_images  # pylint: disable=unused-import  # this module's API too
 
 ENV_VARS = {'benchmark': 'JAXSSL_DEEPFASHION_DIR', 'attr_challenge': 'JAXSSL_DEEPFASHION_ATTR_DIR', 'csv': None}
 FORMATS = {'jpeg': 'JPEG', 'png': 'PNG'}
@@ -239,17 +239,5 @@ def builder(layout: str, data_cfg) -> DeepFashion:
       raise DataNotFoundError(f'{config.source_dir} (the {layout} folder) does not exist.\n{_HOW_TO[layout]}')
     b, made = prepare_once(b, lambda: DeepFashion(config=config, data_dir=tfds_data_dir(data_cfg)))
     if made:
-      _write_skipped(b)
+      write_skipped(b, 'annotated')
   return b
-
-
-def _write_skipped(b: DeepFashion) -> None:
-  splits = b.info.metadata.get('splits', {})
-  report = {'skipped': {s: v['skipped'] for s, v in splits.items()},
-            'counts': {s: {'annotated': v['annotated'], 'written': v['written']} for s, v in splits.items()}}
-  with open(os.path.join(b.data_dir, 'skipped_images.json'), 'w', encoding='utf-8') as f:
-    json.dump(report, f, indent=2)
-
-
-def skipped_images(b: DeepFashion) -> dict[str, list[dict[str, str]]]:
-  return {s: v['skipped'] for s, v in b.info.metadata.get('splits', {}).items()}

@@ -53,7 +53,6 @@ import concurrent.futures
 import dataclasses
 import hashlib
 import io
-import json
 import os
 import pathlib
 import time
@@ -67,7 +66,8 @@ from PIL import Image, ImageOps
 from jaxssl.data.deepfashion import FORMATS, JPEG_QUALITY, DataNotFoundError
 from jaxssl.data.deepfashion_layouts import AnnotationError
 from jaxssl.data.paths import tfds_data_dir
-from jaxssl.data.prepared import RuntimeConfiguredBuilder, prepare_once
+from jaxssl.data.prepared import RuntimeConfiguredBuilder, prepare_once, write_skipped
+from jaxssl.data.prepared import skipped_images  # pylint: disable=unused-import  # this module's API too
 from jaxssl.runlog import log
 
 ENV_VAR = 'JAXSSL_IMAGE_FOLDER_DIR'
@@ -550,7 +550,7 @@ def builder(data_cfg) -> ImageFolder:
   b = ImageFolder(config=config, data_dir=data_dir, workers=workers, plan=plan)
   b, made = prepare_once(b, lambda: ImageFolder(config=config, data_dir=data_dir, workers=workers))
   if made:
-    _write_skipped(b)
+    write_skipped(b, 'listed')
   return b
 
 
@@ -561,16 +561,6 @@ def _warn_if_changed(b: ImageFolder) -> None:
                     'Delete that folder to prepare the images again.', meta['source_dir'], b.data_dir)
 
 
-def _write_skipped(b: ImageFolder) -> None:
-  splits = b.info.metadata.get('splits', {})
-  report = {'skipped': {s: v['skipped'] for s, v in splits.items()},
-            'counts': {s: {'listed': v['listed'], 'written': v['written']} for s, v in splits.items()}}
-  with open(os.path.join(b.data_dir, 'skipped_images.json'), 'w', encoding='utf-8') as f:
-    json.dump(report, f, indent=2)
-
-
-def skipped_images(b: ImageFolder) -> dict[str, list[dict[str, str]]]:
-  return {s: v['skipped'] for s, v in b.info.metadata.get('splits', {}).items()}
 
 
 # ------------------------------------------------------------------------------------------------- reading

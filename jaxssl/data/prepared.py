@@ -3,6 +3,7 @@ image size, a source folder), prepared once into ArrayRecord and read with rando
 
 from __future__ import annotations
 
+import json
 import os
 
 import tensorflow_datasets as tfds
@@ -45,3 +46,18 @@ def prepare_once(builder, reopen):
     if not builder.is_prepared():
       raise
     return builder, False
+
+
+def write_skipped(builder, counted: str) -> None:
+  """``skipped_images.json`` beside a prepared copy: every image skipped at prepare time (missing or unreadable)
+  per split, and per split how many were ``counted`` (listed or annotated) and written."""
+  splits = builder.info.metadata.get('splits', {})
+  report = {'skipped': {s: v['skipped'] for s, v in splits.items()},
+            'counts': {s: {counted: v[counted], 'written': v['written']} for s, v in splits.items()}}
+  with open(os.path.join(builder.data_dir, 'skipped_images.json'), 'w', encoding='utf-8') as f:
+    json.dump(report, f, indent=2)
+
+
+def skipped_images(builder) -> dict[str, list[dict[str, str]]]:
+  """Split -> the images skipped when ``builder``'s copy was prepared (from its metadata)."""
+  return {s: v['skipped'] for s, v in builder.info.metadata.get('splits', {}).items()}
