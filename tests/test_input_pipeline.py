@@ -187,7 +187,8 @@ def test_input_wait_is_the_share_of_the_interval_spent_in_next():
 def test_a_run_logs_its_input_settings_and_its_wait(tfds_dir, tmp_path, capsys):
   """The run's log names the resolved input settings and ends training with the share of time it waited for
   input; a checkpoint saved with 2 workers resumes with 'auto' (0 on this CPU) to the uninterrupted run's figures."""
-  config = small_config(tfds_dir, total_steps=8, eval_every=0, checkpoint_every=4, log_every=4)
+  config = small_config(tfds_dir, total_steps=4, eval_every=0, checkpoint_every=2, log_every=2,
+                        **{'data.eval_limit': 128})
   reference = loop.train_and_evaluate(config, str(tmp_path / 'ref'))
   out = capsys.readouterr().out
   assert 'input: 0 workers x 1 thread, prefetch 4 (auto: ' in out and ' cpu)' in out
@@ -195,7 +196,7 @@ def test_a_run_logs_its_input_settings_and_its_wait(tfds_dir, tmp_path, capsys):
   share = float(summary.split('=')[1].split('%')[0])
   assert 0 <= share <= 100
   config.data.num_workers = 2
-  first = loop.train_and_evaluate(config, str(tmp_path / 'run'), stop_after=4)
+  first = loop.train_and_evaluate(config, str(tmp_path / 'run'), stop_after=2)
   assert not first['finished']
   assert 'input: 2 workers x 1 thread, prefetch 4 (auto read_threads, prefetch_batches: ' in capsys.readouterr().out
   config.data.num_workers = -1

@@ -46,25 +46,31 @@ def test_kfold_folds_are_disjoint_stratified_and_fixed():
 
 
 def test_kfold_study_trains_each_fold_and_lists_the_cells_it_cannot_have(tfds_dir, tmp_path):
+  # Seeds 1 and 2 (3 cells): 0.25 has 4 folds, so seed 2 trains there; 0.5 has 2, so seed 2 is skipped there.
   base = small_config(tfds_dir, **{'data.train_limit': 256, 'data.eval_limit': 64})
-  base.study = ml_collections.ConfigDict({'fractions': (0.25, 0.5), 'seeds': (0, 1, 2), 'subsets': 'kfold',
+  base.study = ml_collections.ConfigDict({'fractions': (0.25, 0.5), 'seeds': (1, 2), 'subsets': 'kfold',
                                           'inits': {'scratch': ''}, 'epochs': 0.0, 'min_steps': 1,
                                           'metric': 'classify/top1'})
   workdir = str(tmp_path / 'study')
   rows = study.run_study(base, workdir)
-  assert [(r['fraction'], r['seed']) for r in rows] == [(0.25, 0), (0.25, 1), (0.25, 2), (0.5, 0), (0.5, 1)]
+  assert [(r['fraction'], r['seed']) for r in rows] == [(0.25, 1), (0.25, 2), (0.5, 1)]
   with open(os.path.join(workdir, 'results.json'), encoding='utf-8') as f:
     results = json.load(f)
   assert results['subsets'] == 'kfold'
   assert [(s['fraction'], s['seed']) for s in results['skipped']] == [(0.5, 2)]
-  # The two folds of 0.5 are disjoint halves of the 256 records.
-  picked = []
-  for seed in (0, 1):
-    with open(os.path.join(workdir, 'cells', f'scratch_f0.5_s{seed}', 'config.json'), encoding='utf-8') as f:
+  # The two folds of 0.5 are disjoint halves of the 256 records: the trained cell's (seed 1) and, built from its
+  # config, seed 0's; the two folds of 0.25 trained are disjoint quarters.
+  picked = {}
+  for fraction, seed in ((0.25, 1), (0.25, 2), (0.5, 1)):
+    name = f'scratch_f{fraction:g}_s{seed}'
+    with open(os.path.join(workdir, 'cells', name, 'config.json'), encoding='utf-8') as f:
       cfg = ml_collections.ConfigDict(json.load(f))
-    assert cfg.data.subset_mode == 'kfold'
-    picked.append(experiment.build_experiment(cfg).train_source.indices)
-  assert len(np.intersect1d(picked[0], picked[1])) == 0
+    assert cfg.data.subset_mode == 'kfold' and cfg.data.subset_seed == seed
+    picked[fraction, seed] = experiment.build_experiment(cfg).train_source.indices
+  cfg.data.subset_seed = 0
+  picked[0.5, 0] = experiment.build_experiment(cfg).train_source.indices
+  assert len(np.intersect1d(picked[0.5, 0], picked[0.5, 1])) == 0
+  assert len(np.intersect1d(picked[0.25, 1], picked[0.25, 2])) == 0
 
 
 def test_tiny_study_runs_every_cell_once_and_summarizes(tfds_dir, tmp_path):
