@@ -86,7 +86,8 @@ def _check_counts(config: ml_collections.ConfigDict) -> None:
                        'from the cores and the backend)')
   if not 0 < data.train_fraction <= 1:
     raise ValueError(f'--config.data.train_fraction={data.train_fraction} must be in (0, 1] (1 = every record)')
-  if data.get('subset_mode', 'random') not in ('random', 'kfold'):
+  from jaxssl.data.subsets import MODES as SUBSET_MODES  # pylint: disable=import-outside-toplevel
+  if data.get('subset_mode', 'random') not in SUBSET_MODES:
     raise ValueError(f"--config.data.subset_mode='{data.subset_mode}' must be 'random' (a random subset per "
                      "subset_seed) or 'kfold' (disjoint stratified folds, subset_seed = the fold)")
 

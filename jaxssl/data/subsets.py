@@ -19,22 +19,6 @@ import numpy as np
 from jaxssl.data.datasets import require_labels
 from jaxssl.data.sources import read_records
 
-
-def stratified_subset(labels, fraction: float, seed: int) -> np.ndarray:
-  """Sorted indices of round(fraction x count) records of every class (at least 1 of a class present),
-  chosen at random with ``seed``; fraction 1 gives everything."""
-  if not 0 < fraction <= 1:
-    raise ValueError(f'fraction={fraction} must be in (0, 1]')
-  labels = np.asarray(labels)
-  rng = np.random.default_rng(seed)
-  picked = []
-  for c in np.unique(labels):  # sorted classes: the draw order is fixed
-    members = np.flatnonzero(labels == c)
-    n = min(len(members), max(1, int(round(fraction * len(members)))))
-    picked.append(rng.permutation(members)[:n])
-  return np.sort(np.concatenate(picked)) if picked else np.zeros(0, np.int64)
-
-
 MODES = ('random', 'kfold')
 FOLD_PERMUTATION_SEED = 0  # one fixed cut into folds: fold k of a fraction is the same images in every study
 
@@ -46,6 +30,20 @@ class FoldError(ValueError):
 def _class_members(labels: np.ndarray):
   for c in np.unique(labels):  # sorted classes: the draw order is fixed
     yield np.flatnonzero(labels == c)
+
+
+def stratified_subset(labels, fraction: float, seed: int) -> np.ndarray:
+  """Sorted indices of round(fraction x count) records of every class (at least 1 of a class present),
+  chosen at random with ``seed``; fraction 1 gives everything."""
+  if not 0 < fraction <= 1:
+    raise ValueError(f'fraction={fraction} must be in (0, 1]')
+  labels = np.asarray(labels)
+  rng = np.random.default_rng(seed)
+  picked = []
+  for members in _class_members(labels):
+    n = min(len(members), max(1, int(round(fraction * len(members)))))
+    picked.append(rng.permutation(members)[:n])
+  return np.sort(np.concatenate(picked)) if picked else np.zeros(0, np.int64)
 
 
 def _fold_size(count: int, fraction: float) -> int:
@@ -91,7 +89,7 @@ def source_labels(source) -> np.ndarray:
   labels = []
   for start in range(0, len(source), 4096):
     records = read_records(source, range(start, min(start + 4096, len(source))))
-    if records and 'label' not in records[0]:
+    if records:
       require_labels(records[0], 'a class-stratified labelled subset (data.train_fraction < 1, the study)')
     labels += [int(r['label']) for r in records]
   return np.asarray(labels, np.int64)
