@@ -74,6 +74,27 @@ def _first_line(exc: BaseException, limit: int = 200) -> str:
   return f'{type(exc).__name__}: {text[:limit]}{"..." if len(text) > limit else ""}'
 
 
+def _unraisable_filter(previous):
+  def unraisable(info):
+    code = getattr(info.object, 'cr_code', None)
+    if code is None or f'{os.sep}orbax{os.sep}' not in code.co_filename:
+      previous(info)
+  return unraisable
+
+
+_SILENCED = []  # set once a save failed: see _silence_failed_save
+
+
+def _silence_failed_save() -> None:
+  """For the rest of the process, once a save failed (the run ends with that one line): the failed save's other
+  writes end whenever they end, even after the line is printed, and each would report the same failure again (a
+  page through asyncio's log as its task is freed, the unraisable hook for its coroutine)."""
+  if not _SILENCED:
+    _SILENCED.append(True)
+    logging.getLogger('asyncio').setLevel(logging.CRITICAL)
+    sys.unraisablehook = _unraisable_filter(sys.unraisablehook)
+
+
 @contextlib.contextmanager
 def _quiet_orbax_failures():
   """While a restore is tried, or a failed save is closed: orbax leaves the other reads or writes of that step
@@ -83,19 +104,14 @@ def _quiet_orbax_failures():
   previous = sys.unraisablehook
   asyncio_log = logging.getLogger('asyncio')
   level = asyncio_log.level
-
-  def unraisable(info):
-    code = getattr(info.object, 'cr_code', None)
-    if code is None or f'{os.sep}orbax{os.sep}' not in code.co_filename:
-      previous(info)
-
-  sys.unraisablehook = unraisable
+  sys.unraisablehook = _unraisable_filter(previous)
   asyncio_log.setLevel(logging.CRITICAL)
   try:
     yield
   finally:
-    sys.unraisablehook = previous
-    asyncio_log.setLevel(level)
+    if not _SILENCED:  # else the failure's stragglers stay quiet for good
+      sys.unraisablehook = previous
+      asyncio_log.setLevel(level)
 
 
 def _everywhere(ok: bool) -> bool:
@@ -149,6 +165,7 @@ class Checkpointer:
     if err is None:
       return None
     self._failed = True
+    _silence_failed_save()
     step = re.search(r'/(\d+)\.orbax-checkpoint-tmp', str(exc))
     cause = str(err).split(': ', 1)[1] if str(err).startswith(self.directory + ': ') else str(err)
     return WriteError(f'{self.directory}: the checkpoint{f" of step {step.group(1)}" if step else ""} could not be '
