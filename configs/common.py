@@ -31,6 +31,10 @@ def data_config(name: str, **dataset_keys: Any) -> ml_collections.ConfigDict:
       'train_fraction': 1.0,    # < 1: a class-stratified random subset of the training records (after train_limit)
       'subset_seed': 0,         # which subset (with subset_mode=kfold: which fold)
       'subset_mode': 'random',  # 'random' subset per seed, or disjoint stratified 'kfold' folds (data/subsets.py)
+      # > 0: a class-stratified part of train_split (holdout_seed) is held out of training (before train_fraction)
+      # as validation images: eval_split='holdout' evaluates on them (choose hyper-parameters there, not on test).
+      'holdout_fraction': 0.0,
+      'holdout_seed': 0,
       # -1 = auto, chosen at start from the cores and the backend (jaxssl/data/pipeline.py auto_settings; the run
       # logs them): on a CPU 0 workers, 1 thread, 4 ahead (the step needs the cores); with an accelerator
       # min(cores - 2, 16) workers x 2 threads, 2 ahead each.
@@ -86,6 +90,10 @@ def base_config() -> ml_collections.ConfigDict:
   # Transfer (configs/fmnist_linear.py, fmnist_finetune.py, fmnist_knn.py): the backbone of another run.
   c.init_from = ''             # '' (from scratch) | a workdir | <workdir>/checkpoints/<step>
   c.init_step = -1             # with a workdir: which step (-1 = latest)
+  # A backbone array of another shape in init_from (CifarNet trained on jigsaw tiles: fc1 sized for the tile):
+  # 'error' stops the run; 'skip' keeps this model's fresh init for those arrays (listed in the log and in
+  # init_from.json as not_transferred); the layers' names must still agree.
+  c.init_mismatched = 'error'
 
   c.batch_size = 256
   c.eval_batch_size = 500

@@ -58,11 +58,12 @@ def one_line_errors() -> tuple[type[Exception], ...]:
 
 
 @contextlib.contextmanager
-def errors_as_one_line():
-  """Inside, an error of :func:`one_line_errors` ends the command with its one line and exit code 2."""
+def errors_as_one_line(*more: type[Exception]):
+  """Inside, an error of :func:`one_line_errors` (or of ``more``) ends the command with its one line and exit
+  code 2."""
   try:
     yield
-  except one_line_errors() as e:
+  except one_line_errors() + more as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
 
@@ -73,3 +74,37 @@ def run(define_flags, main) -> None:
   opts = define_flags()
   add_config_import_path(sys.argv)
   app.run(functools.partial(main, opts=opts), flags_parser=parse_flags)
+
+
+def run_config_command(what: str, example: str, workdir_help: str, body, *more_errors: type[Exception]) -> None:
+  """A ``--config FILE[:arg] --workdir DIR`` command (jaxssl.study, jaxssl.benchmark): its two flags defined now,
+  absl's log at WARNING unless --verbosity is given, the config checked (one line if bad), then
+  ``body(config, workdir)`` with :func:`errors_as_one_line` (and ``more_errors``)."""
+  # pylint: disable=import-outside-toplevel  # flag definitions and the check: when the command runs only
+  from ml_collections import config_flags
+  from absl import logging
+
+  def define_flags():
+    return (config_flags.DEFINE_config_file('config', None, f'{what} config, e.g. {example}.', lock_config=True),
+            flags.DEFINE_string('workdir', None, workdir_help))
+
+  def main(argv, opts):
+    if len(argv) > 1:
+      raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+    if not flags.FLAGS['verbosity'].present:
+      logging.set_verbosity(logging.WARNING)
+    from jaxssl.config_check import check_config
+    config, workdir = opts[0].value, opts[1].value
+    try:
+      check_config(config)
+    except ValueError as e:
+      sys.exit(f'error: bad config: {e}')
+    with errors_as_one_line(*more_errors):
+      body(config, workdir)
+
+  def define_required():
+    opts = define_flags()
+    flags.mark_flags_as_required(['config', 'workdir'])
+    return opts
+
+  run(define_required, main)

@@ -72,6 +72,10 @@ def _check_counts(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f'--config.{key}={config[key]} must be >= 0 ({meaning})')
   if config.total_steps <= 0 and config.num_epochs <= 0:
     raise ValueError('set --config.num_epochs or --config.total_steps to a positive value')
+  from jaxssl.train.transfer import MISMATCHED  # pylint: disable=import-outside-toplevel
+  if config.get('init_mismatched', 'error') not in MISMATCHED:
+    raise ValueError(f"--config.init_mismatched='{config.init_mismatched}' must be 'error' (a backbone array of "
+                     "another shape in init_from stops the run) or 'skip' (it keeps this model's init)")
   for key in ('eval_step', 'init_step'):
     if config[key] < -1:
       raise ValueError(f'--config.{key}={config[key]} must be a step >= 0, or -1 for the latest checkpoint')
@@ -86,7 +90,15 @@ def _check_counts(config: ml_collections.ConfigDict) -> None:
                        'from the cores and the backend)')
   if not 0 < data.train_fraction <= 1:
     raise ValueError(f'--config.data.train_fraction={data.train_fraction} must be in (0, 1] (1 = every record)')
+  from jaxssl.data.splits import HOLDOUT_SPLIT  # pylint: disable=import-outside-toplevel
   from jaxssl.data.subsets import MODES as SUBSET_MODES  # pylint: disable=import-outside-toplevel
+  holdout = float(data.get('holdout_fraction', 0.0))
+  if not 0 <= holdout < 1:
+    raise ValueError(f'--config.data.holdout_fraction={holdout} must be in [0, 1) (0 = no validation images held '
+                     'out of training)')
+  if data.eval_split == HOLDOUT_SPLIT and holdout == 0:
+    raise ValueError(f"--config.data.eval_split='{HOLDOUT_SPLIT}' evaluates on the training images held out by "
+                     'data.holdout_fraction, which is 0: set it too (e.g. --config.data.holdout_fraction=0.1)')
   if data.get('subset_mode', 'random') not in SUBSET_MODES:
     raise ValueError(f"--config.data.subset_mode='{data.subset_mode}' must be 'random' (a random subset per "
                      "subset_seed) or 'kfold' (disjoint stratified folds, subset_seed = the fold)")

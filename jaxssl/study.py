@@ -20,23 +20,8 @@ import json
 import sys
 from typing import Any
 
-from absl import app, flags, logging
-from ml_collections import config_flags
 
 from jaxssl import cli, files
-
-_FLAGS: dict = {}
-
-
-def _define_flags():
-  # Defined when run as the command only: importing this module (tests) must not claim --config, which
-  # jaxssl.main and jaxssl.bench define too.
-  _FLAGS['config'] = config_flags.DEFINE_config_file(
-      'config', None, 'Study config, e.g. configs/fmnist_label_efficiency.py.', lock_config=True)
-  _FLAGS['workdir'] = flags.DEFINE_string('workdir', None, 'Study directory: cells/, results.csv, results.json, '
-                                          'the plot.')
-  flags.mark_flags_as_required(['config', 'workdir'])
-
 
 def cell_name(init: str, fraction: float, seed: int) -> str:
   return f'{init}_f{fraction:g}_s{seed}'
@@ -163,28 +148,16 @@ def write_results(rows, workdir: str, metric: str, *, skipped=(), subsets_mode: 
   plt.close(fig)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
-  config, workdir = _FLAGS['config'].value, _FLAGS['workdir'].value
-  from jaxssl.config_check import check_config  # pylint: disable=import-outside-toplevel
-  try:
-    check_config(config)
-  except ValueError as e:
-    sys.exit(f'error: bad config: {e}')
+def _main(config, workdir: str) -> None:
   from jaxssl.runlog import writing  # pylint: disable=import-outside-toplevel
-  with cli.errors_as_one_line():
-    with writing(workdir, workdir):
-      files.makedirs(workdir)
-    run_study(config, workdir)
+  with writing(workdir, workdir):
+    files.makedirs(workdir)
+  run_study(config, workdir)
 
 
 def run():
-  _define_flags()
-  cli.add_config_import_path(sys.argv)
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run_config_command('Study', 'configs/fmnist_label_efficiency.py',
+                         'Study directory: cells/, results.csv, results.json, the plot.', _main)
 
 
 if __name__ == '__main__':

@@ -162,12 +162,23 @@ def test_init_from_loads_the_source_backbone_exactly(tfds_dir, tmp_path):
 
 def test_shape_mismatch_and_missing_checkpoint_are_one_clear_error(tfds_dir, tmp_path):
   src = str(tmp_path / 'tiles')
-  _save_source(src, tfds_dir, input_shape=(32, 32, 1))  # CifarNet built for 32x32 inputs
+  source = _backbone(_save_source(src, tfds_dir, input_shape=(32, 32, 1)).params)  # CifarNet built for 32x32 inputs
   with pytest.raises(ValueError) as err:
     experiment.build_experiment(small_config(tfds_dir, init_from=src))
   msg = str(err.value)
   assert 'backbone/fc1/kernel' in msg and '(4096, 384)' in msg and '(3136, 384)' in msg
   assert os.path.join(src, 'checkpoints', '0') in msg and 'model built from this config' in msg
+  assert 'init_mismatched=skip' in msg
+  # init_mismatched='skip': the arrays that fit are copied (the convolutions), fc1 keeps the fresh init.
+  fresh = _backbone(experiment.build_experiment(small_config(tfds_dir)).state.params)
+  exp = experiment.build_experiment(small_config(tfds_dir, init_from=src, init_mismatched='skip'))
+  got = _backbone(exp.state.params)
+  assert exp.init_info['not_transferred'] == ['fc1/kernel'] and got.keys() == source.keys() == fresh.keys()
+  kernels = [k for k in got if 'kernel' in k]
+  assert len(kernels) == 4
+  for k in kernels:
+    np.testing.assert_array_equal(got[k], fresh[k] if 'fc1' in k else source[k], err_msg=k)
+    assert 'fc1' in k or not np.array_equal(got[k], fresh[k]), k
   with pytest.raises(FileNotFoundError, match='no checkpoint'):
     experiment.build_experiment(small_config(tfds_dir, init_from=str(tmp_path / 'nowhere')))
   with pytest.raises(FileNotFoundError, match=r'available steps: \[0\]'):

@@ -12,6 +12,7 @@ import numpy as np
 from jaxssl.data.deepfashion_layouts import SPLITS as DEEPFASHION_SPLITS, AnnotationError
 from jaxssl.data.paths import tfds_data_dir
 from jaxssl.data.sources import IndexedSubset, PaddedImages
+from jaxssl.data.splits import split_keys
 
 FASHION_MNIST_SPLITS = ('train', 'test')  # jaxssl/data/fashion_mnist.py's SPLITS, without importing tfds
 
@@ -140,7 +141,7 @@ def check_splits(data_cfg: ml_collections.ConfigDict) -> None:
   names = SPLITS.get(data_cfg.name)
   if names is None:
     return  # a dataset added to DATASETS without its split names: load_split checks them once it is read
-  for key in ('train_split', 'eval_split'):
+  for key in split_keys(data_cfg):
     split = data_cfg.get(key)
     if split not in names:
       raise ValueError(f"dataset '{data_cfg.name}' has no split '{split}'; it has: {', '.join(names)} "

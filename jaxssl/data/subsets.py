@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxssl.data.datasets import require_labels
-from jaxssl.data.sources import read_records
+from jaxssl.data.datasets import load_split, require_labels
+from jaxssl.data.sources import IndexedSubset, read_records
+from jaxssl.data.splits import HOLDOUT_SPLIT
 
 MODES = ('random', 'kfold')
 FOLD_PERMUTATION_SEED = 0  # one fixed cut into folds: fold k of a fraction is the same images in every study
@@ -85,6 +86,14 @@ def labelled_subset(labels, fraction: float, seed: int, mode: str = 'random') ->
   return stratified_subset(labels, fraction, seed)
 
 
+def holdout_split(labels, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """(kept, held out): a class-stratified ``fraction`` of the records held out with ``seed`` (a validation split
+  carved from the training images, ``data.holdout_fraction``), and the rest, both sorted."""
+  labels = np.asarray(labels)
+  held = stratified_subset(labels, fraction, seed)
+  return np.setdiff1d(np.arange(len(labels)), held), held
+
+
 def source_labels(source) -> np.ndarray:
   labels = []
   for start in range(0, len(source), 4096):
@@ -93,3 +102,21 @@ def source_labels(source) -> np.ndarray:
       require_labels(records[0], 'a class-stratified labelled subset (data.train_fraction < 1, the study)')
     labels += [int(r['label']) for r in records]
   return np.asarray(labels, np.int64)
+
+
+def load_sources(info, data_cfg) -> tuple:
+  """(train, eval) sources of ``data_cfg``. With ``holdout_fraction`` > 0 a class-stratified part of the training
+  records (``holdout_seed``, :func:`holdout_split`) is taken out of training, before ``train_fraction``'s subset;
+  ``eval_split='holdout'`` evaluates on it: hyper-parameters are chosen on those validation images, never on the
+  test split."""
+  train = load_split(info, data_cfg.train_split, data_cfg, data_cfg.train_limit)
+  fraction = float(data_cfg.get('holdout_fraction', 0.0))
+  if fraction <= 0:
+    return train, load_split(info, data_cfg.eval_split, data_cfg, data_cfg.eval_limit)
+  kept, held = holdout_split(source_labels(train), fraction, int(data_cfg.get('holdout_seed', 0)))
+  if data_cfg.eval_split == HOLDOUT_SPLIT:
+    limit = int(data_cfg.eval_limit)
+    evaluated = IndexedSubset(train, held[:limit] if limit else held)
+  else:
+    evaluated = load_split(info, data_cfg.eval_split, data_cfg, data_cfg.eval_limit)
+  return IndexedSubset(train, kept), evaluated

@@ -40,6 +40,7 @@ import numpy as np
 
 from jaxssl.data.paths import tfds_data_dir
 from jaxssl.data.sources import read_records
+from jaxssl.data.splits import split_keys
 
 PREFIX = 'tfds:'
 GRAMMAR = 'tfds:NAME[/CONFIG][:VERSION]'
@@ -272,7 +273,7 @@ def check_splits(data_cfg: ml_collections.ConfigDict) -> None:
     builder = open_builder(spec, tfds_data_dir(data_cfg))
   except TfdsError:
     return
-  for key in ('train_split', 'eval_split'):
+  for key in split_keys(data_cfg):
     check_split(builder, spec.tfds_name, data_cfg.get(key), key)
 
 

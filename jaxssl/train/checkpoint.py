@@ -343,6 +343,8 @@ def data_fingerprint(data_cfg, num_records: int, *, seed: int, batch_size: int) 
           # a run resumes where data.num_workers='auto' (-1) chooses another count; older checkpoints' is ignored.
           # Only where it is not the default, so that runs saved before k-fold subsets existed still resume.
           **({'subset_mode': data_cfg.subset_mode} if data_cfg.get('subset_mode', 'random') != 'random' else {}),
+          **({'holdout': [float(data_cfg.holdout_fraction), int(data_cfg.get('holdout_seed', 0))]}
+             if data_cfg.get('holdout_fraction', 0.0) > 0 else {}),
           'content': {k: data_cfg[k] for k in CONTENT_KEYS if k in data_cfg}}
 
 

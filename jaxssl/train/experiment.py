@@ -55,8 +55,7 @@ def build_experiment(config: ml_collections.ConfigDict, *, load_init: bool = Tru
   replace the state anyway: resume, eval)."""
   # Data.
   info = datasets.get_dataset(config.data.name, config.data)
-  train_source = datasets.load_split(info, config.data.train_split, config.data, config.data.train_limit)
-  eval_source = datasets.load_split(info, config.data.eval_split, config.data, config.data.eval_limit)
+  train_source, eval_source = subsets.load_sources(info, config.data)
   if config.data.train_fraction < 1.0:  # label-efficiency studies: the same images for every init
     try:
       train_source = sources.IndexedSubset(train_source, subsets.labelled_subset(
@@ -80,8 +79,12 @@ def build_experiment(config: ml_collections.ConfigDict, *, load_init: bool = Tru
     raise DatasetMismatchError(message) from e
   init_info = None
   if load_init and config.init_from:  # before the optimizer state exists: it starts from these
-    init_info = transfer.load_init(model, config.init_from, config.init_step)  # a run, or a weights file
+    init_info = transfer.load_init(model, config.init_from, config.init_step,   # a run, or a weights file
+                                   config.get('init_mismatched', 'error'))
     log(f"backbone initialized from {init_info['checkpoint']} ({init_info['parameters']:,} values)")
+    if init_info.get('not_transferred'):
+      log(f"  not transferred (another shape there; kept at this model's init, init_mismatched=skip): "
+          f"{', '.join(init_info['not_transferred'])}")
     if init_info.get('format') == 'torchvision' and config.data.get('normalize', 'dataset') != 'imagenet':
       log('note: torchvision weights expect inputs standardized with ImageNet\'s mean and std; this run uses the '
           "dataset's own (add --config.data.normalize=imagenet to give them what they were trained on)")

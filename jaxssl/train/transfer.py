@@ -75,11 +75,16 @@ def read_backbone(checkpoint: str) -> dict[tuple[str, ...], np.ndarray]:
   return {k: np.asarray(v) for k, v in out.items()}
 
 
-def load_backbone(model, checkpoint: str) -> dict[str, Any]:
+MISMATCHED = ('error', 'skip')
+
+
+def load_backbone(model, checkpoint: str, mismatched: str = 'error') -> dict[str, Any]:
   """Copies the backbone of ``checkpoint`` into ``model.backbone`` in place; returns what was loaded.
 
-  Every backbone array of the model must be in the checkpoint with the same shape, and nothing else may be
-  there: anything else means a different architecture or input size, reported with both sides.
+  Every backbone array of the model must be in the checkpoint, and nothing else may be there: anything else
+  means a different architecture, reported with both sides. An array of another shape (the source was built for
+  another input size) stops it too, or with ``mismatched='skip'`` keeps the model's own init: those paths are
+  returned as ``not_transferred``.
   """
   source = read_backbone(checkpoint)
   state = nnx.state(model.backbone)
@@ -92,26 +97,36 @@ def load_backbone(model, checkpoint: str) -> dict[str, Any]:
                      f'{["/".join(p) for p in missing[:5]]}{" ..." if len(missing) > 5 else ""}; only in the '
                      f'checkpoint: {["/".join(p) for p in extra[:5]]}{" ..." if len(extra) > 5 else ""}. '
                      'Use the same --config.model.name and model.options as the source run.')
+  skipped = []
   for path, leaf in target.items():
     if tuple(source[path].shape) != tuple(leaf.shape) or source[path].dtype != leaf.dtype:
+      if mismatched == 'skip':
+        skipped.append(path)
+        continue
       raise TransferError(
           f'backbone shape mismatch at {BACKBONE}/{"/".join(path)}: {tuple(source[path].shape)} '
           f'{source[path].dtype} in the checkpoint {checkpoint}, {tuple(leaf.shape)} {leaf.dtype} in the model '
           'built from this config. The source backbone was built for other inputs or options (e.g. CifarNet on '
           'jigsaw tiles has fc1 sized for the tile, not the image): use a backbone that takes any size '
-          '(resnet20, ...) or the same input size and model options.')
+          '(resnet20, ...), the same input size and model options, or --config.init_mismatched=skip to keep '
+          'the fresh init of such arrays.')
   leaves, treedef = jax.tree_util.tree_flatten_with_path(state)
-  new = [jax.numpy.asarray(source[trees.path_keys(p)]) for p, _ in leaves]
+  new = [leaf if trees.path_keys(p) in skipped else jax.numpy.asarray(source[trees.path_keys(p)])
+         for p, leaf in leaves]
   nnx.update(model.backbone, jax.tree_util.tree_unflatten(treedef, new))
-  return {'checkpoint': checkpoint, 'step': int(os.path.basename(checkpoint)) if os.path.basename(
-      checkpoint).isdigit() else None, 'arrays': len(source), 'parameters': int(sum(v.size for v in source.values()))}
+  copied = {k: v for k, v in source.items() if k not in skipped}
+  info = {'checkpoint': checkpoint, 'step': int(os.path.basename(checkpoint)) if os.path.basename(
+      checkpoint).isdigit() else None, 'arrays': len(copied), 'parameters': int(sum(v.size for v in copied.values()))}
+  if skipped:
+    info['not_transferred'] = ['/'.join(p) for p in skipped]
+  return info
 
 
-def load_init(model, init_from: str, init_step: int = -1) -> dict[str, Any]:
+def load_init(model, init_from: str, init_step: int = -1, mismatched: str = 'error') -> dict[str, Any]:
   """``config.init_from`` into ``model.backbone``: a torchvision-format weights file (.safetensors, .pth, .pt;
   jaxssl/models/torchvision_weights.py) or a jaxssl run's checkpoint (:func:`load_backbone`)."""
   if not torchvision_weights.is_weights_file(init_from):
-    return load_backbone(model, resolve_checkpoint(init_from, init_step))
+    return load_backbone(model, resolve_checkpoint(init_from, init_step), mismatched)
   try:
     torchvision_weights.check_weights_file(init_from, init_step)
     return torchvision_weights.load_weights(model.backbone, init_from)[0]

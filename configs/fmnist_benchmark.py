@@ -1,0 +1,103 @@
+"""The benchmark on Fashion-MNIST (issue 18): every init pretrained, probed at every CifarNet layer on cached
+features, k-NN-classified at its best layer and fine-tuned at 0.1%, 1%, 10% and 100% of the labels x 3 subsets,
+against scratch on the same subsets (jaxssl/benchmark.py says what each part does and writes):
+
+  python -m jaxssl.benchmark --config configs/fmnist_benchmark.py --workdir runs/benchmark
+
+Quick look (two inits, rotation and random, a few minutes on 2 CPU cores: 2,000 training images of which 200 are
+the validation images, 500 test images, a 40-step rotation run, 2 selection + 2 x 2 fine-tuning cells per init):
+
+  python -m jaxssl.benchmark --config configs/fmnist_benchmark.py:quick --workdir /tmp/fmnist_benchmark_quick
+
+Rerunning either command continues where it stopped. The config itself is the fine-tuning recipe of
+configs/fmnist_finetune.py (every layer; the backbone's lr scale, 0.1 or 1, chosen on the validation images per
+init and fraction); ``benchmark`` holds the protocol. Expected: full scale to be measured. :quick (measured
+2026-11-30, 2-core CPU, 1m59s; a rerun does nothing): best-layer probe rotation 86.4% (conv1) / random 86.2%
+(conv2), k-NN 80.6% / 79.6%, fine-tuned at 5% 63.8 +- 2.3% / 60.3 +- 3.8%, at 100% 63.3 +- 4.1% / 63.5 +- 1.6%,
+lr scale 0.1 chosen for both (500 test images, 10-16 steps a cell: a look at the machinery, not a result).
+
+Jigsaw's CifarNet is built for its tiles (8 px) or its 24 px puzzle, so its fc1 has another shape than a 28 px
+classifier's: its convolutions transfer, fc1 and fc2 keep the classifier's init (``init_mismatched='skip'``, listed
+in init_from.json) and its probe stops at pool2. Not in the default inits: the combination of tasks (to be chosen
+from this benchmark's per-task results).
+
+Cost: with each pretext config's own schedule (15-100 epochs) the pretraining alone takes far more than a night
+on 2 CPU cores; ``--config.benchmark.pretrain_epochs=3`` gives every pretext run the same 3 epochs, and
+``--config.benchmark.epochs=5`` halves the 10% and 100% fine-tuning cells (jaxssl/benchmark.py's timings.json and
+the results say what each part cost).
+
+Arguments: ``quick`` (the quick look above).
+"""
+
+import ml_collections
+
+from configs import common
+
+# Pretext configs by path[:arg] (pretrained by the benchmark), '' for a random backbone (its fine-tuning cells are
+# scratch), or a trained workdir / weights file used as it is.
+INITS = {
+    'rotation': 'configs/fmnist_rotation.py',
+    'jigsaw': 'configs/fmnist_jigsaw.py',                    # 3x3 tiles of 8 px, 100 permutations
+    'jigsaw_coords': 'configs/fmnist_jigsaw.py:3x3_coords',  # every tile's place regressed
+    'autoencoder': 'configs/fmnist_autoencoder.py',
+    'denoising': 'configs/fmnist_autoencoder.py:masking',
+    'inpainting': 'configs/fmnist_inpainting.py',
+    'patch_location': 'configs/fmnist_patch_location.py',
+    'exemplar': 'configs/fmnist_exemplar.py',
+    'simclr': 'configs/fmnist_simclr.py',
+    'byol': 'configs/fmnist_byol.py',
+    'supervised': 'configs/fmnist_supervised.py',
+    'random': '',
+}
+
+
+def get_config(arg: str = '') -> ml_collections.ConfigDict:
+  """The benchmark's fine-tuning recipe and protocol (``quick``: the quick look of the module docstring)."""
+  a = common.parse_arg(arg, quick=False)
+  c = common.base_config()
+  c.tasks.classify = common.classify_task()
+  common.set_finetune(c, 'all')
+  b = c.benchmark = ml_collections.ConfigDict()
+  b.inits = ml_collections.ConfigDict(INITS)
+  # Copied from this config's data into every pretext run (where the images are), then pretrain_overrides (any
+  # keys of the pretext configs, nested) on top of each.
+  b.pretrain_data_keys = ('data_dir', 'source_dir', 'train_limit', 'eval_limit')
+  # No online probe in the pretext runs: the benchmark's own probe measures every layer once, at the end.
+  b.pretrain_overrides = ml_collections.ConfigDict({'online_probe': {'enabled': False}})
+  b.pretrain_epochs = 0.0         # > 0: every pretext run trains this many epochs (0: each config's own schedule)
+  b.fractions = (0.001, 0.01, 0.1, 1.0)
+  b.seeds = (0, 1, 2)
+  b.subsets = 'random'            # or 'kfold': disjoint stratified folds (seed experiment 003)
+  b.epochs = 10.0                 # each fine-tuning cell: epochs over its subset, at least min_steps steps
+  b.min_steps = 200
+  b.metric = 'classify/top1'
+  # The validation images: a class-stratified val_fraction of the training images (val_seed), the same for every
+  # init. The probe trains on the rest and chooses its layer, L2 and epoch on them; the fine-tuning subsets are
+  # drawn from the rest (data.holdout_fraction) and select.key is chosen on them. The test split: once per cell.
+  b.val_fraction = 0.1
+  b.val_seed = 0
+  # Fine-tuning hyper-parameter chosen on the validation images, per init and fraction: a cell per value on subset
+  # select.seed; the fractions not listed take the choice of the largest listed one below them (100%: 10%'s).
+  b.select = ml_collections.ConfigDict({'key': 'optim.backbone_lr_scale', 'choices': (0.1, 1.0),
+                                        'fractions': (0.001, 0.01, 0.1), 'seed': 0})
+  b.scratch_overrides = ml_collections.ConfigDict()   # any config keys for the random init's (scratch) cells only
+  # The cached per-layer probe (jaxssl/eval/cached_probe.py): () = every backbone layer; conv maps pooled to at
+  # most max_dim dims; L2 strengths tried at once, the best with its best epoch chosen on the validation split.
+  b.probe = ml_collections.ConfigDict({
+      'layers': (), 'max_dim': 9216, 'l2': (1e-5, 1e-4, 1e-3, 1e-2, 1e-1),
+      'epochs': 30, 'min_steps': 1000, 'batch_size': 512, 'lr': 1e-3, 'seed': 0,
+      'keep_features': False})    # True keeps 4.4 GB of float16 features per init on disk
+  b.knn = ml_collections.ConfigDict({'k': 200, 'temperature': 0.07})
+  if a.quick:
+    c.data.train_limit, c.data.eval_limit = 2000, 500
+    c.eval_batch_size = 500
+    b.inits = ml_collections.ConfigDict({'rotation': 'configs/fmnist_rotation.py:quick', 'random': ''})
+    b.pretrain_overrides = ml_collections.ConfigDict({
+        'total_steps': 40, 'eval_every': 0, 'checkpoint_every': 40, 'online_probe': {'enabled': False}})
+    b.fractions = (0.05, 1.0)
+    b.seeds = (0, 1)
+    b.epochs, b.min_steps = 2.0, 10
+    b.select.fractions = (0.05,)
+    b.probe.update({'l2': (1e-4, 1e-2), 'epochs': 5, 'min_steps': 300, 'batch_size': 256, 'keep_features': True})
+    b.knn.k = 20
+  return c

@@ -1,0 +1,620 @@
+r"""The benchmark (issue 18): every init evaluated the same way, resumably, by one command.
+
+  python -m jaxssl.benchmark --config configs/fmnist_benchmark.py --workdir runs/benchmark
+  python -m jaxssl.benchmark --config configs/fmnist_benchmark.py:quick --workdir /tmp/benchmark_quick
+
+For every init of ``benchmark.inits`` (name -> a pretext config ``path[:arg]``, ``''`` for a random backbone, or a
+trained workdir / weights file used as it is), in this order:
+
+1. **pretrain**: the config's run in ``<workdir>/pretrain/<init>/`` (the data keys of
+   ``benchmark.pretrain_data_keys`` taken from the benchmark's config, the validation images held out, then
+   ``benchmark.pretrain_overrides``);
+   skipped when its ``final_metrics.json`` exists, resumed from its checkpoint when interrupted.
+2. **probe**: every backbone layer's features extracted once into ``<workdir>/probe/<init>/features_d<max_dim>/``
+   and a linear probe per layer, its L2 strength and epoch chosen on the validation images (below), the test
+   split scored once (jaxssl/eval/cached_probe.py); ``probe/<init>/probe.json`` (per layer:
+   ``probe_<layer>.json``, skipped when there). ``benchmark.probe.keep_features=False`` deletes the cache once the
+   probe and the k-NN are written.
+3. **knn**: weighted k-NN (200-NN, T = 0.07) of the test split among the probe's training part, on the cached
+   features of the layer the probe chose on validation; ``probe/<init>/knn.json``.
+4. **finetune**: jaxssl/study.py's cells (the config's fine-tuning recipe from that init), ``benchmark.fractions``
+   x ``benchmark.seeds``, the same class-stratified subsets for every init, drawn from the training images less
+   the validation images (``data.holdout_fraction``); the random init's cells are the from-scratch baseline. Per
+   init and fraction of ``benchmark.select.fractions``, first a selection cell per value of
+   ``benchmark.select.key`` (default the backbone's learning-rate scale, 0.1 or 1) on subset ``select.seed``,
+   scored on the validation images (``<workdir>/finetune/select/``); the test cells
+   (``<workdir>/finetune/cells/<init>_f<fraction>_s<seed>/``) then train with the value chosen there (a fraction
+   not selected at takes the largest selected one's below it). Fractions run smallest first, so an interrupted
+   benchmark has its low-label columns complete first.
+
+The validation images (``benchmark.val_fraction`` of the training images, class-stratified, ``val_seed``) are
+one set for every init and every part: the pretext runs, the probe's training part and the fine-tuning subsets
+never contain them,
+and every choice (probe layer, L2, epoch; the fine-tuning hyper-parameter) is made on them. The test split is
+scored once per cell, by the chosen model only.
+
+Every part is skipped when its result file exists: rerunning the command continues where it stopped. After each
+part, ``results.md``, ``results.csv``, ``results.json`` (one row per init: best layer's probe, k-NN, fine-tuning
+at each fraction as mean +- std over seeds; wall time per part from ``timings.json``), ``probe_layers.png``
+(per-layer test top-1 of every init) and ``label_efficiency.png`` (every init's curve with error bars) are
+rewritten from what is on disk.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import io
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import ml_collections
+
+from jaxssl import cli, study
+
+class BenchmarkConfigError(ValueError):
+  """A benchmark config that names a pretext config that is not there, or overrides a key it does not have."""
+
+
+# ------------------------------------------------------------------------------------------------ configs
+
+
+def is_config_spec(spec: str) -> bool:
+  """A pretext config ``path.py[:arg]`` (pretrained here), as opposed to a workdir or weights file ('' = random)."""
+  return spec.partition(':')[0].endswith('.py')
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+  """``path.py[:arg]`` loaded as ml_collections' config flags load it: the module's ``get_config(arg)`` (or
+  ``get_config()`` without an argument). A relative path is looked up from the current folder, then from each
+  folder of ``sys.path`` (the checkout, where ``configs/`` lives)."""
+  path, colon, arg = spec.partition(':')
+  found = next((p for p in [path] + [os.path.join(d, path) for d in sys.path if d and not os.path.isabs(path)]
+                if os.path.isfile(p)), None)
+  if found is None:
+    raise BenchmarkConfigError(f"benchmark init config '{path}' not found (from {os.getcwd()} or sys.path); give "
+                               'a path such as configs/fmnist_rotation.py[:arg]')
+  found = os.path.abspath(found)
+  root = os.path.dirname(os.path.dirname(found))   # configs import their siblings: `from configs import common`
+  if root not in sys.path:
+    sys.path.insert(0, root)
+  name = '_jaxssl_benchmark_' + os.path.splitext(os.path.basename(found))[0]
+  module_spec = importlib.util.spec_from_file_location(name, found)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if colon else module.get_config()
+
+
+def merge(config: ml_collections.ConfigDict, overrides, where: str) -> None:
+  """Sets ``overrides`` (nested) into ``config``; a key ``config`` lacks is one line, not a silent new key."""
+  for key, value in overrides.items():
+    if key not in config:
+      raise BenchmarkConfigError(f"{where}: the config has no key '{key}' (it has: {', '.join(sorted(config))})")
+    if isinstance(value, ml_collections.ConfigDict) and isinstance(config[key], ml_collections.ConfigDict):
+      merge(config[key], value, f'{where}.{key}')
+    else:
+      config[key] = value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
+
+
+def set_key(config: ml_collections.ConfigDict, path: str, value, where: str) -> None:
+  """Sets the dotted ``path`` (``optim.backbone_lr_scale``) of ``config``; a key it lacks is one line."""
+  *parents, last = path.split('.')
+  node = config
+  for key in parents:
+    if key not in node or not isinstance(node[key], ml_collections.ConfigDict):
+      raise BenchmarkConfigError(f"{where}='{path}': the config has no block '{key}'")
+    node = node[key]
+  if last not in node:
+    raise BenchmarkConfigError(f"{where}='{path}': the config has no key '{last}'")
+  node[last] = value
+
+
+def transferred_layers(names: list[str], wanted: list[str], not_transferred: list[str]) -> list[str]:
+  """The layers of ``names`` (forward order) worth probing: ``wanted`` (all if empty), up to the first layer
+  whose parameters were not transferred (a jigsaw CifarNet's fc1: it and everything after it would be a random
+  layer's features)."""
+  stop = next((i for i, name in enumerate(names) if any(name in p.split('/') for p in not_transferred)),
+              len(names))
+  return [n for n in (wanted or names) if n in names[:stop]]
+
+
+def loop_train(c: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  from jaxssl.train import loop  # pylint: disable=import-outside-toplevel
+  return loop.train_and_evaluate(c, workdir)
+
+
+def pretrain_config(config: ml_collections.ConfigDict, spec: str) -> ml_collections.ConfigDict:
+  """The pretext run of ``spec``, with the benchmark's data location, ``benchmark.pretrain_epochs`` (> 0) and
+  ``benchmark.pretrain_overrides``."""
+  c = load_config(spec)
+  with c.unlocked():
+    for key in config.benchmark.pretrain_data_keys:
+      c.data[key] = config.data[key]
+    # Nothing trains on the validation images: not even a pretext task (the supervised init would use their labels).
+    c.data.holdout_fraction, c.data.holdout_seed = float(config.benchmark.val_fraction), int(config.benchmark.val_seed)
+    if config.benchmark.pretrain_epochs > 0:   # one budget for every pretext run (its own schedule otherwise)
+      c.num_epochs, c.total_steps = float(config.benchmark.pretrain_epochs), 0
+    merge(c, config.benchmark.pretrain_overrides, 'benchmark.pretrain_overrides')
+  return c
+
+
+def downstream_config(config: ml_collections.ConfigDict, init_from: str) -> ml_collections.ConfigDict:
+  """The benchmark's own recipe (fine-tuning a classifier) without the ``benchmark`` block, from ``init_from``."""
+  c = config.copy_and_resolve_references()
+  with c.unlocked():
+    del c['benchmark']
+    c.init_from = init_from
+    # A pretext backbone built for other inputs (CifarNet on jigsaw tiles: fc1 sized for a tile) transfers what
+    # fits (its convolutions); the rest keeps the classifier's init (init_from.json lists it).
+    c.init_mismatched = 'skip'
+  return c
+
+
+def cell_base(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The config jaxssl.study.cell_config expects: the recipe plus a ``study`` block."""
+  b = config.benchmark
+  c = downstream_config(config, '')
+  with c.unlocked():
+    c.data.holdout_fraction, c.data.holdout_seed = float(b.val_fraction), int(b.val_seed)  # never fine-tuned on
+    c.study = ml_collections.ConfigDict({'epochs': float(b.epochs), 'min_steps': int(b.min_steps),
+                                         'subsets': str(b.subsets)})
+  return c
+
+
+# ------------------------------------------------------------------------------------------------ bookkeeping
+
+
+class Ledger:
+  """Wall seconds per part, summed over every call that worked on it (``timings.json``)."""
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, 'timings.json')
+    self.seconds: dict[str, float] = {}
+    if os.path.exists(self.path):
+      with open(self.path, encoding='utf-8') as f:
+        self.seconds = json.load(f)
+
+  def add(self, part: str, seconds: float) -> None:
+    self.seconds[part] = self.seconds.get(part, 0.0) + float(seconds)
+    _write_text(self.path, json.dumps(self.seconds, indent=2) + '\n')
+
+
+def _write_text(path: str, text: str) -> None:
+  tmp = f'{path}.tmp-{os.getpid()}'
+  with open(tmp, 'w', encoding='utf-8') as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def _read_json(path: str):
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding='utf-8') as f:
+    return json.load(f)
+
+
+def _duration(seconds: float) -> str:
+  seconds = int(round(seconds))
+  h, m, s = seconds // 3600, seconds // 60 % 60, seconds % 60
+  return f'{h}h{m:02d}m' if h else f'{m}m{s:02d}s' if m else f'{s}s'
+
+
+# ------------------------------------------------------------------------------------------------ parts
+
+
+class Benchmark:
+  """The parts of one benchmark directory (module docstring); each method skips what is done."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    self.config, self.workdir = config, os.path.abspath(workdir)
+    self.b = config.benchmark
+    # ml_collections iterates keys in name order; the random init (scratch) goes last, as the table's reference.
+    self.inits = {k: v for k, v in self.b.inits.items() if k != 'random'}
+    if 'random' not in self.b.inits:
+      raise BenchmarkConfigError("benchmark.inits needs 'random' (''): its fine-tuning cells are the from-scratch "
+                                 'baseline every other init is compared with')
+    self.inits['random'] = self.b.inits['random']
+    os.makedirs(self.workdir, exist_ok=True)
+    self.ledger = Ledger(self.workdir)
+    self.errors: dict[str, str] = {}
+
+  def pretrain_dir(self, init: str) -> str:
+    return os.path.join(self.workdir, 'pretrain', init)
+
+  def probe_dir(self, init: str) -> str:
+    return os.path.join(self.workdir, 'probe', init)
+
+  def backbone(self, init: str) -> str:
+    """What the downstream parts start from: the pretext run, the given workdir or weights file, or '' (random)."""
+    spec = self.inits[init]
+    return self.pretrain_dir(init) if is_config_spec(spec) else spec
+
+  def _exit_unfinished(self, what: str, result: dict[str, Any]) -> None:
+    from jaxssl.runlog import log  # pylint: disable=import-outside-toplevel
+    from jaxssl.train import loop  # pylint: disable=import-outside-toplevel
+    if result['exit_code'] == loop.DIVERGED_EXIT_CODE:
+      log(f'benchmark stopped: {what} diverged (see above); change its config and rerun the same command')
+    else:
+      log(f'benchmark interrupted in {what}; rerun the same command to continue')
+    sys.exit(result['exit_code'])
+
+  def pretrain(self, init: str, n: str) -> None:
+    """Part 1: the pretext run of ``init`` (nothing for a random backbone or a given workdir / weights file)."""
+    from jaxssl.config_check import check_config  # pylint: disable=import-outside-toplevel
+    from jaxssl.runlog import log  # pylint: disable=import-outside-toplevel
+    from jaxssl.train import loop  # pylint: disable=import-outside-toplevel
+    spec = self.inits[init]
+    if not is_config_spec(spec):
+      return
+    run_dir = self.pretrain_dir(init)
+    if os.path.exists(os.path.join(run_dir, 'final_metrics.json')):
+      return
+    c = pretrain_config(self.config, spec)
+    check_config(c)
+    log(f'benchmark {n} pretrain {init}: {spec} -> {run_dir}')
+    t0 = time.perf_counter()
+    result = loop.train_and_evaluate(c, run_dir)
+    self.ledger.add(f'pretrain/{init}', time.perf_counter() - t0)
+    if not result['finished']:
+      self._exit_unfinished(f'pretraining {init}', result)
+
+  def probe_and_knn(self, init: str, n: str) -> None:
+    """Feature extraction (cached), the per-layer probe, the k-NN of the best layer; what exists is skipped."""
+    from jaxssl.eval import cached_probe  # pylint: disable=import-outside-toplevel
+    from jaxssl.runlog import log  # pylint: disable=import-outside-toplevel
+    out = self.probe_dir(init)
+    probe_json, knn_json = os.path.join(out, 'probe.json'), os.path.join(out, 'knn.json')
+    p = self.b.probe
+    features = os.path.join(out, f'features_d{p.max_dim}')   # another pooling size is another cache
+    if not os.path.exists(probe_json) or not os.path.exists(knn_json):
+      t0 = time.perf_counter()
+      exp, state = self._feature_model(init)
+      layers = transferred_layers(list(self._feature_names(exp, state)), list(p.layers),
+                                  (exp.init_info or {}).get('not_transferred', []))
+      if not os.path.exists(probe_json):
+        log(f'benchmark {n} probe {init}: extracting {", ".join(layers)} (pooled to <= {p.max_dim} dims) -> '
+            f'{features}')
+        info = cached_probe.extract(exp.eval_context(out), state, features, layers, max_dim=p.max_dim,
+                                    batch_size=self.config.eval_batch_size)
+        _write_text(os.path.join(out, 'features.json'), json.dumps(
+            {**info, 'max_dim': p.max_dim, 'backbone': self.backbone(init) or 'random', 'layers': layers,
+             'not_transferred': (exp.init_info or {}).get('not_transferred', [])}, indent=2) + '\n')
+        log(f"  features: {info['seconds']:.0f}s, {sum(info['bytes'].values()) / 1e9:.2f} GB cached")
+        summary = cached_probe.probe_all(
+            features, out, layers, num_classes=exp.info.num_classes, class_names=list(exp.info.class_names),
+            val_fraction=self.b.val_fraction, val_seed=self.b.val_seed, l2_grid=tuple(p.l2), epochs=p.epochs,
+            batch_size=p.batch_size, lr=p.lr, min_steps=p.min_steps, seed=p.seed)
+        self.ledger.add(f'probe/{init}', time.perf_counter() - t0)
+        log(f"  best layer on val: {summary['best_layer']}")
+      t1 = time.perf_counter()
+      best = _read_json(probe_json)['best_layer']
+      cached_probe.extract(exp.eval_context(out), state, features, [best], max_dim=p.max_dim,
+                           batch_size=self.config.eval_batch_size)   # nothing to do unless the cache was removed
+      train_idx, _ = cached_probe.val_split(cached_probe.load(features, 'train', 'labels'), self.b.val_fraction,
+                                            self.b.val_seed)
+      k = self.b.knn
+      r = cached_probe.knn_layer(features, best, train_idx, num_classes=exp.info.num_classes,
+                                 class_names=list(exp.info.class_names), k=k.k, temperature=k.temperature)
+      _write_text(knn_json, json.dumps(r, indent=2) + '\n')
+      self.ledger.add(f'knn/{init}', time.perf_counter() - t1)
+      log(f"benchmark {n} knn {init}: {best} top1={r['test_top1']:.4f} ({r['seconds']:.0f}s)")
+    if not p.keep_features:
+      cached_probe.remove_cache(features)
+
+  def _feature_model(self, init: str):
+    from jaxssl.train.experiment import build_experiment  # pylint: disable=import-outside-toplevel
+    c = downstream_config(self.config, self.backbone(init))
+    with c.unlocked():
+      c.data.train_fraction = 1.0
+      c.data.holdout_fraction = 0.0   # every training record: the probe holds the same validation images out itself
+    exp = build_experiment(c, load_init=True)
+    return exp, exp.state
+
+  @staticmethod
+  def _feature_names(exp, state):
+    from flax import nnx  # pylint: disable=import-outside-toplevel
+    return nnx.merge(exp.graphdef, state.params, state.model_state).backbone.feature_names
+
+  def finetune_cells(self) -> list[tuple[str, float, int]]:
+    return [(init, float(f), int(s)) for f in sorted(self.b.fractions) for s in self.b.seeds for init in self.inits
+            if init not in self.errors]
+
+  def select_dir(self, init: str, fraction: float, value) -> str:
+    key = str(self.b.select.key).rsplit('.', 1)[-1]
+    return os.path.join(self.workdir, 'finetune', 'select',
+                        f'{study.cell_name(init, fraction, int(self.b.select.seed))}_{key}={value:g}')
+
+  def chosen(self, init: str, fraction: float):
+    """The value of ``select.key`` the validation images chose for ``init`` at ``fraction`` (a fraction not in
+    ``select.fractions`` takes the choice of the largest selected one below it, else the smallest); None while its
+    selection cells are not all done."""
+    sel = self.b.select
+    picked = sorted(float(f) for f in sel.fractions)
+    if not picked or not sel.choices:
+      return None
+    at = max((f for f in picked if f <= fraction), default=picked[0])
+    scores = {}
+    for value in sel.choices:
+      m = _read_json(os.path.join(self.select_dir(init, at, value), 'final_metrics.json'))
+      if m is None:
+        return None
+      scores[value] = float(m[str(self.b.metric)])
+    return max(sel.choices, key=lambda v: scores[v])   # the first of equals: the order of select.choices
+
+  def finetune(self) -> None:
+    """Every fine-tuning cell not finished, smallest fraction first: for each fraction the selection cells (every
+    value of ``select.key`` on subset ``select.seed``, scored on the validation images), then the test cells with
+    the chosen value; a step-based ETA."""
+    import jax  # pylint: disable=import-outside-toplevel
+    from jaxssl.data import datasets, splits, subsets  # pylint: disable=import-outside-toplevel
+    from jaxssl.runlog import log  # pylint: disable=import-outside-toplevel
+    base = cell_base(self.config)
+    info = datasets.get_dataset(base.data.name, base.data)
+    train, _ = subsets.load_sources(info, base.data)   # the training records less the validation images
+    mode = str(self.b.subsets)
+    if mode not in subsets.MODES:
+      raise BenchmarkConfigError(f"benchmark.subsets='{mode}' must be one of: {', '.join(subsets.MODES)}")
+    sizes, folds = {}, {}
+    if mode == 'kfold':
+      labels = subsets.source_labels(train)
+      folds = {f: subsets.num_folds(labels, f) for f in self.b.fractions}
+      sizes = {f: len(subsets.stratified_fold(labels, f, 0)) for f in self.b.fractions if folds[f]}
+    sel = self.b.select
+    selected = {float(f) for f in sel.fractions} if sel.choices else set()
+
+    def config_for(init, fraction, seed, value, holdout):
+      c = study.cell_config(base, self.backbone(init), fraction, seed, len(train), jax.device_count(),
+                            subset_size=sizes.get(fraction, 0))
+      with c.unlocked():
+        if init == 'random':
+          merge(c, self.b.scratch_overrides, 'benchmark.scratch_overrides')
+        if value is not None:
+          set_key(c, str(sel.key), value, 'benchmark.select.key')
+        if holdout:
+          c.data.eval_split = splits.HOLDOUT_SPLIT
+      return c
+
+    todo = []   # (init, fraction, seed, selection value or None for a test cell, its directory)
+    for fraction in sorted(float(f) for f in self.b.fractions):
+      for init in self.inits:
+        if init in self.errors:
+          continue
+        if fraction in selected:
+          todo += [(init, fraction, int(sel.seed), v, self.select_dir(init, fraction, v)) for v in sel.choices]
+        todo += [(init, fraction, int(seed), None, self.cell_dir(init, fraction, seed)) for seed in self.b.seeds
+                 if mode != 'kfold' or seed < folds[fraction]]
+    todo = [t for t in todo if not os.path.exists(os.path.join(t[4], 'final_metrics.json'))]
+    steps = {t[4]: config_for(*t[:3], None, False).total_steps for t in todo}
+    total_steps, done_steps, t_all = sum(steps.values()), 0, 0.0
+    for i, (init, fraction, seed, value, cell_dir) in enumerate(todo):
+      if value is None:
+        chosen = self.chosen(init, fraction)
+        c = config_for(init, fraction, seed, chosen, False)
+      else:
+        c = config_for(init, fraction, seed, value, True)
+      what = (f'select {os.path.basename(cell_dir)} (on the validation images)' if value is not None else
+              f'cell {study.cell_name(init, fraction, seed)}' + (f' ({sel.key}={chosen:g}, chosen on validation)'
+                                                                 if chosen is not None else ''))
+      eta = (f' | ETA {_duration(t_all / done_steps * (total_steps - done_steps))}' if done_steps else '')
+      log(f'benchmark finetune {i + 1}/{len(todo)}: {what}, {c.total_steps} steps, batch {c.batch_size}{eta}')
+      t0 = time.perf_counter()
+      result = loop_train(c, cell_dir)
+      seconds = time.perf_counter() - t0
+      self.ledger.add(f'finetune/{init}', seconds)
+      self.ledger.add(f'finetune_fraction/{fraction:g}', seconds)
+      if not result['finished']:
+        self._exit_unfinished(f'fine-tuning {os.path.basename(cell_dir)}', result)
+      done_steps += steps[cell_dir]
+      t_all += seconds
+      if i + 1 == len(todo) or todo[i + 1][1] != fraction:
+        self.write_results()   # a fraction's column complete for every init
+
+  def cell_dir(self, init: str, fraction: float, seed: int) -> str:
+    return os.path.join(self.workdir, 'finetune', 'cells', study.cell_name(init, fraction, seed))
+
+  def guarded(self, init: str, part, *args) -> None:
+    """A backbone that does not fit the downstream model (jigsaw's tile-sized CifarNet) is recorded and skipped;
+    every other error stops the benchmark."""
+    from jaxssl.train.transfer import TransferError  # pylint: disable=import-outside-toplevel
+    try:
+      part(init, *args)
+    except TransferError as e:
+      from jaxssl.runlog import log  # pylint: disable=import-outside-toplevel
+      self.errors[init] = ' '.join(str(e).split())
+      log(f'benchmark: {init} skipped from here on: {self.errors[init]}')
+
+  def run(self) -> dict[str, Any]:
+    from jaxssl.runlog import log  # pylint: disable=import-outside-toplevel
+    t0 = time.perf_counter()
+    names = list(self.inits)
+    for i, init in enumerate(names):
+      n = f'[{i + 1}/{len(names)}]'
+      self.guarded(init, self.pretrain, n)
+      if init not in self.errors:
+        self.guarded(init, self.probe_and_knn, n)
+      self.write_results()
+    self.finetune()
+    results = self.write_results()
+    log(f'benchmark done ({_duration(time.perf_counter() - t0)} in this call) -> '
+        f"{os.path.join(self.workdir, 'results.md')}")
+    return results
+
+  # ---------------------------------------------------------------------------------------------- results
+
+  def collect(self) -> dict[str, Any]:
+    """Everything on disk, per init: pretext figures, per-layer probe, k-NN, fine-tuning cells; the timings."""
+    metric = str(self.b.metric)
+    rows, cells = [], []
+    for init in self.inits:
+      probe = _read_json(os.path.join(self.probe_dir(init), 'probe.json'))
+      knn = _read_json(os.path.join(self.probe_dir(init), 'knn.json'))
+      pretext = _read_json(os.path.join(self.pretrain_dir(init), 'final_metrics.json')) or {}
+      row = {'init': init, 'source': self.inits[init] or 'random',
+             'pretext': {k: v for k, v in pretext.items() if isinstance(v, (int, float))},
+             'probe_layers': {l: r['test_top1'] for l, r in probe['layers'].items()} if probe else {},
+             'probe_layers_val': {l: r['val_top1'] for l, r in probe['layers'].items()} if probe else {},
+             'best_layer': probe['best_layer'] if probe else None,
+             'probe_top1': probe['layers'][probe['best_layer']]['test_top1'] if probe else None,
+             'knn_top1': knn['test_top1'] if knn else None, 'finetune': {},
+             'wall_s': {part: self.ledger.seconds.get(f'{part}/{init}') for part in
+                        ('pretrain', 'probe', 'knn', 'finetune')}}
+      if init in self.errors:
+        row['error'] = self.errors[init]
+      row['chosen'] = {f'{f:g}': self.chosen(init, float(f)) for f in sorted(self.b.fractions)}
+      row['select_val'] = {}
+      for f in self.b.select.fractions:
+        for value in self.b.select.choices:
+          m = _read_json(os.path.join(self.select_dir(init, float(f), value), 'final_metrics.json'))
+          if m is not None:
+            row['select_val'][f'{float(f):g}/{value:g}'] = float(m[metric])
+      for fraction in sorted(self.b.fractions):
+        vals = []
+        for seed in self.b.seeds:
+          m = _read_json(os.path.join(self.cell_dir(init, fraction, seed), 'final_metrics.json'))
+          if m is not None:
+            vals.append(float(m[metric]))
+            cells.append({'init': init, 'fraction': float(fraction), 'seed': int(seed), metric: float(m[metric])})
+        if vals:
+          mean = sum(vals) / len(vals)
+          std = (sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5 if len(vals) > 1 else 0.0
+          row['finetune'][f'{fraction:g}'] = {'mean': mean, 'std': std, 'n': len(vals)}
+      rows.append(row)
+    return {'metric': metric, 'fractions': [float(f) for f in sorted(self.b.fractions)],
+            'seeds': [int(s) for s in self.b.seeds], 'subsets': str(self.b.subsets), 'inits': rows, 'cells': cells,
+            'timings_s': dict(self.ledger.seconds),
+            'total_wall_s': sum(v for k, v in self.ledger.seconds.items() if not k.startswith('finetune_fraction/')),
+            'protocol': {'probe': self.b.probe.to_dict(), 'knn': self.b.knn.to_dict(),
+                         'val_fraction': float(self.b.val_fraction), 'val_seed': int(self.b.val_seed),
+                         'select': self.b.select.to_dict(),
+                         'scratch_overrides': self.b.scratch_overrides.to_dict(),
+                         'epochs': float(self.b.epochs), 'min_steps': int(self.b.min_steps)}}
+
+  def write_results(self) -> dict[str, Any]:
+    """results.json / .csv / .md and the two plots, from what is on disk now (so partial results show too)."""
+    r = self.collect()
+    _write_text(os.path.join(self.workdir, 'results.json'), json.dumps(r, indent=2) + '\n')
+    fr = [f'{f:g}' for f in r['fractions']]
+    table = io.StringIO(newline='')
+    w = csv.writer(table)
+    w.writerow(['init', 'best_layer', 'probe_top1', 'knn_top1'] +
+               [f'ft{f}_{s}' for f in fr for s in ('mean', 'std', 'chosen')] +
+               ['pretrain_s', 'probe_s', 'knn_s', 'finetune_s'])
+    for row in r['inits']:
+      ft = []
+      for f in fr:
+        c = row['finetune'].get(f, {})
+        ft += [_num(c.get('mean')), _num(c.get('std')),
+               '' if row['chosen'].get(f) is None else f"{row['chosen'][f]:g}"]
+      w.writerow([row['init'], row['best_layer'] or '', _num(row['probe_top1']), _num(row['knn_top1'])] + ft +
+                 [_num(row['wall_s'][p], 0) for p in ('pretrain', 'probe', 'knn', 'finetune')])
+    _write_text(os.path.join(self.workdir, 'results.csv'), table.getvalue())
+    _write_text(os.path.join(self.workdir, 'results.md'), markdown(r))
+    self.plots(r)
+    return r
+
+  def plots(self, r: dict[str, Any]) -> None:
+    """probe_layers.png (RotNet's per-layer figure) and label_efficiency.png (every init, error bars)."""
+    from jaxssl.eval import plots  # pylint: disable=import-outside-toplevel  # Agg backend
+    plt = plots.plt
+    probed = [row for row in r['inits'] if row['probe_layers']]
+    if probed:
+      fig, ax = plt.subplots(figsize=(5.5, 3.8))
+      for row in probed:
+        layers = list(row['probe_layers'])
+        ax.plot(range(len(layers)), [100 * row['probe_layers'][l] for l in layers], marker='o', ms=3,
+                label=row['init'])
+        ax.set_xticks(range(len(layers)), layers)
+      ax.set_xlabel('backbone layer (pooled as in jaxssl/eval/cached_probe.py)')
+      ax.set_ylabel('linear probe test top-1 (%)')
+      ax.grid(alpha=0.3)
+      ax.legend(fontsize=7)
+      fig.tight_layout()
+      fig.savefig(os.path.join(self.workdir, 'probe_layers.png'), dpi=110)
+      plt.close(fig)
+    tuned = [row for row in r['inits'] if row['finetune']]
+    if tuned:
+      fig, ax = plt.subplots(figsize=(5.5, 3.8))
+      for row in tuned:
+        fs = sorted(row['finetune'], key=float)
+        ax.errorbar([100 * float(f) for f in fs], [100 * row['finetune'][f]['mean'] for f in fs],
+                    yerr=[100 * row['finetune'][f]['std'] for f in fs], marker='o', ms=3, capsize=3,
+                    label='scratch' if row['init'] == 'random' else row['init'])
+      ax.set_xscale('log')
+      ticks = [100 * f for f in r['fractions']]
+      ax.set_xticks(ticks, [f'{t:g}' for t in ticks])
+      ax.xaxis.set_minor_locator(plots.matplotlib.ticker.NullLocator())
+      ax.set_xlabel('labelled training images (%, log scale)')
+      ax.set_ylabel(f"fine-tuned {r['metric']} (%)")
+      ax.grid(alpha=0.3, which='both')
+      ax.legend(fontsize=7)
+      fig.tight_layout()
+      fig.savefig(os.path.join(self.workdir, 'label_efficiency.png'), dpi=110)
+      plt.close(fig)
+
+
+def _num(x, digits: int = 4) -> str:
+  return '' if x is None else f'{x:.{digits}f}'
+
+
+def markdown(r: dict[str, Any]) -> str:
+  """One table, init x {best layer's probe, k-NN, fine-tuning at each fraction}, test top-1 in %; fine-tuning as
+  mean +- std over seeds, with the difference from scratch (the random init's cells)."""
+  fr = [f'{f:g}' for f in r['fractions']]
+  sel = r['protocol']['select']
+  scratch = next((row['finetune'] for row in r['inits'] if row['init'] == 'random'), {})
+  head = ['init', 'probe (best layer on val)', 'k-NN'] + [f'fine-tune {100 * float(f):g}%' for f in fr] + \
+      ['wall: pretrain / probe / k-NN / fine-tune']
+  lines = ['| ' + ' | '.join(head) + ' |', '|' + ' --- |' * len(head)]
+  for row in r['inits']:
+    probe = f"{100 * row['probe_top1']:.1f} ({row['best_layer']})" if row['probe_top1'] is not None else '-'
+    knn = f"{100 * row['knn_top1']:.1f}" if row['knn_top1'] is not None else '-'
+    cols = []
+    for f in fr:
+      c = row['finetune'].get(f)
+      if c is None:
+        cols.append('-')
+        continue
+      text = f"{100 * c['mean']:.1f} +- {100 * c['std']:.1f}"
+      if row['init'] != 'random' and f in scratch:
+        text += f" ({100 * (c['mean'] - scratch[f]['mean']):+.1f})"
+      if row.get('chosen', {}).get(f) is not None:
+        text += f" [{row['chosen'][f]:g}]"
+      cols.append(text)
+    wall = ' / '.join(_duration(row['wall_s'][p]) if row['wall_s'][p] else '-'
+                      for p in ('pretrain', 'probe', 'knn', 'finetune'))
+    name = f"{row['init']} (scratch)" if row['init'] == 'random' else row['init']
+    if row.get('error'):
+      name += ' [skipped: see results.json]'
+    lines.append('| ' + ' | '.join([name, probe, knn] + cols + [wall]) + ' |')
+  n = len(r['seeds'])
+  notes = [
+      '', f"Test top-1 (%). Fine-tuning: mean +- std over {n} {'folds' if r['subsets'] == 'kfold' else 'subsets'} "
+      "(the same for every init), in round brackets the difference from scratch, in square brackets the "
+      f"{sel['key']} chosen on the validation images (from {', '.join(f'{v:g}' for v in sel['choices'])}). The "
+      "random init's probe and k-NN are of an untrained backbone; its fine-tuning cells are the from-scratch "
+      f"baseline. Validation images: a class-stratified {100 * r['protocol']['val_fraction']:g}% of the training "
+      "images, the same for every init, never trained on (by a pretext run, a probe or a fine-tuning cell); the "
+      "probe's layer, L2 strength and epoch and the fine-tuning hyper-parameter are chosen on them; the test split "
+      'is scored once '
+      f"per cell. Total wall time recorded: {_duration(r['total_wall_s'])}.", '']
+  return '\n'.join(lines + notes)
+
+
+# ------------------------------------------------------------------------------------------------ command
+
+
+def run_benchmark(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  return Benchmark(config, workdir).run()
+
+
+def run():
+  cli.run_config_command('Benchmark', 'configs/fmnist_benchmark.py[:quick]',
+                         'Benchmark directory: pretrain/, probe/, finetune/, results.*, the plots.', run_benchmark,
+                         BenchmarkConfigError)
+
+
+if __name__ == '__main__':
+  run()

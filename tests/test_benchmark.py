@@ -1,0 +1,155 @@
+"""The benchmark command (jaxssl/benchmark.py) end to end on its :quick config and the real Fashion-MNIST: every
+part runs once, the results are one table and two pictures, every init fine-tunes on the same subsets, and a
+rerun does nothing that is done."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from configs import fmnist_benchmark
+from jaxssl import benchmark
+from jaxssl.config_check import check_config
+from jaxssl.data import datasets, subsets
+from jaxssl.eval import cached_probe
+from jaxssl.train import experiment
+
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+LAYERS = ('pool2', 'fc1')
+
+
+def _quick(tfds_dir):
+  c = fmnist_benchmark.get_config('quick')
+  c.data.data_dir = tfds_dir
+  c.benchmark.seeds = (0,)   # the quick look's two seeds cost twice the cells; one shows the machinery
+  c.benchmark.probe.layers = LAYERS   # two of the six layers, and fewer probe steps: the test's time
+  c.benchmark.probe.min_steps = 150
+  return c
+
+
+def _json(path):
+  with open(path, encoding='utf-8') as f:
+    return json.load(f)
+
+
+def test_quick_benchmark_runs_every_part_once_and_a_rerun_skips_them(tfds_dir, tmp_path):
+  workdir = str(tmp_path / 'bench')
+  results = benchmark.run_benchmark(_quick(tfds_dir), workdir)
+  rows = {r['init']: r for r in results['inits']}
+  assert list(rows) == ['rotation', 'random']   # the scratch reference last
+  layers = list(LAYERS)
+  for row in rows.values():
+    assert list(row['probe_layers']) == layers and row['best_layer'] in layers
+    assert row['best_layer'] == max(layers, key=row['probe_layers_val'].get)   # chosen on validation
+    assert 0.3 < row['probe_top1'] <= 1 and 0.3 < row['knn_top1'] <= 1
+    assert set(row['finetune']) == {'0.05', '1'} and all(c['n'] == 1 for c in row['finetune'].values())
+    assert all(row['wall_s'][p] for p in ('probe', 'knn', 'finetune'))
+  assert rows['rotation']['pretext']['rotation/acc'] > 0.25 and rows['rotation']['wall_s']['pretrain']
+  pretrain = _json(os.path.join(workdir, 'pretrain', 'rotation', 'config.json'))
+  assert (pretrain['total_steps'], pretrain['data']['train_limit'], pretrain['online_probe']['enabled'],
+          pretrain['data']['holdout_fraction']) == (40, 2000, False, 0.1)   # not even pretext runs see val images
+  # Selection: per init, a cell per backbone lr scale on subset 0, scored on the validation images; the test cells
+  # (same subsets for both inits, the validation images held out) train with the better one, 100% with 5%'s.
+  for init in ('rotation', 'random'):
+    val = {}
+    for scale in (0.1, 1.0):
+      d = os.path.join(workdir, 'finetune', 'select', f'{init}_f0.05_s0_backbone_lr_scale={scale:g}')
+      c = _json(os.path.join(d, 'config.json'))
+      assert (c['data']['eval_split'], c['data']['holdout_fraction'], c['optim']['backbone_lr_scale']) == \
+          ('holdout', 0.1, scale)
+      val[scale] = _json(os.path.join(d, 'final_metrics.json'))['classify/top1']
+    chosen = max((0.1, 1.0), key=val.get)
+    assert rows[init]['chosen'] == {'0.05': chosen, '1': chosen}
+    for f in ('0.05', '1'):
+      c = _json(os.path.join(workdir, 'finetune', 'cells', f'{init}_f{f}_s0', 'config.json'))
+      assert (c['data']['eval_split'], c['data']['holdout_fraction'], c['optim']['backbone_lr_scale'],
+              c['data']['train_fraction'], c['data']['subset_seed']) == ('test', 0.1, chosen, float(f), 0)
+      assert c['init_from'] == ('' if init == 'random' else os.path.join(workdir, 'pretrain', 'rotation'))
+  for name in ('results.md', 'results.csv', 'results.json', 'probe_layers.png', 'label_efficiency.png',
+               'timings.json'):
+    assert os.path.getsize(os.path.join(workdir, name)) > 0, name
+  with open(os.path.join(workdir, 'results.md'), encoding='utf-8') as f:
+    md = f.read()
+  assert '| random (scratch) |' in md and 'fine-tune 5%' in md and 'fine-tune 100%' in md
+  # A rerun: nothing trained, extracted or probed again; the same table.
+  done = [os.path.join(workdir, 'pretrain', 'rotation', 'final_metrics.json'),
+          os.path.join(workdir, 'probe', 'random', 'probe.json'),
+          os.path.join(workdir, 'probe', 'rotation', 'knn.json'),
+          os.path.join(workdir, 'finetune', 'cells', 'rotation_f1_s0', 'final_metrics.json')]
+  stamps = [os.path.getmtime(p) for p in done]
+  timings = _json(os.path.join(workdir, 'timings.json'))
+  extractions = cached_probe.STATS['extractions']
+  again = benchmark.run_benchmark(_quick(tfds_dir), workdir)
+  assert [os.path.getmtime(p) for p in done] == stamps
+  assert cached_probe.STATS['extractions'] == extractions
+  assert _json(os.path.join(workdir, 'timings.json')) == timings
+  assert again['inits'] == results['inits']
+
+
+def test_bad_inits_are_one_line(tmp_path):
+  c = fmnist_benchmark.get_config('quick')
+  with pytest.raises(benchmark.BenchmarkConfigError, match="init config 'configs/nope.py' not found"):
+    benchmark.load_config('configs/nope.py:quick')
+  c.benchmark.pretrain_overrides = {'optim': {'lrr': 0.1}}
+  with pytest.raises(benchmark.BenchmarkConfigError, match=r"benchmark.pretrain_overrides.optim: the config has no "
+                                                           r"key 'lrr'"):
+    benchmark.pretrain_config(c, 'configs/fmnist_rotation.py:quick')
+  c.benchmark.pretrain_overrides = {}
+  c.benchmark.pretrain_epochs = 3.0
+  capped = benchmark.pretrain_config(c, 'configs/fmnist_rotation.py:quick')
+  assert (capped.num_epochs, capped.total_steps, capped.data.train_limit) == (3.0, 0, 2000)
+  del c.benchmark.inits['random']
+  with pytest.raises(benchmark.BenchmarkConfigError, match="benchmark.inits needs 'random'"):
+    benchmark.Benchmark(c, str(tmp_path))
+
+
+def test_the_validation_images_are_the_probes_and_no_training_run_sees_them(tfds_dir):
+  """data.holdout_fraction takes out of training exactly the records the cached probe validates on (the same
+  stratified draw), before the labelled subset; eval_split='holdout' evaluates on them."""
+  c = fmnist_benchmark.get_config('quick')
+  c.data.data_dir = tfds_dir
+  info = datasets.get_dataset(c.data.name, c.data)
+  every = subsets.source_labels(datasets.load_split(info, 'train', c.data, 2000))
+  kept_idx, val_idx = cached_probe.val_split(every, 0.1, 0)
+  per_class = np.bincount(every)
+  assert np.array_equal(np.bincount(every[val_idx]), np.round(0.1 * per_class).astype(int))   # stratified
+  assert len(kept_idx) + len(val_idx) == 2000 and not set(kept_idx) & set(val_idx)
+  c.data.holdout_fraction, c.data.eval_split = 0.1, 'holdout'
+  train, val = subsets.load_sources(info, c.data)
+  assert list(train.indices) == list(kept_idx) and list(val.indices) == list(val_idx)
+  c.data.eval_split, c.data.train_fraction = 'test', 0.05
+  exp = experiment.build_experiment(c, load_init=False)
+  assert len(exp.eval_source) == 500   # the test split (eval_limit), untouched
+  assert set(np.asarray(exp.train_source.source.indices)[exp.train_source.indices]) <= set(kept_idx)
+  c.data.holdout_fraction = 0.0
+  with pytest.raises(ValueError, match="eval_split='holdout' evaluates on the training images held out"):
+    c.data.eval_split = 'holdout'
+    check_config(c)
+
+
+def test_a_backbone_that_did_not_transfer_whole_is_probed_up_to_its_first_fresh_layer():
+  names = ['conv1', 'pool1', 'conv2', 'pool2', 'fc1', 'fc2']
+  assert benchmark.transferred_layers(names, [], ['fc1/kernel']) == names[:4]
+  assert benchmark.transferred_layers(names, ['conv2', 'fc2'], ['fc1/kernel']) == ['conv2']
+  assert benchmark.transferred_layers(names, [], []) == names
+  c = benchmark.downstream_config(fmnist_benchmark.get_config(), '/runs/jigsaw')
+  assert (c.init_from, c.init_mismatched) == ('/runs/jigsaw', 'skip') and 'benchmark' not in c
+
+
+def test_the_command_says_a_bad_init_in_one_line(tmp_path):
+  config = str(REPO / 'configs/fmnist_benchmark.py')
+  done = subprocess.run([sys.executable, '-m', 'jaxssl.benchmark', '--config', f'{config}:quick',
+                         '--workdir', str(tmp_path / 'b'), '--config.benchmark.inits.rotation=configs/nope.py'],
+                        cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+  assert done.returncode == 2, done.stderr[-2000:]
+  assert done.stderr.strip().splitlines()[-1].startswith("error: benchmark init config 'configs/nope.py' not found")
+  done = subprocess.run([sys.executable, '-m', 'jaxssl.benchmark', '--config', config,
+                         '--workdir', str(tmp_path / 'b'), '--config.data.holdout_fraction=1.5'],
+                        cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+  assert done.returncode == 1 and 'error: bad config: --config.data.holdout_fraction=1.5 must be in [0, 1)' in \
+      done.stderr, done.stderr[-2000:]
