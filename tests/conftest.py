@@ -113,6 +113,7 @@ def one_line(reason: str) -> str:
 
 _SAVED_ENV: dict[str, str | None] = {}  # the variables _isolate sets, as they were
 _ROOT = pytest.StashKey[pathlib.Path]()  # the session's temporary folder
+_SESSION_JAX_CACHE = 'JAXSSL_TEST_SESSION_JAX_CACHE'  # the controller's compilation cache, for xdist's workers
 
 
 def _isolate() -> pathlib.Path:
@@ -124,10 +125,21 @@ def _isolate() -> pathlib.Path:
   home = root / 'home'
   paths = {'HOME': home, 'XDG_CACHE_HOME': home / '.cache', 'XDG_CONFIG_HOME': home / '.config',
            'TFDS_DATA_DIR': root / 'tensorflow_datasets', 'JAXSSL_CACHE_DIR': root / 'jaxssl_cache'}
+  # One XLA compilation cache for the whole session, xdist's workers and every subprocess included: the same
+  # train step compiled by the next run (a resume, a second process, another benchmark cell) is read back.
+  shared = os.environ.get(_SESSION_JAX_CACHE) if os.environ.get('PYTEST_XDIST_WORKER') else None
+  paths['JAX_COMPILATION_CACHE_DIR'] = pathlib.Path(shared) if shared else root / 'jax_cache'
+  paths[_SESSION_JAX_CACHE] = paths['JAX_COMPILATION_CACHE_DIR']
   for name, path in paths.items():
     _SAVED_ENV.setdefault(name, os.environ.get(name))
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.environ[name] = str(path)
+  for name, value in (('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.2'),):
+    _SAVED_ENV.setdefault(name, os.environ.get(name))
+    os.environ[name] = value
+  import jax  # pylint: disable=import-outside-toplevel  # imported above (onednn): its config read the env then
+  jax.config.update('jax_compilation_cache_dir', str(paths['JAX_COMPILATION_CACHE_DIR']))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.2)
   if user_cache.is_dir() and os.environ.get('JAXSSL_ONEDNN', '1') != '0':
     try:
       with _env('JAXSSL_CACHE_DIR', str(user_cache)):

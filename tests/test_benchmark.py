@@ -27,6 +27,7 @@ def _quick(tfds_dir):
   c = fmnist_benchmark.get_config('quick')
   c.data.data_dir = tfds_dir
   c.benchmark.seeds = (0,)   # the quick look's two seeds cost twice the cells; one shows the machinery
+  c.data.train_limit, c.data.eval_limit, c.eval_batch_size = 1000, 300, 300   # half the quick look's images
   c.benchmark.probe.layers = LAYERS   # two of the six layers, and fewer probe steps: the test's time
   c.benchmark.probe.min_steps = 150
   return c
@@ -52,7 +53,7 @@ def test_quick_benchmark_runs_every_part_once_and_a_rerun_skips_them(tfds_dir, t
   assert rows['rotation']['pretext']['rotation/acc'] > 0.25 and rows['rotation']['wall_s']['pretrain']
   pretrain = _json(os.path.join(workdir, 'pretrain', 'rotation', 'config.json'))
   assert (pretrain['total_steps'], pretrain['data']['train_limit'], pretrain['online_probe']['enabled'],
-          pretrain['data']['holdout_fraction']) == (40, 2000, False, 0.1)   # not even pretext runs see val images
+          pretrain['data']['holdout_fraction']) == (40, 1000, False, 0.1)   # not even pretext runs see val images
   # Selection: per init, a cell per backbone lr scale on subset 0, scored on the validation images; the test cells
   # (same subsets for both inits, the validation images held out) train with the better one, 100% with 5%'s.
   for init in ('rotation', 'random'):
