@@ -355,13 +355,10 @@ class Benchmark:
     info = datasets.get_dataset(base.data.name, base.data)
     train, _ = subsets.load_sources(info, base.data)   # the training records less the validation images
     mode = str(self.b.subsets)
-    if mode not in subsets.MODES:
-      raise BenchmarkConfigError(f"benchmark.subsets='{mode}' must be one of: {', '.join(subsets.MODES)}")
-    sizes, folds = {}, {}
-    if mode == 'kfold':
-      labels = subsets.source_labels(train)
-      folds = {f: subsets.num_folds(labels, f) for f in self.b.fractions}
-      sizes = {f: len(subsets.stratified_fold(labels, f, 0)) for f in self.b.fractions if folds[f]}
+    try:
+      folds, sizes = subsets.fold_plan(train, self.b.fractions, mode, 'benchmark.subsets')
+    except ValueError as e:
+      raise BenchmarkConfigError(str(e)) from None
     sel = self.b.select
     selected = {float(f) for f in sel.fractions} if sel.choices else set()
 

@@ -59,13 +59,7 @@ def run_study(config, workdir: str) -> list[dict[str, Any]]:
   train = datasets.load_split(info, config.data.train_split, config.data, config.data.train_limit)
   num_records = len(train)
   mode = str(config.study.get('subsets', 'random'))
-  if mode not in subsets.MODES:
-    raise ValueError(f"--config.study.subsets='{mode}' must be one of: {', '.join(subsets.MODES)}")
-  folds, sizes = {}, {}
-  if mode == 'kfold':
-    labels = subsets.source_labels(train)
-    folds = {f: subsets.num_folds(labels, f) for f in config.study.fractions}
-    sizes = {f: len(subsets.stratified_fold(labels, f, 0)) for f in config.study.fractions if folds[f]}
+  folds, sizes = subsets.fold_plan(train, config.study.fractions, mode, '--config.study.subsets')
   rows, skipped = [], []
   cells = []
   for init in config.study.inits:

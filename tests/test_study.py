@@ -139,3 +139,12 @@ def test_a_labelled_subset_of_unlabelled_records_is_one_clear_error():
     features._labels({'image': np.zeros((2, 4, 4, 1))})  # pylint: disable=protected-access
   assert datasets.NoLabelsError in cli.one_line_errors()
   np.testing.assert_array_equal(subsets.source_labels([{'label': 3}, {'label': 1}]), [3, 1])
+
+
+def test_fold_plan_counts_the_folds_each_fraction_has_and_names_a_bad_mode():
+  records = [{'label': c} for c in (0,) * 40 + (1,) * 23]   # 0.5 of 23: two folds of 11; 0.1: 40 // 4 = 10 folds
+  folds, sizes = subsets.fold_plan(records, (0.5, 0.1), 'kfold', 'study.subsets')
+  assert folds == {0.5: 2, 0.1: 10} and sizes == {0.5: 20 + 11, 0.1: 4 + 2}
+  assert subsets.fold_plan(records, (0.5,), 'random', 'study.subsets') == ({}, {})
+  with pytest.raises(ValueError, match="benchmark.subsets='folds' must be one of: random, kfold"):
+    subsets.fold_plan(records, (0.5,), 'folds', 'benchmark.subsets')

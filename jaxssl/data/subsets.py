@@ -76,6 +76,18 @@ def stratified_fold(labels, fraction: float, fold: int) -> np.ndarray:
   return np.sort(np.concatenate(picked)) if picked else np.zeros(0, np.int64)
 
 
+def fold_plan(train, fractions, mode: str, where: str) -> tuple[dict, dict]:
+  """For a study of ``fractions`` in ``mode`` over the records of ``train``: (folds per fraction, records per fold)
+  with 'kfold', both empty with 'random'; another mode is a ValueError naming ``where`` (the config key)."""
+  if mode not in MODES:
+    raise ValueError(f"{where}='{mode}' must be one of: {', '.join(MODES)}")
+  if mode != 'kfold':
+    return {}, {}
+  labels = source_labels(train)
+  folds = {f: num_folds(labels, f) for f in fractions}
+  return folds, {f: len(stratified_fold(labels, f, 0)) for f in fractions if folds[f]}
+
+
 def labelled_subset(labels, fraction: float, seed: int, mode: str = 'random') -> np.ndarray:
   """The training records of one study cell: ``mode`` 'random' (seed = which random subset) or 'kfold'
   (seed = which fold)."""
