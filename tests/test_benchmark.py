@@ -15,6 +15,7 @@ from configs import fmnist_benchmark
 from jaxssl import benchmark
 from jaxssl.config_check import check_config
 from jaxssl.data import datasets, subsets
+from jaxssl.data.sources import read_records
 from jaxssl.eval import cached_probe
 from jaxssl.train import experiment
 
@@ -123,6 +124,10 @@ def test_the_validation_images_are_the_probes_and_no_training_run_sees_them(tfds
   c.data.holdout_fraction, c.data.eval_split = 0.1, 'holdout'
   train, val = subsets.load_sources(info, c.data)
   assert list(train.indices) == list(kept_idx) and list(val.indices) == list(val_idx)
+  # The labels they carry (so that the labelled subset reads no record again) are their records' labels.
+  for part, idx in ((train, kept_idx), (val, val_idx)):
+    read = [int(r['label']) for r in read_records(part, range(len(part)))]
+    assert list(subsets.source_labels(part)) == read == list(every[idx])
   c.data.eval_split, c.data.train_fraction = 'test', 0.05
   exp = experiment.build_experiment(c, load_init=False)
   assert len(exp.eval_source) == 500   # the test split (eval_limit), untouched

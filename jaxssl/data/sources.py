@@ -16,10 +16,12 @@ def read_records(source, indices: Sequence[int]) -> list[dict[str, Any]]:
 
 
 class IndexedSubset:
-  """The records of ``source`` at ``indices``, as a random-access source."""
+  """The records of ``source`` at ``indices``, as a random-access source. ``labels``: theirs, where the caller
+  already read them (subsets.source_labels then reads nothing)."""
 
-  def __init__(self, source, indices):
+  def __init__(self, source, indices, labels=None):
     self.source, self.indices = source, np.asarray(indices, np.int64)
+    self.labels = None if labels is None else np.asarray(labels, np.int64)
 
   def __len__(self):
     return len(self.indices)

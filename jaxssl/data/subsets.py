@@ -107,6 +107,8 @@ def holdout_split(labels, fraction: float, seed: int) -> tuple[np.ndarray, np.nd
 
 
 def source_labels(source) -> np.ndarray:
+  if getattr(source, 'labels', None) is not None:   # an IndexedSubset made where they were read (load_sources)
+    return source.labels
   labels = []
   for start in range(0, len(source), 4096):
     records = read_records(source, range(start, min(start + 4096, len(source))))
@@ -125,10 +127,11 @@ def load_sources(info, data_cfg) -> tuple:
   fraction = float(data_cfg.get('holdout_fraction', 0.0))
   if fraction <= 0:
     return train, load_split(info, data_cfg.eval_split, data_cfg, data_cfg.eval_limit)
-  kept, held = holdout_split(source_labels(train), fraction, int(data_cfg.get('holdout_seed', 0)))
+  labels = source_labels(train)
+  kept, held = holdout_split(labels, fraction, int(data_cfg.get('holdout_seed', 0)))
   if data_cfg.eval_split == HOLDOUT_SPLIT:
-    limit = int(data_cfg.eval_limit)
-    evaluated = IndexedSubset(train, held[:limit] if limit else held)
+    held = held[:int(data_cfg.eval_limit)] if data_cfg.eval_limit else held
+    evaluated = IndexedSubset(train, held, labels[held])
   else:
     evaluated = load_split(info, data_cfg.eval_split, data_cfg, data_cfg.eval_limit)
-  return IndexedSubset(train, kept), evaluated
+  return IndexedSubset(train, kept, labels[kept]), evaluated   # the labelled subset and folds read no record again
