@@ -54,6 +54,7 @@ from typing import Any
 import ml_collections
 
 from jaxssl import cli, study
+from jaxssl.runlog import write_json, write_text
 
 class BenchmarkConfigError(ValueError):
   """A benchmark config that names a pretext config that is not there, or overrides a key it does not have."""
@@ -179,14 +180,7 @@ class Ledger:
 
   def add(self, part: str, seconds: float) -> None:
     self.seconds[part] = self.seconds.get(part, 0.0) + float(seconds)
-    _write_text(self.path, json.dumps(self.seconds, indent=2) + '\n')
-
-
-def _write_text(path: str, text: str) -> None:
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    f.write(text)
-  os.replace(tmp, path)
+    write_json(self.path, self.seconds)
 
 
 def _read_json(path: str):
@@ -279,9 +273,9 @@ class Benchmark:
             f'{features}')
         info = cached_probe.extract(exp.eval_context(out), state, features, layers, max_dim=p.max_dim,
                                     batch_size=self.config.eval_batch_size)
-        _write_text(os.path.join(out, 'features.json'), json.dumps(
-            {**info, 'max_dim': p.max_dim, 'backbone': self.backbone(init) or 'random', 'layers': layers,
-             'not_transferred': (exp.init_info or {}).get('not_transferred', [])}, indent=2) + '\n')
+        write_json(os.path.join(out, 'features.json'),
+                   {**info, 'max_dim': p.max_dim, 'backbone': self.backbone(init) or 'random', 'layers': layers,
+                    'not_transferred': (exp.init_info or {}).get('not_transferred', [])})
         log(f"  features: {info['seconds']:.0f}s, {sum(info['bytes'].values()) / 1e9:.2f} GB cached")
         summary = cached_probe.probe_all(
             features, out, layers, num_classes=exp.info.num_classes, class_names=list(exp.info.class_names),
@@ -298,7 +292,7 @@ class Benchmark:
       k = self.b.knn
       r = cached_probe.knn_layer(features, best, train_idx, num_classes=exp.info.num_classes,
                                  class_names=list(exp.info.class_names), k=k.k, temperature=k.temperature)
-      _write_text(knn_json, json.dumps(r, indent=2) + '\n')
+      write_json(knn_json, r)
       self.ledger.add(f'knn/{init}', time.perf_counter() - t1)
       log(f"benchmark {n} knn {init}: {best} top1={r['test_top1']:.4f} ({r['seconds']:.0f}s)")
     if not p.keep_features:
@@ -317,10 +311,6 @@ class Benchmark:
   def _feature_names(exp, state):
     from flax import nnx  # pylint: disable=import-outside-toplevel
     return nnx.merge(exp.graphdef, state.params, state.model_state).backbone.feature_names
-
-  def finetune_cells(self) -> list[tuple[str, float, int]]:
-    return [(init, float(f), int(s)) for f in sorted(self.b.fractions) for s in self.b.seeds for init in self.inits
-            if init not in self.errors]
 
   def select_dir(self, init: str, fraction: float, value) -> str:
     key = str(self.b.select.key).rsplit('.', 1)[-1]
@@ -492,7 +482,7 @@ class Benchmark:
   def write_results(self) -> dict[str, Any]:
     """results.json / .csv / .md and the two plots, from what is on disk now (so partial results show too)."""
     r = self.collect()
-    _write_text(os.path.join(self.workdir, 'results.json'), json.dumps(r, indent=2) + '\n')
+    write_json(os.path.join(self.workdir, 'results.json'), r)
     fr = [f'{f:g}' for f in r['fractions']]
     table = io.StringIO(newline='')
     w = csv.writer(table)
@@ -507,8 +497,8 @@ class Benchmark:
                '' if row['chosen'].get(f) is None else f"{row['chosen'][f]:g}"]
       w.writerow([row['init'], row['best_layer'] or '', _num(row['probe_top1']), _num(row['knn_top1'])] + ft +
                  [_num(row['wall_s'][p], 0) for p in ('pretrain', 'probe', 'knn', 'finetune')])
-    _write_text(os.path.join(self.workdir, 'results.csv'), table.getvalue())
-    _write_text(os.path.join(self.workdir, 'results.md'), markdown(r))
+    write_text(os.path.join(self.workdir, 'results.csv'), table.getvalue())
+    write_text(os.path.join(self.workdir, 'results.md'), markdown(r))
     self.plots(r)
     return r
 

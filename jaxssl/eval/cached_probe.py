@@ -38,7 +38,7 @@ import optax
 
 from jaxssl.data import datasets, subsets
 from jaxssl.eval.knn import accuracy_report, knn_predict
-from jaxssl.runlog import log
+from jaxssl.runlog import log, write_json, write_text
 from jaxssl.tasks.base import normalize
 
 DEFAULT_MAX_DIM = 9216
@@ -301,7 +301,7 @@ def probe_all(cache_dir: str, out_dir: str, layers, *, num_classes: int, class_n
     if not os.path.exists(path):
       r = probe_layer(cache_dir, layer, train_idx, val_idx, num_classes=num_classes, class_names=class_names,
                       **fit_options)
-      _write_json(path, r)
+      write_json(path, r)
       log(f"  probe {layer} ({i + 1}/{len(layers)}, {r['dim']} dims, {r['seconds']:.0f}s): l2={r['l2']:g} "
           f"epoch {r['epoch']} val {r['val_top1']:.4f} test {r['test_top1']:.4f}")
     with open(path, encoding='utf-8') as f:
@@ -309,11 +309,11 @@ def probe_all(cache_dir: str, out_dir: str, layers, *, num_classes: int, class_n
   best = max(layers, key=lambda l: results[l]['val_top1'])   # chosen on validation, never on test
   summary = {'layers': results, 'best_layer': best, 'val_fraction': val_fraction, 'val_seed': val_seed,
              'fit_options': {k: list(v) if isinstance(v, tuple) else v for k, v in fit_options.items()}}
-  _write_json(os.path.join(out_dir, 'probe.json'), summary)
+  write_json(os.path.join(out_dir, 'probe.json'), summary)
   rows = ['layer,dim,l2,epoch,val_top1,test_top1,test_top5,seconds'] + [
       f"{l},{r['dim']},{r['l2']:g},{r['epoch']},{r['val_top1']:.4f},{r['test_top1']:.4f},{r['test_top5']:.4f},"
       f"{r['seconds']:.1f}" for l, r in results.items()]
-  _write_text(os.path.join(out_dir, 'probe.csv'), '\n'.join(rows) + '\n')
+  write_text(os.path.join(out_dir, 'probe.csv'), '\n'.join(rows) + '\n')
   return summary
 
 
@@ -335,14 +335,3 @@ def knn_layer(cache_dir: str, layer: str, train_idx, *, num_classes: int, class_
   return {'layer': layer, 'k': int(k), 'temperature': float(temperature), 'train_count': int(len(train_idx)),
           'test_top1': r['top1'], 'test_top5': r['top5'], 'per_class_top1': r['per_class_top1'],
           'test_count': r['count'], 'seconds': time.perf_counter() - t0}
-
-
-def _write_json(path: str, value) -> None:
-  _write_text(path, json.dumps(value, indent=2) + '\n')
-
-
-def _write_text(path: str, text: str) -> None:
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    f.write(text)
-  os.replace(tmp, path)
