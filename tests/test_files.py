@@ -8,9 +8,11 @@ kvstore spec is pointed there), and orbax's bucket-layout question (hierarchical
 """
 
 import importlib
+import io
 import json
 import os
 import sys
+import tempfile
 import time
 import types
 
@@ -129,9 +131,29 @@ def test_a_gs_path_without_its_client_is_one_line_and_writes_nothing(generated_t
   assert not os.listdir(tmp_path)  # no local folder named gs: or s3:
 
 
+class _Upload(io.BytesIO):
+  """An object being uploaded: as on GCS, readers see the previous version until it is complete (written into
+  ``spool`` beside the buckets, then renamed over the object on close)."""
+
+  def __init__(self, target: str, spool: str):
+    super().__init__()
+    self.target, self.spool = target, spool
+
+  def close(self):
+    if not self.closed:
+      os.makedirs(self.spool, exist_ok=True)
+      fd, temp = tempfile.mkstemp(dir=self.spool)
+      with os.fdopen(fd, 'wb') as f:
+        f.write(self.getvalue())
+      os.replace(temp, self.target)
+    super().close()
+
+
 class _BucketsOnDisk(LocalFileSystem):  # pylint: disable=abstract-method  # as LocalFileSystem (_rm, sign)
   """A stand-in for gcsfs: gs://<bucket>/<key> is <root>/<bucket>/<key>. As on GCS, a write needs no folder made
-  first, and ``pipe_file(mode='create')`` fails with FileExistsError where an object is (gcsfs: HTTP 412)."""
+  first, an overwritten object is replaced whole when its upload completes (a lock's heartbeat never shows a reader
+  an empty file), and ``pipe_file(mode='create')`` fails with FileExistsError where an object is (gcsfs: HTTP
+  412)."""
   protocol = ('gs', 'gcs')
   root = ''
   cachable = False
@@ -150,6 +172,13 @@ class _BucketsOnDisk(LocalFileSystem):  # pylint: disable=abstract-method  # as 
   def glob(self, path, maxdepth=None, **kwargs):
     """Matches as gcsfs names them, '<bucket>/<key>' (epath puts 'gs://' before each)."""
     return [os.path.relpath(p, self.root) for p in super().glob(path, maxdepth=maxdepth, **kwargs)]
+
+  def _open(self, path, mode='rb', block_size=None, **kwargs):
+    if 'w' not in mode:
+      return super()._open(path, mode, block_size=block_size, **kwargs)
+    local = self._strip_protocol(path)
+    os.makedirs(os.path.dirname(local), exist_ok=True)
+    return _Upload(local, os.path.join(os.path.dirname(self.root), 'uploads'))
 
   def pipe_file(self, path, value, mode='overwrite', **kwargs):
     if mode != 'create':
