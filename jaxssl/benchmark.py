@@ -36,8 +36,10 @@ scored once per cell, by the chosen model only.
 Every part is skipped when its result file exists: rerunning the command continues where it stopped. After each
 part, ``results.md``, ``results.csv``, ``results.json`` (one row per init: best layer's probe, k-NN, fine-tuning
 at each fraction as mean +- std over seeds; wall time per part from ``timings.json``), ``probe_layers.png``
-(per-layer test top-1 of every init) and ``label_efficiency.png`` (every init's curve with error bars) are
-rewritten from what is on disk.
+(per-layer test top-1 of every init), ``label_efficiency.png`` (every init's curve with error bars),
+``filters.png`` (the first convolution each pretrained backbone learned, one panel per init) and
+``reconstructions.png`` (the last reconstructions each dense pretext run drew: autoencoder, denoising,
+inpainting) are rewritten from what is on disk.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ import time
 from typing import Any
 
 import ml_collections
+import numpy as np
 
 from jaxssl import cli, study
 from jaxssl.runlog import write_json, write_text
@@ -214,6 +217,7 @@ class Benchmark:
     os.makedirs(self.workdir, exist_ok=True)
     self.ledger = Ledger(self.workdir)
     self.errors: dict[str, str] = {}
+    self._pictured: tuple[Any, dict[str, list[str]]] = (None, {})
 
   def pretrain_dir(self, init: str) -> str:
     return os.path.join(self.workdir, 'pretrain', init)
@@ -502,8 +506,77 @@ class Benchmark:
     self.plots(r)
     return r
 
+  def trained_backbones(self) -> dict[str, str]:
+    """Init -> the run directory of its finished backbone (its pretext run, or a given workdir with a checkpoint)."""
+    from jaxssl.train import transfer  # pylint: disable=import-outside-toplevel
+    out = {}
+    for init, spec in self.inits.items():
+      run = self.backbone(init)
+      if not run or not os.path.isdir(run) or not transfer.has_checkpoint(run):
+        continue
+      if is_config_spec(spec) and not os.path.exists(os.path.join(run, 'final_metrics.json')):
+        continue   # a pretext run still under way: its filters are not the init's
+      out[init] = run
+    return out
+
+  def pictures(self) -> dict[str, list[str]]:
+    """filters.png: the first convolution of every trained backbone, one panel per init (each kernel scaled to
+    its own range, as jaxssl/eval/filters.py draws one run's); reconstructions.png: each backbone run's last
+    ``reconstructions.png`` (the dense tasks draw one), stacked with the init's name. Returns what each shows."""
+    from jaxssl import report  # pylint: disable=import-outside-toplevel
+    from jaxssl.eval import filters, plots  # pylint: disable=import-outside-toplevel
+    from jaxssl.runlog import log  # pylint: disable=import-outside-toplevel
+    plt = plots.plt
+    backbones = self.trained_backbones()
+    drawn = [(init, os.path.join(run, 'reconstructions.png')) for init, run in backbones.items()]
+    drawn = [(init, path) for init, path in drawn if os.path.exists(path)]
+    if (backbones, drawn) == self._pictured[0]:   # redrawn when a backbone is done, not after every cell
+      return self._pictured[1]
+    out: dict[str, list[str]] = {'filters': [], 'reconstructions': [init for init, _ in drawn]}
+    panels = []
+    for init, run in backbones.items():
+      try:
+        what, kernel = report.checkpoint_filters(run)
+      except (ValueError, KeyError, FileNotFoundError) as e:   # e.g. a backbone without a conv: said, not drawn
+        log(f'note: filters.png has no panel for {init}: {e}')
+        continue
+      panels.append((init, what, filters.filter_grid(kernel)))
+      out['filters'].append(f'{init}: {what}')
+    if panels:
+      cols = min(4, len(panels))
+      rows = -(-len(panels) // cols)
+      fig, axes = plt.subplots(rows, cols, figsize=(max(4.0, 2.6 * cols), 2.9 * rows + 0.4), squeeze=False)
+      for ax in axes.flat:
+        ax.axis('off')
+      for ax, (init, what, grid) in zip(axes.flat, panels):
+        if grid.ndim == 2:
+          ax.imshow(grid, cmap=plt.get_cmap('gray').with_extremes(bad='#4a78b5'), vmin=0, vmax=1,
+                    interpolation='nearest')
+        else:
+          ax.imshow(np.nan_to_num(grid, nan=1.0), interpolation='nearest')
+        ax.set_title(f"{init}\n{what.rsplit(' at step ', 1)[0]}", fontsize=7)
+      fig.suptitle('first convolution of each backbone\n(each kernel scaled to its own range)', fontsize=8)
+      fig.tight_layout()
+      fig.savefig(os.path.join(self.workdir, 'filters.png'), dpi=110)
+      plt.close(fig)
+    if drawn:
+      images = [(init, path, plt.imread(path)) for init, path in drawn]
+      heights = [img.shape[0] / img.shape[1] for _, _, img in images]
+      fig, axes = plt.subplots(len(images), 1, figsize=(7, sum(7 * h + 0.3 for h in heights)), squeeze=False,
+                               gridspec_kw={'height_ratios': heights})
+      for ax, (init, path, img) in zip(axes[:, 0], images):
+        ax.imshow(img)
+        ax.axis('off')
+        ax.set_title(f'{init} ({os.path.relpath(path, self.workdir)})', fontsize=8)
+      fig.tight_layout()
+      fig.savefig(os.path.join(self.workdir, 'reconstructions.png'), dpi=110)
+      plt.close(fig)
+    self._pictured = ((backbones, drawn), out)
+    return out
+
   def plots(self, r: dict[str, Any]) -> None:
-    """probe_layers.png (RotNet's per-layer figure) and label_efficiency.png (every init, error bars)."""
+    """probe_layers.png (RotNet's per-layer figure), label_efficiency.png (every init, error bars) and
+    :meth:`pictures`."""
     from jaxssl.eval import plots  # pylint: disable=import-outside-toplevel  # Agg backend
     plt = plots.plt
     probed = [row for row in r['inits'] if row['probe_layers']]
@@ -540,6 +613,7 @@ class Benchmark:
       fig.tight_layout()
       fig.savefig(os.path.join(self.workdir, 'label_efficiency.png'), dpi=110)
       plt.close(fig)
+    self.pictures()
 
 
 def _num(x, digits: int = 4) -> str:

@@ -73,7 +73,7 @@ def test_quick_benchmark_runs_every_part_once_and_a_rerun_skips_them(tfds_dir, t
               c['data']['train_fraction'], c['data']['subset_seed']) == ('test', 0.1, chosen, float(f), 0)
       assert c['init_from'] == ('' if init == 'random' else os.path.join(workdir, 'pretrain', 'rotation'))
   for name in ('results.md', 'results.csv', 'results.json', 'probe_layers.png', 'label_efficiency.png',
-               'timings.json'):
+               'filters.png', 'timings.json'):
     assert os.path.getsize(os.path.join(workdir, name)) > 0, name
   with open(os.path.join(workdir, 'results.md'), encoding='utf-8') as f:
     md = f.read()

@@ -15,7 +15,7 @@ import pytest
 from flax import nnx
 
 from conftest import REPO
-from configs import fmnist_autoencoder, fmnist_linear
+from configs import fmnist_autoencoder, fmnist_benchmark, fmnist_linear
 from jaxssl.data import color, datasets, fashion_mnist, pipeline
 from jaxssl.models import build_backbone
 from jaxssl.tasks import autoencoder as ae_lib
@@ -25,7 +25,7 @@ from jaxssl.tasks.autoencoder import Autoencoder
 from jaxssl.tasks.colorization import Colorization
 from jaxssl.tasks.decoder import default_feature, psnr
 from jaxssl.tasks.inpainting import Inpainting
-from jaxssl import trees
+from jaxssl import benchmark, trees
 from jaxssl.train import experiment, loop, transfer
 
 STATS = {'mean': (fashion_mnist.MEAN,), 'std': (fashion_mnist.STD,)}
@@ -455,6 +455,13 @@ def test_dense_tasks_train_draw_pictures_and_their_backbone_feeds_the_linear_pro
   assert set(loaded) <= set(saved) and loaded
   for path, value in loaded.items():
     np.testing.assert_array_equal(np.asarray(value), np.asarray(saved[path]))
+  # The benchmark's pictures take the run as an init: its filters get a panel, its reconstructions a row.
+  bench = benchmark.Benchmark(fmnist_benchmark.get_config('quick'), str(tmp_path / 'bench'))
+  bench.inits = {'dense': str(workdir), 'random': ''}
+  drawn = bench.pictures()
+  assert drawn == {'filters': ['dense: cifarnet conv1 at step 8'], 'reconstructions': ['dense']}, drawn
+  for name in ('filters.png', 'reconstructions.png'):
+    assert (tmp_path / 'bench' / name).stat().st_size > 1000, name
 
 
 def _events(folder):
