@@ -18,8 +18,8 @@ lr scale 0.1 chosen for both (500 test images, 10-16 steps a cell: a look at the
 
 Jigsaw's CifarNet is built for its tiles (8 px) or its 24 px puzzle, so its fc1 has another shape than a 28 px
 classifier's: its convolutions transfer, fc1 and fc2 keep the classifier's init (``init_mismatched='skip'``, listed
-in init_from.json) and its probe stops at pool2. Not in the default inits: the combination of tasks (to be chosen
-from this benchmark's per-task results).
+in init_from.json) and its probe stops at pool2. The combination of tasks is chosen by the benchmark itself
+(``benchmark.combine``): the two self-supervised inits of best validation probe, pretrained together.
 
 Cost: with each pretext config's own schedule (15-100 epochs) the pretraining alone takes far more than a night
 on 2 CPU cores; ``--config.benchmark.pretrain_epochs=3`` gives every pretext run the same 3 epochs, and
@@ -82,6 +82,10 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   b.select = ml_collections.ConfigDict({'key': 'optim.backbone_lr_scale', 'choices': (0.1, 1.0),
                                         'fractions': (0.001, 0.01, 0.1), 'seed': 0})
   b.scratch_overrides = ml_collections.ConfigDict()   # any config keys for the random init's (scratch) cells only
+  # The combination: once every init is probed, the `top` self-supervised ones of best validation probe that share
+  # one model (not jigsaw's tile-sized CifarNet) are pretrained together, their losses summed, as one more init
+  # ('combination', chosen once: combination.json). top < 2: none. exclude: inits never joined (labels).
+  b.combine = ml_collections.ConfigDict({'top': 2, 'exclude': ('supervised',)})
   # The cached per-layer probe (jaxssl/eval/cached_probe.py): () = every backbone layer; conv maps pooled to at
   # most max_dim dims; L2 strengths tried at once, the best with its best epoch chosen on the validation split.
   b.probe = ml_collections.ConfigDict({
@@ -101,4 +105,5 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     b.select.fractions = (0.05,)
     b.probe.update({'l2': (1e-4, 1e-2), 'epochs': 5, 'min_steps': 300, 'batch_size': 256, 'keep_features': True})
     b.knn.k = 20
+    b.combine.top = 0   # one pretext init here: nothing to join
   return c

@@ -59,6 +59,9 @@ import numpy as np
 from jaxssl import cli, study
 from jaxssl.runlog import write_json, write_text
 
+COMBINATION = 'combination'   # the init benchmark.combine adds (Benchmark.choose_combination)
+
+
 class BenchmarkConfigError(ValueError):
   """A benchmark config that names a pretext config that is not there, or overrides a key it does not have."""
 
@@ -67,14 +70,19 @@ class BenchmarkConfigError(ValueError):
 
 
 def is_config_spec(spec: str) -> bool:
-  """A pretext config ``path.py[:arg]`` (pretrained here), as opposed to a workdir or weights file ('' = random)."""
-  return spec.partition(':')[0].endswith('.py')
+  """A pretext config ``path.py[:arg]``, or several joined by ``+`` (pretrained here), as opposed to a workdir or
+  weights file ('' = random)."""
+  return bool(spec) and all(part.partition(':')[0].endswith('.py') for part in spec.split('+'))
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
   """``path.py[:arg]`` loaded as ml_collections' config flags load it: the module's ``get_config(arg)`` (or
   ``get_config()`` without an argument). A relative path is looked up from the current folder, then from each
-  folder of ``sys.path`` (the checkout, where ``configs/`` lives)."""
+  folder of ``sys.path`` (the checkout, where ``configs/`` lives). Several joined by ``+`` are one run of all their
+  tasks (:func:`join_configs`)."""
+  if '+' in spec:
+    parts = spec.split('+')
+    return join_configs([load_config(part) for part in parts], parts)
   path, colon, arg = spec.partition(':')
   found = next((p for p in [path] + [os.path.join(d, path) for d in sys.path if d and not os.path.isabs(path)]
                 if os.path.isfile(p)), None)
@@ -90,6 +98,49 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   return module.get_config(arg) if colon else module.get_config()
+
+
+def join_configs(configs: list[ml_collections.ConfigDict], names: list[str]) -> ml_collections.ConfigDict:
+  """One pretext run of every task of ``configs`` on one backbone, their losses summed by their own weights: the
+  first config's recipe (model, data, schedule, optimizer) with the other configs' tasks added. The configs must
+  build the same model (a task that feeds the backbone another input size, a jigsaw's tiles, cannot share it)
+  and name different tasks; otherwise one line says which."""
+  joined = configs[0].copy_and_resolve_references()
+  for other, name in zip(configs[1:], names[1:]):
+    if other.model.to_dict() != joined.model.to_dict():
+      raise BenchmarkConfigError(f"'{'+'.join(names)}': {name} builds model {other.model.to_dict()}, {names[0]} "
+                                 f'builds {joined.model.to_dict()}; tasks joined in one run share one backbone')
+    with joined.unlocked():
+      for task, options in other.tasks.items():
+        if task in joined.tasks:
+          raise BenchmarkConfigError(f"'{'+'.join(names)}': task '{task}' is in more than one of them")
+        joined.tasks[task] = options.copy_and_resolve_references()
+  return joined
+
+
+def combination_spec(candidates: list[tuple[str, str, float, Any]], top: int) -> tuple[str, list[str]]:
+  """The joined spec and init names of the combination: candidates are ``(init, config spec, validation probe
+  top-1, backbone signature)``; inits whose backbones have the same signature (parameter shapes: one model on one
+  input size, so not a jigsaw's tile-sized CifarNet beside a 28 px one) form a group, filled in order of
+  validation probe up to ``top`` with those that join (:func:`join_configs`: no task twice, e.g. autoencoder and
+  denoising). The group with the most members, then the best mean validation probe, is the combination; ('', [])
+  when no group has two."""
+  groups: dict[Any, list[tuple[str, str, float]]] = {}
+  for init, spec, val, signature in sorted(candidates, key=lambda c: -c[2]):   # ties: in the given order
+    group = groups.setdefault(signature, [])
+    specs = [s for _, s, _ in group] + [spec]
+    if len(group) == top:
+      continue
+    try:
+      join_configs([load_config(s) for s in specs], specs)
+    except BenchmarkConfigError:
+      continue
+    group.append((init, spec, val))
+  joinable = [g for g in groups.values() if len(g) >= 2]
+  if not joinable:
+    return '', []
+  best = max(joinable, key=lambda g: (len(g), sum(v for _, _, v in g) / len(g)))
+  return '+'.join(spec for _, spec, _ in best), [init for init, _, _ in best]
 
 
 def merge(config: ml_collections.ConfigDict, overrides, where: str) -> None:
@@ -215,9 +266,50 @@ class Benchmark:
                                  'baseline every other init is compared with')
     self.inits['random'] = self.b.inits['random']
     os.makedirs(self.workdir, exist_ok=True)
+    self.combination = _read_json(os.path.join(self.workdir, 'combination.json'))
+    if self.combination and self.combination.get('spec'):
+      self._add_init(COMBINATION, self.combination['spec'])
     self.ledger = Ledger(self.workdir)
     self.errors: dict[str, str] = {}
     self._pictured: tuple[Any, dict[str, list[str]]] = (None, {})
+
+  def _add_init(self, name: str, spec: str) -> None:
+    """``name`` before the random init (scratch stays the last row)."""
+    scratch = self.inits.pop('random')
+    self.inits[name] = spec
+    self.inits['random'] = scratch
+
+  def choose_combination(self) -> None:
+    """``benchmark.combine``: once every single init is probed, the ``top`` self-supervised ones of best validation
+    probe (best layer's val top-1) whose backbones have one shape are joined into one more init, ``combination``,
+    pretrained on all their tasks at once (:func:`combination_spec`); the choice is written to
+    ``combination.json`` and kept by reruns."""
+    from jaxssl.runlog import log  # pylint: disable=import-outside-toplevel
+    from jaxssl.train import transfer  # pylint: disable=import-outside-toplevel
+    top = int(self.b.combine.top)
+    if top < 2 or self.combination is not None:
+      return
+    candidates = []
+    for init, spec in self.inits.items():
+      if init in self.b.combine.exclude or init in self.errors or not is_config_spec(spec) or '+' in spec:
+        continue
+      probe = _read_json(os.path.join(self.probe_dir(init), 'probe.json'))
+      if probe is None:
+        return   # not every candidate probed yet (an interrupted run): chosen on the next call
+      backbone = transfer.read_backbone(transfer.resolve_checkpoint(self.pretrain_dir(init)))
+      signature = tuple(sorted((('/'.join(path), tuple(np.shape(v))) for path, v in backbone.items())))
+      candidates.append((init, spec, float(probe['layers'][probe['best_layer']]['val_top1']), signature))
+    spec, picked = combination_spec(candidates, top)
+    self.combination = {'spec': spec, 'inits': picked, 'top': top,
+                        'val_top1': {init: v for init, _, v, _ in candidates},
+                        'rule': f'the {top} self-supervised inits of best validation probe (best layer) whose '
+                                'backbones have one shape, their tasks trained together'}
+    write_json(os.path.join(self.workdir, 'combination.json'), self.combination)
+    if not spec:
+      log('benchmark: no combination (fewer than two self-supervised inits share a model)')
+      return
+    log(f"benchmark: combination of {' + '.join(picked)} (best validation probes) -> {spec}")
+    self._add_init(COMBINATION, spec)
 
   def pretrain_dir(self, init: str) -> str:
     return os.path.join(self.workdir, 'pretrain', init)
@@ -420,12 +512,19 @@ class Benchmark:
   def run(self) -> dict[str, Any]:
     from jaxssl.runlog import log  # pylint: disable=import-outside-toplevel
     t0 = time.perf_counter()
-    names = list(self.inits)
+    names = [name for name in self.inits if name != COMBINATION]
     for i, init in enumerate(names):
       n = f'[{i + 1}/{len(names)}]'
       self.guarded(init, self.pretrain, n)
       if init not in self.errors:
         self.guarded(init, self.probe_and_knn, n)
+      self.write_results()
+    self.choose_combination()
+    if COMBINATION in self.inits:
+      n = f'[{len(names) + 1}/{len(names) + 1}]'
+      self.guarded(COMBINATION, self.pretrain, n)
+      if COMBINATION not in self.errors:
+        self.guarded(COMBINATION, self.probe_and_knn, n)
       self.write_results()
     self.finetune()
     results = self.write_results()
@@ -475,7 +574,7 @@ class Benchmark:
       rows.append(row)
     return {'metric': metric, 'fractions': [float(f) for f in sorted(self.b.fractions)],
             'seeds': [int(s) for s in self.b.seeds], 'subsets': str(self.b.subsets), 'inits': rows, 'cells': cells,
-            'timings_s': dict(self.ledger.seconds),
+            'combination': self.combination, 'timings_s': dict(self.ledger.seconds),
             'total_wall_s': sum(v for k, v in self.ledger.seconds.items() if not k.startswith('finetune_fraction/')),
             'protocol': {'probe': self.b.probe.to_dict(), 'knn': self.b.knn.to_dict(),
                          'val_fraction': float(self.b.val_fraction), 'val_seed': int(self.b.val_seed),
@@ -661,6 +760,10 @@ def markdown(r: dict[str, Any]) -> str:
       "probe's layer, L2 strength and epoch and the fine-tuning hyper-parameter are chosen on them; the test split "
       'is scored once '
       f"per cell. Total wall time recorded: {_duration(r['total_wall_s'])}.", '']
+  combination = r.get('combination') or {}
+  if combination.get('spec'):
+    notes[-1:-1] = ['', f"combination: {' + '.join(combination['inits'])} ({combination['rule']}; "
+                        f"{combination['spec']})."]
   return '\n'.join(lines + notes)
 
 

@@ -159,3 +159,60 @@ def test_the_command_says_a_bad_init_in_one_line(tmp_path):
                         cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
   assert done.returncode == 1 and 'error: bad config: --config.data.holdout_fraction=1.5 must be in [0, 1)' in \
       done.stderr, done.stderr[-2000:]
+
+
+ROT, AE, DENOISE, JIG = ('configs/fmnist_rotation.py:quick', 'configs/fmnist_autoencoder.py:quick',
+                         'configs/fmnist_autoencoder.py:masking,quick', 'configs/fmnist_jigsaw.py:quick')
+
+
+def test_joined_configs_are_one_run_of_all_their_tasks_and_a_clash_is_one_line():
+  joined = benchmark.load_config(f'{ROT}+{AE}')
+  rot, ae = benchmark.load_config(ROT), benchmark.load_config(AE)
+  assert list(joined.tasks) == ['autoencoder', 'rotation'] and benchmark.is_config_spec(f'{ROT}+{AE}')
+  assert joined.tasks.autoencoder.to_dict() == ae.tasks.autoencoder.to_dict()
+  assert (joined.optim.to_dict(), joined.batch_size, joined.model.to_dict()) == \
+      (rot.optim.to_dict(), rot.batch_size, rot.model.to_dict())   # the first config's recipe
+  with pytest.raises(benchmark.BenchmarkConfigError, match=r"^'configs/fmnist_autoencoder.py:quick\+configs/"
+                                                           r"fmnist_autoencoder.py:masking,quick': task "
+                                                           r"'autoencoder' is in more than one of them$"):
+    benchmark.load_config(f'{AE}+{DENOISE}')
+  assert not benchmark.is_config_spec(f'{ROT}+/runs/x') and not benchmark.is_config_spec('')
+
+
+def test_the_combination_is_the_best_validated_group_that_shares_a_backbone():
+  """By validation probe: jigsaw's tile-sized backbone has no partner; denoising repeats the autoencoder's task;
+  the rest join in order of validation probe, up to `top`."""
+  tile, full = (('fc1', (576, 384)),), (('fc1', (3136, 384)),)
+  candidates = [('rotation', ROT, 0.90, full), ('jigsaw', JIG, 0.95, tile), ('autoencoder', AE, 0.93, full),
+                ('denoising', DENOISE, 0.92, full), ('inpainting', 'configs/fmnist_inpainting.py:quick', 0.85, full)]
+  assert benchmark.combination_spec(candidates, 2) == (f'{AE}+{ROT}', ['autoencoder', 'rotation'])
+  assert benchmark.combination_spec(candidates, 3)[1] == ['autoencoder', 'rotation', 'inpainting']
+  assert benchmark.combination_spec(candidates[:2], 2) == ('', [])
+
+
+def test_the_benchmark_pretrains_the_combination_it_chose_on_validation_and_keeps_it(tfds_dir, tmp_path):
+  c = _quick(tfds_dir)
+  c.benchmark.inits = {'rotation': ROT, 'autoencoder': AE, 'supervised': 'configs/fmnist_supervised.py:quick',
+                       'random': ''}
+  c.benchmark.combine.top = 2
+  c.benchmark.pretrain_overrides = {'total_steps': 2, 'eval_every': 0, 'checkpoint_every': 2, 'eval_batch_size': 100,
+                                    'data': {'eval_limit': 100}, 'online_probe': {'enabled': False}}
+  workdir = str(tmp_path / 'bench')
+  bench = benchmark.Benchmark(c, workdir)
+  val = {'rotation': 0.80, 'autoencoder': 0.85, 'supervised': 0.95}
+  for init in ('rotation', 'autoencoder', 'supervised'):
+    if init != 'supervised':   # never joined: not even read
+      bench.pretrain(init, '')
+    os.makedirs(bench.probe_dir(init))   # the probe's result, as the choice reads it (its figures given here)
+    with open(os.path.join(bench.probe_dir(init), 'probe.json'), 'w', encoding='utf-8') as f:
+      json.dump({'best_layer': 'pool2', 'layers': {'pool2': {'val_top1': val[init], 'test_top1': 0.5}}}, f)
+  bench.choose_combination()
+  assert list(bench.inits) == ['autoencoder', 'rotation', 'supervised', 'combination', 'random']   # name order
+  chosen = _json(os.path.join(workdir, 'combination.json'))
+  assert chosen['inits'] == ['autoencoder', 'rotation'] and chosen['spec'] == f'{AE}+{ROT}'   # not the supervised
+  bench.pretrain('combination', '')
+  final = _json(os.path.join(workdir, 'pretrain', 'combination', 'final_metrics.json'))
+  assert final['step'] == 2 and 'rotation/acc' in final and 'autoencoder/psnr' in final
+  assert final['loss'] == pytest.approx(final['rotation/loss'] + final['autoencoder/loss'], rel=1e-5)
+  again = benchmark.Benchmark(c, workdir)   # a rerun keeps the choice (and its place before scratch)
+  assert list(again.inits) == list(bench.inits) and again.inits['combination'] == chosen['spec']
