@@ -35,18 +35,19 @@ def test_auto_keeps_a_cpu_for_the_step_and_gives_an_accelerator_host_its_cores()
 def test_input_settings_resolve_auto_and_keep_what_is_set():
   data = ml_collections.ConfigDict({'num_workers': -1, 'read_threads': -1, 'prefetch_batches': -1})
   auto = pipeline.input_settings(data, cores=16, backend='gpu')
-  assert auto.options() == {'num_workers': 14, 'read_threads': 2, 'prefetch_batches': 2}
-  assert auto.line() == 'input: 14 workers x 2 threads, prefetch 2 (auto: 16 cores, gpu)'
+  assert auto.options() == {'num_workers': 14, 'read_threads': 2, 'prefetch_batches': 2,
+                           'decoded_cache': True}
+  assert auto.line() == 'input: 14 workers x 2 threads, prefetch 2, decoded-image cache (auto: 16 cores, gpu)'
   data.num_workers = 3
   mixed = pipeline.input_settings(data, cores=16, backend='gpu')
-  assert mixed.options() == {'num_workers': 3, 'read_threads': 2, 'prefetch_batches': 2}
+  assert mixed.options() == {'num_workers': 3, 'read_threads': 2, 'prefetch_batches': 2, 'decoded_cache': True}
   assert mixed.line().endswith('(auto read_threads, prefetch_batches: 16 cores, gpu)')
   fixed = pipeline.input_settings(ml_collections.ConfigDict({'num_workers': 0, 'read_threads': 1,
                                                              'prefetch_batches': 4}), cores=16, backend='gpu')
-  assert fixed.line() == 'input: 0 workers x 1 thread, prefetch 4 (as set)'
+  assert fixed.line() == 'input: 0 workers x 1 thread, prefetch 4, decoded-image cache (as set)'
   # This test process runs on the CPU: auto (and absent keys) are the CPU's settings.
   assert pipeline.iterator_options(ml_collections.ConfigDict({})) == {
-      'num_workers': 0, 'read_threads': 1, 'prefetch_batches': 4}
+      'num_workers': 0, 'read_threads': 1, 'prefetch_batches': 4, 'decoded_cache': False}
   assert 1 <= pipeline.machine_cores()
 
 

@@ -81,7 +81,7 @@ def test_read_threads_and_prefetch_do_not_change_the_batches(records):
     np.testing.assert_array_equal(a['image'], b['image'])
     np.testing.assert_array_equal(a['label'], b['label'])
   assert pipeline.iterator_options(ml_collections.ConfigDict({'read_threads': 3})) == {
-      'num_workers': 0, 'read_threads': 3, 'prefetch_batches': 4}
+      'num_workers': 0, 'read_threads': 3, 'prefetch_batches': 4, 'decoded_cache': False}   # on a CPU
 
 
 @pytest.mark.parametrize('num_workers', [0, 2])

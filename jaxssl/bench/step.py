@@ -89,7 +89,7 @@ def measure(config, *, steps: int, warmup: int, pipeline_batches: int, peak_gflo
   if torch_timing not in TORCH_TIMINGS:
     raise ValueError(f"torch_timing must be one of {', '.join(TORCH_TIMINGS)}, not {torch_timing!r}")
   import jax  # pylint: disable=import-outside-toplevel
-  from jaxssl.data import pipeline  # pylint: disable=import-outside-toplevel
+  from jaxssl.data import decoded, pipeline  # pylint: disable=import-outside-toplevel
   from jaxssl import sharding  # pylint: disable=import-outside-toplevel
   from jaxssl.train import experiment  # pylint: disable=import-outside-toplevel
 
@@ -97,7 +97,10 @@ def measure(config, *, steps: int, warmup: int, pipeline_batches: int, peak_gflo
 
   exp = experiment.build_experiment(config)
   inputs = pipeline.input_settings(config.data)
-  it = pipeline.train_iterator(exp.train_source, exp.tasks, global_batch=config.batch_size, seed=config.seed,
+  source, cache_line = exp.train_source, ''
+  if inputs.decoded_cache:   # once, before the iterators (each would say it again); they read through it
+    source, cache_line = decoded.use_cache(source)
+  it = pipeline.train_iterator(source, exp.tasks, global_batch=config.batch_size, seed=config.seed,
                                mesh=exp.mesh, **inputs.options())
   try:
     next(it)  # first batch pays for opening files / starting workers
@@ -108,16 +111,16 @@ def measure(config, *, steps: int, warmup: int, pipeline_batches: int, peak_gflo
   finally:  # grain's workers and their shared memory end here, not at exit
     getattr(it, 'close', lambda: None)()
 
-  input_figures = {'input_settings': inputs.line()}
+  input_figures = {'input_settings': inputs.line(), **({'decoded_cache': cache_line} if cache_line else {})}
   if worker_counts:
     def make_iterator(k):
-      return pipeline.train_iterator(exp.train_source, exp.tasks, global_batch=config.batch_size, seed=config.seed,
+      return pipeline.train_iterator(source, exp.tasks, global_batch=config.batch_size, seed=config.seed,
                                      mesh=exp.mesh, **{**inputs.options(), 'num_workers': k})
     input_figures['pipeline_images_per_s_by_workers'] = input_bench.scaling(
         make_iterator, worker_counts, batches=pipeline_batches, images_per_batch=config.batch_size)
   if stage_batches:
     input_figures['pipeline_us_per_image'] = input_bench.stage_costs(
-        exp.train_source, exp.tasks, global_batch=config.batch_size, seed=config.seed, mesh=exp.mesh,
+        source, exp.tasks, global_batch=config.batch_size, seed=config.seed, mesh=exp.mesh,
         batches=stage_batches)
 
   batch = sharding.shard_batch(host_batch, exp.mesh)
@@ -320,6 +323,8 @@ def input_summary(r: dict) -> str:
   """The input figures of a bench result for people (stderr; the JSON line has them all)."""
   lines = [f"{r['input_settings']}: pipeline {r['pipeline_images_per_s']:,.0f} images/s, step "
            f"{r['train_images_per_s']:,.0f} images/s, {r['pipeline_to_step_ratio']:.2f}x"]
+  if r.get('decoded_cache'):
+    lines.append(f"  {r['decoded_cache']}")
   if by := r.get('pipeline_images_per_s_by_workers'):
     ratios = r['pipeline_to_step_ratio_by_workers']
     lines.append('  by worker processes: ' + ', '.join(f'{k}: {v:,.0f}/s ({ratios[k]:.1f}x)' for k, v in by.items())

@@ -24,8 +24,9 @@ import grain
 import numpy as np
 
 from jaxssl import sharding
-from jaxssl.data import jpeg
+from jaxssl.data import decoded, jpeg
 from jaxssl.data.sources import read_records
+from jaxssl.runlog import log
 from jaxssl.sharding import BatchLayout
 
 Batch = dict[str, Any]
@@ -156,6 +157,7 @@ def train_dataset(source, tasks: Sequence[BatchTransform], *, global_batch: int,
 
 
 AUTO = -1   # data.num_workers / read_threads / prefetch_batches: chosen from the machine (input_settings)
+DECODED_CACHE = ('auto', 'on', 'off')   # data.decoded_cache (jaxssl/data/decoded.py)
 MAX_AUTO_WORKERS = 16
 
 
@@ -176,18 +178,20 @@ class InputSettings:
   cores: int
   backend: str
   auto: tuple[str, ...]   # the keys that were 'auto' (-1)
+  decoded_cache: bool = False   # data.decoded_cache resolved (jaxssl/data/decoded.py)
 
-  def options(self) -> dict[str, int]:
+  def options(self) -> dict[str, Any]:
     """Keyword arguments of :func:`train_iterator`."""
     return {'num_workers': self.num_workers, 'read_threads': self.read_threads,
-            'prefetch_batches': self.prefetch_batches}
+            'prefetch_batches': self.prefetch_batches, 'decoded_cache': self.decoded_cache}
 
   def line(self) -> str:
     """The run's log line, e.g. ``input: 14 workers x 2 threads, prefetch 2 (auto: 16 cores, gpu)``."""
     threads = f'{self.read_threads} thread{"s" if self.read_threads != 1 else ""}'
     how = (f'auto: {self.cores} cores, {self.backend}' if len(self.auto) == 3 else
            f'auto {", ".join(self.auto)}: {self.cores} cores, {self.backend}' if self.auto else 'as set')
-    return f'input: {self.num_workers} workers x {threads}, prefetch {self.prefetch_batches} ({how})'
+    cache = ', decoded-image cache' if self.decoded_cache else ''
+    return f'input: {self.num_workers} workers x {threads}, prefetch {self.prefetch_batches}{cache} ({how})'
 
 
 def auto_settings(cores: int, backend: str) -> tuple[int, int, int]:
@@ -225,8 +229,12 @@ def input_settings(data_cfg, *, cores: int | None = None, backend: str | None = 
     import jax  # pylint: disable=import-outside-toplevel  # the pipeline's workers need no jax
     backend = jax.default_backend()
   auto = dict(zip(keys, auto_settings(cores, backend)))
+  cache = str(data_cfg.get('decoded_cache', 'auto'))
+  if cache not in DECODED_CACHE:
+    raise ValueError(f"data.decoded_cache must be one of {', '.join(DECODED_CACHE)}, not {cache!r}")
   return InputSettings(**{k: auto[k] if v == AUTO else v for k, v in given.items()}, cores=cores, backend=backend,
-                       auto=tuple(k for k in keys if given[k] == AUTO))
+                       auto=tuple(k for k in keys if given[k] == AUTO),
+                       decoded_cache=cache == 'on' or (cache == 'auto' and backend != 'cpu'))
 
 
 def iterator_options(data_cfg) -> dict[str, int]:
@@ -318,7 +326,8 @@ def _exit_with_parent(parent_pid: int, worker_index: int, worker_count: int) -> 
 
 
 def train_iterator(source, tasks, *, global_batch: int, seed: int, num_workers: int = 0, read_threads: int = 1,
-                   prefetch_batches: int = 4, mesh=None, layout: BatchLayout | None = None) -> PortableIterator:
+                   prefetch_batches: int = 4, decoded_cache: bool = False, mesh=None,
+                   layout: BatchLayout | None = None) -> PortableIterator:
   """A checkpointable iterator (``get_state``/``set_state``: its position, :class:`PortableIterator`) over
   :func:`train_dataset`.
 
@@ -327,8 +336,12 @@ def train_iterator(source, tasks, *, global_batch: int, seed: int, num_workers: 
   batch, and those defaults kept both cores of a small CPU busy preparing 500 batches ahead: CifarNet's
   gradient took 1.17 s instead of 0.60 s while they ran. The step consumes far fewer images per second than
   one thread prepares (``python -m jaxssl.bench`` prints the ratio), so a few batches ahead suffice.
+  ``decoded_cache``: the images are read through jaxssl/data/decoded.py's cache (its line is logged).
   """
   options = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch_batches)
+  if decoded_cache:
+    source, line = decoded.use_cache(source)
+    log(line)
   it = train_dataset(source, tasks, global_batch=global_batch, seed=seed, mesh=mesh, layout=layout)
   it = it.to_iter_dataset(options)
   if num_workers > 0:

@@ -1,0 +1,182 @@
+"""The decoded-image cache (``data.decoded_cache``): each training image of a JPEG-stored split decoded once, into a
+uint8 array file beside the prepared data, and read from there ever after.
+
+Decoding is most of what the input pipeline spends on a photo dataset (jaxssl/data/jpeg.py): at 256 px, reading
+and decoding a DeepFashion record takes ~450 us of a core, so an accelerator that trains DeepFashion's AlexNet
+at 34k images/s in bfloat16 would need ~25 cores of decoding. A row of the cache is a memory copy from the page
+cache (~30-40 us at 256 px on a 2-core CPU, measured 2026-11-30). The file holds ``N x H x W x C`` bytes (DeepFashion's
+289k training images at 256 px: 57 GB) plus one flag byte per image; it is created sparse and filled as the
+first epoch reads (a row is written, then its flag), by every process and worker that reads, so the first epoch
+costs what it did and no pass is made up front. The pixels are the decoder's, bit for bit: batches, and resumed
+runs, are the same with the cache and without.
+
+The file's name holds the split, its shape and a hash of the prepared files' names, sizes and modification times:
+data prepared again is cached anew. A split it cannot hold (PNG or varying image sizes, not prepared tfds data)
+or a disk without the room is read as before, and the run's log says why.
+"""
+
+from __future__ import annotations
+
+import copy
+import glob
+import hashlib
+import os
+import shutil
+from typing import Any
+
+import numpy as np
+
+MARGIN_BYTES = 2 << 30   # left free on the disk beyond the cache's own size
+
+
+def _tfds_chain(source) -> tuple[Any, Any] | tuple[None, None]:
+  """(the view holding it or None, the tfds data source) under jaxssl's views (``.source`` links)."""
+  parent = None
+  for _ in range(16):
+    if isinstance(source, DecodedImages):
+      return parent, source
+    if hasattr(source, 'dataset_info') and hasattr(source, 'decoders'):
+      return parent, source
+    parent, source = source, getattr(source, 'source', None)
+    if source is None:
+      break
+  return None, None
+
+
+def cache_path(tfds_source) -> tuple[str | None, str]:
+  """(the cache's path stem, '') for a tfds source whose images it can hold, else (None, why not)."""
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  info = tfds_source.dataset_info
+  features = getattr(info, 'features', None)
+  image = features['image'] if features is not None and 'image' in features.keys() else None
+  if image is None:
+    return None, 'the records have no image feature'
+  if not isinstance(image, tfds.features.Image):
+    return None, 'the images are stored as arrays, not encoded: nothing to decode'
+  if image.encoding_format == 'png':
+    return None, 'the images are stored as PNG (decoding them costs little)'
+  shape = tuple(image.shape)
+  if None in shape:
+    return None, f'the images have no one size ({shape}): a row of the cache holds one size'
+  split = str(getattr(tfds_source, 'split', '') or 'split')
+  if not split.isidentifier():
+    return None, f"the split '{split}' is a slice of one (cached for whole splits only)"
+  data_dir = str(info.data_dir)
+  prepared = sorted(glob.glob(os.path.join(data_dir, f'*-{split}.array_record*')))
+  if not prepared:
+    return None, f'no prepared ArrayRecord files of {split} in {data_dir}'
+  digest = hashlib.sha1()
+  for path in prepared:
+    st = os.stat(path)
+    digest.update(f'{os.path.basename(path)}:{st.st_size}:{st.st_mtime_ns};'.encode())
+  n = len(tfds_source)
+  name = f"{split}-{n}x{'x'.join(str(s) for s in shape)}-{digest.hexdigest()[:12]}"
+  return os.path.join(data_dir, 'decoded', name), ''
+
+
+class DecodedImages:
+  """The tfds source ``source`` with its images read from the cache at ``stem`` (``.images.npy``,
+  ``.filled.npy``), decoded and written there on a first read (module docstring). Picklable for grain's workers:
+  each process opens the files itself."""
+
+  def __init__(self, source, stem: str, shape: tuple[int, ...]):
+    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+    from jaxssl.data import jpeg  # pylint: disable=import-outside-toplevel
+    # A copy whose records come with their image undecoded (this class decodes it, or reads it from the cache);
+    # the source itself, which others may hold, still decodes its images.
+    self.source = copy.copy(source)
+    self.source.decoders = {**(source.decoders or {}), 'image': tfds.decode.SkipDecoding()}
+    self.stem, self.shape = stem, tuple(shape)
+    self.decoder = jpeg.JpegDecoder()
+    self.decoder.setup(feature=source.dataset_info.features['image'])
+    self._arrays = None
+    self.create()
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  @property
+  def dataset_info(self):
+    return self.source.dataset_info
+
+  def create(self) -> None:
+    """Makes the two files, sparse, unless they are there (two processes at once: one makes them, both use them)."""
+    images, filled = self.stem + '.images.npy', self.stem + '.filled.npy'
+    if os.path.exists(images) and os.path.exists(filled):
+      return
+    os.makedirs(os.path.dirname(self.stem), exist_ok=True)
+    n = len(self.source)
+    for path, shape in ((filled, (n,)), (images, (n,) + self.shape)):   # the flags first: images last marks done
+      temp = f'{path}.{os.getpid()}.tmp'
+      np.lib.format.open_memmap(temp, mode='w+', dtype=np.uint8, shape=shape).flush()
+      try:
+        os.link(temp, path)   # fails where another process made it first: theirs is used
+      except FileExistsError:
+        pass
+      finally:
+        os.remove(temp)
+
+  def __getstate__(self):
+    return {**self.__dict__, '_arrays': None}
+
+  def _open(self):
+    if self._arrays is None:
+      self._arrays = (np.load(self.stem + '.images.npy', mmap_mode='r+'),
+                      np.load(self.stem + '.filled.npy', mmap_mode='r+'))
+    return self._arrays
+
+  def filled(self) -> int:
+    """How many images are in the cache."""
+    return int(np.count_nonzero(self._open()[1]))
+
+  def _fill(self, records, indices) -> list[dict[str, Any]]:
+    images, filled = self._open()
+    for i, record in zip(indices, records):
+      if filled[i]:
+        record['image'] = np.array(images[i])
+      else:
+        image = self.decoder.decode_example_np(record['image'])
+        images[i] = image
+        filled[i] = 1   # after its row: a reader that sees the flag finds the whole image
+        record['image'] = image
+    return records
+
+  def __getitem__(self, index):
+    return self._fill([self.source[int(index)]], [int(index)])[0]
+
+  def __getitems__(self, indices):
+    indices = [int(i) for i in indices]
+    return self._fill(list(self.source.__getitems__(indices)), indices)
+
+
+def use_cache(source) -> tuple[Any, str]:
+  """``source`` reading its images through the cache (in place where a view holds the tfds source, as
+  :func:`jaxssl.data.jpeg.use_fast_decoder` does: grain's workers get the same objects), and the log line that
+  says where the cache is, or why the images are decoded as before."""
+  parent, tfds_source = _tfds_chain(source)
+  if tfds_source is None:
+    return source, 'decoded-image cache: not used (the source is not prepared tfds data)'
+  if isinstance(tfds_source, DecodedImages):
+    cached = tfds_source
+  else:
+    stem, why = cache_path(tfds_source)
+    if stem is None:
+      return source, f'decoded-image cache: not used ({why})'
+    shape = tuple(tfds_source.dataset_info.features['image'].shape)
+    need = len(tfds_source) * (int(np.prod(shape)) + 1)
+    try:
+      os.makedirs(os.path.dirname(stem), exist_ok=True)
+    except OSError as e:
+      return source, f'decoded-image cache: not used (cannot write {os.path.dirname(stem)}: {e.strerror})'
+    if not os.path.exists(stem + '.images.npy'):
+      free = shutil.disk_usage(os.path.dirname(stem)).free
+      if free < need + MARGIN_BYTES:
+        return source, (f'decoded-image cache: not used ({need / 1e9:.1f} GB needed, {free / 1e9:.1f} GB free in '
+                        f'{os.path.dirname(stem)}; free some, or set data.decoded_cache=off to silence this)')
+    cached = DecodedImages(tfds_source, stem, shape)
+    if parent is None:
+      source = cached
+    else:
+      parent.source = cached
+  return source, (f'decoded-image cache: {cached.stem}.images.npy ({len(cached):,} images, '
+                  f'{len(cached) * (int(np.prod(cached.shape)) + 1) / 1e9:.2f} GB, {cached.filled():,} filled)')
