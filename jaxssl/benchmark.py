@@ -648,11 +648,7 @@ class Benchmark:
       for ax in axes.flat:
         ax.axis('off')
       for ax, (init, what, grid) in zip(axes.flat, panels):
-        if grid.ndim == 2:
-          ax.imshow(grid, cmap=plt.get_cmap('gray').with_extremes(bad='#4a78b5'), vmin=0, vmax=1,
-                    interpolation='nearest')
-        else:
-          ax.imshow(np.nan_to_num(grid, nan=1.0), interpolation='nearest')
+        filters.show_grid(ax, grid)
         ax.set_title(f"{init}\n{what.rsplit(' at step ', 1)[0]}", fontsize=7)
       fig.suptitle('first convolution of each backbone\n(each kernel scaled to its own range)', fontsize=8)
       fig.tight_layout()

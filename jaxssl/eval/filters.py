@@ -65,6 +65,18 @@ def filter_grid(kernel, pad: int = 1, cols: int | None = None) -> np.ndarray:
   return grid
 
 
+def show_grid(ax, grid: np.ndarray) -> None:
+  """Draws a :func:`filter_grid` on ``ax`` (axes off): grey tiles with separators in a colour no grey pixel has,
+  or RGB tiles on white."""
+  plt = plots.plt
+  if grid.ndim == 2:
+    ax.imshow(grid, cmap=plt.get_cmap('gray').with_extremes(bad='#4a78b5'), vmin=0, vmax=1,
+              interpolation='nearest')
+  else:
+    ax.imshow(np.nan_to_num(grid, nan=1.0), interpolation='nearest')
+  ax.axis('off')
+
+
 def write_filters(kernel, path: str, title: str = '') -> str:
   """``filter_grid`` of ``kernel`` as a PNG (:func:`jaxssl.files.save_figure`: any path, written whole)."""
   plt = plots.plt
@@ -72,12 +84,7 @@ def write_filters(kernel, path: str, title: str = '') -> str:
   grid = filter_grid(kernel)
   scale = 4.5 / max(grid.shape[:2])
   fig, ax = plt.subplots(figsize=(max(2.5, grid.shape[1] * scale), max(2.5, grid.shape[0] * scale) + 0.5))
-  if grid.ndim == 2:  # separators in a colour no grey tile pixel has
-    ax.imshow(grid, cmap=plt.get_cmap('gray').with_extremes(bad='#4a78b5'), vmin=0, vmax=1,
-              interpolation='nearest')
-  else:
-    ax.imshow(np.nan_to_num(grid, nan=1.0), interpolation='nearest')
-  ax.axis('off')
+  show_grid(ax, grid)
   kh, kw, cin, cout = kernel.shape
   how = {1: 'greyscale', 3: 'RGB'}.get(cin, f'mean of {cin} input channels')
   what = f'{cout} kernels {kh}x{kw}, {how}, each scaled to its own range'
