@@ -57,21 +57,49 @@ def test_cached_batches_are_the_decoded_ones_in_one_process_and_across_workers(s
   cached = datasets.load_split(info, 'train', c.data)
   got = _batches(cached, tasks, epochs, decoded_cache=True)
   line = capsys.readouterr().out
-  assert 'decoded-image cache: ' in line and f'({len(plain):,} images, ' in line and ', 0 filled)' in line, line
+  assert 'decoded-image cache: ' in line and f'({len(plain):,} images, ' in line and \
+      ', 0 filled, 0 whole records)' in line, line
   _equal(got, expected)
   stem, why = decoded.cache_path(cached)
   assert why == '' and stem.startswith(os.path.join(str(info_dir(cached)), 'decoded', 'train-'))
   filled = np.load(stem + '.filled.npy')
   images = np.load(stem + '.images.npy', mmap_mode='r')
-  assert filled.all() and images.shape == (len(plain), 64, 64, 3)
+  assert (filled == decoded.WHOLE).all() and images.shape == (len(plain), 64, 64, 3)
   for i in (0, len(plain) // 2, len(plain) - 1):   # a row is the decoder's image, bit for bit
     np.testing.assert_array_equal(images[i], read_records(plain, [i])[0]['image'])
+  # Whole records come from the cache alone: with nothing to read them from, every record is still the same.
+  whole = decoded.use_cache(datasets.load_split(info, 'train', c.data))[0]
+  whole.source = None
+  _same_records(read_records(whole, range(len(plain))), read_records(plain, range(len(plain))))
   # The source the run holds still decodes its own images (the cache reads through a copy of it).
   assert read_records(cached, [0])[0]['image'].shape == (64, 64, 3)
   # Two grain workers read the filled cache (each opens it): the same batches again.
   _equal(_batches(datasets.load_split(info, 'train', c.data), tasks, 4, decoded_cache=True, num_workers=2),
          expected[:4])
-  assert f'{len(plain):,} filled)' in capsys.readouterr().out
+  assert f'{len(plain):,} filled, {len(plain):,} whole records)' in capsys.readouterr().out
+
+
+def _same_records(got, expected):
+  assert len(got) == len(expected)
+  for a, b in zip(got, expected):
+    assert list(a) == list(b)   # the same fields in the same order
+    for key in a:
+      if isinstance(a[key], np.ndarray):
+        assert a[key].dtype == b[key].dtype
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+      else:
+        assert type(a[key]) is type(b[key]) and a[key] == b[key], key
+
+
+def test_records_whose_fields_do_not_fit_their_slot_keep_only_their_image_there(sample, tmp_path):
+  c, info, _ = sample
+  plain = datasets.load_split(info, 'train', c.data)
+  tiny = decoded.DecodedImages(plain, str(tmp_path / 'cache'), (64, 64, 3), slot_bytes=16)
+  first = read_records(tiny, range(8))
+  again = read_records(tiny, range(8))   # the images from the cache, the fields from the records
+  assert tiny.filled() == 8 and tiny.whole() == 0
+  _same_records(first, read_records(plain, range(8)))
+  _same_records(again, first)
 
 
 def info_dir(source):
@@ -122,3 +150,17 @@ def test_the_setting_is_on_with_an_accelerator_and_off_on_a_cpu_unless_set():
                                           'cores, gpu)'
   with pytest.raises(ValueError, match="data.decoded_cache must be one of auto, on, off, not 'yes'"):
     resolved('yes', 'gpu')
+
+
+def test_a_run_with_the_cache_ends_as_the_run_without_it(deepfashion_sample, tmp_path, capsys):
+  from jaxssl.train import loop  # pylint: disable=import-outside-toplevel
+  finals = {}
+  for mode in ('off', 'on'):
+    c = _config(deepfashion_sample, tmp_path / 'tfds')
+    c.model.name, c.model.options = 'cifarnet', {'dropout': 0.0}
+    c.data.decoded_cache = mode
+    c.batch_size, c.eval_batch_size = 8, 16
+    c.total_steps, c.eval_every, c.checkpoint_every, c.log_every = 3, 0, 3, 1
+    finals[mode] = loop.train_and_evaluate(c, str(tmp_path / mode))['eval']
+  assert 'input: 0 workers x 1 thread, prefetch 4, decoded-image cache (auto: ' in capsys.readouterr().out
+  assert finals['on'] == finals['off']

@@ -100,8 +100,9 @@ def measure(config, *, steps: int, warmup: int, pipeline_batches: int, peak_gflo
   source, cache_line = exp.train_source, ''
   if inputs.decoded_cache:   # once, before the iterators (each would say it again); they read through it
     source, cache_line = decoded.use_cache(source)
+  options = {**inputs.options(), 'decoded_cache': False}
   it = pipeline.train_iterator(source, exp.tasks, global_batch=config.batch_size, seed=config.seed,
-                               mesh=exp.mesh, **inputs.options())
+                               mesh=exp.mesh, **options)
   try:
     next(it)  # first batch pays for opening files / starting workers
     t0 = time.perf_counter()
@@ -115,7 +116,7 @@ def measure(config, *, steps: int, warmup: int, pipeline_batches: int, peak_gflo
   if worker_counts:
     def make_iterator(k):
       return pipeline.train_iterator(source, exp.tasks, global_batch=config.batch_size, seed=config.seed,
-                                     mesh=exp.mesh, **{**inputs.options(), 'num_workers': k})
+                                     mesh=exp.mesh, **{**options, 'num_workers': k})
     input_figures['pipeline_images_per_s_by_workers'] = input_bench.scaling(
         make_iterator, worker_counts, batches=pipeline_batches, images_per_batch=config.batch_size)
   if stage_batches:

@@ -4,11 +4,14 @@ uint8 array file beside the prepared data, and read from there ever after.
 Decoding is most of what the input pipeline spends on a photo dataset (jaxssl/data/jpeg.py): at 256 px, reading
 and decoding a DeepFashion record takes ~450 us of a core, so an accelerator that trains DeepFashion's AlexNet
 at 34k images/s in bfloat16 would need ~25 cores of decoding. A row of the cache is a memory copy from the page
-cache (~30-40 us at 256 px on a 2-core CPU, measured 2026-11-30). The file holds ``N x H x W x C`` bytes (DeepFashion's
-289k training images at 256 px: 57 GB) plus one flag byte per image; it is created sparse and filled as the
-first epoch reads (a row is written, then its flag), by every process and worker that reads, so the first epoch
-costs what it did and no pass is made up front. The pixels are the decoder's, bit for bit: batches, and resumed
-runs, are the same with the cache and without.
+cache (~30-55 us at 256 px on a 2-core CPU, measured 2026-11-30), and the record's other fields (labels,
+attributes, its file name) come pickled from a slot beside it, so a record in the cache costs no ArrayRecord read
+and no tfds parsing either (~95 us of Python per DeepFashion record). The files hold ``N x H x W x C`` bytes
+(DeepFashion's 289k training images at 256 px: 57 GB), a slot per record (twice the first record's fields, at
+least 512 bytes; a record whose fields do not fit keeps only its image here) and a flag byte; they are created
+sparse and filled as the first epoch reads (a row is written, then its flag), by every process and worker that
+reads, so the first epoch costs what it did and no pass is made up front. The pixels are the decoder's, bit for
+bit, and the fields tfds's: batches, and resumed runs, are the same with the cache and without.
 
 The file's name holds the split, its shape and a hash of the prepared files' names, sizes and modification times:
 data prepared again is cached anew. A split it cannot hold (PNG or varying image sizes, not prepared tfds data)
@@ -21,10 +24,13 @@ import copy
 import glob
 import hashlib
 import os
+import pickle
 import shutil
 from typing import Any
 
 import numpy as np
+
+from jaxssl.data.sources import read_records
 
 MARGIN_BYTES = 2 << 30   # left free on the disk beyond the cache's own size
 
@@ -74,12 +80,17 @@ def cache_path(tfds_source) -> tuple[str | None, str]:
   return os.path.join(data_dir, 'decoded', name), ''
 
 
-class DecodedImages:
-  """The tfds source ``source`` with its images read from the cache at ``stem`` (``.images.npy``,
-  ``.filled.npy``), decoded and written there on a first read (module docstring). Picklable for grain's workers:
-  each process opens the files itself."""
+IMAGE_ONLY, WHOLE = 1, 2   # a record's flag: its image is in the cache; its other fields too
 
-  def __init__(self, source, stem: str, shape: tuple[int, ...]):
+
+class DecodedImages:
+  """The tfds source ``source`` with its records read from the cache at ``stem``: ``.images.npy`` (the decoded
+  images), ``.fields.npy`` (each record's other fields, pickled, in a slot of ``slot_bytes``) and ``.filled.npy``
+  (per record 0, :data:`IMAGE_ONLY` where its fields did not fit the slot, or :data:`WHOLE`). A record read whole
+  from the cache costs no ArrayRecord read and no tfds parsing; one not yet there is read, decoded and written
+  (module docstring). Picklable for grain's workers: each process opens the files itself."""
+
+  def __init__(self, source, stem: str, shape: tuple[int, ...], slot_bytes: int = 0):
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
     from jaxssl.data import jpeg  # pylint: disable=import-outside-toplevel
     # A copy whose records come with their image undecoded (this class decodes it, or reads it from the cache);
@@ -90,6 +101,8 @@ class DecodedImages:
     self.decoder = jpeg.JpegDecoder()
     self.decoder.setup(feature=source.dataset_info.features['image'])
     self._arrays = None
+    # A slot twice the first record's fields (at least 512 bytes): records much larger keep only their image here.
+    self.slot_bytes = int(slot_bytes) or max(512, -(-(2 * len(self._fields_blob(self.source[0])) + 64) // 256) * 256)
     self.create()
 
   def __len__(self) -> int:
@@ -99,14 +112,22 @@ class DecodedImages:
   def dataset_info(self):
     return self.source.dataset_info
 
+  @staticmethod
+  def _fields_blob(record: dict[str, Any]) -> bytes:
+    """The record without its image (its place kept: the key order is the record's), pickled."""
+    return pickle.dumps({k: (None if k == 'image' else v) for k, v in record.items()}, protocol=5)
+
   def create(self) -> None:
-    """Makes the two files, sparse, unless they are there (two processes at once: one makes them, both use them)."""
-    images, filled = self.stem + '.images.npy', self.stem + '.filled.npy'
-    if os.path.exists(images) and os.path.exists(filled):
+    """Makes the files, sparse, unless they are there (two processes at once: one makes them, both use them)."""
+    n = len(self.source)
+    wanted = ((self.stem + '.filled.npy', (n,)), (self.stem + '.fields.npy', (n, self.slot_bytes)),
+              (self.stem + '.images.npy', (n,) + self.shape))
+    if all(os.path.exists(path) for path, _ in wanted):
       return
     os.makedirs(os.path.dirname(self.stem), exist_ok=True)
-    n = len(self.source)
-    for path, shape in ((filled, (n,)), (images, (n,) + self.shape)):   # the flags first: images last marks done
+    for path, shape in wanted:
+      if os.path.exists(path):
+        continue
       temp = f'{path}.{os.getpid()}.tmp'
       np.lib.format.open_memmap(temp, mode='w+', dtype=np.uint8, shape=shape).flush()
       try:
@@ -121,32 +142,52 @@ class DecodedImages:
 
   def _open(self):
     if self._arrays is None:
-      self._arrays = (np.load(self.stem + '.images.npy', mmap_mode='r+'),
-                      np.load(self.stem + '.filled.npy', mmap_mode='r+'))
+      self._arrays = tuple(np.load(f'{self.stem}.{name}.npy', mmap_mode='r+')
+                           for name in ('images', 'fields', 'filled'))
+      self.slot_bytes = self._arrays[1].shape[1]   # the file's, where another process made it
     return self._arrays
 
   def filled(self) -> int:
     """How many images are in the cache."""
-    return int(np.count_nonzero(self._open()[1]))
+    return int(np.count_nonzero(self._open()[2]))
 
-  def _fill(self, records, indices) -> list[dict[str, Any]]:
-    images, filled = self._open()
-    for i, record in zip(indices, records):
-      if filled[i]:
-        record['image'] = np.array(images[i])
-      else:
-        image = self.decoder.decode_example_np(record['image'])
-        images[i] = image
-        filled[i] = 1   # after its row: a reader that sees the flag finds the whole image
-        record['image'] = image
-    return records
+  def whole(self) -> int:
+    """How many records are in the cache whole (image and fields)."""
+    return int(np.count_nonzero(self._open()[2] == WHOLE))
 
   def __getitem__(self, index):
-    return self._fill([self.source[int(index)]], [int(index)])[0]
+    return self.__getitems__([index])[0]
 
   def __getitems__(self, indices):
+    images, fields, filled = self._open()
     indices = [int(i) for i in indices]
-    return self._fill(list(self.source.__getitems__(indices)), indices)
+    out: list[Any] = [None] * len(indices)
+    missing = []
+    for k, i in enumerate(indices):
+      if filled[i] == WHOLE:
+        size = int.from_bytes(fields[i, :4].tobytes(), 'little')
+        record = pickle.loads(fields[i, 4:4 + size].tobytes())
+        record['image'] = np.array(images[i])
+        out[k] = record
+      else:
+        missing.append(k)
+    if missing:
+      for k, record in zip(missing, read_records(self.source, [indices[k] for k in missing])):
+        i = indices[k]
+        if filled[i]:
+          record['image'] = np.array(images[i])
+        else:
+          image = self.decoder.decode_example_np(record['image'])
+          images[i] = image
+          filled[i] = IMAGE_ONLY   # after its row: a reader that sees the flag finds the whole image
+          record['image'] = image
+        blob = self._fields_blob(record)
+        if len(blob) + 4 <= self.slot_bytes:
+          fields[i, :4] = np.frombuffer(len(blob).to_bytes(4, 'little'), np.uint8)
+          fields[i, 4:4 + len(blob)] = np.frombuffer(blob, np.uint8)
+          filled[i] = WHOLE   # after its fields
+        out[k] = record
+    return out
 
 
 def use_cache(source) -> tuple[Any, str]:
@@ -163,7 +204,7 @@ def use_cache(source) -> tuple[Any, str]:
     if stem is None:
       return source, f'decoded-image cache: not used ({why})'
     shape = tuple(tfds_source.dataset_info.features['image'].shape)
-    need = len(tfds_source) * (int(np.prod(shape)) + 1)
+    need = len(tfds_source) * (int(np.prod(shape)) + 1 + 512)   # + a slot of fields, at least 512 bytes
     try:
       os.makedirs(os.path.dirname(stem), exist_ok=True)
     except OSError as e:
@@ -178,5 +219,6 @@ def use_cache(source) -> tuple[Any, str]:
       source = cached
     else:
       parent.source = cached
-  return source, (f'decoded-image cache: {cached.stem}.images.npy ({len(cached):,} images, '
-                  f'{len(cached) * (int(np.prod(cached.shape)) + 1) / 1e9:.2f} GB, {cached.filled():,} filled)')
+  size = len(cached) * (int(np.prod(cached.shape)) + 1 + cached.slot_bytes)
+  return source, (f'decoded-image cache: {cached.stem}.images.npy ({len(cached):,} images, {size / 1e9:.2f} GB, '
+                  f'{cached.filled():,} filled, {cached.whole():,} whole records)')
