@@ -164,3 +164,26 @@ def test_a_run_with_the_cache_ends_as_the_run_without_it(deepfashion_sample, tmp
     finals[mode] = loop.train_and_evaluate(c, str(tmp_path / mode))['eval']
   assert 'input: 0 workers x 1 thread, prefetch 4, decoded-image cache (auto: ' in capsys.readouterr().out
   assert finals['on'] == finals['off']
+
+
+def test_a_cache_left_unsynced_by_an_earlier_boot_is_filled_again_and_a_synced_one_kept(sample, tmp_path, capsys,
+                                                                                         monkeypatch):
+  """After a crash the disk may hold a row's flag without its pixels: a cache written in another boot and not synced
+  since is forgotten and filled again; one completed (synced when first seen full) is kept."""
+  c, info, _ = sample
+  plain = datasets.load_split(info, 'train', c.data)
+  stem = str(tmp_path / 'cache')
+  cache = decoded.DecodedImages(plain, stem, (64, 64, 3))
+  expected = read_records(cache, range(10))
+  with open(stem + '.boot', 'w', encoding='utf-8') as f:
+    f.write('an-earlier-boot')   # as if these 10 rows were written before the machine stopped
+  again = decoded.DecodedImages(plain, stem, (64, 64, 3))
+  assert again.filled() == 0 and 'it is filled again' in capsys.readouterr().out
+  _same_records(read_records(again, range(10)), expected)
+  assert again.filled() == 10
+  # Full, then synced: another boot keeps it whole.
+  read_records(again, range(len(plain)))
+  assert again.sync() and again.whole() == len(plain)
+  monkeypatch.setattr(decoded, '_boot_id', lambda: 'the-next-boot')
+  assert decoded.DecodedImages(plain, stem, (64, 64, 3)).whole() == len(plain)
+  assert 'filled again' not in capsys.readouterr().out

@@ -13,6 +13,10 @@ sparse and filled as the first epoch reads (a row is written, then its flag), by
 reads, so the first epoch costs what it did and no pass is made up front. The pixels are the decoder's, bit for
 bit, and the fields tfds's: batches, and resumed runs, are the same with the cache and without.
 
+A process ending, even killed, loses nothing written (the pages are the kernel's); a machine that stops while the
+cache is being filled can leave a flag on disk without its row, so a cache written in an earlier boot and not
+synced since (it is synced when first seen full) is filled again, and the log says so.
+
 The file's name holds the split, its shape and a hash of the prepared files' names, sizes and modification times:
 data prepared again is cached anew. A split it cannot hold (PNG or varying image sizes, not prepared tfds data)
 or a disk without the room is read as before, and the run's log says why.
@@ -31,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from jaxssl.data.sources import read_records
+from jaxssl.runlog import log
 
 MARGIN_BYTES = 2 << 30   # left free on the disk beyond the cache's own size
 
@@ -80,6 +85,26 @@ def cache_path(tfds_source) -> tuple[str | None, str]:
   return os.path.join(data_dir, 'decoded', name), ''
 
 
+def _read_text(path: str) -> str:
+  try:
+    with open(path, encoding='utf-8') as f:
+      return f.read().strip()
+  except OSError:
+    return ''
+
+
+def _write_text(path: str, text: str) -> None:
+  temp = f'{path}.{os.getpid()}.tmp'
+  with open(temp, 'w', encoding='utf-8') as f:
+    f.write(text)
+  os.replace(temp, path)
+
+
+def _boot_id() -> str:
+  """This boot of the machine ('' where the kernel does not say)."""
+  return _read_text('/proc/sys/kernel/random/boot_id')
+
+
 IMAGE_ONLY, WHOLE = 1, 2   # a record's flag: its image is in the cache; its other fields too
 
 
@@ -100,7 +125,7 @@ class DecodedImages:
     self.stem, self.shape = stem, tuple(shape)
     self.decoder = jpeg.JpegDecoder()
     self.decoder.setup(feature=source.dataset_info.features['image'])
-    self._arrays = None
+    self._arrays, self._misses, self._marked = None, 0, False
     # A slot twice the first record's fields (at least 512 bytes): records much larger keep only their image here.
     self.slot_bytes = int(slot_bytes) or max(512, -(-(2 * len(self._fields_blob(self.source[0])) + 64) // 256) * 256)
     self.create()
@@ -138,14 +163,48 @@ class DecodedImages:
         os.remove(temp)
 
   def __getstate__(self):
-    return {**self.__dict__, '_arrays': None}
+    return {**self.__dict__, '_arrays': None, '_marked': False}
 
   def _open(self):
     if self._arrays is None:
       self._arrays = tuple(np.load(f'{self.stem}.{name}.npy', mmap_mode='r+')
                            for name in ('images', 'fields', 'filled'))
       self.slot_bytes = self._arrays[1].shape[1]   # the file's, where another process made it
+      self._after_a_crash(self._arrays[2])
     return self._arrays
+
+  def _after_a_crash(self, filled) -> None:
+    """Forgets what the cache holds where it was written in an earlier boot of this machine and not synced to disk
+    since: the kernel writes dirty pages back in no set order, so after a crash or a power loss a flag can be on disk
+    without its row. A process ending, killed or not, loses nothing (the pages stay in the kernel); a cache
+    completed and synced (:meth:`sync`, done when it is first seen full) is kept across reboots."""
+    boot = _boot_id()
+    written = _read_text(self.stem + '.boot')
+    if written and boot and written != boot and _read_text(self.stem + '.synced') != written:
+      filled[:] = 0
+      filled.flush()
+      _write_text(self.stem + '.boot', boot)
+      log(f'decoded-image cache: {self.stem}.images.npy was being filled when this machine last stopped (not '
+          'synced to disk): it is filled again')
+
+  def _mark_writing(self) -> None:
+    """Records this boot as the one whose writes the disk may not hold yet (once per process)."""
+    if not self._marked:
+      boot = _boot_id()
+      if boot and _read_text(self.stem + '.boot') != boot:
+        _write_text(self.stem + '.boot', boot)
+      self._marked = True
+
+  def sync(self) -> bool:
+    """Where every record is in the cache: flushes the files to disk and marks them synced for this boot, so
+    that a later boot keeps them; whether it did."""
+    images, fields, filled = self._open()
+    if not np.all(filled):
+      return False
+    for array in (images, fields, filled):
+      array.flush()
+    _write_text(self.stem + '.synced', _read_text(self.stem + '.boot') or _boot_id())
+    return True
 
   def filled(self) -> int:
     """How many images are in the cache."""
@@ -177,16 +236,22 @@ class DecodedImages:
         if filled[i]:
           record['image'] = np.array(images[i])
         else:
+          self._mark_writing()
           image = self.decoder.decode_example_np(record['image'])
           images[i] = image
           filled[i] = IMAGE_ONLY   # after its row: a reader that sees the flag finds the whole image
           record['image'] = image
         blob = self._fields_blob(record)
         if len(blob) + 4 <= self.slot_bytes:
+          self._mark_writing()
           fields[i, :4] = np.frombuffer(len(blob).to_bytes(4, 'little'), np.uint8)
           fields[i, 4:4 + len(blob)] = np.frombuffer(blob, np.uint8)
           filled[i] = WHOLE   # after its fields
         out[k] = record
+      self._misses += len(missing)
+      if self._misses >= len(self) // 4 + 1:   # every quarter of the split's reads: full yet? then on disk
+        self._misses = 0
+        self.sync()
     return out
 
 
@@ -201,6 +266,8 @@ def use_cache(source) -> tuple[Any, str]:
     cached = tfds_source
   else:
     stem, why = cache_path(tfds_source)
+    if stem is not None and len(tfds_source) == 0:
+      stem, why = None, 'the split is empty'
     if stem is None:
       return source, f'decoded-image cache: not used ({why})'
     shape = tuple(tfds_source.dataset_info.features['image'].shape)
