@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxssl import files
 from jaxssl.data.sources import read_records
 from jaxssl.runlog import log
 
@@ -86,18 +87,11 @@ def cache_path(tfds_source) -> tuple[str | None, str]:
 
 
 def _read_text(path: str) -> str:
+  """``path``'s text, stripped; '' where it cannot be read (not there)."""
   try:
-    with open(path, encoding='utf-8') as f:
-      return f.read().strip()
+    return files.read_text(path, errors='replace').strip()
   except OSError:
     return ''
-
-
-def _write_text(path: str, text: str) -> None:
-  temp = f'{path}.{os.getpid()}.tmp'
-  with open(temp, 'w', encoding='utf-8') as f:
-    f.write(text)
-  os.replace(temp, path)
 
 
 def _boot_id() -> str:
@@ -183,7 +177,7 @@ class DecodedImages:
     if written and boot and written != boot and _read_text(self.stem + '.synced') != written:
       filled[:] = 0
       filled.flush()
-      _write_text(self.stem + '.boot', boot)
+      files.write_text(self.stem + '.boot', boot)
       log(f'decoded-image cache: {self.stem}.images.npy was being filled when this machine last stopped (not '
           'synced to disk): it is filled again')
 
@@ -192,7 +186,7 @@ class DecodedImages:
     if not self._marked:
       boot = _boot_id()
       if boot and _read_text(self.stem + '.boot') != boot:
-        _write_text(self.stem + '.boot', boot)
+        files.write_text(self.stem + '.boot', boot)
       self._marked = True
 
   def sync(self) -> bool:
@@ -203,7 +197,7 @@ class DecodedImages:
       return False
     for array in (images, fields, filled):
       array.flush()
-    _write_text(self.stem + '.synced', _read_text(self.stem + '.boot') or _boot_id())
+    files.write_text(self.stem + '.synced', _read_text(self.stem + '.boot') or _boot_id())
     return True
 
   def filled(self) -> int:
