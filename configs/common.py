@@ -43,7 +43,8 @@ def data_config(name: str, **dataset_keys: Any) -> ml_collections.ConfigDict:
       'prefetch_batches': -1,   # batches prepared ahead per process (grain's default of 500 starves a CPU's step)
       # JPEG training images decoded once into a uint8 file beside the prepared data, read from there after
       # (jaxssl/data/decoded.py; the same pixels): 'auto' = with an accelerator (the cores cannot decode as fast as
-      # it trains), not on a CPU (the step needs the cores, and decoding is 3-20x faster than it); 'on', 'off'.
+      # it trains) in a one-process run, not on a CPU (the step needs the cores, and decoding is 3-20x faster than
+      # it) nor across hosts (a shared network folder's memory maps are not coherent: 'on' where it is local).
       'decoded_cache': 'auto',
       'normalize': 'dataset',   # its own mean/std, or 'imagenet' for torchvision weights (data/normalization.py)
       # name='tfds:NAME[/CONFIG][:VERSION]' (jaxssl/data/tfds_any.py): which features are the image and the label

@@ -261,6 +261,9 @@ class Benchmark:
     self.b = config.benchmark
     # ml_collections iterates keys in name order; the random init (scratch) goes last, as the table's reference.
     self.inits = {k: v for k, v in self.b.inits.items() if k != 'random'}
+    if COMBINATION in self.b.inits:
+      raise BenchmarkConfigError(f"benchmark.inits: '{COMBINATION}' is the name of the init benchmark.combine adds; "
+                                 'name yours otherwise')
     if 'random' not in self.b.inits:
       raise BenchmarkConfigError("benchmark.inits needs 'random' (''): its fine-tuning cells are the from-scratch "
                                  'baseline every other init is compared with')
@@ -636,8 +639,8 @@ class Benchmark:
     for init, run in backbones.items():
       try:
         what, kernel = report.checkpoint_filters(run)
-      except (ValueError, KeyError, FileNotFoundError) as e:   # e.g. a backbone without a conv: said, not drawn
-        log(f'note: filters.png has no panel for {init}: {e}')
+      except Exception as e:  # pylint: disable=broad-exception-caught  # a picture never stops the benchmark
+        log(f'note: filters.png has no panel for {init}: {" ".join(str(e).split())[:300]}')
         continue
       panels.append((init, what, filters.filter_grid(kernel)))
       out['filters'].append(f'{init}: {what}')

@@ -105,6 +105,11 @@ def test_bad_inits_are_one_line(tmp_path):
   c.benchmark.pretrain_epochs = 3.0
   capped = benchmark.pretrain_config(c, 'configs/fmnist_rotation.py:quick')
   assert (capped.num_epochs, capped.total_steps, capped.data.train_limit) == (3.0, 0, 2000)
+  c.benchmark.inits['combination'] = 'configs/fmnist_rotation.py:quick'
+  with pytest.raises(benchmark.BenchmarkConfigError, match="benchmark.inits: 'combination' is the name of the init "
+                                                           "benchmark.combine adds"):
+    benchmark.Benchmark(c, str(tmp_path))
+  del c.benchmark.inits['combination']
   del c.benchmark.inits['random']
   with pytest.raises(benchmark.BenchmarkConfigError, match="benchmark.inits needs 'random'"):
     benchmark.Benchmark(c, str(tmp_path))

@@ -141,11 +141,12 @@ def test_data_prepared_again_is_cached_anew_and_what_cannot_be_cached_says_why(s
 
 
 def test_the_setting_is_on_with_an_accelerator_and_off_on_a_cpu_unless_set():
-  def resolved(value, backend):
+  def resolved(value, backend, processes=1):
     data = ml_collections.ConfigDict({'decoded_cache': value})
-    return pipeline.input_settings(data, cores=16, backend=backend)
+    return pipeline.input_settings(data, cores=16, backend=backend, processes=processes)
   assert not resolved('auto', 'cpu').decoded_cache and resolved('auto', 'gpu').decoded_cache
   assert resolved('on', 'cpu').decoded_cache and not resolved('off', 'gpu').decoded_cache
+  assert not resolved('auto', 'gpu', processes=2).decoded_cache and resolved('on', 'gpu', processes=2).decoded_cache
   assert resolved('auto', 'gpu').line() == 'input: 14 workers x 2 threads, prefetch 2, decoded-image cache (auto: 16 ' \
                                           'cores, gpu)'
   with pytest.raises(ValueError, match="data.decoded_cache must be one of auto, on, off, not 'yes'"):
@@ -180,10 +181,32 @@ def test_a_cache_left_unsynced_by_an_earlier_boot_is_filled_again_and_a_synced_o
   again = decoded.DecodedImages(plain, stem, (64, 64, 3))
   assert again.filled() == 0 and 'it is filled again' in capsys.readouterr().out
   _same_records(read_records(again, range(10)), expected)
-  assert again.filled() == 10
-  # Full, then synced: another boot keeps it whole.
+  assert again.filled() == 10 and not again.synced()
+  # Full, then synced by the reader that filled rows when it next finds every record there: another boot keeps it.
   read_records(again, range(len(plain)))
-  assert again.sync() and again.whole() == len(plain)
+  assert not again.synced()
+  read_records(again, range(4))
+  assert again.synced() and again.whole() == len(plain)
   monkeypatch.setattr(decoded, '_boot_id', lambda: 'the-next-boot')
   assert decoded.DecodedImages(plain, stem, (64, 64, 3)).whole() == len(plain)
   assert 'filled again' not in capsys.readouterr().out
+
+
+def test_flags_without_their_boot_marker_are_forgotten_and_files_not_ours_are_read_as_before(sample, tmp_path,
+                                                                                              monkeypatch):
+  c, info, _ = sample
+  plain = datasets.load_split(info, 'train', c.data)
+  stem = str(tmp_path / 'cache')
+  expected = read_records(decoded.DecodedImages(plain, stem, (64, 64, 3)), range(6))
+  os.remove(stem + '.boot')   # the marker did not reach the disk before the machine stopped
+  again = decoded.DecodedImages(plain, stem, (64, 64, 3))
+  assert again.filled() == 0
+  _same_records(read_records(again, range(6)), expected)
+  # Cache files it cannot open (here a folder where a file should be; another user's files fail the same way): the
+  # split is read as before, in one line.
+  source = datasets.load_split(info, 'train', c.data)
+  stem = str(tmp_path / 'theirs')
+  os.makedirs(stem + '.images.npy')
+  monkeypatch.setattr(decoded, 'cache_path', lambda _: (stem, ''))   # where this split's cache is, here
+  same, line = decoded.use_cache(source)
+  assert same is source and line == f'decoded-image cache: not used ({stem}: Is a directory)', line

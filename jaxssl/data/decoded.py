@@ -9,7 +9,8 @@ attributes, its file name) come pickled from a slot beside it, so a record in th
 and no tfds parsing either (~95 us of Python per DeepFashion record). The files hold ``N x H x W x C`` bytes
 (DeepFashion's 289k training images at 256 px: 57 GB), a slot per record (twice the first record's fields, at
 least 512 bytes; a record whose fields do not fit keeps only its image here) and a flag byte; they are created
-sparse and filled as the first epoch reads (a row is written, then its flag), by every process and worker that
+with their blocks reserved (a disk that fills up later cannot fault a write into them) and filled as the first
+epoch reads (a row is written, then its flag), by every process and worker that
 reads, so the first epoch costs what it did and no pass is made up front. The pixels are the decoder's, bit for
 bit, and the fields tfds's: batches, and resumed runs, are the same with the cache and without.
 
@@ -94,6 +95,21 @@ def _read_text(path: str) -> str:
     return ''
 
 
+def _write_synced(path: str, text: str) -> None:
+  """``path`` replaced by ``text`` and on disk (the file and its folder's entry) before this returns."""
+  temp = f'{path}.{os.getpid()}.tmp'
+  with open(temp, 'w', encoding='utf-8') as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(temp, path)
+  folder = os.open(os.path.dirname(path) or '.', os.O_RDONLY)
+  try:
+    os.fsync(folder)
+  finally:
+    os.close(folder)
+
+
 def _boot_id() -> str:
   """This boot of the machine ('' where the kernel does not say)."""
   return _read_text('/proc/sys/kernel/random/boot_id')
@@ -149,6 +165,9 @@ class DecodedImages:
         continue
       temp = f'{path}.{os.getpid()}.tmp'
       np.lib.format.open_memmap(temp, mode='w+', dtype=np.uint8, shape=shape).flush()
+      if hasattr(os, 'posix_fallocate'):   # the blocks reserved now: a disk filled later cannot fault a write
+        with open(temp, 'r+b') as f:
+          os.posix_fallocate(f.fileno(), 0, os.path.getsize(temp))
       try:
         os.link(temp, path)   # fails where another process made it first: theirs is used
       except FileExistsError:
@@ -174,10 +193,13 @@ class DecodedImages:
     completed and synced (:meth:`sync`, done when it is first seen full) is kept across reboots."""
     boot = _boot_id()
     written = _read_text(self.stem + '.boot')
-    if written and boot and written != boot and _read_text(self.stem + '.synced') != written:
+    # No .boot beside set flags: the machine stopped before the marker reached the disk (it is synced before the
+    # first write, but a copied or half-deleted cache can lack it too).
+    torn = (written != boot and _read_text(self.stem + '.synced') != written) if written else bool(filled.any())
+    if boot and torn:
       filled[:] = 0
       filled.flush()
-      files.write_text(self.stem + '.boot', boot)
+      _write_synced(self.stem + '.boot', boot)
       log(f'decoded-image cache: {self.stem}.images.npy was being filled when this machine last stopped (not '
           'synced to disk): it is filled again')
 
@@ -186,7 +208,7 @@ class DecodedImages:
     if not self._marked:
       boot = _boot_id()
       if boot and _read_text(self.stem + '.boot') != boot:
-        files.write_text(self.stem + '.boot', boot)
+        _write_synced(self.stem + '.boot', boot)   # on disk before any row it stands for
       self._marked = True
 
   def sync(self) -> bool:
@@ -197,8 +219,13 @@ class DecodedImages:
       return False
     for array in (images, fields, filled):
       array.flush()
-    files.write_text(self.stem + '.synced', _read_text(self.stem + '.boot') or _boot_id())
+    _write_synced(self.stem + '.synced', _read_text(self.stem + '.boot') or _boot_id())
     return True
+
+  def synced(self) -> bool:
+    """Whether the cache is marked synced for the boot that wrote it."""
+    written = _read_text(self.stem + '.boot')
+    return bool(written) and _read_text(self.stem + '.synced') == written
 
   def filled(self) -> int:
     """How many images are in the cache."""
@@ -243,9 +270,9 @@ class DecodedImages:
           filled[i] = WHOLE   # after its fields
         out[k] = record
       self._misses += len(missing)
-      if self._misses >= len(self) // 4 + 1:   # every quarter of the split's reads: full yet? then on disk
-        self._misses = 0
-        self.sync()
+    elif self._misses:   # this process filled rows and now finds every record there: full yet? then to disk
+      self._misses = 0
+      self.sync()
     return out
 
 
@@ -275,7 +302,12 @@ def use_cache(source) -> tuple[Any, str]:
       if free < need + MARGIN_BYTES:
         return source, (f'decoded-image cache: not used ({need / 1e9:.1f} GB needed, {free / 1e9:.1f} GB free in '
                         f'{os.path.dirname(stem)}; free some, or set data.decoded_cache=off to silence this)')
-    cached = DecodedImages(tfds_source, stem, shape)
+    try:
+      cached = DecodedImages(tfds_source, stem, shape)
+      if not cached.synced():
+        cached.sync()   # full already (filled by processes that ended before seeing it full): to disk now
+    except OSError as e:   # not ours to write (another user's files), no hard links, no room to reserve
+      return source, f'decoded-image cache: not used ({stem}: {e.strerror or e})'
     if parent is None:
       source = cached
     else:

@@ -218,23 +218,27 @@ def auto_settings(cores: int, backend: str) -> tuple[int, int, int]:
   return (workers, 2, 2) if workers else (0, 2, 8)
 
 
-def input_settings(data_cfg, *, cores: int | None = None, backend: str | None = None) -> InputSettings:
+def input_settings(data_cfg, *, cores: int | None = None, backend: str | None = None,
+                   processes: int | None = None) -> InputSettings:
   """``config.data``'s num_workers, read_threads and prefetch_batches, each -1 ('auto', the default) or absent
   resolved by :func:`auto_settings` for this machine (``cores``: default :func:`machine_cores`; ``backend``:
-  default ``jax.default_backend()``); explicit values are kept."""
+  default ``jax.default_backend()``; ``processes``: default ``jax.process_count()``); explicit values are kept."""
   keys = ('num_workers', 'read_threads', 'prefetch_batches')
   given = {k: int(data_cfg.get(k, AUTO)) for k in keys}
   cores = machine_cores() if cores is None else int(cores)
-  if backend is None:
+  if backend is None or processes is None:
     import jax  # pylint: disable=import-outside-toplevel  # the pipeline's workers need no jax
-    backend = jax.default_backend()
+    backend = jax.default_backend() if backend is None else backend
+    processes = jax.process_count() if processes is None else processes
   auto = dict(zip(keys, auto_settings(cores, backend)))
   cache = str(data_cfg.get('decoded_cache', 'auto'))
   if cache not in DECODED_CACHE:
     raise ValueError(f"data.decoded_cache must be one of {', '.join(DECODED_CACHE)}, not {cache!r}")
   return InputSettings(**{k: auto[k] if v == AUTO else v for k, v in given.items()}, cores=cores, backend=backend,
                        auto=tuple(k for k in keys if given[k] == AUTO),
-                       decoded_cache=cache == 'on' or (cache == 'auto' and backend != 'cpu'))
+                       # auto: one process beside an accelerator (the processes of a multi-host run may share a
+                       # network folder, where memory maps are not coherent between hosts: 'on' where it is local)
+                       decoded_cache=cache == 'on' or (cache == 'auto' and backend != 'cpu' and processes == 1))
 
 
 def iterator_options(data_cfg) -> dict[str, int]:
