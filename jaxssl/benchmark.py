@@ -512,23 +512,22 @@ class Benchmark:
       self.errors[init] = ' '.join(str(e).split())
       log(f'benchmark: {init} skipped from here on: {self.errors[init]}')
 
+  def backbone_parts(self, init: str, n: str) -> None:
+    """Parts 1-3 of ``init`` (pretrain, probe, k-NN; what is done is skipped), then the results rewritten."""
+    self.guarded(init, self.pretrain, n)
+    if init not in self.errors:
+      self.guarded(init, self.probe_and_knn, n)
+    self.write_results()
+
   def run(self) -> dict[str, Any]:
     from jaxssl.runlog import log  # pylint: disable=import-outside-toplevel
     t0 = time.perf_counter()
     names = [name for name in self.inits if name != COMBINATION]
     for i, init in enumerate(names):
-      n = f'[{i + 1}/{len(names)}]'
-      self.guarded(init, self.pretrain, n)
-      if init not in self.errors:
-        self.guarded(init, self.probe_and_knn, n)
-      self.write_results()
+      self.backbone_parts(init, f'[{i + 1}/{len(names)}]')
     self.choose_combination()
     if COMBINATION in self.inits:
-      n = f'[{len(names) + 1}/{len(names) + 1}]'
-      self.guarded(COMBINATION, self.pretrain, n)
-      if COMBINATION not in self.errors:
-        self.guarded(COMBINATION, self.probe_and_knn, n)
-      self.write_results()
+      self.backbone_parts(COMBINATION, f'[{len(names) + 1}/{len(names) + 1}]')
     self.finetune()
     results = self.write_results()
     log(f'benchmark done ({_duration(time.perf_counter() - t0)} in this call) -> '
