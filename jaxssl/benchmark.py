@@ -24,8 +24,10 @@ trained workdir / weights file used as it is), in this order:
    ``benchmark.select.key`` (default the backbone's learning-rate scale, 0.1 or 1) on subset ``select.seed``,
    scored on the validation images (``<workdir>/finetune/select/``); the test cells
    (``<workdir>/finetune/cells/<init>_f<fraction>_s<seed>/``) then train with the value chosen there (a fraction
-   not selected at takes the largest selected one's below it). Fractions run smallest first, so an interrupted
-   benchmark has its low-label columns complete first.
+   not selected at takes the largest selected one's below it). The test cell on subset ``select.seed`` would
+   train exactly what the chosen selection cell trained, so it takes that training (``reused.json``) and only
+   scores the test split. Fractions run smallest first, so an interrupted benchmark has its low-label columns
+   complete first.
 
 The validation images (``benchmark.val_fraction`` of the training images, class-stratified, ``val_seed``) are
 one set for every init and every part: the pretext runs, the probe's training part and the fine-tuning subsets
@@ -476,14 +478,20 @@ class Benchmark:
     steps = {t[4]: config_for(*t[:3], None, False).total_steps for t in todo}
     total_steps, done_steps, t_all = sum(steps.values()), 0, 0.0
     for i, (init, fraction, seed, value, cell_dir) in enumerate(todo):
+      reused = None
       if value is None:
         chosen = self.chosen(init, fraction)
         c = config_for(init, fraction, seed, chosen, False)
+        if fraction in selected and seed == int(sel.seed) and chosen is not None:
+          reused = self.reuse_selection(c, config_for(init, fraction, seed, chosen, True),
+                                        self.select_dir(init, fraction, chosen), cell_dir)
       else:
         c = config_for(init, fraction, seed, value, True)
       what = (f'select {os.path.basename(cell_dir)} (on the validation images)' if value is not None else
               f'cell {study.cell_name(init, fraction, seed)}' + (f' ({sel.key}={chosen:g}, chosen on validation)'
                                                                  if chosen is not None else ''))
+      if reused:
+        what += f'; trained as {os.path.basename(reused)}, whose training is reused: the test split scored'
       eta = (f' | ETA {_duration(t_all / done_steps * (total_steps - done_steps))}' if done_steps else '')
       log(f'benchmark finetune {i + 1}/{len(todo)}: {what}, {c.total_steps} steps, batch {c.batch_size}{eta}')
       t0 = time.perf_counter()
@@ -497,6 +505,41 @@ class Benchmark:
       t_all += seconds
       if i + 1 == len(todo) or todo[i + 1][1] != fraction:
         self.write_results()   # a fraction's column complete for every init
+
+  @staticmethod
+  def reuse_selection(cell: ml_collections.ConfigDict, selection: ml_collections.ConfigDict, select_dir: str,
+                      cell_dir: str) -> str | None:
+    """The test cell on subset ``select.seed`` trains exactly what the selection cell of the chosen value trained
+    (one config but the split it is scored on; the run is deterministic), so it starts from that cell's finished
+    training: its checkpoints, its training rows of metrics.jsonl and init_from.json are copied into ``cell_dir``
+    (``reused.json`` says from where) and the trainer, resuming at the last step, only scores the test split.
+    Returns ``select_dir``, or None where the configs differ, the selection cell is not finished, or ``cell_dir``
+    already holds a run (it then resumes or trains as any cell)."""
+    import shutil  # pylint: disable=import-outside-toplevel
+    scored_on = selection.copy_and_resolve_references()
+    with scored_on.unlocked():
+      scored_on.data.eval_split = cell.data.eval_split
+    if scored_on.to_dict() != cell.to_dict():
+      return None
+    done = _read_json(os.path.join(select_dir, 'final_metrics.json'))
+    source = os.path.join(select_dir, 'checkpoints')
+    if done is None or not os.path.isdir(source) or os.path.exists(os.path.join(cell_dir, 'checkpoints')):
+      return None
+    os.makedirs(cell_dir, exist_ok=True)
+    for name in ('init_from.json',):
+      if os.path.exists(os.path.join(select_dir, name)):
+        shutil.copy2(os.path.join(select_dir, name), os.path.join(cell_dir, name))
+    with open(os.path.join(select_dir, 'metrics.jsonl'), encoding='utf-8') as f:
+      rows = [line for line in f if json.loads(line).get('split') == 'train']
+    write_text(os.path.join(cell_dir, 'metrics.jsonl'), ''.join(rows))
+    write_json(os.path.join(cell_dir, 'reused.json'),
+               {'trained_by': select_dir, 'step': int(done['step']),
+                'why': 'the same config but the split it is scored on: the same training, scored on the test split'})
+    partial = os.path.join(cell_dir, 'checkpoints.partial')
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(source, partial)
+    os.replace(partial, os.path.join(cell_dir, 'checkpoints'))   # whole or absent: a stop mid-copy leaves no half
+    return select_dir
 
   def cell_dir(self, init: str, fraction: float, seed: int) -> str:
     return os.path.join(self.workdir, 'finetune', 'cells', study.cell_name(init, fraction, seed))

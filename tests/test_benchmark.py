@@ -8,6 +8,7 @@ import pathlib
 import subprocess
 import sys
 
+import ml_collections
 import numpy as np
 import pytest
 
@@ -72,6 +73,16 @@ def test_quick_benchmark_runs_every_part_once_and_a_rerun_skips_them(tfds_dir, t
       assert (c['data']['eval_split'], c['data']['holdout_fraction'], c['optim']['backbone_lr_scale'],
               c['data']['train_fraction'], c['data']['subset_seed']) == ('test', 0.1, chosen, float(f), 0)
       assert c['init_from'] == ('' if init == 'random' else os.path.join(workdir, 'pretrain', 'rotation'))
+  # The test cell on the selection subset at the chosen value is the selection cell's training, scored on the
+  # test split: the same final metrics as a cell trained afresh with its config.
+  cell = os.path.join(workdir, 'finetune', 'cells', 'rotation_f0.05_s0')
+  chosen = rows['rotation']['chosen']['0.05']
+  assert _json(os.path.join(cell, 'reused.json'))['trained_by'] == os.path.join(
+      workdir, 'finetune', 'select', f'rotation_f0.05_s0_backbone_lr_scale={chosen:g}')
+  fresh = str(tmp_path / 'fresh')
+  benchmark.loop_train(ml_collections.ConfigDict(_json(os.path.join(cell, 'config.json'))), fresh)
+  assert _json(os.path.join(cell, 'final_metrics.json')) == _json(os.path.join(fresh, 'final_metrics.json'))
+  assert not os.path.exists(os.path.join(workdir, 'finetune', 'cells', 'rotation_f1_s0', 'reused.json'))
   for name in ('results.md', 'results.csv', 'results.json', 'probe_layers.png', 'label_efficiency.png',
                'filters.png', 'timings.json'):
     assert os.path.getsize(os.path.join(workdir, name)) > 0, name
