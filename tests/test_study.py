@@ -145,6 +145,35 @@ def test_fold_plan_counts_the_folds_each_fraction_has_and_names_a_bad_mode():
   records = [{'label': c} for c in (0,) * 40 + (1,) * 23]   # 0.5 of 23: two folds of 11; 0.1: 40 // 4 = 10 folds
   folds, sizes = subsets.fold_plan(records, (0.5, 0.1), 'kfold', 'study.subsets')
   assert folds == {0.5: 2, 0.1: 10} and sizes == {0.5: 20 + 11, 0.1: 4 + 2}
-  assert subsets.fold_plan(records, (0.5,), 'random', 'study.subsets') == ({}, {})
+  # Random subsets: no folds, and the size every seed's subset has (per class round(f x count): 12 of 23 at 0.5).
+  assert subsets.fold_plan(records, (0.5, 0.1), 'random', 'study.subsets') == ({}, {0.5: 20 + 12, 0.1: 4 + 2})
+  labels = subsets.source_labels(records)
+  assert {len(subsets.labelled_subset(labels, 0.5, seed)) for seed in range(5)} == {32}
   with pytest.raises(ValueError, match="benchmark.subsets='folds' must be one of: random, kfold"):
     subsets.fold_plan(records, (0.5,), 'folds', 'benchmark.subsets')
+
+
+def test_a_prepared_splits_labels_are_read_once_per_process_until_it_is_prepared_again(tfds_dir, monkeypatch):
+  from jaxssl.data import datasets  # pylint: disable=import-outside-toplevel
+  c = small_config(tfds_dir)
+  info = datasets.get_dataset(c.data.name, c.data)
+  subsets._LABELS.clear()  # pylint: disable=protected-access
+  first = subsets.source_labels(datasets.load_split(info, 'test', c.data))
+  assert len(first) == 10000 and np.bincount(first).tolist() == [1000] * 10
+  reads = []
+  read = subsets._read_labels  # pylint: disable=protected-access
+  monkeypatch.setattr(subsets, '_read_labels', lambda source: reads.append(1) or read(source))
+  again = subsets.source_labels(datasets.load_split(info, 'test', c.data))   # another source object, same files
+  np.testing.assert_array_equal(again, first)
+  assert not reads
+  again[:] = -1   # a caller's copy: the memo is not changed through it
+  np.testing.assert_array_equal(subsets.source_labels(datasets.load_split(info, 'test', c.data)), first)
+  prepared = [os.path.join(str(info.load('test', c.data).dataset_info.data_dir), f)
+              for f in os.listdir(str(info.load('test', c.data).dataset_info.data_dir)) if '-test.array_record' in f]
+  stat = os.stat(prepared[0])
+  try:
+    os.utime(prepared[0], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))   # the split prepared again: read anew
+    np.testing.assert_array_equal(subsets.source_labels(datasets.load_split(info, 'test', c.data)), first)
+    assert reads == [1]
+  finally:
+    os.utime(prepared[0], ns=(stat.st_atime_ns, stat.st_mtime_ns))

@@ -74,17 +74,31 @@ def cache_path(tfds_source) -> tuple[str | None, str]:
   split = str(getattr(tfds_source, 'split', '') or 'split')
   if not split.isidentifier():
     return None, f"the split '{split}' is a slice of one (cached for whole splits only)"
+  identity = prepared_identity(tfds_source)
+  if identity is None:
+    return None, f'no prepared ArrayRecord files of {split} in {info.data_dir}'
+  data_dir, _, n, digest = identity
+  name = f"{split}-{n}x{'x'.join(str(s) for s in shape)}-{digest[:12]}"
+  return os.path.join(data_dir, 'decoded', name), ''
+
+
+def prepared_identity(tfds_source) -> tuple[str, str, int, str] | None:
+  """(data dir, split, records, a hash of the prepared files' names, sizes and modification times) of a tfds
+  source of a whole split, which names its records for as long as the files are not prepared again; None for
+  anything else (a slice of a split, a source that is not tfds's)."""
+  info = getattr(tfds_source, 'dataset_info', None)
+  split = str(getattr(tfds_source, 'split', '') or '')
+  if info is None or not hasattr(tfds_source, 'decoders') or not split.isidentifier():
+    return None
   data_dir = str(info.data_dir)
   prepared = sorted(glob.glob(os.path.join(data_dir, f'*-{split}.array_record*')))
   if not prepared:
-    return None, f'no prepared ArrayRecord files of {split} in {data_dir}'
+    return None
   digest = hashlib.sha1()
   for path in prepared:
     st = os.stat(path)
     digest.update(f'{os.path.basename(path)}:{st.st_size}:{st.st_mtime_ns};'.encode())
-  n = len(tfds_source)
-  name = f"{split}-{n}x{'x'.join(str(s) for s in shape)}-{digest.hexdigest()[:12]}"
-  return os.path.join(data_dir, 'decoded', name), ''
+  return data_dir, split, len(tfds_source), digest.hexdigest()
 
 
 def _read_text(path: str) -> str:

@@ -206,7 +206,9 @@ def _ffi(name: str, results, *args, **attrs):
   """One of the library's custom calls (``_TARGETS``), or why it cannot be made."""
   if _load() is not None:
     raise RuntimeError(f'oneDNN is unavailable: {_load()}')
-  return jax.ffi.ffi_call(f'jaxssl_onednn_conv_{name}', results)(*args, **attrs)
+  # Under jax.vmap (a batch of models: several fine-tuning cells in one step) each model's convolution is one
+  # call, in a loop: the library's primitives take one image batch and one kernel.
+  return jax.ffi.ffi_call(f'jaxssl_onednn_conv_{name}', results, vmap_method='sequential')(*args, **attrs)
 
 
 def _call(name: str, shape, dtype, *args, stride, padding):
