@@ -25,7 +25,8 @@ def test_the_commands_import_in_one_process_without_defining_flags():
       import importlib, json
       from absl import app, flags, logging  # absl's own flags (--verbosity, --pdb, ...)
       before = set(flags.FLAGS)
-      names = ['jaxssl.bench', 'jaxssl.bench.step', 'jaxssl.bench.ops', 'jaxssl.bench.gpu', 'jaxssl.bench.__main__',
+      names = ['jaxssl.bench', 'jaxssl.bench.step', 'jaxssl.bench.ops', 'jaxssl.bench.gpu', 'jaxssl.bench.cells',
+               'jaxssl.bench.__main__',
                'jaxssl.study', 'jaxssl.cli'] + (['jaxssl.bench.torch_twin'] if {HAS_TORCH} else [])
       for name in names:
         importlib.import_module(name)
@@ -109,3 +110,21 @@ def test_python_m_jaxssl_bench_gpu_makes_its_batch(generated_tfds_dir, tmp_path)
              env={'TFDS_DATA_DIR': generated_tfds_dir})
   assert f'--batch_dir={tmp_path}' in out
   assert sorted(p.name for p in tmp_path.iterdir()) == ['batch.npz', 'info.json']
+
+
+def test_python_m_jaxssl_bench_cells_trains_a_vmapped_group_as_its_cells_train(tfds_dir, tmp_path):
+  """The benchmark's cells of one fraction as one vmapped computation: the same training as model by model (the
+  oneDNN convolutions under vmap included), timed both ways, and one real cell's overhead."""
+  out = _run('jaxssl.bench.cells', '--config', str(REPO / 'configs/fmnist_benchmark.py:quick'),
+             f'--config.data.data_dir={tfds_dir}', '--config.data.train_limit=600', '--config.data.eval_limit=100',
+             '--config.eval_batch_size=100', '--fractions=0.05', '--models=2', '--steps=1', '--warmup=0',
+             f'--json={tmp_path}/cells.json')
+  (line,) = [x for x in out.splitlines() if x.startswith('{')]
+  row = json.loads(line)
+  assert (row['fraction'], row['models']) == (0.05, 2)
+  assert row['batch_size'] == row['subset_size'] and 20 < row['subset_size'] < 35   # 5% of ~540 images, stratified
+  assert row['max_param_diff'] < 1e-5 < row['param_diff_between_models']
+  assert row['vmapped_ms'] > 0 and row['sequential_ms'] > 0 and row['steps_per_cell'] == 10
+  assert row['cell_wall_s'] > row['cell_overhead_s'] > 0
+  with open(tmp_path / 'cells.json', encoding='utf-8') as f:
+    assert json.load(f) == [row]
