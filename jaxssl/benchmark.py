@@ -39,6 +39,7 @@ Every part is skipped when its result file exists: rerunning the command continu
 part, ``results.md``, ``results.csv``, ``results.json`` (one row per init: best layer's probe, k-NN, fine-tuning
 at each fraction as mean +- std over seeds; wall time per part from ``timings.json``), ``probe_layers.png``
 (per-layer test top-1 of every init), ``label_efficiency.png`` (every init's curve with error bars),
+``pretext_curves.png`` (each pretext run's own task over its epochs),
 ``filters.png`` (the first convolution each pretrained backbone learned, one panel per init) and
 ``reconstructions.png`` (the last reconstructions each dense pretext run drew: autoencoder, denoising,
 inpainting) are rewritten from what is on disk.
@@ -62,6 +63,8 @@ from jaxssl import cli, study
 from jaxssl.runlog import write_json, write_text
 
 COMBINATION = 'combination'   # the init benchmark.combine adds (Benchmark.choose_combination)
+# The pretext metric pretext_curves.png draws per run: the first of these endings among its task's metrics.
+PRETEXT_METRICS = ('/acc', '/top1', '/exact', '/cos', '/psnr')
 
 
 class BenchmarkConfigError(ValueError):
@@ -714,6 +717,55 @@ class Benchmark:
     self._pictured = ((backbones, drawn), out)
     return out
 
+  def pretext_curves(self) -> list[str]:
+    """pretext_curves.png: each pretext run's own task over its epochs (train rows as a line, its evaluations as
+    dots), one panel per init: how soon a task is solved is part of why it transfers or not. The metric drawn is
+    the first of :data:`PRETEXT_METRICS` the run logs (else its loss). Returns the inits drawn."""
+    from jaxssl.eval import plots  # pylint: disable=import-outside-toplevel
+    from jaxssl.runlog import read_metrics  # pylint: disable=import-outside-toplevel
+    plt = plots.plt
+    runs = []
+    for init, spec in self.inits.items():
+      run = self.pretrain_dir(init)
+      if not is_config_spec(spec) or not os.path.exists(os.path.join(run, 'metrics.jsonl')):
+        continue
+      rows = [row for row in read_metrics(run) if row.get('split') != 'holdout']
+      keys = sorted({k for row in rows for k in row if k.startswith(tuple(f'{t}/' for t in self._tasks(spec)))})
+      metric = next((k for suffix in PRETEXT_METRICS for k in keys if k.endswith(suffix)), 'loss')
+      per_epoch = next((row['epoch'] / row['step'] for row in rows if row.get('epoch') and row.get('step')), None)
+      if per_epoch is None:
+        continue
+      runs.append((init, metric, rows, per_epoch))
+    if runs:
+      cols = min(4, len(runs))
+      nrows = -(-len(runs) // cols)
+      fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 2.5 * nrows + 0.4), squeeze=False)
+      for ax in axes.flat[len(runs):]:
+        ax.axis('off')
+      for ax, (init, metric, rows, per_epoch) in zip(axes.flat, runs):
+        for split, style in (('train', '-'), (None, 'o')):
+          pts = sorted((row['step'] * per_epoch, row[metric]) for row in rows if metric in row and
+                       (row['split'] == 'train') == (split == 'train'))
+          if pts:
+            ax.plot(*zip(*pts), style, ms=4, lw=1, label='train' if split else 'held-out eval')
+        ax.set_title(f'{init}: {metric}', fontsize=8)
+        ax.set_xlabel('epoch', fontsize=7)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+      axes.flat[0].legend(fontsize=6)
+      fig.suptitle('each pretext run on its own task', fontsize=9)
+      fig.tight_layout()
+      fig.savefig(os.path.join(self.workdir, 'pretext_curves.png'), dpi=110)
+      plt.close(fig)
+    return [init for init, *_ in runs]
+
+  @staticmethod
+  def _tasks(spec: str) -> list[str]:
+    try:
+      return list(load_config(spec).tasks)
+    except Exception:  # pylint: disable=broad-exception-caught  # a picture never stops the benchmark
+      return []
+
   def plots(self, r: dict[str, Any]) -> None:
     """probe_layers.png (RotNet's per-layer figure), label_efficiency.png (every init, error bars) and
     :meth:`pictures`."""
@@ -734,6 +786,7 @@ class Benchmark:
       fig.tight_layout()
       fig.savefig(os.path.join(self.workdir, 'probe_layers.png'), dpi=110)
       plt.close(fig)
+    self.pretext_curves()
     tuned = [row for row in r['inits'] if row['finetune']]
     if tuned:
       fig, ax = plt.subplots(figsize=(5.5, 3.8))
