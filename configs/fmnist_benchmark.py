@@ -26,7 +26,18 @@ on 2 CPU cores; ``--config.benchmark.pretrain_epochs=3`` gives every pretext run
 ``--config.benchmark.epochs=5`` halves the 10% and 100% fine-tuning cells (jaxssl/benchmark.py's timings.json and
 the results say what each part cost).
 
-Arguments: ``quick`` (the quick look above).
+ResNet-18 (CIFAR stem: a 3x3 stride-1 first convolution, no max-pool) in every pretext run and every cell:
+
+  python -m jaxssl.benchmark --config configs/fmnist_benchmark.py:resnet18_cifar --workdir runs/benchmark_r18
+
+Its step is ~20x CifarNet's on a CPU (docs/benchmarks.md: 4.1 s for a batch-64 rotation step on 2 cores), so at
+full scale it is a run for an accelerator (a GPU: ~14 ms per batch-256 rotation step on an H100); ``:quick,
+resnet18_cifar`` shows the machinery on a CPU (measured 2026-12-01 with ``--config.data.train_limit=1000
+--config.benchmark.seeds='(0,)' --config.benchmark.pretrain_overrides.total_steps=10``: 3m00s on 2 cores; cells
+of 10-14 steps leave a ResNet-18 near chance, so: the machinery, not a result). Its probe layers are the ResNet's
+(stem, stage1-4, pool); the dense tasks decode from stage3 (``benchmark.feature_map``: CifarNet's pool2 there).
+
+Arguments: ``quick`` (the quick look above), ``cifarnet`` (default) or ``resnet18_cifar`` (or ``model=...``).
 """
 
 import ml_collections
@@ -53,12 +64,23 @@ INITS = {
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
   """The benchmark's fine-tuning recipe and protocol (``quick``: the quick look of the module docstring)."""
-  a = common.parse_arg(arg, quick=False)
+  a = common.parse_arg(arg, quick=False, model=common.Choice('cifarnet', 'resnet18_cifar'))
   c = common.base_config()
   c.tasks.classify = common.classify_task()
   common.set_finetune(c, 'all')
   b = c.benchmark = ml_collections.ConfigDict()
   b.inits = ml_collections.ConfigDict(INITS)
+  # True: every pretext run trains this config's model block (c.model) instead of its own config's; False: each
+  # pretext config's own (all CifarNet here, jigsaw's built for its tiles).
+  b.one_model = False
+  # With one_model: a task's ``feature`` (the backbone output it reads) renamed for that model, where its config
+  # names a CifarNet feature (the dense tasks decode from pool2, 7x7 on 28 px).
+  b.feature_map = ml_collections.ConfigDict()
+  if a.model != 'cifarnet':
+    c.model.name = a.model
+    c.model.options = ml_collections.ConfigDict({'width': 1.0})
+    b.one_model = True
+    b.feature_map = ml_collections.ConfigDict({'pool2': 'stage3'})   # ResNet-18 (CIFAR stem): 7x7x256 on 28 px
   # Copied from this config's data into every pretext run (where the images are), then pretrain_overrides (any
   # keys of the pretext configs, nested) on top of each.
   b.pretrain_data_keys = ('data_dir', 'source_dir', 'train_limit', 'eval_limit')

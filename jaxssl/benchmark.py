@@ -187,14 +187,21 @@ def loop_train(c: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
 
 def pretrain_config(config: ml_collections.ConfigDict, spec: str) -> ml_collections.ConfigDict:
-  """The pretext run of ``spec``, with the benchmark's data location, ``benchmark.pretrain_epochs`` (> 0) and
-  ``benchmark.pretrain_overrides``."""
+  """The pretext run of ``spec``, with the benchmark's data location, its model block where
+  ``benchmark.one_model`` (the tasks' features renamed by ``benchmark.feature_map``), ``benchmark.pretrain_epochs``
+  (> 0) and ``benchmark.pretrain_overrides``."""
   c = load_config(spec)
   with c.unlocked():
     for key in config.benchmark.pretrain_data_keys:
       c.data[key] = config.data[key]
     # Nothing trains on the validation images: not even a pretext task (the supervised init would use their labels).
     c.data.holdout_fraction, c.data.holdout_seed = float(config.benchmark.val_fraction), int(config.benchmark.val_seed)
+    if config.benchmark.get('one_model', False):   # one backbone for every run: the benchmark's model block
+      c.model = config.model.copy_and_resolve_references()
+      renamed = config.benchmark.get('feature_map') or {}
+      for options in list(c.tasks.values()) + [c.online_probe]:
+        if options.get('feature') in renamed:
+          options.feature = renamed[options.feature]
     if config.benchmark.pretrain_epochs > 0:   # one budget for every pretext run (its own schedule otherwise)
       c.num_epochs, c.total_steps = float(config.benchmark.pretrain_epochs), 0
     merge(c, config.benchmark.pretrain_overrides, 'benchmark.pretrain_overrides')

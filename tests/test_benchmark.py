@@ -232,3 +232,34 @@ def test_the_benchmark_pretrains_the_combination_it_chose_on_validation_and_keep
   assert final['loss'] == pytest.approx(final['rotation/loss'] + final['autoencoder/loss'], rel=1e-5)
   again = benchmark.Benchmark(c, workdir)   # a rerun keeps the choice (and its place before scratch)
   assert list(again.inits) == list(bench.inits) and again.inits['combination'] == chosen['spec']
+
+
+@pytest.mark.parametrize('init', sorted(k for k, v in fmnist_benchmark.INITS.items() if v))
+def test_the_resnet18_benchmark_pretrains_one_backbone_in_every_run(init):
+  """:resnet18_cifar: every pretext run trains the benchmark's ResNet-18 (CIFAR stem), whatever its own config
+  says, and builds with its tasks (jigsaw's tiles included: the ResNet pools whatever size it is given); the
+  default keeps each pretext config's own model."""
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  from jaxssl.models import build_backbone  # pylint: disable=import-outside-toplevel
+  from jaxssl.tasks import build_tasks  # pylint: disable=import-outside-toplevel
+  import types  # pylint: disable=import-outside-toplevel
+  c = fmnist_benchmark.get_config('resnet18_cifar')
+  spec = c.benchmark.inits[init]
+  p = benchmark.pretrain_config(c, spec)
+  check_config(p)
+  assert p.model.to_dict() == c.model.to_dict() and c.model.name == 'resnet18_cifar'
+  assert benchmark.pretrain_config(fmnist_benchmark.get_config(), spec).model.to_dict() == \
+      benchmark.load_config(spec).model.to_dict()
+  stand_in = types.SimpleNamespace(num_classes=10, mean=(0.5,), std=(0.25,), attribute_names=(),
+                                   attribute_frequency=())
+  tasks, _ = build_tasks(p.tasks, stand_in)
+  shape = (p.data.pad_to or 28,) * 2 + (1,)
+
+  def build():
+    rngs = nnx.Rngs(0)
+    backbone = build_backbone(p.model.name, input_shape=tasks[0].backbone_input_shape(shape), rngs=rngs,
+                              **p.model.options)
+    return backbone, {t.name: t.make_head(backbone, shape, rngs) for t in tasks}
+
+  backbone, heads = nnx.eval_shape(build)
+  assert set(heads) == set(p.tasks) and backbone.feature_names[-1] == 'pool'
