@@ -262,3 +262,30 @@ def test_finetuning_the_last_layer_changes_only_it(tfds_dir):
   moved = {k for k, v in before_stats.items() if not np.array_equal(v, after_stats[k])}
   assert {f"{last}['bn2']['mean'].value", f"{last}['bn2']['var'].value"} <= moved
   assert moved == set(before_stats)
+
+
+def test_the_split_metrics_pass_counts_the_confusion_matrices_so_the_split_is_read_once(tfds_dir, tmp_path,
+                                                                                         monkeypatch):
+  """At the phases the confusion evaluator runs, the split metrics' pass over the eval split also sums its
+  matrices: one read of the split, the same matrices as the evaluator's own pass; at other phases (eval) nothing
+  is kept, and a kept sum serves only the state it was made for."""
+  from jaxssl.eval import base  # pylint: disable=import-outside-toplevel
+  config = small_config(tfds_dir, **{'data.eval_limit': 300})
+  exp = experiment.build_experiment(config)
+  ctx = exp.eval_context(str(tmp_path))
+  evaluators = base.build_evaluators(ctx)
+  passes = []
+  batches = base.EvalContext.batches
+  monkeypatch.setattr(base.EvalContext, 'batches', lambda self, *a, **k: passes.append(1) or batches(self, *a, **k))
+  final = base.run_phase(evaluators, exp.state, 'final')
+  assert len(passes) == 1
+  own = confusion.confusion_matrices(ctx, exp.state)['classify']
+  np.testing.assert_array_equal(ctx.shared(confusion.SHARED, exp.state)['classify'].round(), own)
+  assert own.sum() == 300 and np.trace(own) / 300 == pytest.approx(final['classify/top1'])
+  assert list(final['classify/per_class_top1'].values()) == list(
+      confusion.per_class_accuracy(own, exp.info.class_names).values())
+  other = exp.state.replace(step=exp.state.step + 1)   # another state (object): nothing kept for it
+  assert ctx.shared(confusion.SHARED, other) is None
+  passes.clear()
+  base.run_phase(evaluators, other, 'eval')   # no confusion at 'eval': the metrics' pass keeps nothing
+  assert len(passes) == 1 and ctx.shared(confusion.SHARED, other) is None

@@ -58,10 +58,32 @@ class EvalContext:
   train_source: Any
   eval_source: Any
   _sources: dict = dataclasses.field(default_factory=dict, repr=False)   # (split, limit) -> source, loaded once
+  # Sums one evaluator's pass over the eval split made for another (the split metrics' pass counts the
+  # confusion matrices the confusion evaluator would read the split again for): name -> (phases it is wanted
+  # at, (the state it was made for, the sums) or None). See :meth:`want` and :meth:`shared`.
+  _shared: dict = dataclasses.field(default_factory=dict, repr=False)
 
   @property
   def eval_split(self) -> str:
     return self.config.data.eval_split
+
+  def want(self, name: str, phases: Iterable[str]) -> None:
+    """An evaluator asks that the eval split's pass of another, which runs before it, keep ``name``'s sums at
+    ``phases`` (:meth:`shared`)."""
+    self._shared[name] = (set(self._shared.get(name, (set(), None))[0]) | set(phases), None)
+
+  def wanted(self, name: str, phase: str) -> bool:
+    return phase in self._shared.get(name, ((), None))[0]
+
+  def keep(self, name: str, state, sums) -> None:
+    """``sums`` of ``name`` over the eval split, made for ``state`` (by the pass that runs first)."""
+    self._shared[name] = (self._shared.get(name, (set(), None))[0], (state, sums))
+
+  def shared(self, name: str, state):
+    """The sums of ``name`` another evaluator's pass made for this very ``state`` (the object: a later step,
+    another checkpoint, is another state), or None."""
+    kept = self._shared.get(name, ((), None))[1]
+    return kept[1] if kept is not None and kept[0] is state else None
 
   def source(self, split: str, limit: int | None = None):
     """A split of the run's dataset (``limit`` defaults to the eval split's ``data.eval_limit``)."""

@@ -27,22 +27,31 @@ def confusion_counts(logits: jax.Array, labels: jax.Array, weight: jax.Array, nu
   return true.T @ pred
 
 
+SHARED = 'confusion'   # the name under which the split metrics' pass keeps the counts (EvalContext.shared)
+
+
+def class_counts(model, batch, tasks) -> dict:
+  """{task: [true, predicted] counts} of ``tasks`` on one batch (inside a compiled function)."""
+  out = {}
+  for task in tasks:
+    b = batch[task.name]
+    logits = task.forward(model.backbone, model.heads[task.name], b, train=False, rng=None)
+    out[task.name] = confusion_counts(logits, b['label'], b['weight'], task.num_classes)
+  return out
+
+
+def counted_tasks(ctx) -> list:
+  """The tasks that predict the dataset's classes: those with a confusion matrix."""
+  return [t for t in ctx.tasks if t.predicts_classes]
+
+
 def make_counts_fn(ctx):
   """Compiled (state, batch) -> {task: [true, predicted] counts} of the tasks that predict the dataset's classes
   (None where no task does)."""
-  tasks = [t for t in ctx.tasks if t.predicts_classes]
+  tasks = counted_tasks(ctx)
   if not tasks:
     return None
-
-  def counts(model, batch):
-    out = {}
-    for task in tasks:
-      b = batch[task.name]
-      logits = task.forward(model.backbone, model.heads[task.name], b, train=False, rng=None)
-      out[task.name] = confusion_counts(logits, b['label'], b['weight'], task.num_classes)
-    return out
-
-  return ctx.compile(counts)
+  return ctx.compile(lambda model, batch: class_counts(model, batch, tasks))
 
 
 def confusion_matrices(ctx, state, counts_fn=None, source=None) -> dict[str, np.ndarray]:
@@ -95,9 +104,15 @@ class Confusion(Evaluator):
 
   def __post_init__(self):
     self._counts = make_counts_fn(self.ctx)  # compiled once, whatever the number of evaluations
+    if self._counts is not None:
+      self.ctx.want(SHARED, self.at)   # the split metrics' pass counts them too: the split is read once
 
   def run(self, state, phase: str) -> dict[str, Any]:
-    matrices = confusion_matrices(self.ctx, state, self._counts) if self._counts is not None else {}
+    matrices = {}
+    if self._counts is not None:
+      kept = self.ctx.shared(SHARED, state)
+      matrices = ({k: np.asarray(v).round().astype(np.int64) for k, v in kept.items()} if kept is not None else
+                  confusion_matrices(self.ctx, state, self._counts))
     names = self.ctx.info.class_names
     out = {}
     stem = self.stem('confusion', state, phase)
