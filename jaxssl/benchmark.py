@@ -108,8 +108,10 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
 def join_configs(configs: list[ml_collections.ConfigDict], names: list[str]) -> ml_collections.ConfigDict:
   """One pretext run of every task of ``configs`` on one backbone, their losses summed by their own weights: the
   first config's recipe (model, data, schedule, optimizer) with the other configs' tasks added. The configs must
-  build the same model (a task that feeds the backbone another input size, a jigsaw's tiles, cannot share it)
-  and name different tasks; otherwise one line says which."""
+  build the same model and name different tasks; otherwise one line says which. Tasks that feed the backbone
+  different input sizes (a jigsaw's tiles, full images) share it only where its parameters do not depend on the
+  size (a ResNet, as configs/fmnist_rotation_jigsaw.py does; not CifarNet, whose fc1 does):
+  :func:`combination_spec` groups candidates by their trained backbones' parameter shapes."""
   joined = configs[0].copy_and_resolve_references()
   for other, name in zip(configs[1:], names[1:]):
     if other.model.to_dict() != joined.model.to_dict():
@@ -199,7 +201,7 @@ def pretrain_config(config: ml_collections.ConfigDict, spec: str) -> ml_collecti
     if config.benchmark.get('one_model', False):   # one backbone for every run: the benchmark's model block
       c.model = config.model.copy_and_resolve_references()
       renamed = config.benchmark.get('feature_map') or {}
-      for options in list(c.tasks.values()) + [c.online_probe]:
+      for options in list(c.tasks.values()) + ([c.online_probe] if 'online_probe' in c else []):
         if options.get('feature') in renamed:
           options.feature = renamed[options.feature]
     if config.benchmark.pretrain_epochs > 0:   # one budget for every pretext run (its own schedule otherwise)
@@ -502,6 +504,8 @@ class Benchmark:
                                                                  if chosen is not None else ''))
       if reused:
         what += f'; trained as {os.path.basename(reused)}, whose training is reused: the test split scored'
+        total_steps -= steps[cell_dir]   # nothing to train: the ETA counts the steps left to train
+        steps[cell_dir] = 0
       eta = (f' | ETA {_duration(t_all / done_steps * (total_steps - done_steps))}' if done_steps else '')
       log(f'benchmark finetune {i + 1}/{len(todo)}: {what}, {c.total_steps} steps, batch {c.batch_size}{eta}')
       t0 = time.perf_counter()
@@ -536,19 +540,23 @@ class Benchmark:
     if done is None or not os.path.isdir(source) or os.path.exists(os.path.join(cell_dir, 'checkpoints')):
       return None
     os.makedirs(cell_dir, exist_ok=True)
+    for stale in os.listdir(cell_dir):   # a copy a stopped call left half done
+      if stale.startswith('checkpoints.partial.'):
+        shutil.rmtree(os.path.join(cell_dir, stale), ignore_errors=True)
     for name in ('init_from.json',):
       if os.path.exists(os.path.join(select_dir, name)):
         shutil.copy2(os.path.join(select_dir, name), os.path.join(cell_dir, name))
     with open(os.path.join(select_dir, 'metrics.jsonl'), encoding='utf-8') as f:
       rows = [line for line in f if json.loads(line).get('split') == 'train']
     write_text(os.path.join(cell_dir, 'metrics.jsonl'), ''.join(rows))
-    write_json(os.path.join(cell_dir, 'reused.json'),
-               {'trained_by': select_dir, 'step': int(done['step']),
-                'why': 'the same config but the split it is scored on: the same training, scored on the test split'})
-    partial = os.path.join(cell_dir, 'checkpoints.partial')
+    partial = os.path.join(cell_dir, f'checkpoints.partial.{os.getpid()}')
     shutil.rmtree(partial, ignore_errors=True)
     shutil.copytree(source, partial)
     os.replace(partial, os.path.join(cell_dir, 'checkpoints'))   # whole or absent: a stop mid-copy leaves no half
+    # Last: a cell stopped before this point trains as any cell on the next call (and says nothing of reuse).
+    write_json(os.path.join(cell_dir, 'reused.json'),
+               {'trained_by': select_dir, 'step': int(done['step']),
+                'why': 'the same config but the split it is scored on: the same training, scored on the test split'})
     return select_dir
 
   def cell_dir(self, init: str, fraction: float, seed: int) -> str:

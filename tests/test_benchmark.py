@@ -263,3 +263,28 @@ def test_the_resnet18_benchmark_pretrains_one_backbone_in_every_run(init):
 
   backbone, heads = nnx.eval_shape(build)
   assert set(heads) == set(p.tasks) and backbone.feature_names[-1] == 'pool'
+
+
+def test_a_test_cell_takes_the_selection_cells_training_only_when_their_configs_agree(tmp_path):
+  """The copy: checkpoints whole (a half copy left by a stopped call is removed), the training rows, the init
+  record, reused.json last; configs that differ in more than the split they are scored on copy nothing."""
+  select, cell = tmp_path / 'select', tmp_path / 'cell'
+  (select / 'checkpoints' / '10').mkdir(parents=True)
+  (select / 'checkpoints' / '10' / 'state').write_text('weights')
+  (select / 'init_from.json').write_text('{"checkpoint": "x"}')
+  (select / 'final_metrics.json').write_text('{"step": 10, "split": "holdout"}')
+  (select / 'metrics.jsonl').write_text('{"step": 10, "split": "train", "loss": 1.0}\n'
+                                        '{"step": 10, "split": "holdout", "loss": 2.0}\n')
+  selection = ml_collections.ConfigDict({'data': {'eval_split': 'holdout'}, 'optim': {'lr': 0.1}})
+  test = ml_collections.ConfigDict({'data': {'eval_split': 'test'}, 'optim': {'lr': 0.2}})
+  assert benchmark.Benchmark.reuse_selection(test, selection, str(select), str(cell)) is None
+  assert not cell.exists()
+  test.optim.lr = 0.1
+  (cell / 'checkpoints.partial.999').mkdir(parents=True)   # what a call stopped mid-copy leaves
+  assert benchmark.Benchmark.reuse_selection(test, selection, str(select), str(cell)) == str(select)
+  assert sorted(os.listdir(cell)) == ['checkpoints', 'init_from.json', 'metrics.jsonl', 'reused.json']
+  assert (cell / 'checkpoints' / '10' / 'state').read_text() == 'weights'
+  assert (cell / 'metrics.jsonl').read_text() == '{"step": 10, "split": "train", "loss": 1.0}\n'
+  assert _json(cell / 'reused.json')['trained_by'] == str(select)
+  # A cell that holds a run already resumes as any cell: nothing is copied over it.
+  assert benchmark.Benchmark.reuse_selection(test, selection, str(select), str(cell)) is None

@@ -67,7 +67,8 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS, argv=None) -> type
 
 
 def _cells(config, fraction: float, models: int):
-  """The benchmark's configs of ``models`` cells (seeds 0 ...) at ``fraction``, from a random backbone."""
+  """The benchmark's configs of ``models`` cells (seeds 0 ...) at ``fraction``, from a random backbone (its
+  scratch cells, ``benchmark.scratch_overrides`` included; the selected hyper-parameter at the config's value)."""
   import jax  # pylint: disable=import-outside-toplevel
   from jaxssl import benchmark, study  # pylint: disable=import-outside-toplevel
   from jaxssl.data import datasets, subsets  # pylint: disable=import-outside-toplevel
@@ -75,8 +76,13 @@ def _cells(config, fraction: float, models: int):
   info = datasets.get_dataset(base.data.name, base.data)
   train, _ = subsets.load_sources(info, base.data)
   _, sizes = subsets.fold_plan(train, [fraction], str(config.benchmark.subsets), 'benchmark.subsets')
-  return [study.cell_config(base, '', fraction, seed, len(train), jax.device_count(),
-                            subset_size=sizes.get(fraction, 0)) for seed in range(models)], sizes.get(fraction)
+  configs = []
+  for seed in range(models):
+    c = study.cell_config(base, '', fraction, seed, len(train), jax.device_count(), subset_size=sizes.get(fraction, 0))
+    with c.unlocked():   # the random init's cells are the benchmark's scratch cells
+      benchmark.merge(c, config.benchmark.scratch_overrides, 'benchmark.scratch_overrides')
+    configs.append(c)
+  return configs, sizes.get(fraction)
 
 
 def measure(config, fraction: float, *, models: int, steps: int, warmup: int, check_steps: int,
