@@ -42,7 +42,8 @@ at each fraction as mean +- std over seeds; wall time per part from ``timings.js
 ``pretext_curves.png`` (each pretext run's own task over its epochs),
 ``filters.png`` (the first convolution each pretrained backbone learned, one panel per init) and
 ``reconstructions.png`` (the last reconstructions each dense pretext run drew: autoencoder, denoising,
-inpainting) are rewritten from what is on disk.
+inpainting) are rewritten from what is on disk; ``timings.json`` and ``cpu_timings.json`` hold the wall and CPU
+seconds of every part (:class:`Ledger`).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ import importlib.util
 import io
 import json
 import os
+import resource
 import sys
 import time
 from typing import Any
@@ -237,18 +239,36 @@ def cell_base(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 class Ledger:
-  """Wall seconds per part, summed over every call that worked on it (``timings.json``)."""
+  """Seconds per part, summed over every call that worked on it: wall (``timings.json``) and CPU
+  (``cpu_timings.json``: user + system of this process and its finished children, the grain workers). The wall
+  time counts whatever else the machine did meanwhile, a paused process's pause included; the CPU time does not,
+  so the two together say what a part cost and whether it ran alone (on n cores, CPU ~ n x wall when it did)."""
 
   def __init__(self, workdir: str):
     self.path = os.path.join(workdir, 'timings.json')
-    self.seconds: dict[str, float] = {}
-    if os.path.exists(self.path):
-      with open(self.path, encoding='utf-8') as f:
-        self.seconds = json.load(f)
+    self.cpu_path = os.path.join(workdir, 'cpu_timings.json')
+    self.seconds: dict[str, float] = _read_json(self.path) or {}
+    self.cpu_seconds: dict[str, float] = _read_json(self.cpu_path) or {}
 
-  def add(self, part: str, seconds: float) -> None:
-    self.seconds[part] = self.seconds.get(part, 0.0) + float(seconds)
+  @staticmethod
+  def clock() -> tuple[float, float]:
+    """Now, to pass to :meth:`add` when the part is done: (wall, CPU) seconds."""
+    return time.perf_counter(), _cpu_seconds()
+
+  def add(self, since: tuple[float, float], *parts: str) -> float:
+    """Adds the time since ``since`` (a :meth:`clock`) to each of ``parts``; returns the wall seconds."""
+    wall, cpu = time.perf_counter() - since[0], _cpu_seconds() - since[1]
+    for part in parts:
+      self.seconds[part] = self.seconds.get(part, 0.0) + float(wall)
+      self.cpu_seconds[part] = self.cpu_seconds.get(part, 0.0) + float(cpu)
     write_json(self.path, self.seconds)
+    write_json(self.cpu_path, self.cpu_seconds)
+    return wall
+
+
+def _cpu_seconds() -> float:
+  own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+  return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def _read_json(path: str):
@@ -362,9 +382,9 @@ class Benchmark:
     c = pretrain_config(self.config, spec)
     check_config(c)
     log(f'benchmark {n} pretrain {init}: {spec} -> {run_dir}')
-    t0 = time.perf_counter()
+    t0 = self.ledger.clock()
     result = loop.train_and_evaluate(c, run_dir)
-    self.ledger.add(f'pretrain/{init}', time.perf_counter() - t0)
+    self.ledger.add(t0, f'pretrain/{init}')
     if not result['finished']:
       self._exit_unfinished(f'pretraining {init}', result)
 
@@ -377,7 +397,7 @@ class Benchmark:
     p = self.b.probe
     features = os.path.join(out, f'features_d{p.max_dim}')   # another pooling size is another cache
     if not os.path.exists(probe_json) or not os.path.exists(knn_json):
-      t0 = time.perf_counter()
+      t0 = self.ledger.clock()
       exp, state = self._feature_model(init)
       layers = transferred_layers(list(self._feature_names(exp, state)), list(p.layers),
                                   (exp.init_info or {}).get('not_transferred', []))
@@ -394,9 +414,9 @@ class Benchmark:
             features, out, layers, num_classes=exp.info.num_classes, class_names=list(exp.info.class_names),
             val_fraction=self.b.val_fraction, val_seed=self.b.val_seed, l2_grid=tuple(p.l2), epochs=p.epochs,
             batch_size=p.batch_size, lr=p.lr, min_steps=p.min_steps, seed=p.seed)
-        self.ledger.add(f'probe/{init}', time.perf_counter() - t0)
+        self.ledger.add(t0, f'probe/{init}')
         log(f"  best layer on val: {summary['best_layer']}")
-      t1 = time.perf_counter()
+      t1 = self.ledger.clock()
       best = _read_json(probe_json)['best_layer']
       cached_probe.extract(exp.eval_context(out), state, features, [best], max_dim=p.max_dim,
                            batch_size=self.config.eval_batch_size)   # nothing to do unless the cache was removed
@@ -406,7 +426,7 @@ class Benchmark:
       r = cached_probe.knn_layer(features, best, train_idx, num_classes=exp.info.num_classes,
                                  class_names=list(exp.info.class_names), k=k.k, temperature=k.temperature)
       write_json(knn_json, r)
-      self.ledger.add(f'knn/{init}', time.perf_counter() - t1)
+      self.ledger.add(t1, f'knn/{init}')
       log(f"benchmark {n} knn {init}: {best} top1={r['test_top1']:.4f} ({r['seconds']:.0f}s)")
     if not p.keep_features:
       cached_probe.remove_cache(features)
@@ -508,11 +528,9 @@ class Benchmark:
         steps[cell_dir] = 0
       eta = (f' | ETA {_duration(t_all / done_steps * (total_steps - done_steps))}' if done_steps else '')
       log(f'benchmark finetune {i + 1}/{len(todo)}: {what}, {c.total_steps} steps, batch {c.batch_size}{eta}')
-      t0 = time.perf_counter()
+      t0 = self.ledger.clock()
       result = loop_train(c, cell_dir)
-      seconds = time.perf_counter() - t0
-      self.ledger.add(f'finetune/{init}', seconds)
-      self.ledger.add(f'finetune_fraction/{fraction:g}', seconds)
+      seconds = self.ledger.add(t0, f'finetune/{init}', f'finetune_fraction/{fraction:g}')
       if not result['finished']:
         self._exit_unfinished(f'fine-tuning {os.path.basename(cell_dir)}', result)
       done_steps += steps[cell_dir]
@@ -638,7 +656,10 @@ class Benchmark:
     return {'metric': metric, 'fractions': [float(f) for f in sorted(self.b.fractions)],
             'seeds': [int(s) for s in self.b.seeds], 'subsets': str(self.b.subsets), 'inits': rows, 'cells': cells,
             'combination': self.combination, 'timings_s': dict(self.ledger.seconds),
+            'cpu_timings_s': dict(self.ledger.cpu_seconds),
             'total_wall_s': sum(v for k, v in self.ledger.seconds.items() if not k.startswith('finetune_fraction/')),
+            'total_cpu_s': sum(v for k, v in self.ledger.cpu_seconds.items()
+                               if not k.startswith('finetune_fraction/')),
             'protocol': {'probe': self.b.probe.to_dict(), 'knn': self.b.knn.to_dict(),
                          'val_fraction': float(self.b.val_fraction), 'val_seed': int(self.b.val_seed),
                          'select': self.b.select.to_dict(),
@@ -828,6 +849,16 @@ def _num(x, digits: int = 4) -> str:
   return '' if x is None else f'{x:.{digits}f}'
 
 
+def cpu_note(r: dict[str, Any]) -> str:
+  """The total CPU time, where every part has one (a benchmark begun before CPU time was recorded has not)."""
+  wall, cpu = r['timings_s'], r.get('cpu_timings_s') or {}
+  missing = [part for part in wall if part not in cpu]
+  if missing:
+    return (f'CPU time recorded for {len(wall) - len(missing)} of {len(wall)} parts; per part in timings.json and '
+            'cpu_timings.json')
+  return f"CPU time: {_duration(r['total_cpu_s'])}; per part in timings.json and cpu_timings.json"
+
+
 def markdown(r: dict[str, Any]) -> str:
   """One table, init x {best layer's probe, k-NN, fine-tuning at each fraction}, test top-1 in %; fine-tuning as
   mean +- std over seeds, with the difference from scratch (the random init's cells)."""
@@ -868,7 +899,7 @@ def markdown(r: dict[str, Any]) -> str:
       "images, the same for every init, never trained on (by a pretext run, a probe or a fine-tuning cell); the "
       "probe's layer, L2 strength and epoch and the fine-tuning hyper-parameter are chosen on them; the test split "
       'is scored once '
-      f"per cell. Total wall time recorded: {_duration(r['total_wall_s'])}.", '']
+      f"per cell. Total wall time recorded: {_duration(r['total_wall_s'])} ({cpu_note(r)}).", '']
   combination = r.get('combination') or {}
   if combination.get('spec'):
     notes[-1:-1] = ['', f"combination: {' + '.join(combination['inits'])} ({combination['rule']}; "

@@ -84,8 +84,10 @@ def test_quick_benchmark_runs_every_part_once_and_a_rerun_skips_them(tfds_dir, t
   assert _json(os.path.join(cell, 'final_metrics.json')) == _json(os.path.join(fresh, 'final_metrics.json'))
   assert not os.path.exists(os.path.join(workdir, 'finetune', 'cells', 'rotation_f1_s0', 'reused.json'))
   for name in ('results.md', 'results.csv', 'results.json', 'probe_layers.png', 'label_efficiency.png',
-               'filters.png', 'pretext_curves.png', 'timings.json'):
+               'filters.png', 'pretext_curves.png', 'timings.json', 'cpu_timings.json'):
     assert os.path.getsize(os.path.join(workdir, name)) > 0, name
+  wall, cpu = _json(os.path.join(workdir, 'timings.json')), _json(os.path.join(workdir, 'cpu_timings.json'))
+  assert set(cpu) == set(wall) and all(cpu[part] > 0 for part in cpu)
   with open(os.path.join(workdir, 'results.md'), encoding='utf-8') as f:
     md = f.read()
   assert '| random (scratch) |' in md and 'fine-tune 5%' in md and 'fine-tune 100%' in md
