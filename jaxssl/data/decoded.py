@@ -36,24 +36,15 @@ from typing import Any
 import numpy as np
 
 from jaxssl import files
-from jaxssl.data.sources import read_records
+from jaxssl.data.sources import find_under, is_tfds_source, read_records
 from jaxssl.runlog import log
 
 MARGIN_BYTES = 2 << 30   # left free on the disk beyond the cache's own size
 
 
-def _tfds_chain(source) -> tuple[Any, Any] | tuple[None, None]:
-  """(the view holding it or None, the tfds data source) under jaxssl's views (``.source`` links)."""
-  parent = None
-  for _ in range(16):
-    if isinstance(source, DecodedImages):
-      return parent, source
-    if hasattr(source, 'dataset_info') and hasattr(source, 'decoders'):
-      return parent, source
-    parent, source = source, getattr(source, 'source', None)
-    if source is None:
-      break
-  return None, None
+def _tfds_chain(source) -> tuple[Any, Any]:
+  """(the view holding it or None, the tfds data source or the cache already over it) under jaxssl's views."""
+  return find_under(source, lambda s: isinstance(s, DecodedImages) or is_tfds_source(s))
 
 
 def cache_path(tfds_source) -> tuple[str | None, str]:
@@ -86,10 +77,10 @@ def prepared_identity(tfds_source) -> tuple[str, str, int, str] | None:
   """(data dir, split, records, a hash of the prepared files' names, sizes and modification times) of a tfds
   source of a whole split, which names its records for as long as the files are not prepared again; None for
   anything else (a slice of a split, a source that is not tfds's)."""
-  info = getattr(tfds_source, 'dataset_info', None)
   split = str(getattr(tfds_source, 'split', '') or '')
-  if info is None or not hasattr(tfds_source, 'decoders') or not split.isidentifier():
+  if not is_tfds_source(tfds_source) or not split.isidentifier():
     return None
+  info = tfds_source.dataset_info
   data_dir = str(info.data_dir)
   prepared = sorted(glob.glob(os.path.join(data_dir, f'*-{split}.array_record*')))
   if not prepared:

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
+from jaxssl.data.sources import find_under, is_tfds_source
+
 try:
   import simplejpeg
 except ImportError:  # optional: tfds decodes with PIL
@@ -46,13 +48,7 @@ class JpegDecoder(tfds.decode.Decoder):
 
 def _tfds_source(source) -> Any | None:
   """The tfds data source under jaxssl's views of it (IndexedSubset, PaddedImages, ... hold it as ``source``)."""
-  for _ in range(16):
-    if hasattr(source, 'dataset_info') and hasattr(source, 'decoders'):
-      return source
-    source = getattr(source, 'source', None)
-    if source is None:
-      return None
-  return None
+  return find_under(source, is_tfds_source)[1]
 
 
 def use_fast_decoder(source) -> bool:

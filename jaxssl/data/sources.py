@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -13,6 +13,24 @@ def read_records(source, indices: Sequence[int]) -> list[dict[str, Any]]:
   indices = [int(i) for i in indices]
   getitems = getattr(source, '__getitems__', None)
   return list(getitems(indices)) if getitems else [source[i] for i in indices]
+
+
+def is_tfds_source(source) -> bool:
+  """Whether ``source`` is a tfds data source (``tfds.data_source``'s: its dataset info and decoders)."""
+  return hasattr(source, 'dataset_info') and hasattr(source, 'decoders')
+
+
+def find_under(source, wanted: Callable[[Any], bool]) -> tuple[Any, Any]:
+  """(the view holding it or None, the first source for which ``wanted`` is true) down the ``.source`` links of
+  jaxssl's views (IndexedSubset, PaddedImages, ...), ``source`` itself first; (None, None) where none is."""
+  parent = None
+  for _ in range(16):
+    if wanted(source):
+      return parent, source
+    parent, source = source, getattr(source, 'source', None)
+    if source is None:
+      break
+  return None, None
 
 
 class IndexedSubset:
