@@ -290,3 +290,29 @@ def test_a_test_cell_takes_the_selection_cells_training_only_when_their_configs_
   assert _json(cell / 'reused.json')['trained_by'] == str(select)
   # A cell that holds a run already resumes as any cell: nothing is copied over it.
   assert benchmark.Benchmark.reuse_selection(test, selection, str(select), str(cell)) is None
+
+
+def test_kfold_subsets_give_each_seed_a_disjoint_fold_and_skip_the_folds_a_fraction_lacks(tfds_dir, tmp_path):
+  """benchmark.subsets='kfold' (seed experiment 003's protocol): each seed's cell trains on its own disjoint
+  stratified fold of the training images less the validation images; 100% has one fold, so one cell."""
+  c = _quick(tfds_dir)
+  c.benchmark.inits = ml_collections.ConfigDict({'random': ''})
+  c.benchmark.subsets, c.benchmark.seeds, c.benchmark.fractions = 'kfold', (0, 1), (0.25, 1.0)
+  c.benchmark.select.fractions = (0.25,)
+  c.data.train_limit = 600
+  workdir = str(tmp_path / 'kfold')
+  results = benchmark.run_benchmark(c, workdir)
+  cells = os.path.join(workdir, 'finetune', 'cells')
+  assert sorted(os.listdir(cells)) == ['random_f0.25_s0', 'random_f0.25_s1', 'random_f1_s0']
+  info = datasets.get_dataset(c.data.name, c.data)
+  base = benchmark.cell_base(c)
+  labels = subsets.source_labels(subsets.load_sources(info, base.data)[0])
+  folds = []
+  for seed in (0, 1):
+    cfg = _json(os.path.join(cells, f'random_f0.25_s{seed}', 'config.json'))
+    assert (cfg['data']['subset_mode'], cfg['data']['subset_seed']) == ('kfold', seed)
+    folds.append(set(subsets.labelled_subset(labels, 0.25, seed, 'kfold').tolist()))
+    assert cfg['batch_size'] <= len(folds[-1])
+  assert not folds[0] & folds[1] and len(folds[0]) == len(folds[1])
+  assert results['subsets'] == 'kfold' and results['inits'][0]['finetune']['0.25']['n'] == 2
+  assert results['inits'][0]['finetune']['1']['n'] == 1
