@@ -16,7 +16,10 @@ trained workdir / weights file used as it is), in this order:
    ``probe_<layer>.json``, skipped when there). ``benchmark.probe.keep_features=False`` deletes the cache once the
    probe and the k-NN are written.
 3. **knn**: weighted k-NN (200-NN, T = 0.07) of the test split among the probe's training part, on the cached
-   features of the layer the probe chose on validation; ``probe/<init>/knn.json``.
+   features of the layer the probe chose on validation; ``probe/<init>/knn.json``. **lowshot**
+   (``benchmark.lowshot``): that layer's probe fitted again on the labels of each fine-tuning subset only (every
+   fraction below 1 x seed: :func:`lowshot_indices`, the very images of part 4's cells), its L2 strength and epoch
+   chosen on the validation images; ``probe/<init>/lowshot.json``.
 4. **finetune**: jaxssl/study.py's cells (the config's fine-tuning recipe from that init), ``benchmark.fractions``
    x ``benchmark.seeds``, the same class-stratified subsets for every init, drawn from the training images less
    the validation images (``data.holdout_fraction``); the random init's cells are the from-scratch baseline. Per
@@ -37,8 +40,9 @@ scored once per cell, by the chosen model only.
 
 Every part is skipped when its result file exists: rerunning the command continues where it stopped. After each
 part, ``results.md``, ``results.csv``, ``results.json`` (one row per init: best layer's probe, k-NN, fine-tuning
-at each fraction as mean +- std over seeds; wall time per part from ``timings.json``), ``probe_layers.png``
-(per-layer test top-1 of every init), ``label_efficiency.png`` (every init's curve with error bars),
+at each fraction as mean +- std over seeds; wall time per part from ``timings.json``; then the frozen-feature
+table of the lowshot part), ``probe_layers.png`` (per-layer test top-1 of every init), ``label_efficiency.png``
+(every init's curve with error bars: fine-tuned, and the lowshot probe's beside it),
 ``pretext_curves.png`` (each pretext run's own task over its epochs),
 ``filters.png`` (the first convolution each pretrained backbone learned, one panel per init) and
 ``reconstructions.png`` (the last reconstructions each dense pretext run drew: autoencoder, denoising,
@@ -48,9 +52,7 @@ seconds of every part (:class:`Ledger`).
 
 from __future__ import annotations
 
-import csv
 import importlib.util
-import io
 import json
 import os
 import resource
@@ -61,7 +63,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from jaxssl import cli, study
+from jaxssl import benchmark_tables as tables, cli, study
 from jaxssl.runlog import write_json, write_text
 
 COMBINATION = 'combination'   # the init benchmark.combine adds (Benchmark.choose_combination)
@@ -185,6 +187,15 @@ def transferred_layers(names: list[str], wanted: list[str], not_transferred: lis
   return [n for n in (wanted or names) if n in names[:stop]]
 
 
+def lowshot_indices(labels, train_idx, fraction: float, seed: int, mode: str) -> np.ndarray:
+  """Indices (into all the training records) of the labelled subset a fine-tuning cell of ``fraction`` and
+  ``seed`` trains on: drawn, as subsets.load_sources and build_experiment draw it, from the records left after the
+  validation images (``train_idx``)."""
+  from jaxssl.data import subsets  # pylint: disable=import-outside-toplevel
+  train_idx = np.asarray(train_idx)
+  return train_idx[subsets.labelled_subset(np.asarray(labels)[train_idx], fraction, seed, mode)]
+
+
 def loop_train(c: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   from jaxssl.train import loop  # pylint: disable=import-outside-toplevel
   return loop.train_and_evaluate(c, workdir)
@@ -276,12 +287,6 @@ def _read_json(path: str):
     return None
   with open(path, encoding='utf-8') as f:
     return json.load(f)
-
-
-def _duration(seconds: float) -> str:
-  seconds = int(round(seconds))
-  h, m, s = seconds // 3600, seconds // 60 % 60, seconds % 60
-  return f'{h}h{m:02d}m' if h else f'{m}m{s:02d}s' if m else f'{s}s'
 
 
 # ------------------------------------------------------------------------------------------------ parts
@@ -389,14 +394,17 @@ class Benchmark:
       self._exit_unfinished(f'pretraining {init}', result)
 
   def probe_and_knn(self, init: str, n: str) -> None:
-    """Feature extraction (cached), the per-layer probe, the k-NN of the best layer; what exists is skipped."""
+    """Feature extraction (cached), the per-layer probe, the k-NN and the lowshot probes of the best layer; what
+    exists is skipped."""
     from jaxssl.eval import cached_probe  # pylint: disable=import-outside-toplevel
     from jaxssl.runlog import log  # pylint: disable=import-outside-toplevel
     out = self.probe_dir(init)
     probe_json, knn_json = os.path.join(out, 'probe.json'), os.path.join(out, 'knn.json')
+    lowshot_json = os.path.join(out, 'lowshot.json')
     p = self.b.probe
     features = os.path.join(out, f'features_d{p.max_dim}')   # another pooling size is another cache
-    if not os.path.exists(probe_json) or not os.path.exists(knn_json):
+    todo = [probe_json, knn_json] + ([lowshot_json] if self._lowshot_fractions() else [])
+    if not all(os.path.exists(path) for path in todo):
       t0 = self.ledger.clock()
       exp, state = self._feature_model(init)
       layers = transferred_layers(list(self._feature_names(exp, state)), list(p.layers),
@@ -416,20 +424,57 @@ class Benchmark:
             batch_size=p.batch_size, lr=p.lr, min_steps=p.min_steps, seed=p.seed)
         self.ledger.add(t0, f'probe/{init}')
         log(f"  best layer on val: {summary['best_layer']}")
-      t1 = self.ledger.clock()
       best = _read_json(probe_json)['best_layer']
       cached_probe.extract(exp.eval_context(out), state, features, [best], max_dim=p.max_dim,
                            batch_size=self.config.eval_batch_size)   # nothing to do unless the cache was removed
-      train_idx, _ = cached_probe.val_split(cached_probe.load(features, 'train', 'labels'), self.b.val_fraction,
-                                            self.b.val_seed)
-      k = self.b.knn
-      r = cached_probe.knn_layer(features, best, train_idx, num_classes=exp.info.num_classes,
-                                 class_names=list(exp.info.class_names), k=k.k, temperature=k.temperature)
-      write_json(knn_json, r)
-      self.ledger.add(t1, f'knn/{init}')
-      log(f"benchmark {n} knn {init}: {best} top1={r['test_top1']:.4f} ({r['seconds']:.0f}s)")
+      train_idx, val_idx = cached_probe.val_split(cached_probe.load(features, 'train', 'labels'),
+                                                  self.b.val_fraction, self.b.val_seed)
+      if not os.path.exists(knn_json):
+        t1 = self.ledger.clock()
+        k = self.b.knn
+        r = cached_probe.knn_layer(features, best, train_idx, num_classes=exp.info.num_classes,
+                                   class_names=list(exp.info.class_names), k=k.k, temperature=k.temperature)
+        write_json(knn_json, r)
+        self.ledger.add(t1, f'knn/{init}')
+        log(f"benchmark {n} knn {init}: {best} top1={r['test_top1']:.4f} ({r['seconds']:.0f}s)")
+      if lowshot_json in todo and not os.path.exists(lowshot_json):
+        t2 = self.ledger.clock()
+        r = self._lowshot(features, best, train_idx, val_idx, exp.info)
+        write_json(lowshot_json, r)
+        self.ledger.add(t2, f'lowshot/{init}')
+        log(f"benchmark {n} lowshot {init}: {best} " + ', '.join(
+            f"{100 * float(f):g}% {100 * np.mean([c['test_top1'] for c in cells.values()]):.1f}"
+            for f, cells in r['fractions'].items()))
     if not p.keep_features:
       cached_probe.remove_cache(features)
+
+  def _lowshot_fractions(self) -> list[float]:
+    """The labelled fractions below 1 the frozen-feature probe is fitted at (none unless ``benchmark.lowshot``)."""
+    return sorted(float(f) for f in self.b.fractions if float(f) < 1) if self.b.get('lowshot', False) else []
+
+  def _lowshot(self, features: str, layer: str, train_idx, val_idx, info) -> dict[str, Any]:
+    """The linear probe of ``layer``'s cached features fitted on each fine-tuning subset's labels only (the very
+    records of the cells ``finetune/cells/<init>_f<fraction>_s<seed>`` train on: :func:`lowshot_indices`), its L2
+    strength and epoch chosen on the validation images, the test split scored once per subset."""
+    from jaxssl.data import subsets  # pylint: disable=import-outside-toplevel
+    from jaxssl.eval import cached_probe  # pylint: disable=import-outside-toplevel
+    p, mode = self.b.probe, str(self.b.subsets)
+    labels = cached_probe.load(features, 'train', 'labels')
+    out: dict[str, Any] = {'layer': layer, 'subsets': mode, 'fractions': {}}
+    for fraction in self._lowshot_fractions():
+      folds = subsets.num_folds(labels[train_idx], fraction) if mode == 'kfold' else None
+      cells = {}
+      for seed in self.b.seeds:
+        if folds is not None and int(seed) >= folds:
+          continue
+        idx = lowshot_indices(labels, train_idx, fraction, int(seed), mode)
+        r = cached_probe.probe_layer(features, layer, idx, val_idx, num_classes=info.num_classes,
+                                     class_names=list(info.class_names), l2_grid=tuple(p.l2), epochs=p.epochs,
+                                     batch_size=p.batch_size, lr=p.lr, min_steps=p.min_steps, seed=p.seed)
+        cells[str(int(seed))] = {k: r[k] for k in ('test_top1', 'test_top5', 'val_top1', 'l2', 'epoch',
+                                                   'train_count', 'seconds')}
+      out['fractions'][f'{fraction:g}'] = cells
+    return out
 
   def _feature_model(self, init: str):
     from jaxssl.train.experiment import build_experiment  # pylint: disable=import-outside-toplevel
@@ -526,7 +571,7 @@ class Benchmark:
         what += f'; trained as {os.path.basename(reused)}, whose training is reused: the test split scored'
         total_steps -= steps[cell_dir]   # nothing to train: the ETA counts the steps left to train
         steps[cell_dir] = 0
-      eta = (f' | ETA {_duration(t_all / done_steps * (total_steps - done_steps))}' if done_steps else '')
+      eta = (f' | ETA {tables.duration(t_all / done_steps * (total_steps - done_steps))}' if done_steps else '')
       log(f'benchmark finetune {i + 1}/{len(todo)}: {what}, {c.total_steps} steps, batch {c.batch_size}{eta}')
       t0 = self.ledger.clock()
       result = loop_train(c, cell_dir)
@@ -592,7 +637,8 @@ class Benchmark:
       log(f'benchmark: {init} skipped from here on: {self.errors[init]}')
 
   def backbone_parts(self, init: str, n: str) -> None:
-    """Parts 1-3 of ``init`` (pretrain, probe, k-NN; what is done is skipped), then the results rewritten."""
+    """Parts 1-3 of ``init`` (pretrain, probe, k-NN, lowshot; what is done is skipped), then the results
+    rewritten."""
     self.guarded(init, self.pretrain, n)
     if init not in self.errors:
       self.guarded(init, self.probe_and_knn, n)
@@ -609,7 +655,7 @@ class Benchmark:
       self.backbone_parts(COMBINATION, f'[{len(names) + 1}/{len(names) + 1}]')
     self.finetune()
     results = self.write_results()
-    log(f'benchmark done ({_duration(time.perf_counter() - t0)} in this call) -> '
+    log(f'benchmark done ({tables.duration(time.perf_counter() - t0)} in this call) -> '
         f"{os.path.join(self.workdir, 'results.md')}")
     return results
 
@@ -631,7 +677,10 @@ class Benchmark:
              'probe_top1': probe['layers'][probe['best_layer']]['test_top1'] if probe else None,
              'knn_top1': knn['test_top1'] if knn else None, 'finetune': {},
              'wall_s': {part: self.ledger.seconds.get(f'{part}/{init}') for part in
-                        ('pretrain', 'probe', 'knn', 'finetune')}}
+                        ('pretrain', 'probe', 'knn', 'lowshot', 'finetune')}}
+      lowshot = _read_json(os.path.join(self.probe_dir(init), 'lowshot.json'))
+      row['lowshot'] = {f: tables.mean_std([c['test_top1'] for c in per_seed.values()])
+                        for f, per_seed in (lowshot or {}).get('fractions', {}).items() if per_seed}
       if init in self.errors:
         row['error'] = self.errors[init]
       row['chosen'] = {f'{f:g}': self.chosen(init, float(f)) for f in sorted(self.b.fractions)}
@@ -649,9 +698,7 @@ class Benchmark:
             vals.append(float(m[metric]))
             cells.append({'init': init, 'fraction': float(fraction), 'seed': int(seed), metric: float(m[metric])})
         if vals:
-          mean = sum(vals) / len(vals)
-          std = (sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5 if len(vals) > 1 else 0.0
-          row['finetune'][f'{fraction:g}'] = {'mean': mean, 'std': std, 'n': len(vals)}
+          row['finetune'][f'{fraction:g}'] = tables.mean_std(vals)
       rows.append(row)
     return {'metric': metric, 'fractions': [float(f) for f in sorted(self.b.fractions)],
             'seeds': [int(s) for s in self.b.seeds], 'subsets': str(self.b.subsets), 'inits': rows, 'cells': cells,
@@ -670,22 +717,8 @@ class Benchmark:
     """results.json / .csv / .md and the two plots, from what is on disk now (so partial results show too)."""
     r = self.collect()
     write_json(os.path.join(self.workdir, 'results.json'), r)
-    fr = [f'{f:g}' for f in r['fractions']]
-    table = io.StringIO(newline='')
-    w = csv.writer(table)
-    w.writerow(['init', 'best_layer', 'probe_top1', 'knn_top1'] +
-               [f'ft{f}_{s}' for f in fr for s in ('mean', 'std', 'chosen')] +
-               ['pretrain_s', 'probe_s', 'knn_s', 'finetune_s'])
-    for row in r['inits']:
-      ft = []
-      for f in fr:
-        c = row['finetune'].get(f, {})
-        ft += [_num(c.get('mean')), _num(c.get('std')),
-               '' if row['chosen'].get(f) is None else f"{row['chosen'][f]:g}"]
-      w.writerow([row['init'], row['best_layer'] or '', _num(row['probe_top1']), _num(row['knn_top1'])] + ft +
-                 [_num(row['wall_s'][p], 0) for p in ('pretrain', 'probe', 'knn', 'finetune')])
-    write_text(os.path.join(self.workdir, 'results.csv'), table.getvalue())
-    write_text(os.path.join(self.workdir, 'results.md'), markdown(r))
+    write_text(os.path.join(self.workdir, 'results.csv'), tables.csv_text(r))
+    write_text(os.path.join(self.workdir, 'results.md'), tables.markdown(r))
     self.plots(r)
     return r
 
@@ -823,88 +856,33 @@ class Benchmark:
       fig.savefig(os.path.join(self.workdir, 'probe_layers.png'), dpi=110)
       plt.close(fig)
     self.pretext_curves()
-    tuned = [row for row in r['inits'] if row['finetune']]
-    if tuned:
-      fig, ax = plt.subplots(figsize=(5.5, 3.8))
-      for row in tuned:
-        fs = sorted(row['finetune'], key=float)
-        ax.errorbar([100 * float(f) for f in fs], [100 * row['finetune'][f]['mean'] for f in fs],
-                    yerr=[100 * row['finetune'][f]['std'] for f in fs], marker='o', ms=3, capsize=3,
-                    label='scratch' if row['init'] == 'random' else row['init'])
-      ax.set_xscale('log')
-      ticks = [100 * f for f in r['fractions']]
-      ax.set_xticks(ticks, [f'{t:g}' for t in ticks])
-      ax.xaxis.set_minor_locator(plots.matplotlib.ticker.NullLocator())
-      ax.set_xlabel('labelled training images (%, log scale)')
-      ax.set_ylabel(f"fine-tuned {r['metric']} (%)")
-      ax.grid(alpha=0.3, which='both')
-      ax.legend(fontsize=7)
+    panels = [(key, title) for key, title in
+              (('finetune', f"fine-tuned: {r['metric']} (%)"),
+               ('lowshot', 'frozen features: linear probe of the best layer (%)'))
+              if any(row.get(key) for row in r['inits'])]
+    if panels:
+      fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.8), squeeze=False)
+      for ax, (key, title) in zip(axes[0], panels):
+        for row in r['inits']:
+          fs = sorted(row.get(key) or {}, key=float)
+          if not fs:
+            continue
+          ax.errorbar([100 * float(f) for f in fs], [100 * row[key][f]['mean'] for f in fs],
+                      yerr=[100 * row[key][f]['std'] for f in fs], marker='o', ms=3, capsize=3,
+                      label=('scratch' if key == 'finetune' else 'untrained') if row['init'] == 'random' else
+                      row['init'])
+        ax.set_xscale('log')
+        ticks = [100 * f for f in r['fractions']]
+        ax.set_xticks(ticks, [f'{t:g}' for t in ticks])
+        ax.xaxis.set_minor_locator(plots.matplotlib.ticker.NullLocator())
+        ax.set_xlabel('labelled training images (%, log scale)')
+        ax.set_ylabel(title, fontsize=8)
+        ax.grid(alpha=0.3, which='both')
+        ax.legend(fontsize=6)
       fig.tight_layout()
       fig.savefig(os.path.join(self.workdir, 'label_efficiency.png'), dpi=110)
       plt.close(fig)
     self.pictures()
-
-
-def _num(x, digits: int = 4) -> str:
-  return '' if x is None else f'{x:.{digits}f}'
-
-
-def cpu_note(r: dict[str, Any]) -> str:
-  """The total CPU time, where every part has one (a benchmark begun before CPU time was recorded has not)."""
-  wall, cpu = r['timings_s'], r.get('cpu_timings_s') or {}
-  missing = [part for part in wall if part not in cpu]
-  if missing:
-    return (f'CPU time recorded for {len(wall) - len(missing)} of {len(wall)} parts; per part in timings.json and '
-            'cpu_timings.json')
-  return f"CPU time: {_duration(r['total_cpu_s'])}; per part in timings.json and cpu_timings.json"
-
-
-def markdown(r: dict[str, Any]) -> str:
-  """One table, init x {best layer's probe, k-NN, fine-tuning at each fraction}, test top-1 in %; fine-tuning as
-  mean +- std over seeds, with the difference from scratch (the random init's cells)."""
-  fr = [f'{f:g}' for f in r['fractions']]
-  sel = r['protocol']['select']
-  scratch = next((row['finetune'] for row in r['inits'] if row['init'] == 'random'), {})
-  head = ['init', 'probe (best layer on val)', 'k-NN'] + [f'fine-tune {100 * float(f):g}%' for f in fr] + \
-      ['wall: pretrain / probe / k-NN / fine-tune']
-  lines = ['| ' + ' | '.join(head) + ' |', '|' + ' --- |' * len(head)]
-  for row in r['inits']:
-    probe = f"{100 * row['probe_top1']:.1f} ({row['best_layer']})" if row['probe_top1'] is not None else '-'
-    knn = f"{100 * row['knn_top1']:.1f}" if row['knn_top1'] is not None else '-'
-    cols = []
-    for f in fr:
-      c = row['finetune'].get(f)
-      if c is None:
-        cols.append('-')
-        continue
-      text = f"{100 * c['mean']:.1f} +- {100 * c['std']:.1f}"
-      if row['init'] != 'random' and f in scratch:
-        text += f" ({100 * (c['mean'] - scratch[f]['mean']):+.1f})"
-      if row.get('chosen', {}).get(f) is not None:
-        text += f" [{row['chosen'][f]:g}]"
-      cols.append(text)
-    wall = ' / '.join(_duration(row['wall_s'][p]) if row['wall_s'][p] else '-'
-                      for p in ('pretrain', 'probe', 'knn', 'finetune'))
-    name = f"{row['init']} (scratch)" if row['init'] == 'random' else row['init']
-    if row.get('error'):
-      name += ' [skipped: see results.json]'
-    lines.append('| ' + ' | '.join([name, probe, knn] + cols + [wall]) + ' |')
-  n = len(r['seeds'])
-  notes = [
-      '', f"Test top-1 (%). Fine-tuning: mean +- std over {n} {'folds' if r['subsets'] == 'kfold' else 'subsets'} "
-      "(the same for every init), in round brackets the difference from scratch, in square brackets the "
-      f"{sel['key']} chosen on the validation images (from {', '.join(f'{v:g}' for v in sel['choices'])}). The "
-      "random init's probe and k-NN are of an untrained backbone; its fine-tuning cells are the from-scratch "
-      f"baseline. Validation images: a class-stratified {100 * r['protocol']['val_fraction']:g}% of the training "
-      "images, the same for every init, never trained on (by a pretext run, a probe or a fine-tuning cell); the "
-      "probe's layer, L2 strength and epoch and the fine-tuning hyper-parameter are chosen on them; the test split "
-      'is scored once '
-      f"per cell. Total wall time recorded: {_duration(r['total_wall_s'])} ({cpu_note(r)}).", '']
-  combination = r.get('combination') or {}
-  if combination.get('spec'):
-    notes[-1:-1] = ['', f"combination: {' + '.join(combination['inits'])} ({combination['rule']}; "
-                        f"{combination['spec']})."]
-  return '\n'.join(lines + notes)
 
 
 # ------------------------------------------------------------------------------------------------ command

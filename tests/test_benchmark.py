@@ -73,6 +73,22 @@ def test_quick_benchmark_runs_every_part_once_and_a_rerun_skips_them(tfds_dir, t
       assert (c['data']['eval_split'], c['data']['holdout_fraction'], c['optim']['backbone_lr_scale'],
               c['data']['train_fraction'], c['data']['subset_seed']) == ('test', 0.1, chosen, float(f), 0)
       assert c['init_from'] == ('' if init == 'random' else os.path.join(workdir, 'pretrain', 'rotation'))
+  # Few labels, frozen features: the best layer's probe fitted on each fine-tuning subset, the very images of the
+  # cell (the subset drawn from the training images less the validation ones, as the trainer draws it).
+  c = _quick(tfds_dir)
+  info = datasets.get_dataset(c.data.name, c.data)
+  train, _ = subsets.load_sources(info, benchmark.cell_base(c).data)
+  for init in ('rotation', 'random'):
+    low = _json(os.path.join(workdir, 'probe', init, 'lowshot.json'))
+    assert low['layer'] == rows[init]['best_layer'] and list(low['fractions']) == ['0.05']
+    cell = low['fractions']['0.05']['0']
+    assert 0.1 < cell['test_top1'] <= 1 and rows[init]['lowshot']['0.05']['n'] == 1
+    features = os.path.join(workdir, 'probe', init, f"features_d{c.benchmark.probe.max_dim}")
+    labels = cached_probe.load(features, 'train', 'labels')
+    kept, _ = cached_probe.val_split(labels, 0.1, 0)
+    mine = benchmark.lowshot_indices(labels, kept, 0.05, 0, 'random')
+    theirs = train.indices[subsets.labelled_subset(subsets.source_labels(train), 0.05, 0)]
+    assert cell['train_count'] == len(mine) and list(mine) == list(theirs)
   # The test cell on the selection subset at the chosen value is the selection cell's training, scored on the
   # test split: the same final metrics as a cell trained afresh with its config.
   cell = os.path.join(workdir, 'finetune', 'cells', 'rotation_f0.05_s0')

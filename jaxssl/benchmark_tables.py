@@ -1,0 +1,137 @@
+"""The benchmark's tables (jaxssl/benchmark.py): results.md and results.csv from the results it collects."""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+
+def duration(seconds: float) -> str:
+  """``1h02m``, ``3m05s`` or ``42s``."""
+  seconds = int(round(seconds))
+  h, m, s = seconds // 3600, seconds // 60 % 60, seconds % 60
+  return f'{h}h{m:02d}m' if h else f'{m}m{s:02d}s' if m else f'{s}s'
+
+
+def mean_std(vals: list[float]) -> dict[str, float]:
+  """Mean, sample standard deviation (0 for one value) and count."""
+  mean = sum(vals) / len(vals)
+  std = (sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5 if len(vals) > 1 else 0.0
+  return {'mean': mean, 'std': std, 'n': len(vals)}
+
+
+def num(x, digits: int = 4) -> str:
+  return '' if x is None else f'{x:.{digits}f}'
+
+
+def cpu_note(r: dict[str, Any]) -> str:
+  """The total CPU time, where every part has one (a benchmark begun before CPU time was recorded has not)."""
+  wall, cpu = r['timings_s'], r.get('cpu_timings_s') or {}
+  missing = [part for part in wall if part not in cpu]
+  if missing:
+    return (f'CPU time recorded for {len(wall) - len(missing)} of {len(wall)} parts; per part in timings.json and '
+            'cpu_timings.json')
+  return f"CPU time: {duration(r['total_cpu_s'])}; per part in timings.json and cpu_timings.json"
+
+
+def markdown(r: dict[str, Any]) -> str:
+  """One table, init x {best layer's probe, k-NN, fine-tuning at each fraction}, test top-1 in %; fine-tuning as
+  mean +- std over seeds, with the difference from scratch (the random init's cells); then
+  :func:`lowshot_table`."""
+  fr = [f'{f:g}' for f in r['fractions']]
+  sel = r['protocol']['select']
+  scratch = next((row['finetune'] for row in r['inits'] if row['init'] == 'random'), {})
+  head = ['init', 'probe (best layer on val)', 'k-NN'] + [f'fine-tune {100 * float(f):g}%' for f in fr] + \
+      ['wall: pretrain / probe / k-NN / fine-tune']
+  lines = ['| ' + ' | '.join(head) + ' |', '|' + ' --- |' * len(head)]
+  for row in r['inits']:
+    probe = f"{100 * row['probe_top1']:.1f} ({row['best_layer']})" if row['probe_top1'] is not None else '-'
+    knn = f"{100 * row['knn_top1']:.1f}" if row['knn_top1'] is not None else '-'
+    cols = []
+    for f in fr:
+      c = row['finetune'].get(f)
+      if c is None:
+        cols.append('-')
+        continue
+      text = f"{100 * c['mean']:.1f} +- {100 * c['std']:.1f}"
+      if row['init'] != 'random' and f in scratch:
+        text += f" ({100 * (c['mean'] - scratch[f]['mean']):+.1f})"
+      if row.get('chosen', {}).get(f) is not None:
+        text += f" [{row['chosen'][f]:g}]"
+      cols.append(text)
+    wall = ' / '.join(duration(row['wall_s'][p]) if row['wall_s'][p] else '-'
+                      for p in ('pretrain', 'probe', 'knn', 'finetune'))
+    name = f"{row['init']} (scratch)" if row['init'] == 'random' else row['init']
+    if row.get('error'):
+      name += ' [skipped: see results.json]'
+    lines.append('| ' + ' | '.join([name, probe, knn] + cols + [wall]) + ' |')
+  n = len(r['seeds'])
+  notes = [
+      '', f"Test top-1 (%). Fine-tuning: mean +- std over {n} {'folds' if r['subsets'] == 'kfold' else 'subsets'} "
+      "(the same for every init), in round brackets the difference from scratch, in square brackets the "
+      f"{sel['key']} chosen on the validation images (from {', '.join(f'{v:g}' for v in sel['choices'])}). The "
+      "random init's probe and k-NN are of an untrained backbone; its fine-tuning cells are the from-scratch "
+      f"baseline. Validation images: a class-stratified {100 * r['protocol']['val_fraction']:g}% of the training "
+      "images, the same for every init, never trained on (by a pretext run, a probe or a fine-tuning cell); the "
+      "probe's layer, L2 strength and epoch and the fine-tuning hyper-parameter are chosen on them; the test split "
+      'is scored once '
+      f"per cell. Total wall time recorded: {duration(r['total_wall_s'])} ({cpu_note(r)}).", '']
+  combination = r.get('combination') or {}
+  if combination.get('spec'):
+    notes[-1:-1] = ['', f"combination: {' + '.join(combination['inits'])} ({combination['rule']}; "
+                        f"{combination['spec']})."]
+  return '\n'.join(lines + notes + lowshot_table(r))
+
+
+def lowshot_table(r: dict[str, Any]) -> list[str]:
+  """The frozen-feature table: per init, the linear probe of its best layer fitted on each fine-tuning subset's
+  labels only, mean +- std over the subsets, with the difference from the random backbone's; [] when none ran."""
+  low = sorted({f for row in r['inits'] for f in row.get('lowshot', {})}, key=float)
+  if not low:
+    return []
+  random = next((row['lowshot'] for row in r['inits'] if row['init'] == 'random'), {})
+  head = ['init (its best layer)'] + [f'probe on {100 * float(f):g}% of the labels' for f in low]
+  lines = ['', '| ' + ' | '.join(head) + ' |', '|' + ' --- |' * len(head)]
+  for row in r['inits']:
+    if not row.get('lowshot'):
+      continue
+    cols = []
+    for f in low:
+      c = row['lowshot'].get(f)
+      text = '-' if c is None else f"{100 * c['mean']:.1f} +- {100 * c['std']:.1f}"
+      if c is not None and row['init'] != 'random' and f in random:
+        text += f" ({100 * (c['mean'] - random[f]['mean']):+.1f})"
+      cols.append(text)
+    name = f"{row['init']} (untrained)" if row['init'] == 'random' else row['init']
+    lines.append('| ' + ' | '.join([f"{name} ({row['best_layer']})"] + cols) + ' |')
+  return lines + ['', 'Few labels, frozen features: the linear probe of each init\'s best layer (chosen on the '
+                  'validation images with every label) fitted on the labels of each fine-tuning subset only (the '
+                  'same images as its fine-tuning cells), its L2 strength and epoch chosen on the validation images; '
+                  'test top-1 (%), mean +- std over the subsets, in brackets the difference from the untrained '
+                  'backbone\'s.', '']
+
+
+def csv_text(r: dict[str, Any]) -> str:
+  """results.csv: a row per init (best layer's probe, k-NN, the frozen-feature probe and fine-tuning at each
+  fraction, the seconds of each part)."""
+  fr = [f'{f:g}' for f in r['fractions']]
+  table = io.StringIO(newline='')
+  w = csv.writer(table)
+  low = [f for f in fr if float(f) < 1]
+  parts = ('pretrain', 'probe', 'knn', 'lowshot', 'finetune')
+  w.writerow(['init', 'best_layer', 'probe_top1', 'knn_top1'] +
+             [f'probe{f}_{s}' for f in low for s in ('mean', 'std')] +
+             [f'ft{f}_{s}' for f in fr for s in ('mean', 'std', 'chosen')] + [f'{p}_s' for p in parts])
+  for row in r['inits']:
+    ft = []
+    for f in low:
+      c = row['lowshot'].get(f, {})
+      ft += [num(c.get('mean')), num(c.get('std'))]
+    for f in fr:
+      c = row['finetune'].get(f, {})
+      ft += [num(c.get('mean')), num(c.get('std')),
+             '' if row['chosen'].get(f) is None else f"{row['chosen'][f]:g}"]
+    w.writerow([row['init'], row['best_layer'] or '', num(row['probe_top1']), num(row['knn_top1'])] + ft +
+               [num(row['wall_s'][p], 0) for p in parts])
+  return table.getvalue()
