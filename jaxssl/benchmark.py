@@ -259,7 +259,7 @@ class Ledger:
     self.path = os.path.join(workdir, 'timings.json')
     self.cpu_path = os.path.join(workdir, 'cpu_timings.json')
     self.seconds: dict[str, float] = _read_json(self.path) or {}
-    self.cpu_seconds: dict[str, float] = _read_json(self.cpu_path) or {}
+    self.cpu_seconds: dict[str, float | None] = _read_json(self.cpu_path) or {}   # None: known only in part
 
   @staticmethod
   def clock() -> tuple[float, float]:
@@ -270,8 +270,11 @@ class Ledger:
     """Adds the time since ``since`` (a :meth:`clock`) to each of ``parts``; returns the wall seconds."""
     wall, cpu = time.perf_counter() - since[0], _cpu_seconds() - since[1]
     for part in parts:
+      if part in self.seconds and part not in self.cpu_seconds:
+        self.cpu_seconds[part] = None   # wall time from before CPU time was recorded: its CPU total is unknown
+      elif self.cpu_seconds.get(part, 0.0) is not None:
+        self.cpu_seconds[part] = self.cpu_seconds.get(part, 0.0) + float(cpu)
       self.seconds[part] = self.seconds.get(part, 0.0) + float(wall)
-      self.cpu_seconds[part] = self.cpu_seconds.get(part, 0.0) + float(cpu)
     write_json(self.path, self.seconds)
     write_json(self.cpu_path, self.cpu_seconds)
     return wall
@@ -403,9 +406,11 @@ class Benchmark:
     lowshot_json = os.path.join(out, 'lowshot.json')
     p = self.b.probe
     features = os.path.join(out, f'features_d{p.max_dim}')   # another pooling size is another cache
-    todo = [probe_json, knn_json] + ([lowshot_json] if self._lowshot_fractions() else [])
-    if not all(os.path.exists(path) for path in todo):
-      t0 = self.ledger.clock()
+    todo = [probe_json, knn_json]
+    settings = self._lowshot_settings()
+    lowshot_done = settings is None or (_read_json(lowshot_json) or {}).get('settings') == settings
+    if not all(os.path.exists(path) for path in todo) or not lowshot_done:
+      t0 = self.ledger.clock()   # the model and any extraction count towards the first part that needs them
       exp, state = self._feature_model(init)
       layers = transferred_layers(list(self._feature_names(exp, state)), list(p.layers),
                                   (exp.init_info or {}).get('not_transferred', []))
@@ -423,6 +428,7 @@ class Benchmark:
             val_fraction=self.b.val_fraction, val_seed=self.b.val_seed, l2_grid=tuple(p.l2), epochs=p.epochs,
             batch_size=p.batch_size, lr=p.lr, min_steps=p.min_steps, seed=p.seed)
         self.ledger.add(t0, f'probe/{init}')
+        t0 = self.ledger.clock()
         log(f"  best layer on val: {summary['best_layer']}")
       best = _read_json(probe_json)['best_layer']
       cached_probe.extract(exp.eval_context(out), state, features, [best], max_dim=p.max_dim,
@@ -430,23 +436,33 @@ class Benchmark:
       train_idx, val_idx = cached_probe.val_split(cached_probe.load(features, 'train', 'labels'),
                                                   self.b.val_fraction, self.b.val_seed)
       if not os.path.exists(knn_json):
-        t1 = self.ledger.clock()
         k = self.b.knn
         r = cached_probe.knn_layer(features, best, train_idx, num_classes=exp.info.num_classes,
                                    class_names=list(exp.info.class_names), k=k.k, temperature=k.temperature)
         write_json(knn_json, r)
-        self.ledger.add(t1, f'knn/{init}')
+        self.ledger.add(t0, f'knn/{init}')
+        t0 = self.ledger.clock()
         log(f"benchmark {n} knn {init}: {best} top1={r['test_top1']:.4f} ({r['seconds']:.0f}s)")
-      if lowshot_json in todo and not os.path.exists(lowshot_json):
-        t2 = self.ledger.clock()
-        r = self._lowshot(features, best, train_idx, val_idx, exp.info)
+      if not lowshot_done:
+        r = {**self._lowshot(features, best, train_idx, val_idx, exp.info), 'settings': settings}
         write_json(lowshot_json, r)
-        self.ledger.add(t2, f'lowshot/{init}')
+        self.ledger.add(t0, f'lowshot/{init}')
         log(f"benchmark {n} lowshot {init}: {best} " + ', '.join(
             f"{100 * float(f):g}% {100 * np.mean([c['test_top1'] for c in cells.values()]):.1f}"
             for f, cells in r['fractions'].items()))
     if not p.keep_features:
       cached_probe.remove_cache(features)
+
+  def _lowshot_settings(self) -> dict[str, Any] | None:
+    """What a lowshot.json was made with (its subsets, the validation images, the probe's options): another
+    setting makes it again; None where the part is off (nothing to make)."""
+    if not self._lowshot_fractions():
+      return None
+    return json.loads(json.dumps({   # as it reads back from the file (tuples as lists)
+        'fractions': self._lowshot_fractions(), 'seeds': [int(s) for s in self.b.seeds],
+        'subsets': str(self.b.subsets), 'val_fraction': float(self.b.val_fraction), 'val_seed': int(self.b.val_seed),
+        'probe': {k: v for k, v in self.b.probe.to_dict().items() if k != 'keep_features'},
+        'standardized_by': 'the training images less the validation images (their features, not labels)'}))
 
   def _lowshot_fractions(self) -> list[float]:
     """The labelled fractions below 1 the frozen-feature probe is fitted at (none unless ``benchmark.lowshot``)."""
@@ -460,6 +476,9 @@ class Benchmark:
     from jaxssl.eval import cached_probe  # pylint: disable=import-outside-toplevel
     p, mode = self.b.probe, str(self.b.subsets)
     labels = cached_probe.load(features, 'train', 'labels')
+    # Standardized as the full probe is, by the features of every training image the subsets are drawn from
+    # (no label used): 50 labelled images would give each of 9,216 dims an unstable mean and scale.
+    stats = cached_probe.train_statistics(cached_probe.load(features, 'train', layer), rows=train_idx)
     out: dict[str, Any] = {'layer': layer, 'subsets': mode, 'fractions': {}}
     for fraction in self._lowshot_fractions():
       folds = subsets.num_folds(labels[train_idx], fraction) if mode == 'kfold' else None
@@ -470,7 +489,8 @@ class Benchmark:
         idx = lowshot_indices(labels, train_idx, fraction, int(seed), mode)
         r = cached_probe.probe_layer(features, layer, idx, val_idx, num_classes=info.num_classes,
                                      class_names=list(info.class_names), l2_grid=tuple(p.l2), epochs=p.epochs,
-                                     batch_size=p.batch_size, lr=p.lr, min_steps=p.min_steps, seed=p.seed)
+                                     batch_size=p.batch_size, lr=p.lr, min_steps=p.min_steps, seed=p.seed,
+                                     stats=stats)
         cells[str(int(seed))] = {k: r[k] for k in ('test_top1', 'test_top5', 'val_top1', 'l2', 'epoch',
                                                    'train_count', 'seconds')}
       out['fractions'][f'{fraction:g}'] = cells
@@ -706,7 +726,7 @@ class Benchmark:
             'cpu_timings_s': dict(self.ledger.cpu_seconds),
             'total_wall_s': sum(v for k, v in self.ledger.seconds.items() if not k.startswith('finetune_fraction/')),
             'total_cpu_s': sum(v for k, v in self.ledger.cpu_seconds.items()
-                               if not k.startswith('finetune_fraction/')),
+                               if v is not None and not k.startswith('finetune_fraction/')),
             'protocol': {'probe': self.b.probe.to_dict(), 'knn': self.b.knn.to_dict(),
                          'val_fraction': float(self.b.val_fraction), 'val_seed': int(self.b.val_seed),
                          'select': self.b.select.to_dict(),

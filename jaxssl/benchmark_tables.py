@@ -27,10 +27,11 @@ def num(x, digits: int = 4) -> str:
 
 def cpu_note(r: dict[str, Any]) -> str:
   """The total CPU time, where every part has one (a benchmark begun before CPU time was recorded has not)."""
-  wall, cpu = r['timings_s'], r.get('cpu_timings_s') or {}
-  missing = [part for part in wall if part not in cpu]
+  wall = [part for part in r['timings_s'] if not part.startswith('finetune_fraction/')]   # parts counted once
+  cpu = r.get('cpu_timings_s') or {}
+  missing = [part for part in wall if cpu.get(part) is None]
   if missing:
-    return (f'CPU time recorded for {len(wall) - len(missing)} of {len(wall)} parts; per part in timings.json and '
+    return (f'CPU time recorded whole for {len(wall) - len(missing)} of {len(wall)} parts; per part in timings.json and '
             'cpu_timings.json')
   return f"CPU time: {duration(r['total_cpu_s'])}; per part in timings.json and cpu_timings.json"
 
@@ -43,7 +44,7 @@ def markdown(r: dict[str, Any]) -> str:
   sel = r['protocol']['select']
   scratch = next((row['finetune'] for row in r['inits'] if row['init'] == 'random'), {})
   head = ['init', 'probe (best layer on val)', 'k-NN'] + [f'fine-tune {100 * float(f):g}%' for f in fr] + \
-      ['wall: pretrain / probe / k-NN / fine-tune']
+      ['wall: pretrain / probe / k-NN / lowshot / fine-tune']
   lines = ['| ' + ' | '.join(head) + ' |', '|' + ' --- |' * len(head)]
   for row in r['inits']:
     probe = f"{100 * row['probe_top1']:.1f} ({row['best_layer']})" if row['probe_top1'] is not None else '-'
@@ -61,7 +62,7 @@ def markdown(r: dict[str, Any]) -> str:
         text += f" [{row['chosen'][f]:g}]"
       cols.append(text)
     wall = ' / '.join(duration(row['wall_s'][p]) if row['wall_s'][p] else '-'
-                      for p in ('pretrain', 'probe', 'knn', 'finetune'))
+                      for p in ('pretrain', 'probe', 'knn', 'lowshot', 'finetune'))
     name = f"{row['init']} (scratch)" if row['init'] == 'random' else row['init']
     if row.get('error'):
       name += ' [skipped: see results.json]'

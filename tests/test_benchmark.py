@@ -111,6 +111,7 @@ def test_quick_benchmark_runs_every_part_once_and_a_rerun_skips_them(tfds_dir, t
   done = [os.path.join(workdir, 'pretrain', 'rotation', 'final_metrics.json'),
           os.path.join(workdir, 'probe', 'random', 'probe.json'),
           os.path.join(workdir, 'probe', 'rotation', 'knn.json'),
+          os.path.join(workdir, 'probe', 'random', 'lowshot.json'),
           os.path.join(workdir, 'finetune', 'cells', 'rotation_f1_s0', 'final_metrics.json')]
   stamps = [os.path.getmtime(p) for p in done]
   timings = _json(os.path.join(workdir, 'timings.json'))
@@ -120,6 +121,13 @@ def test_quick_benchmark_runs_every_part_once_and_a_rerun_skips_them(tfds_dir, t
   assert cached_probe.STATS['extractions'] == extractions
   assert _json(os.path.join(workdir, 'timings.json')) == timings
   assert again['inits'] == results['inits']
+  # Another lowshot setting (the probe's L2 grid) makes the lowshot part again, and nothing else.
+  other = _quick(tfds_dir)
+  other.benchmark.probe.l2 = (1e-3,)
+  benchmark.run_benchmark(other, workdir)
+  assert [os.path.getmtime(p) for p in done if 'lowshot' not in p] == [s for p, s in zip(done, stamps)
+                                                                      if 'lowshot' not in p]
+  assert _json(os.path.join(workdir, 'probe', 'random', 'lowshot.json'))['settings']['probe']['l2'] == [1e-3]
 
 
 def test_bad_inits_are_one_line(tmp_path):
@@ -332,3 +340,22 @@ def test_kfold_subsets_give_each_seed_a_disjoint_fold_and_skip_the_folds_a_fract
   assert not folds[0] & folds[1] and len(folds[0]) == len(folds[1])
   assert results['subsets'] == 'kfold' and results['inits'][0]['finetune']['0.25']['n'] == 2
   assert results['inits'][0]['finetune']['1']['n'] == 1
+
+
+def test_the_ledger_says_when_a_parts_cpu_time_is_known_only_in_part(tmp_path):
+  """Wall time recorded before CPU time was (a benchmark begun with an older version) leaves that part's CPU total
+  unknown (null), and results.md says for how many parts it is whole; finetune_fraction/* are not parts twice."""
+  from jaxssl import benchmark_tables  # pylint: disable=import-outside-toplevel
+  with open(tmp_path / 'timings.json', 'w', encoding='utf-8') as f:
+    json.dump({'pretrain/a': 10.0}, f)
+  ledger = benchmark.Ledger(str(tmp_path))
+  since = ledger.clock()
+  sum(i * i for i in range(200000))   # some CPU time
+  ledger.add(since, 'pretrain/a', 'probe/a')
+  ledger.add(ledger.clock(), 'finetune/a', 'finetune_fraction/0.1')
+  cpu = _json(tmp_path / 'cpu_timings.json')
+  assert cpu['pretrain/a'] is None and cpu['probe/a'] > 0 and set(cpu) == set(_json(tmp_path / 'timings.json'))
+  r = {'timings_s': ledger.seconds, 'cpu_timings_s': ledger.cpu_seconds, 'total_cpu_s': 1.0}
+  assert benchmark_tables.cpu_note(r).startswith('CPU time recorded whole for 2 of 3 parts')
+  r['cpu_timings_s'] = {**ledger.cpu_seconds, 'pretrain/a': 5.0}
+  assert benchmark_tables.cpu_note(r).startswith('CPU time: 1s')

@@ -78,9 +78,9 @@ def prepared_identity(tfds_source) -> tuple[str, str, int, str] | None:
   source of a whole split, which names its records for as long as the files are not prepared again; None for
   anything else (a slice of a split, a source that is not tfds's)."""
   split = str(getattr(tfds_source, 'split', '') or '')
-  if not is_tfds_source(tfds_source) or not split.isidentifier():
+  info = getattr(tfds_source, 'dataset_info', None)
+  if info is None or not is_tfds_source(tfds_source) or not split.isidentifier():
     return None
-  info = tfds_source.dataset_info
   data_dir = str(info.data_dir)
   prepared = sorted(glob.glob(os.path.join(data_dir, f'*-{split}.array_record*')))
   if not prepared:

@@ -206,36 +206,40 @@ def _predict(params, g: int, x, mean, scale, chunk: int = 8192) -> np.ndarray:
   return np.concatenate(out)
 
 
-def train_statistics(x: np.ndarray, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
-  """Per-dim mean and 1/std of ``x`` (float64 sums in chunks: no float32 copy of a GB array); 1 where std ~ 0."""
+def train_statistics(x: np.ndarray, chunk: int = 2048, rows=None) -> tuple[np.ndarray, np.ndarray]:
+  """Per-dim mean and 1/std of ``x`` (of its ``rows`` where given; float64 sums in chunks: no float32 copy of a GB
+  array); 1 where std ~ 0."""
+  rows = np.arange(len(x)) if rows is None else np.asarray(rows)
   s = np.zeros(x.shape[1], np.float64)
   ss = np.zeros(x.shape[1], np.float64)
-  for start in range(0, len(x), chunk):
-    part = np.asarray(x[start:start + chunk], np.float64)
+  for start in range(0, len(rows), chunk):
+    part = np.asarray(x[rows[start:start + chunk]], np.float64)
     s += part.sum(0)
     ss += (part ** 2).sum(0)
-  mean = s / len(x)
-  std = np.sqrt(np.maximum(ss / len(x) - mean ** 2, 0.0))
+  mean = s / len(rows)
+  std = np.sqrt(np.maximum(ss / len(rows) - mean ** 2, 0.0))
   scale = np.where(std > 1e-6, 1.0 / np.maximum(std, 1e-6), 1.0)
   return mean.astype(np.float32), scale.astype(np.float32)
 
 
 def fit_probe(train_x, train_y, val_x, val_y, *, num_classes: int, l2_grid=DEFAULT_L2, epochs: int = 30,
               batch_size: int = 512, lr: float = 1e-3, min_steps: int = 1000, max_evals: int = 50,
-              seed: int = 0) -> dict[str, Any]:
+              seed: int = 0, stats=None) -> dict[str, Any]:
   """Trains one logistic-regression probe per strength in ``l2_grid`` at once and keeps, for each, its weights at
   its best validation epoch; the chosen probe is the best of those on validation (ties: the stronger L2, then the
   earlier epoch). At least ``min_steps`` updates in all: a few thousand records make few minibatches an epoch, and
   ``epochs`` of them leave the probe far from its optimum (a trained backbone's layer then probes below a random
   one's). Validation is scored after every epoch, or every ``epochs // max_evals`` epochs where there are more
-  (and after the last). Returns ``{'l2', 'epoch', 'val_top1', 'val_grid': {l2: (best val top-1, epoch)}, 'params',
+  (and after the last). The features are standardized by ``stats`` (mean, 1/std) where given, else by the training
+  records' own: a few labelled records (a 50-image subset) give unstable statistics, and the unlabelled training
+  images' features are there to take them from. Returns ``{'l2', 'epoch', 'val_top1', 'val_grid': {l2: (best val top-1, epoch)}, 'params',
   'mean', 'scale'}``; the caller scores the test split once with :func:`score`."""
   grid = sorted((float(v) for v in l2_grid), reverse=True)   # the stronger first: it wins ties
   n, dim = train_x.shape
   batch = max(1, min(int(batch_size), n))
   steps = n // batch
   epochs = max(int(epochs), -(-int(min_steps) // steps))
-  mean, scale = (jnp.asarray(a) for a in train_statistics(train_x))
+  mean, scale = (jnp.asarray(a) for a in (train_statistics(train_x) if stats is None else stats))
   x = jnp.asarray(np.asarray(train_x, np.float16))
   y = jnp.asarray(np.asarray(train_y, np.int32))
   vx, vy = np.asarray(val_x, np.float16), np.asarray(val_y, np.int32)
@@ -276,7 +280,8 @@ def score(fit: dict[str, Any], x, y, class_names=None) -> dict[str, Any]:
 
 def probe_layer(cache_dir: str, layer: str, train_idx, val_idx, *, num_classes: int, class_names=None,
                 **fit_options) -> dict[str, Any]:
-  """The per-layer result: fit on the cached train part, choose on val, score test once."""
+  """The per-layer result: fit on the cached train part, choose on val, score test once (``fit_options``:
+  :func:`fit_probe`'s, ``stats`` included)."""
   t0 = time.perf_counter()
   labels = np.load(cache_path(cache_dir, 'train', 'labels'))
   feats = load(cache_dir, 'train', layer)
