@@ -406,10 +406,9 @@ class Benchmark:
     lowshot_json = os.path.join(out, 'lowshot.json')
     p = self.b.probe
     features = os.path.join(out, f'features_d{p.max_dim}')   # another pooling size is another cache
-    todo = [probe_json, knn_json]
     settings = self._lowshot_settings()
     lowshot_done = settings is None or (_read_json(lowshot_json) or {}).get('settings') == settings
-    if not all(os.path.exists(path) for path in todo) or not lowshot_done:
+    if not os.path.exists(probe_json) or not os.path.exists(knn_json) or not lowshot_done:
       t0 = self.ledger.clock()   # the model and any extraction count towards the first part that needs them
       exp, state = self._feature_model(init)
       layers = transferred_layers(list(self._feature_names(exp, state)), list(p.layers),
@@ -626,9 +625,8 @@ class Benchmark:
     for stale in os.listdir(cell_dir):   # a copy a stopped call left half done
       if stale.startswith('checkpoints.partial.'):
         shutil.rmtree(os.path.join(cell_dir, stale), ignore_errors=True)
-    for name in ('init_from.json',):
-      if os.path.exists(os.path.join(select_dir, name)):
-        shutil.copy2(os.path.join(select_dir, name), os.path.join(cell_dir, name))
+    if os.path.exists(os.path.join(select_dir, 'init_from.json')):
+      shutil.copy2(os.path.join(select_dir, 'init_from.json'), os.path.join(cell_dir, 'init_from.json'))
     with open(os.path.join(select_dir, 'metrics.jsonl'), encoding='utf-8') as f:
       rows = [line for line in f if json.loads(line).get('split') == 'train']
     write_text(os.path.join(cell_dir, 'metrics.jsonl'), ''.join(rows))
