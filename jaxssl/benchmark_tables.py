@@ -31,8 +31,8 @@ def cpu_note(r: dict[str, Any]) -> str:
   cpu = r.get('cpu_timings_s') or {}
   missing = [part for part in wall if cpu.get(part) is None]
   if missing:
-    return (f'CPU time recorded whole for {len(wall) - len(missing)} of {len(wall)} parts; per part in timings.json and '
-            'cpu_timings.json')
+    return (f'CPU time recorded whole for {len(wall) - len(missing)} of {len(wall)} parts; per part in '
+            'timings.json and cpu_timings.json')
   return f"CPU time: {duration(r['total_cpu_s'])}; per part in timings.json and cpu_timings.json"
 
 

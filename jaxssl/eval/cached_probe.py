@@ -232,8 +232,8 @@ def fit_probe(train_x, train_y, val_x, val_y, *, num_classes: int, l2_grid=DEFAU
   one's). Validation is scored after every epoch, or every ``epochs // max_evals`` epochs where there are more
   (and after the last). The features are standardized by ``stats`` (mean, 1/std) where given, else by the training
   records' own: a few labelled records (a 50-image subset) give unstable statistics, and the unlabelled training
-  images' features are there to take them from. Returns ``{'l2', 'epoch', 'val_top1', 'val_grid': {l2: (best val top-1, epoch)}, 'params',
-  'mean', 'scale'}``; the caller scores the test split once with :func:`score`."""
+  images' features are there to take them from. Returns ``{'l2', 'epoch', 'val_top1', 'val_grid': {l2: (best
+  val top-1, epoch)}, 'params', 'mean', 'scale'}``; the caller scores the test split once with :func:`score`."""
   grid = sorted((float(v) for v in l2_grid), reverse=True)   # the stronger first: it wins ties
   n, dim = train_x.shape
   batch = max(1, min(int(batch_size), n))
