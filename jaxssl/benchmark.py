@@ -40,11 +40,12 @@ scored once per cell, by the chosen model only.
 
 Every part is skipped when its result file exists: rerunning the command continues where it stopped. After each
 part, ``results.md``, ``results.csv``, ``results.json`` (one row per init: best layer's probe, k-NN, fine-tuning
-at each fraction as mean +- std over seeds; wall time per part from ``timings.json``; then the frozen-feature
-table of the lowshot part), ``probe_layers.png`` (per-layer test top-1 of every init), ``label_efficiency.png``
-(every init's curve with error bars: fine-tuned, and the lowshot probe's beside it),
-``pretext_curves.png`` (each pretext run's own task over its epochs),
-``filters.png`` (the first convolution each pretrained backbone learned, one panel per init) and
+at each fraction as mean +- std over seeds; wall time per part from ``timings.json``; then
+``benchmark.targets`` checked against them, the frozen-feature table of the lowshot part, and what measured it:
+every call's date, command, commit and machine, appended to ``calls.jsonl``), ``probe_layers.png`` (per-layer
+test top-1 of every init), ``label_efficiency.png`` (every init's curve with error bars: fine-tuned, and the
+lowshot probe's beside it), ``pretext_curves.png`` (each pretext run's own task over its epochs), ``filters.png``
+(the first convolution each pretrained backbone learned, one panel per init) and
 ``reconstructions.png`` (the last reconstructions each dense pretext run drew: autoencoder, denoising,
 inpainting) are rewritten from what is on disk; ``timings.json`` and ``cpu_timings.json`` hold the wall and CPU
 seconds of every part (:class:`Ledger`).
@@ -285,6 +286,53 @@ def _cpu_seconds() -> float:
   return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
+def _read_jsonl(path: str) -> list[dict[str, Any]]:
+  if not os.path.exists(path):
+    return []
+  with open(path, encoding='utf-8') as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def provenance() -> dict[str, Any]:
+  """What measures now: the date (UTC), the command line, the code (the checkout's git commit, and whether
+  tracked files differ from it) and the machine (host, CPU model, cores, memory, accelerator, jax)."""
+  import platform  # pylint: disable=import-outside-toplevel
+  import socket  # pylint: disable=import-outside-toplevel
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  argv = list(sys.argv)
+  if argv and os.path.basename(argv[0]) == 'benchmark.py':   # run as `python -m jaxssl.benchmark`
+    argv[0:1] = ['python', '-m', 'jaxssl.benchmark']
+  here = os.path.dirname(os.path.abspath(__file__))
+
+  def git(*args):
+    try:
+      done = subprocess.run(['git', '-C', here, *args], capture_output=True, text=True, timeout=20, check=False)
+    except (OSError, subprocess.SubprocessError):
+      return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+  commit = git('rev-parse', 'HEAD')
+  changed = git('status', '--porcelain', '--untracked-files=no') if commit else None
+  cpu = platform.processor() or platform.machine()
+  try:
+    with open('/proc/cpuinfo', encoding='utf-8') as f:
+      cpu = next((line.split(':', 1)[1].strip() for line in f if line.startswith('model name')), cpu)
+  except OSError:
+    pass
+  try:
+    memory = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2 ** 30
+  except (ValueError, OSError, AttributeError):
+    memory = None
+  devices = jax.devices()
+  return {'started': time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime()), 'command': ' '.join(argv),
+          'cwd': os.getcwd(), 'commit': commit, 'changed_files': bool(changed) if commit else None,
+          'host': socket.gethostname(), 'cpu': cpu, 'cores': os.cpu_count(),
+          'memory_gib': round(memory, 1) if memory else None,
+          'devices': f'{len(devices)}x {devices[0].device_kind}', 'jax': jax.__version__,
+          'python': platform.python_version()}
+
+
 def _read_json(path: str):
   if not os.path.exists(path):
     return None
@@ -315,6 +363,8 @@ class Benchmark:
     if self.combination and self.combination.get('spec'):
       self._add_init(COMBINATION, self.combination['spec'])
     self.ledger = Ledger(self.workdir)
+    # The inits trained with labels: references, never combined, not self-supervised.
+    self.labelled = set(self.b.get('labelled', ()))
     self.errors: dict[str, str] = {}
     self._pictured: tuple[Any, dict[str, list[str]]] = (None, {})
 
@@ -336,7 +386,8 @@ class Benchmark:
       return
     candidates = []
     for init, spec in self.inits.items():
-      if init in self.b.combine.exclude or init in self.errors or not is_config_spec(spec) or '+' in spec:
+      if (init in self.b.combine.exclude or init in self.labelled or init in self.errors or
+          not is_config_spec(spec) or '+' in spec):
         continue
       probe = _read_json(os.path.join(self.probe_dir(init), 'probe.json'))
       if probe is None:
@@ -665,6 +716,8 @@ class Benchmark:
   def run(self) -> dict[str, Any]:
     from jaxssl.runlog import log  # pylint: disable=import-outside-toplevel
     t0 = time.perf_counter()
+    with open(os.path.join(self.workdir, 'calls.jsonl'), 'a', encoding='utf-8') as f:
+      f.write(json.dumps(provenance()) + '\n')   # results.md says what measured it
     names = [name for name in self.inits if name != COMBINATION]
     for i, init in enumerate(names):
       self.backbone_parts(init, f'[{i + 1}/{len(names)}]')
@@ -725,7 +778,11 @@ class Benchmark:
             'total_wall_s': sum(v for k, v in self.ledger.seconds.items() if not k.startswith('finetune_fraction/')),
             'total_cpu_s': sum(v for k, v in self.ledger.cpu_seconds.items()
                                if v is not None and not k.startswith('finetune_fraction/')),
+            'calls': _read_jsonl(os.path.join(self.workdir, 'calls.jsonl')),
+            'written': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()),
             'protocol': {'probe': self.b.probe.to_dict(), 'knn': self.b.knn.to_dict(),
+                         'labelled': sorted(self.labelled),
+                         'targets': self.b.targets.to_dict() if 'targets' in self.b else {},
                          'val_fraction': float(self.b.val_fraction), 'val_seed': int(self.b.val_seed),
                          'select': self.b.select.to_dict(),
                          'scratch_overrides': self.b.scratch_overrides.to_dict(),
@@ -734,6 +791,7 @@ class Benchmark:
   def write_results(self) -> dict[str, Any]:
     """results.json / .csv / .md and the two plots, from what is on disk now (so partial results show too)."""
     r = self.collect()
+    r['targets'] = tables.check_targets(r)
     write_json(os.path.join(self.workdir, 'results.json'), r)
     write_text(os.path.join(self.workdir, 'results.csv'), tables.csv_text(r))
     write_text(os.path.join(self.workdir, 'results.md'), tables.markdown(r))

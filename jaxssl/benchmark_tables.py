@@ -82,7 +82,102 @@ def markdown(r: dict[str, Any]) -> str:
   if combination.get('spec'):
     notes[-1:-1] = ['', f"combination: {' + '.join(combination['inits'])} ({combination['rule']}; "
                         f"{combination['spec']})."]
-  return '\n'.join(lines + notes + lowshot_table(r))
+  return '\n'.join(lines + notes + targets_table(r) + lowshot_table(r) + measured_by(r))
+
+
+def _self_supervised(r: dict[str, Any]) -> list[dict[str, Any]]:
+  labelled = set(r['protocol'].get('labelled', ()))
+  return [row for row in r['inits'] if row['init'] != 'random' and row['init'] not in labelled]
+
+
+def check_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
+  """``protocol.targets`` against the results: per target its text, what was measured and ``met`` (True, False,
+  or None while not measured). A target on "the best self-supervised init" is judged by the init the validation
+  images choose (best validation probe; best selection cell at that fraction), the best on the test split beside
+  it: the maximum of many inits' test scores flatters."""
+  t = r['protocol'].get('targets') or {}
+  ssl = _self_supervised(r)
+  out = []
+  if 'probe' in t:
+    probed = [row for row in ssl if row['probe_top1'] is not None]
+    text = f"best self-supervised linear probe >= {100 * t['probe']:.1f}%"
+    if not probed:
+      out.append({'target': text, 'measured': 'not yet', 'met': None})
+    else:
+      val = max(probed, key=lambda row: row['probe_layers_val'][row['best_layer']])
+      test = max(probed, key=lambda row: row['probe_top1'])
+      out.append({'target': text, 'met': bool(val['probe_top1'] >= t['probe']),
+                  'measured': f"{val['init']} {100 * val['probe_top1']:.1f} ({val['best_layer']}; chosen on "
+                              f"validation); best on test: {test['init']} {100 * test['probe_top1']:.1f}"})
+  scratch = next((row['finetune'] for row in r['inits'] if row['init'] == 'random'), {})
+  for fraction, points in t.get('over_scratch', ()):
+    f = f'{float(fraction):g}'
+    text = f'{100 * float(fraction):g}% labels: best self-supervised fine-tuning >= scratch + {100 * points:.1f}'
+    done = [row for row in ssl if f in row['finetune']]
+    if f not in scratch or not done:
+      out.append({'target': text, 'measured': 'not yet', 'met': None})
+      continue
+    base = scratch[f]['mean']
+
+    def on_val(row, f=f):
+      vals = [v for k, v in row.get('select_val', {}).items() if k.split('/')[0] == f]
+      return max(vals) if vals else float('-inf')
+
+    val = max(done, key=on_val)
+    test = max(done, key=lambda row, f=f: row['finetune'][f]['mean'])
+    gain = val['finetune'][f]['mean'] - base
+    out.append({'target': text, 'met': bool(gain >= points - 1e-12),
+                'measured': f"scratch {100 * base:.1f}; {val['init']} {100 * val['finetune'][f]['mean']:.1f} "
+                            f"({100 * gain:+.1f}; chosen on validation); best on test: {test['init']} "
+                            f"{100 * test['finetune'][f]['mean']:.1f} "
+                            f"({100 * (test['finetune'][f]['mean'] - base):+.1f})"})
+  for fraction, points in t.get('below_scratch', ()):
+    f = f'{float(fraction):g}'
+    text = f'{100 * float(fraction):g}% labels: no init more than {100 * points:.1f} points below scratch'
+    done = [row for row in r['inits'] if row['init'] != 'random' and f in row['finetune']]
+    if f not in scratch or not done:
+      out.append({'target': text, 'measured': 'not yet', 'met': None})
+      continue
+    worst = min(done, key=lambda row, f=f: row['finetune'][f]['mean'])
+    drop = worst['finetune'][f]['mean'] - scratch[f]['mean']
+    out.append({'target': text, 'met': bool(drop >= -points - 1e-12),
+                'measured': f"scratch {100 * scratch[f]['mean']:.1f}; lowest: {worst['init']} "
+                            f"{100 * worst['finetune'][f]['mean']:.1f} ({100 * drop:+.1f}; {len(done)} inits)"})
+  return out
+
+
+def targets_table(r: dict[str, Any]) -> list[str]:
+  """The targets of :func:`check_targets` as a table; [] when the config sets none."""
+  checked = r.get('targets') or check_targets(r)
+  if not checked:
+    return []
+  lines = ['', '| target | measured (test top-1, %) | |', '| --- | --- | --- |']
+  for t in checked:
+    lines.append(f"| {t['target']} | {t['measured']} | "
+                 f"{'-' if t['met'] is None else 'met' if t['met'] else 'not met'} |")
+  return lines + ['', 'Targets (benchmark.targets): judged by the self-supervised init the validation images '
+                  'choose (the best validation probe; the best selection cell at that fraction); the best of all '
+                  'inits on the test split is beside it, not chosen by it.', '']
+
+
+def measured_by(r: dict[str, Any]) -> list[str]:
+  """Who measured: the calls of calls.jsonl (dates, command, code, machine); [] when none was recorded."""
+  calls = r.get('calls') or []
+  if not calls:
+    return []
+
+  def distinct(key):
+    return list(dict.fromkeys(str(c.get(key)) for c in calls))
+
+  machines = list(dict.fromkeys(
+      f"{c.get('cpu')} ({c.get('cores')} cores, {c.get('memory_gib')} GiB; {c.get('devices')}), jax {c.get('jax')}"
+      for c in calls))
+  commits = list(dict.fromkeys(f"{str(c.get('commit'))[:7]}{' (with changes)' if c.get('changed_files') else ''}"
+                               for c in calls))
+  return ['', f"Measured by {len(calls)} call{'s' if len(calls) > 1 else ''} of "
+          f"{' / '.join(f'`{cmd}`' for cmd in distinct('command'))}, the first started {calls[0]['started']}, the "
+          f"last {calls[-1]['started']}; results written {r.get('written', '?')}. Machine: {'; '.join(machines)}. "
+          f"Code: jaxssl {', '.join(commits)} (calls.jsonl has each call's).", '']
 
 
 def lowshot_table(r: dict[str, Any]) -> list[str]:

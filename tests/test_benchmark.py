@@ -121,6 +121,12 @@ def test_quick_benchmark_runs_every_part_once_and_a_rerun_skips_them(tfds_dir, t
   assert cached_probe.STATS['extractions'] == extractions
   assert _json(os.path.join(workdir, 'timings.json')) == timings
   assert again['inits'] == results['inits']
+  # Each call says what measured it: results.md names the calls, the code and the machine.
+  calls = again['calls']
+  assert len(calls) == 2 and calls[0]['cores'] == os.cpu_count() and calls[0]['jax'] and calls[0]['devices']
+  assert calls[0]['commit'] is None or len(calls[0]['commit']) == 40
+  with open(os.path.join(workdir, 'results.md'), encoding='utf-8') as f:
+    assert f"Measured by 2 calls of `{calls[0]['command']}`, the first started {calls[0]['started']}" in f.read()
   # Another lowshot setting (the probe's L2 grid) makes the lowshot part again, and nothing else.
   other = _quick(tfds_dir)
   other.benchmark.probe.l2 = (1e-3,)
@@ -359,3 +365,35 @@ def test_the_ledger_says_when_a_parts_cpu_time_is_known_only_in_part(tmp_path):
   assert benchmark_tables.cpu_note(r).startswith('CPU time recorded whole for 2 of 3 parts')
   r['cpu_timings_s'] = {**ledger.cpu_seconds, 'pretrain/a': 5.0}
   assert benchmark_tables.cpu_note(r).startswith('CPU time: 1s')
+
+
+def _row(init, probe=None, val=None, finetune=None, select_val=None):
+  return {'init': init, 'probe_top1': probe, 'best_layer': 'pool1' if probe else None,
+          'probe_layers_val': {'pool1': val} if probe else {}, 'select_val': select_val or {},
+          'finetune': {f: {'mean': m, 'std': 0.0, 'n': 3} for f, m in (finetune or {}).items()}}
+
+
+def test_the_targets_are_judged_by_the_init_the_validation_images_choose():
+  """A target on "the best self-supervised init" takes the init chosen on validation (not the best on test: the
+  maximum of many test scores flatters); labelled inits are references, never that init; "no init below scratch"
+  counts every init; a target whose cells are not done is "not yet"."""
+  from jaxssl import benchmark_tables  # pylint: disable=import-outside-toplevel
+  r = {'protocol': {'labelled': ['supervised'], 'targets': {
+      'probe': 0.9, 'over_scratch': [[0.01, 0.05], [0.001, 0.1]], 'below_scratch': [[1.0, 0.003]]}}, 'inits': [
+          _row('a', 0.91, 0.80, {'0.01': 0.86, '1': 0.920}, {'0.01/0.1': 0.85, '0.01/1': 0.70}),
+          _row('b', 0.92, 0.79, {'0.01': 0.87, '1': 0.9225}, {'0.01/0.1': 0.84}),
+          _row('supervised', 0.95, 0.99, {'0.01': 0.95, '1': 0.930}, {'0.01/0.1': 0.99}),
+          _row('random', 0.85, 0.84, {'0.01': 0.80, '1': 0.925})]}
+  checked = benchmark_tables.check_targets(r)
+  assert len(checked) == 4
+  probe, one, tenth, full = checked[0], checked[1], checked[2], checked[3]
+  assert probe['met'] and probe['measured'].startswith('a 91.0 (pool1; chosen on validation); best on test: b 92.0')
+  assert one['met'] and 'a 86.0 (+6.0; chosen on validation); best on test: b 87.0 (+7.0)' in one['measured']
+  assert tenth == {'target': '0.1% labels: best self-supervised fine-tuning >= scratch + 10.0', 'measured': 'not yet',
+                   'met': None}
+  assert not full['met'] and 'lowest: a 92.0 (-0.5; 3 inits)' in full['measured']
+  r['inits'][0]['finetune']['0.01']['mean'] = 0.849   # +4.9 < 5: not met, though b's +7 on test would be
+  assert not benchmark_tables.check_targets(r)[1]['met']
+  md = '\n'.join(benchmark_tables.targets_table(r))
+  assert '| 1% labels: best self-supervised fine-tuning >= scratch + 5.0 | scratch 80.0; a 84.9 (+4.9;' in md
+  assert md.count('| not met |') == 2 and md.count('| met |') == 1
