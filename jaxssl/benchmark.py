@@ -862,10 +862,10 @@ class Benchmark:
     self._pictured = ((backbones, drawn), out)
     return out
 
-  def pretext_curves(self) -> list[str]:
+  def pretext_curves(self) -> list[tuple[str, str]]:
     """pretext_curves.png: each pretext run's own task over its epochs (train rows as a line, its evaluations as
     dots), one panel per init: how soon a task is solved is part of why it transfers or not. The metric drawn is
-    the first of :data:`PRETEXT_METRICS` the run logs (else its loss). Returns the inits drawn."""
+    the first of :data:`PRETEXT_METRICS` the run logs (else its loss). Returns (init, metric) of each panel."""
     from jaxssl.eval import plots  # pylint: disable=import-outside-toplevel
     from jaxssl.runlog import read_metrics  # pylint: disable=import-outside-toplevel
     plt = plots.plt
@@ -902,7 +902,7 @@ class Benchmark:
       fig.tight_layout()
       fig.savefig(os.path.join(self.workdir, 'pretext_curves.png'), dpi=110)
       plt.close(fig)
-    return [init for init, *_ in runs]
+    return [(init, metric) for init, metric, *_ in runs]
 
   @staticmethod
   def _tasks(spec: str) -> list[str]:

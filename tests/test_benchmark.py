@@ -102,6 +102,8 @@ def test_quick_benchmark_runs_every_part_once_and_a_rerun_skips_them(tfds_dir, t
   for name in ('results.md', 'results.csv', 'results.json', 'probe_layers.png', 'label_efficiency.png',
                'filters.png', 'pretext_curves.png', 'timings.json', 'cpu_timings.json'):
     assert os.path.getsize(os.path.join(workdir, name)) > 0, name
+  # pretext_curves.png draws each pretext run (the random init has none) on its own task's metric.
+  assert benchmark.Benchmark(_quick(tfds_dir), workdir).pretext_curves() == [('rotation', 'rotation/acc')]
   wall, cpu = _json(os.path.join(workdir, 'timings.json')), _json(os.path.join(workdir, 'cpu_timings.json'))
   assert set(cpu) == set(wall) and all(cpu[part] > 0 for part in cpu)
   with open(os.path.join(workdir, 'results.md'), encoding='utf-8') as f:

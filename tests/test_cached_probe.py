@@ -23,6 +23,21 @@ def test_adaptive_pool_bins_and_the_size_rule():
   assert np.asarray(cached_probe.pool_to(np.ones((2, 384), np.float32), 9216)).shape == (2, 384)
 
 
+def test_standardizing_statistics_of_every_row_or_of_some_rows():
+  """train_statistics (chunked float64 sums over a float16 cache) gives the per-dim mean and 1/std of every row
+  or of the given rows only; a constant dim gets scale 1."""
+  rng = np.random.default_rng(0)
+  x = (rng.normal(size=(5000, 6)) * [1, 2, 3, 4, 5, 0] + [0, 1, 2, 3, 4, 7]).astype(np.float16)
+  rows = rng.choice(5000, 700, replace=False)
+  for chunk in (64, 2048, 10000):
+    for picked in (None, rows):
+      want = x.astype(np.float64) if picked is None else x[picked].astype(np.float64)
+      mean, scale = cached_probe.train_statistics(x, chunk=chunk, rows=picked)
+      np.testing.assert_allclose(mean, want.mean(0), rtol=1e-5, atol=1e-5)
+      np.testing.assert_allclose(scale[:5], 1 / want.std(0)[:5], rtol=1e-4)
+      assert scale[5] == 1.0
+
+
 def test_a_separable_feature_set_is_fit_perfectly():
   rng = np.random.default_rng(0)
   centres = 4.0 * rng.normal(size=(3, 16))

@@ -209,15 +209,17 @@ def _predict(params, g: int, x, mean, scale, chunk: int = 8192) -> np.ndarray:
 def train_statistics(x: np.ndarray, chunk: int = 2048, rows=None) -> tuple[np.ndarray, np.ndarray]:
   """Per-dim mean and 1/std of ``x`` (of its ``rows`` where given; float64 sums in chunks: no float32 copy of a GB
   array); 1 where std ~ 0."""
-  rows = np.arange(len(x)) if rows is None else np.asarray(rows)
+  count = len(x) if rows is None else len(rows)
+  rows = None if rows is None else np.asarray(rows)
   s = np.zeros(x.shape[1], np.float64)
   ss = np.zeros(x.shape[1], np.float64)
-  for start in range(0, len(rows), chunk):
-    part = np.asarray(x[rows[start:start + chunk]], np.float64)
+  for start in range(0, count, chunk):
+    # Every row: a slice of the (memory-mapped) cache, read in order; else the given rows' gather.
+    part = np.asarray(x[start:start + chunk] if rows is None else x[rows[start:start + chunk]], np.float64)
     s += part.sum(0)
     ss += (part ** 2).sum(0)
-  mean = s / len(rows)
-  std = np.sqrt(np.maximum(ss / len(rows) - mean ** 2, 0.0))
+  mean = s / count
+  std = np.sqrt(np.maximum(ss / count - mean ** 2, 0.0))
   scale = np.where(std > 1e-6, 1.0 / np.maximum(std, 1e-6), 1.0)
   return mean.astype(np.float32), scale.astype(np.float32)
 
