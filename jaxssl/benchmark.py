@@ -902,7 +902,7 @@ class Benchmark:
       fig.tight_layout()
       fig.savefig(os.path.join(self.workdir, 'pretext_curves.png'), dpi=110)
       plt.close(fig)
-    return [(init, metric) for init, metric, *_ in runs]
+    return [run[:2] for run in runs]
 
   @staticmethod
   def _tasks(spec: str) -> list[str]:
