@@ -88,6 +88,10 @@ def run_study(config, workdir: str) -> list[dict[str, Any]]:
         else:
           log('study interrupted; rerun the same command to continue')
         sys.exit(result['exit_code'])
+      if result.get('stop_asked'):   # a signal during the cell's final evaluation: the cell is done, stop here
+        log(f'study stopped after cell {cell_name(init, fraction, seed)} (finished); rerun the same command to '
+            'continue')
+        sys.exit(loop.PREEMPTED_EXIT_CODE)
     metrics = json.loads(files.read_text(final))
     rows.append({'init': init, 'fraction': float(fraction), 'seed': int(seed), 'step': metrics['step'],
                  **{k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k != 'step'}})

@@ -3,6 +3,9 @@
 import csv
 import json
 import os
+import pathlib
+import subprocess
+import sys
 
 import ml_collections
 import numpy as np
@@ -11,8 +14,10 @@ import pytest
 from conftest import small_config
 from jaxssl import study
 from jaxssl.data import subsets
-from jaxssl.train import experiment
+from jaxssl.train import experiment, loop
 from jaxssl.train.checkpoint import Checkpointer
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_stratified_subset_keeps_class_proportions_and_is_reproducible():
@@ -177,3 +182,40 @@ def test_a_prepared_splits_labels_are_read_once_per_process_until_it_is_prepared
     assert reads == [1]
   finally:
     os.utime(prepared[0], ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def test_a_signal_during_a_cells_final_evaluation_stops_the_study_before_the_next_cell(tfds_dir, tmp_path):
+  """SIGTERM that lands after a cell's last step (during its final evaluation) finishes that cell, which no step
+  could stop, and stops the study before the next one with 143 (it used to go on, the signal lost); a rerun
+  trains the rest. A real signal, sent by the process to itself from within the final evaluation."""
+  workdir = tmp_path / 'study'
+  script = (
+      'import os, signal, sys; sys.path.insert(0, %r)\n'
+      'import ml_collections\n'
+      'from conftest import small_config\n'
+      'from jaxssl import study\n'
+      'from jaxssl.train import loop\n'
+      'fmt = loop.fmt\n'
+      'def fmt_then_signal(metrics):   # eval_every=0: first called for the final evaluation\'s line\n'
+      '  if not os.environ.get("SIGNALLED"):\n'
+      '    os.environ["SIGNALLED"] = "1"\n'
+      '    os.kill(os.getpid(), signal.SIGTERM)\n'
+      '  return fmt(metrics)\n'
+      'loop.fmt = fmt_then_signal\n'
+      'c = small_config(%r, **{"data.train_limit": 256, "data.eval_limit": 64, "eval_every": 0})\n'
+      'c.study = ml_collections.ConfigDict({"fractions": (0.5,), "seeds": (0, 1), "subsets": "random",\n'
+      '    "inits": {"scratch": ""}, "epochs": 0.0, "min_steps": 2, "metric": "classify/top1"})\n'
+      'study.run_study(c, sys.argv[1])\n'
+      'print("study done")\n') % (str(REPO / 'tests'), tfds_dir)
+  first = subprocess.run([sys.executable, '-c', script, str(workdir)], cwd=REPO, capture_output=True, text=True,
+                         timeout=300, check=False)
+  out = first.stdout + first.stderr
+  assert first.returncode == loop.PREEMPTED_EXIT_CODE, out
+  assert 'a stop was asked after the last step (signal 15); the run is finished' in out, out
+  assert 'study stopped after cell scratch_f0.5_s0 (finished); rerun the same command to continue' in out, out
+  assert (workdir / 'cells' / 'scratch_f0.5_s0' / 'final_metrics.json').exists()
+  assert not (workdir / 'cells' / 'scratch_f0.5_s1').exists() and 'study done' not in out
+  again = subprocess.run([sys.executable, '-c', script.replace('os.environ.get("SIGNALLED")', 'True'),
+                          str(workdir)], cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+  assert again.returncode == 0 and 'study done' in again.stdout, again.stdout + again.stderr
+  assert (workdir / 'cells' / 'scratch_f0.5_s1' / 'final_metrics.json').exists()

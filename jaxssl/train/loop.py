@@ -5,9 +5,11 @@ every evaluation and at the end, and writes what they return.
 
 How a run ends, by exit code (``train_and_evaluate(...)['exit_code']``; jaxssl.main exits with it):
 0 finished (or ``stop_after``); 143 (``PREEMPTED_EXIT_CODE``) stopped by SIGTERM or Ctrl-C, checkpointed, rerun to
-resume; 3 (``DIVERGED_EXIT_CODE``) stopped by a non-finite loss or gradient, nothing saved after the last good
-step; errors with one line (another run holds the workdir, a checkpoint of another config, a full or read-only
-disk, ...) are exceptions, which jaxssl.main prints as ``error: ...`` and exits 2 with.
+resume (a signal that comes after the last step, during the final evaluation, leaves the run finished, with 0,
+and ``stop_asked`` in the result: the benchmark and a study stop before their next run); 3
+(``DIVERGED_EXIT_CODE``) stopped by a non-finite loss or gradient, nothing saved after the last good step; errors
+with one line (another run holds the workdir, a checkpoint of another config, a full or read-only disk, ...) are
+exceptions, which jaxssl.main prints as ``error: ...`` and exits 2 with.
 
 Divergence: the train step never applies a non-finite update (jaxssl/train/step.py) and marks the step; the
 loop reads that mark with the other metrics, at each log point, evaluation, checkpoint and the end, so it
@@ -95,6 +97,15 @@ class _StopFlag:
       previous, self._vote = self._vote, self._any(sharding.shard_batch(local, self._mesh))
       self.signaled_anywhere = previous is not None and bool(previous)
     return self.signaled_anywhere
+
+  def after_last_step(self) -> bool:
+    """Once the run is finished (last step, final evaluation): whether a stop was asked during this run that no
+    step acted on (one that came during the final evaluation). The run is done either way; a caller with more
+    runs to go (the benchmark, a study) stops before the next. With several processes, one more vote (read one
+    call late, so two calls) makes the answer the same everywhere."""
+    if jax.process_count() > 1:
+      self.agreed()
+    return self.agreed()
 
   def __enter__(self):
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -260,7 +271,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   """Trains (resuming from the latest readable checkpoint in ``workdir``), evaluates, and writes the summary.
 
   ``stop_after``: leave after this many steps of this call, checkpointed, as a preemption would (tests).
-  Returns ``{'step', 'eval': metrics, 'finished': bool, 'exit_code'}`` (exit codes: the module's docstring).
+  Returns ``{'step', 'eval': metrics, 'finished': bool, 'exit_code'}``, and ``'stop_asked'`` (a signal after the
+  last step) where finished (exit codes: the module's docstring).
   """
   with writing(workdir, workdir):
     files.makedirs(workdir)
@@ -381,7 +393,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stop_after: int | No
       save(force=True)
     eval_metrics = run_eval('final')
     log(f'final {config.data.eval_split} @ {step}: {fmt(eval_metrics)}')  # before any file: a full disk loses nothing
-  return {'step': step, 'eval': eval_metrics, 'finished': True, 'exit_code': 0}
+    asked = stop.after_last_step()
+  if asked:
+    log(f"a stop was asked after the last step ({f'signal {stop.signum}' if stop.signum else 'another process'}); "
+        'the run is finished')
+  return {'step': step, 'eval': eval_metrics, 'finished': True, 'exit_code': 0, 'stop_asked': asked}
 
 
 def fmt(metrics: dict[str, float]) -> str:
