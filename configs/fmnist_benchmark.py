@@ -23,7 +23,8 @@ in init_from.json) and its probe stops at pool2. The combination of tasks is cho
 (``benchmark.combine``): the two self-supervised inits of best validation probe, pretrained together.
 
 Cost: with each pretext config's own schedule (15-100 epochs) the pretraining alone takes far more than a night
-on 2 CPU cores; ``--config.benchmark.pretrain_epochs=3`` gives every pretext run the same 3 epochs, and
+on 2 CPU cores; ``--config.benchmark.pretrain_epochs=3`` gives every pretext run the same 3 epochs (a warmup
+longer than a fifth of them cut to 0.6: SimCLR's and BYOL's), and
 ``--config.benchmark.epochs=5`` halves the 10% and 100% fine-tuning cells (jaxssl/benchmark.py's timings.json and
 the results say what each part cost).
 
@@ -89,6 +90,13 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # checkpoint every 250 steps (about a minute on 2 CPU cores): a stopped benchmark loses little of a pretext run.
   b.pretrain_overrides = ml_collections.ConfigDict({'online_probe': {'enabled': False}, 'checkpoint_every': 250})
   b.pretrain_epochs = 0.0         # > 0: every pretext run trains this many epochs (0: each config's own schedule)
+  # No pretext run warms up for more than this share of its epochs: SimCLR's and BYOL's 10 warmup epochs (of 100)
+  # would be all of a 3-epoch budget, the learning rate still rising at the last step. The others' 0.5 fit.
+  b.max_warmup_share = 0.2
+  # Inits whose finished pretext run was trained with another config than the benchmark's now (a changed setting):
+  # the benchmark stops with one line naming the change unless the init is listed here; then the old run and every
+  # part made from it move to <workdir>/stale/ and it is trained again.
+  b.retrain = ()
   b.fractions = (0.001, 0.01, 0.1, 1.0)
   b.seeds = (0, 1, 2)
   b.subsets = 'random'            # or 'kfold': disjoint stratified folds (seed experiment 003)

@@ -64,12 +64,10 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from jaxssl import benchmark_tables as tables, cli, study
+from jaxssl import benchmark_figures as figures, benchmark_tables as tables, cli, study
 from jaxssl.runlog import write_json, write_text
 
 COMBINATION = 'combination'   # the init benchmark.combine adds (Benchmark.choose_combination)
-# The pretext metric pretext_curves.png draws per run: the first of these endings among its task's metrics.
-PRETEXT_METRICS = ('/acc', '/top1', '/exact', '/cos', '/psnr')
 
 
 class BenchmarkConfigError(ValueError):
@@ -221,7 +219,32 @@ def pretrain_config(config: ml_collections.ConfigDict, spec: str) -> ml_collecti
     if config.benchmark.pretrain_epochs > 0:   # one budget for every pretext run (its own schedule otherwise)
       c.num_epochs, c.total_steps = float(config.benchmark.pretrain_epochs), 0
     merge(c, config.benchmark.pretrain_overrides, 'benchmark.pretrain_overrides')
+    # A warmup longer than its share of the run (SimCLR's and BYOL's 10 epochs in a 3-epoch budget) would leave the
+    # run warming up to its end, never at its learning rate: cut to the share.
+    share = float(config.benchmark.get('max_warmup_share', 0.0))
+    if share > 0 and not c.total_steps and c.num_epochs > 0 and c.optim.warmup_epochs > share * c.num_epochs:
+      c.optim.warmup_epochs = round(share * float(c.num_epochs), 6)
   return c
+
+
+# Keys of a pretext run's config that say where the data is or how it is read, not what is trained: a finished run
+# whose config differs only there is not stale (the benchmark's data may move between calls).
+LOCATION_KEYS = ('data.data_dir', 'data.source_dir', 'data.decoded_cache', 'data.num_workers', 'data.read_threads',
+                 'data.prefetch', 'lock_timeout_s')
+
+
+def config_changes(trained: dict[str, Any], wanted: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+  """(dotted key, trained value, wanted value) where a finished run's ``config.json`` and the config the
+  benchmark would train now disagree; keys one of them lacks (added to jaxssl since, at their old behaviour) and
+  :data:`LOCATION_KEYS` do not count."""
+  def flat(d, prefix=''):
+    out = {}
+    for k, v in d.items():
+      out.update(flat(v, f'{prefix}{k}.') if isinstance(v, dict) else {f'{prefix}{k}': v})
+    return out
+
+  a, b = flat(trained), flat(json.loads(json.dumps(wanted)))
+  return [(k, a[k], b[k]) for k in sorted(set(a) & set(b)) if a[k] != b[k] and k not in LOCATION_KEYS]
 
 
 def downstream_config(config: ml_collections.ConfigDict, init_from: str) -> ml_collections.ConfigDict:
@@ -279,6 +302,14 @@ class Ledger:
     write_json(self.path, self.seconds)
     write_json(self.cpu_path, self.cpu_seconds)
     return wall
+
+  def forget(self, parts: list[str]) -> None:
+    """Drops ``parts`` (made again from scratch: their old seconds are kept where they were moved)."""
+    for part in parts:
+      self.seconds.pop(part, None)
+      self.cpu_seconds.pop(part, None)
+    write_json(self.path, self.seconds)
+    write_json(self.cpu_path, self.cpu_seconds)
 
 
 def _cpu_seconds() -> float:
@@ -427,6 +458,35 @@ class Benchmark:
       log(f'benchmark interrupted in {what}; rerun the same command to continue')
     sys.exit(result['exit_code'])
 
+  def set_aside(self, init: str) -> str:
+    """Moves ``init``'s pretext run and every part made from it (probe, k-NN, lowshot, fine-tuning cells) with
+    their timings into ``stale/<init>-<UTC time>/`` (nothing is deleted), so that they are made again."""
+    import glob  # pylint: disable=import-outside-toplevel
+    import shutil  # pylint: disable=import-outside-toplevel
+    dest = os.path.join(self.workdir, 'stale', f"{init}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+    os.makedirs(dest, exist_ok=True)
+    cells = glob.glob(os.path.join(self.workdir, 'finetune', '*', f'{glob.escape(init)}_f*'))   # study.cell_name
+    for path in [self.pretrain_dir(init), self.probe_dir(init)] + cells:
+      if os.path.exists(path):
+        rel = os.path.relpath(path, self.workdir)
+        os.makedirs(os.path.dirname(os.path.join(dest, rel)), exist_ok=True)
+        shutil.move(path, os.path.join(dest, rel))
+    parts = [p for p in self.ledger.seconds if p.split('/', 1)[-1] == init]
+    write_json(os.path.join(dest, 'timings.json'), {p: self.ledger.seconds[p] for p in parts})
+    write_json(os.path.join(dest, 'cpu_timings.json'), {p: self.ledger.cpu_seconds.get(p) for p in parts})
+    self.ledger.forget(parts)
+    return dest
+
+  def _stop_if_asked(self, what: str, result: dict[str, Any]) -> None:
+    """A signal that came after a run's last step (its final evaluation) finished that run; the benchmark stops
+    before the next part, its results written."""
+    from jaxssl.runlog import log  # pylint: disable=import-outside-toplevel
+    from jaxssl.train import loop  # pylint: disable=import-outside-toplevel
+    if result.get('stop_asked'):
+      self.write_results()
+      log(f'benchmark stopped after {what} (finished); rerun the same command to continue')
+      sys.exit(loop.PREEMPTED_EXIT_CODE)
+
   def pretrain(self, init: str, n: str) -> None:
     """Part 1: the pretext run of ``init`` (nothing for a random backbone or a given workdir / weights file)."""
     from jaxssl.config_check import check_config  # pylint: disable=import-outside-toplevel
@@ -436,9 +496,19 @@ class Benchmark:
     if not is_config_spec(spec):
       return
     run_dir = self.pretrain_dir(init)
-    if os.path.exists(os.path.join(run_dir, 'final_metrics.json')):
-      return
     c = pretrain_config(self.config, spec)
+    if os.path.exists(os.path.join(run_dir, 'final_metrics.json')):
+      changes = config_changes(_read_json(os.path.join(run_dir, 'config.json')) or {}, c.to_dict())
+      if not changes:
+        return
+      said = '; '.join(f'{k} {a!r} -> {b!r}' for k, a, b in changes[:4]) + ('; ...' if len(changes) > 4 else '')
+      if init not in self.b.get('retrain', ()):
+        raise BenchmarkConfigError(
+            f'pretrain/{init} was trained with another config than the benchmark trains now ({said}): add '
+            f"--config.benchmark.retrain='({init!r},)' to move it and every part made from it to stale/ and train "
+            'it again, or restore the setting')
+      moved = self.set_aside(init)
+      log(f'benchmark {n} pretrain {init}: its config changed ({said}); the old run and its parts moved to {moved}')
     check_config(c)
     log(f'benchmark {n} pretrain {init}: {spec} -> {run_dir}')
     t0 = self.ledger.clock()
@@ -446,6 +516,7 @@ class Benchmark:
     self.ledger.add(t0, f'pretrain/{init}')
     if not result['finished']:
       self._exit_unfinished(f'pretraining {init}', result)
+    self._stop_if_asked(f'pretraining {init}', result)
 
   def probe_and_knn(self, init: str, n: str) -> None:
     """Feature extraction (cached), the per-layer probe, the k-NN and the lowshot probes of the best layer; what
@@ -648,6 +719,7 @@ class Benchmark:
       seconds = self.ledger.add(t0, f'finetune/{init}', f'finetune_fraction/{fraction:g}')
       if not result['finished']:
         self._exit_unfinished(f'fine-tuning {os.path.basename(cell_dir)}', result)
+      self._stop_if_asked(f'fine-tuning {os.path.basename(cell_dir)}', result)
       done_steps += steps[cell_dir]
       t_all += seconds
       if i + 1 == len(todo) or todo[i + 1][1] != fraction:
@@ -811,98 +883,12 @@ class Benchmark:
       out[init] = run
     return out
 
-  def pictures(self) -> dict[str, list[str]]:
-    """filters.png: the first convolution of every trained backbone, one panel per init (each kernel scaled to
-    its own range, as jaxssl/eval/filters.py draws one run's); reconstructions.png: each backbone run's last
-    ``reconstructions.png`` (the dense tasks draw one), stacked with the init's name. Returns what each shows."""
-    from jaxssl import report  # pylint: disable=import-outside-toplevel
-    from jaxssl.eval import filters, plots  # pylint: disable=import-outside-toplevel
-    from jaxssl.runlog import log  # pylint: disable=import-outside-toplevel
-    plt = plots.plt
-    backbones = self.trained_backbones()
-    drawn = [(init, os.path.join(run, 'reconstructions.png')) for init, run in backbones.items()]
-    drawn = [(init, path) for init, path in drawn if os.path.exists(path)]
-    if (backbones, drawn) == self._pictured[0]:   # redrawn when a backbone is done, not after every cell
-      return self._pictured[1]
-    out: dict[str, list[str]] = {'filters': [], 'reconstructions': [init for init, _ in drawn]}
-    panels = []
-    for init, run in backbones.items():
-      try:
-        what, kernel = report.checkpoint_filters(run)
-      except Exception as e:  # pylint: disable=broad-exception-caught  # a picture never stops the benchmark
-        log(f'note: filters.png has no panel for {init}: {" ".join(str(e).split())[:300]}')
-        continue
-      panels.append((init, what, filters.filter_grid(kernel)))
-      out['filters'].append(f'{init}: {what}')
-    if panels:
-      cols = min(4, len(panels))
-      rows = -(-len(panels) // cols)
-      fig, axes = plt.subplots(rows, cols, figsize=(max(4.0, 2.6 * cols), 2.9 * rows + 0.4), squeeze=False)
-      for ax in axes.flat:
-        ax.axis('off')
-      for ax, (init, what, grid) in zip(axes.flat, panels):
-        filters.show_grid(ax, grid)
-        ax.set_title(f"{init}\n{what.rsplit(' at step ', 1)[0]}", fontsize=7)
-      fig.suptitle('first convolution of each backbone\n(each kernel scaled to its own range)', fontsize=8)
-      fig.tight_layout()
-      fig.savefig(os.path.join(self.workdir, 'filters.png'), dpi=110)
-      plt.close(fig)
-    if drawn:
-      images = [(init, path, plt.imread(path)) for init, path in drawn]
-      heights = [img.shape[0] / img.shape[1] for _, _, img in images]
-      fig, axes = plt.subplots(len(images), 1, figsize=(7, sum(7 * h + 0.3 for h in heights)), squeeze=False,
-                               gridspec_kw={'height_ratios': heights})
-      for ax, (init, path, img) in zip(axes[:, 0], images):
-        ax.imshow(img)
-        ax.axis('off')
-        ax.set_title(f'{init} ({os.path.relpath(path, self.workdir)})', fontsize=8)
-      fig.tight_layout()
-      fig.savefig(os.path.join(self.workdir, 'reconstructions.png'), dpi=110)
-      plt.close(fig)
-    self._pictured = ((backbones, drawn), out)
-    return out
-
   def pretext_curves(self) -> list[tuple[str, str]]:
-    """pretext_curves.png: each pretext run's own task over its epochs (train rows as a line, its evaluations as
-    dots), one panel per init: how soon a task is solved is part of why it transfers or not. The metric drawn is
-    the first of :data:`PRETEXT_METRICS` the run logs (else its loss). Returns (init, metric) of each panel."""
-    from jaxssl.eval import plots  # pylint: disable=import-outside-toplevel
-    from jaxssl.runlog import read_metrics  # pylint: disable=import-outside-toplevel
-    plt = plots.plt
-    runs = []
-    for init, spec in self.inits.items():
-      run = self.pretrain_dir(init)
-      if not is_config_spec(spec) or not os.path.exists(os.path.join(run, 'metrics.jsonl')):
-        continue
-      rows = [row for row in read_metrics(run) if row.get('split') != 'holdout']
-      keys = sorted({k for row in rows for k in row if k.startswith(tuple(f'{t}/' for t in self._tasks(spec)))})
-      metric = next((k for suffix in PRETEXT_METRICS for k in keys if k.endswith(suffix)), 'loss')
-      per_epoch = next((row['epoch'] / row['step'] for row in rows if row.get('epoch') and row.get('step')), None)
-      if per_epoch is None:
-        continue
-      runs.append((init, metric, rows, per_epoch))
-    if runs:
-      cols = min(4, len(runs))
-      nrows = -(-len(runs) // cols)
-      fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 2.5 * nrows + 0.4), squeeze=False)
-      for ax in axes.flat[len(runs):]:
-        ax.axis('off')
-      for ax, (init, metric, rows, per_epoch) in zip(axes.flat, runs):
-        for split, style in (('train', '-'), (None, 'o')):
-          pts = sorted((row['step'] * per_epoch, row[metric]) for row in rows if metric in row and
-                       (row['split'] == 'train') == (split == 'train'))
-          if pts:
-            ax.plot(*zip(*pts), style, ms=4, lw=1, label='train' if split else 'held-out eval')
-        ax.set_title(f'{init}: {metric}', fontsize=8)
-        ax.set_xlabel('epoch', fontsize=7)
-        ax.tick_params(labelsize=7)
-        ax.grid(alpha=0.3)
-      axes.flat[0].legend(fontsize=6)
-      fig.suptitle('each pretext run on its own task', fontsize=9)
-      fig.tight_layout()
-      fig.savefig(os.path.join(self.workdir, 'pretext_curves.png'), dpi=110)
-      plt.close(fig)
-    return [run[:2] for run in runs]
+    """pretext_curves.png (:func:`jaxssl.benchmark_figures.pretext_curves`) of every pretext run; returns (init,
+    metric) of each panel."""
+    runs = [(init, self.pretrain_dir(init), self._tasks(spec)) for init, spec in self.inits.items()
+            if is_config_spec(spec)]
+    return figures.pretext_curves(runs, os.path.join(self.workdir, 'pretext_curves.png'))
 
   @staticmethod
   def _tasks(spec: str) -> list[str]:
@@ -911,54 +897,21 @@ class Benchmark:
     except Exception:  # pylint: disable=broad-exception-caught  # a picture never stops the benchmark
       return []
 
-  def plots(self, r: dict[str, Any]) -> None:
-    """probe_layers.png (RotNet's per-layer figure), label_efficiency.png (every init, error bars) and
-    :meth:`pictures`."""
-    from jaxssl.eval import plots  # pylint: disable=import-outside-toplevel  # Agg backend
-    plt = plots.plt
-    probed = [row for row in r['inits'] if row['probe_layers']]
-    if probed:
-      fig, ax = plt.subplots(figsize=(5.5, 3.8))
-      for row in probed:
-        layers = list(row['probe_layers'])
-        ax.plot(range(len(layers)), [100 * row['probe_layers'][l] for l in layers], marker='o', ms=3,
-                label=row['init'])
-        ax.set_xticks(range(len(layers)), layers)
-      ax.set_xlabel('backbone layer (pooled as in jaxssl/eval/cached_probe.py)')
-      ax.set_ylabel('linear probe test top-1 (%)')
-      ax.grid(alpha=0.3)
-      ax.legend(fontsize=7)
-      fig.tight_layout()
-      fig.savefig(os.path.join(self.workdir, 'probe_layers.png'), dpi=110)
-      plt.close(fig)
+  def plots(self, r: dict[str, Any]) -> dict[str, list[str]]:
+    """Every picture (jaxssl/benchmark_figures.py); filters.png and reconstructions.png are redrawn when a backbone
+    is done, not after every cell. Returns what those two show."""
+    figures.probe_layers(r, os.path.join(self.workdir, 'probe_layers.png'))
+    figures.label_efficiency(r, os.path.join(self.workdir, 'label_efficiency.png'))
     self.pretext_curves()
-    panels = [(key, title) for key, title in
-              (('finetune', f"fine-tuned: {r['metric']} (%)"),
-               ('lowshot', 'frozen features: linear probe of the best layer (%)'))
-              if any(row.get(key) for row in r['inits'])]
-    if panels:
-      fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.8), squeeze=False)
-      for ax, (key, title) in zip(axes[0], panels):
-        for row in r['inits']:
-          fs = sorted(row.get(key) or {}, key=float)
-          if not fs:
-            continue
-          ax.errorbar([100 * float(f) for f in fs], [100 * row[key][f]['mean'] for f in fs],
-                      yerr=[100 * row[key][f]['std'] for f in fs], marker='o', ms=3, capsize=3,
-                      label=('scratch' if key == 'finetune' else 'untrained') if row['init'] == 'random' else
-                      row['init'])
-        ax.set_xscale('log')
-        ticks = [100 * f for f in r['fractions']]
-        ax.set_xticks(ticks, [f'{t:g}' for t in ticks])
-        ax.xaxis.set_minor_locator(plots.matplotlib.ticker.NullLocator())
-        ax.set_xlabel('labelled training images (%, log scale)')
-        ax.set_ylabel(title, fontsize=8)
-        ax.grid(alpha=0.3, which='both')
-        ax.legend(fontsize=6)
-      fig.tight_layout()
-      fig.savefig(os.path.join(self.workdir, 'label_efficiency.png'), dpi=110)
-      plt.close(fig)
-    self.pictures()
+    backbones = self.trained_backbones()
+    drawn = [(init, os.path.join(run, 'reconstructions.png')) for init, run in backbones.items()]
+    drawn = [(init, path) for init, path in drawn if os.path.exists(path)]
+    if (backbones, drawn) != self._pictured[0]:
+      shown = {'filters': figures.filters(backbones, os.path.join(self.workdir, 'filters.png')),
+               'reconstructions': [init for init, _ in drawn]}
+      figures.reconstructions(drawn, self.workdir, os.path.join(self.workdir, 'reconstructions.png'))
+      self._pictured = ((backbones, drawn), shown)
+    return self._pictured[1]
 
 
 # ------------------------------------------------------------------------------------------------ command

@@ -136,6 +136,38 @@ def test_quick_benchmark_runs_every_part_once_and_a_rerun_skips_them(tfds_dir, t
   assert [os.path.getmtime(p) for p in done if 'lowshot' not in p] == [s for p, s in zip(done, stamps)
                                                                       if 'lowshot' not in p]
   assert _json(os.path.join(workdir, 'probe', 'random', 'lowshot.json'))['settings']['probe']['l2'] == [1e-3]
+  # A finished pretext run trained with another config than the benchmark's now is one line, not silently kept;
+  # benchmark.retrain moves it and every part made from it (with their seconds) to stale/, deleting nothing.
+  changed = _quick(tfds_dir)
+  changed.benchmark.pretrain_overrides.optim = {'lr': 0.5}
+  with pytest.raises(benchmark.BenchmarkConfigError, match=(
+      r"^pretrain/rotation was trained with another config than the benchmark trains now \(optim.lr 0.02 -> 0.5\): "
+      r"add --config.benchmark.retrain='\('rotation',\)' to move it")):
+    benchmark.run_benchmark(changed, workdir)
+  b = benchmark.Benchmark(changed, workdir)
+  seconds = {p: s for p, s in b.ledger.seconds.items() if p.endswith('/rotation')}
+  dest = b.set_aside('rotation')
+  moved = sorted(os.path.relpath(os.path.join(d, n), dest) for d, dirs, _ in os.walk(dest) for n in dirs
+                 if os.path.basename(d) in ('pretrain', 'probe', 'select', 'cells'))
+  assert moved == ['finetune/cells/rotation_f0.05_s0', 'finetune/cells/rotation_f1_s0',
+                   'finetune/select/rotation_f0.05_s0_backbone_lr_scale=0.1',
+                   'finetune/select/rotation_f0.05_s0_backbone_lr_scale=1', 'pretrain/rotation', 'probe/rotation']
+  assert _json(os.path.join(dest, 'timings.json')) == seconds and set(seconds) >= {'pretrain/rotation'}
+  assert not any(p.endswith('/rotation') for p in _json(os.path.join(workdir, 'timings.json')))
+  assert os.path.exists(os.path.join(workdir, 'finetune', 'cells', 'random_f1_s0', 'final_metrics.json'))
+  assert not os.path.exists(b.pretrain_dir('rotation'))
+
+
+def test_no_pretext_run_warms_up_for_most_of_its_budget():
+  """With every pretext run cut to 3 epochs, SimCLR's and BYOL's 10 warmup epochs are cut to a fifth of the run
+  (benchmark.max_warmup_share); a warmup that fits (rotation's 0.5) and each config's own schedule are kept."""
+  c = fmnist_benchmark.get_config()
+  c.benchmark.pretrain_epochs = 3.0
+  warmups = {init: benchmark.pretrain_config(c, c.benchmark.inits[init]).optim.warmup_epochs
+             for init in ('simclr', 'byol', 'rotation')}
+  assert warmups == {'simclr': 0.6, 'byol': 0.6, 'rotation': 0.5}
+  c.benchmark.pretrain_epochs = 0.0
+  assert benchmark.pretrain_config(c, c.benchmark.inits['simclr']).optim.warmup_epochs == 10.0   # of 100 epochs
 
 
 def test_bad_inits_are_one_line(tmp_path):

@@ -458,7 +458,7 @@ def test_dense_tasks_train_draw_pictures_and_their_backbone_feeds_the_linear_pro
   # The benchmark's pictures take the run as an init: its filters get a panel, its reconstructions a row.
   bench = benchmark.Benchmark(fmnist_benchmark.get_config('quick'), str(tmp_path / 'bench'))
   bench.inits = {'dense': str(workdir), 'random': ''}
-  drawn = bench.pictures()
+  drawn = bench.plots(bench.collect())
   assert drawn == {'filters': ['dense: cifarnet conv1 at step 8'], 'reconstructions': ['dense']}, drawn
   for name in ('filters.png', 'reconstructions.png'):
     assert (tmp_path / 'bench' / name).stat().st_size > 1000, name

@@ -1,0 +1,158 @@
+"""The benchmark's pictures (jaxssl/benchmark.py): each a function of what is on disk, drawn into the benchmark
+directory. probe_layers.png (RotNet's per-layer figure), label_efficiency.png (every init with error bars),
+pretext_curves.png (each pretext run on its own task), filters.png and reconstructions.png (one panel per init)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+# The pretext metric pretext_curves.png draws per run: the first of these endings among its task's metrics.
+PRETEXT_METRICS = ('/acc', '/top1', '/exact', '/cos', '/psnr')
+
+
+def probe_layers(r: dict[str, Any], path: str) -> None:
+  """Per-layer linear probe test top-1 of every probed init (nothing drawn while none is)."""
+  from jaxssl.eval import plots  # pylint: disable=import-outside-toplevel  # Agg backend
+  plt = plots.plt
+  probed = [row for row in r['inits'] if row['probe_layers']]
+  if not probed:
+    return
+  fig, ax = plt.subplots(figsize=(5.5, 3.8))
+  for row in probed:
+    layers = list(row['probe_layers'])
+    ax.plot(range(len(layers)), [100 * row['probe_layers'][l] for l in layers], marker='o', ms=3, label=row['init'])
+    ax.set_xticks(range(len(layers)), layers)
+  ax.set_xlabel('backbone layer (pooled as in jaxssl/eval/cached_probe.py)')
+  ax.set_ylabel('linear probe test top-1 (%)')
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def label_efficiency(r: dict[str, Any], path: str) -> None:
+  """Every init's curve over the labelled fractions with error bars (std over subsets): fine-tuned, and the
+  frozen-feature (lowshot) probe beside it where measured."""
+  from jaxssl.eval import plots  # pylint: disable=import-outside-toplevel
+  plt = plots.plt
+  panels = [(key, title) for key, title in
+            (('finetune', f"fine-tuned: {r['metric']} (%)"),
+             ('lowshot', 'frozen features: linear probe of the best layer (%)'))
+            if any(row.get(key) for row in r['inits'])]
+  if not panels:
+    return
+  fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.8), squeeze=False)
+  for ax, (key, title) in zip(axes[0], panels):
+    for row in r['inits']:
+      fs = sorted(row.get(key) or {}, key=float)
+      if not fs:
+        continue
+      ax.errorbar([100 * float(f) for f in fs], [100 * row[key][f]['mean'] for f in fs],
+                  yerr=[100 * row[key][f]['std'] for f in fs], marker='o', ms=3, capsize=3,
+                  label=('scratch' if key == 'finetune' else 'untrained') if row['init'] == 'random' else row['init'])
+    ax.set_xscale('log')
+    ticks = [100 * f for f in r['fractions']]
+    ax.set_xticks(ticks, [f'{t:g}' for t in ticks])
+    ax.xaxis.set_minor_locator(plots.matplotlib.ticker.NullLocator())
+    ax.set_xlabel('labelled training images (%, log scale)')
+    ax.set_ylabel(title, fontsize=8)
+    ax.grid(alpha=0.3, which='both')
+    ax.legend(fontsize=6)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def pretext_curves(runs: list[tuple[str, str, list[str]]], path: str) -> list[tuple[str, str]]:
+  """Each pretext run's own task over its epochs (train rows as a line, its evaluations as dots), one panel per
+  ``(init, run directory, its tasks)``: how soon a task is solved is part of why it transfers or not. The metric
+  drawn is the first of :data:`PRETEXT_METRICS` the run logs for its tasks (else its loss). Returns (init,
+  metric) of each panel."""
+  from jaxssl.eval import plots  # pylint: disable=import-outside-toplevel
+  from jaxssl.runlog import read_metrics  # pylint: disable=import-outside-toplevel
+  plt = plots.plt
+  drawn = []
+  for init, run, tasks in runs:
+    if not os.path.exists(os.path.join(run, 'metrics.jsonl')):
+      continue
+    rows = [row for row in read_metrics(run) if row.get('split') != 'holdout']
+    keys = sorted({k for row in rows for k in row if k.startswith(tuple(f'{t}/' for t in tasks))})
+    metric = next((k for suffix in PRETEXT_METRICS for k in keys if k.endswith(suffix)), 'loss')
+    per_epoch = next((row['epoch'] / row['step'] for row in rows if row.get('epoch') and row.get('step')), None)
+    if per_epoch is not None:
+      drawn.append((init, metric, rows, per_epoch))
+  if drawn:
+    cols = min(4, len(drawn))
+    nrows = -(-len(drawn) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 2.5 * nrows + 0.4), squeeze=False)
+    for ax in axes.flat[len(drawn):]:
+      ax.axis('off')
+    for ax, (init, metric, rows, per_epoch) in zip(axes.flat, drawn):
+      for split, style in (('train', '-'), (None, 'o')):
+        pts = sorted((row['step'] * per_epoch, row[metric]) for row in rows if metric in row and
+                     (row['split'] == 'train') == (split == 'train'))
+        if pts:
+          ax.plot(*zip(*pts), style, ms=4, lw=1, label='train' if split else 'held-out eval')
+      ax.set_title(f'{init}: {metric}', fontsize=8)
+      ax.set_xlabel('epoch', fontsize=7)
+      ax.tick_params(labelsize=7)
+      ax.grid(alpha=0.3)
+    axes.flat[0].legend(fontsize=6)
+    fig.suptitle('each pretext run on its own task', fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+  return [d[:2] for d in drawn]
+
+
+def filters(backbones: dict[str, str], path: str) -> list[str]:
+  """The first convolution of every trained backbone (init -> its run directory), one panel per init, each kernel
+  scaled to its own range (as jaxssl/eval/filters.py draws one run's). Returns what each panel shows."""
+  from jaxssl import report  # pylint: disable=import-outside-toplevel
+  from jaxssl.eval import filters as filter_grids, plots  # pylint: disable=import-outside-toplevel
+  from jaxssl.runlog import log  # pylint: disable=import-outside-toplevel
+  plt = plots.plt
+  panels, shown = [], []
+  for init, run in backbones.items():
+    try:
+      what, kernel = report.checkpoint_filters(run)
+    except Exception as e:  # pylint: disable=broad-exception-caught  # a picture never stops the benchmark
+      log(f'note: filters.png has no panel for {init}: {" ".join(str(e).split())[:300]}')
+      continue
+    panels.append((init, what, filter_grids.filter_grid(kernel)))
+    shown.append(f'{init}: {what}')
+  if panels:
+    cols = min(4, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(max(4.0, 2.6 * cols), 2.9 * rows + 0.4), squeeze=False)
+    for ax in axes.flat:
+      ax.axis('off')
+    for ax, (init, what, grid) in zip(axes.flat, panels):
+      filter_grids.show_grid(ax, grid)
+      ax.set_title(f"{init}\n{what.rsplit(' at step ', 1)[0]}", fontsize=7)
+    fig.suptitle('first convolution of each backbone\n(each kernel scaled to its own range)', fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+  return shown
+
+
+def reconstructions(drawn: list[tuple[str, str]], workdir: str, path: str) -> None:
+  """Each dense pretext run's last ``reconstructions.png`` ((init, its path)), stacked with the init's name."""
+  from jaxssl.eval import plots  # pylint: disable=import-outside-toplevel
+  plt = plots.plt
+  if not drawn:
+    return
+  images = [(init, p, plt.imread(p)) for init, p in drawn]
+  heights = [img.shape[0] / img.shape[1] for _, _, img in images]
+  fig, axes = plt.subplots(len(images), 1, figsize=(7, sum(7 * h + 0.3 for h in heights)), squeeze=False,
+                           gridspec_kw={'height_ratios': heights})
+  for ax, (init, p, img) in zip(axes[:, 0], images):
+    ax.imshow(img)
+    ax.axis('off')
+    ax.set_title(f'{init} ({os.path.relpath(p, workdir)})', fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
