@@ -38,7 +38,9 @@ never contain them,
 and every choice (probe layer, L2, epoch; the fine-tuning hyper-parameter) is made on them. The test split is
 scored once per cell, by the chosen model only.
 
-Every part is skipped when its result file exists: rerunning the command continues where it stopped. After each
+Every part is skipped when its result file exists: rerunning the command continues where it stopped. At the start
+and after each init's parts it logs what is left and a rough time for it (:meth:`Benchmark.outlook`); each run
+and the fine-tuning cells log their own step-based ETA. After each
 part, ``results.md``, ``results.csv``, ``results.json`` (one row per init: best layer's probe, k-NN, fine-tuning
 at each fraction as mean +- std over seeds; wall time per part from ``timings.json``; then
 ``benchmark.targets`` checked against them, the frozen-feature table of the lowshot part, and what measured it:
@@ -53,6 +55,7 @@ seconds of every part (:class:`Ledger`).
 
 from __future__ import annotations
 
+import glob
 import importlib.util
 import json
 import os
@@ -270,6 +273,44 @@ def cell_base(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return c
 
 
+def reuse_selection(cell: ml_collections.ConfigDict, selection: ml_collections.ConfigDict, select_dir: str,
+                    cell_dir: str) -> str | None:
+  """The test cell on subset ``select.seed`` trains exactly what the selection cell of the chosen value trained
+  (one config but the split it is scored on; the run is deterministic), so it starts from that cell's finished
+  training: its checkpoints, its training rows of metrics.jsonl and init_from.json are copied into ``cell_dir``
+  (``reused.json`` says from where) and the trainer, resuming at the last step, only scores the test split.
+  Returns ``select_dir``, or None where the configs differ, the selection cell is not finished, or ``cell_dir``
+  already holds a run (it then resumes or trains as any cell)."""
+  import shutil  # pylint: disable=import-outside-toplevel
+  scored_on = selection.copy_and_resolve_references()
+  with scored_on.unlocked():
+    scored_on.data.eval_split = cell.data.eval_split
+  if scored_on.to_dict() != cell.to_dict():
+    return None
+  done = _read_json(os.path.join(select_dir, 'final_metrics.json'))
+  source = os.path.join(select_dir, 'checkpoints')
+  if done is None or not os.path.isdir(source) or os.path.exists(os.path.join(cell_dir, 'checkpoints')):
+    return None
+  os.makedirs(cell_dir, exist_ok=True)
+  for stale in os.listdir(cell_dir):   # a copy a stopped call left half done
+    if stale.startswith('checkpoints.partial.'):
+      shutil.rmtree(os.path.join(cell_dir, stale), ignore_errors=True)
+  if os.path.exists(os.path.join(select_dir, 'init_from.json')):
+    shutil.copy2(os.path.join(select_dir, 'init_from.json'), os.path.join(cell_dir, 'init_from.json'))
+  with open(os.path.join(select_dir, 'metrics.jsonl'), encoding='utf-8') as f:
+    rows = [line for line in f if json.loads(line).get('split') == 'train']
+  write_text(os.path.join(cell_dir, 'metrics.jsonl'), ''.join(rows))
+  partial = os.path.join(cell_dir, f'checkpoints.partial.{os.getpid()}')
+  shutil.rmtree(partial, ignore_errors=True)
+  shutil.copytree(source, partial)
+  os.replace(partial, os.path.join(cell_dir, 'checkpoints'))   # whole or absent: a stop mid-copy leaves no half
+  # Last: a cell stopped before this point trains as any cell on the next call (and says nothing of reuse).
+  write_json(os.path.join(cell_dir, 'reused.json'),
+             {'trained_by': select_dir, 'step': int(done['step']),
+              'why': 'the same config but the split it is scored on: the same training, scored on the test split'})
+  return select_dir
+
+
 # ------------------------------------------------------------------------------------------------ bookkeeping
 
 
@@ -461,7 +502,6 @@ class Benchmark:
   def set_aside(self, init: str) -> str:
     """Moves ``init``'s pretext run and every part made from it (probe, k-NN, lowshot, fine-tuning cells) with
     their timings into ``stale/<init>-<UTC time>/`` (nothing is deleted), so that they are made again."""
-    import glob  # pylint: disable=import-outside-toplevel
     import shutil  # pylint: disable=import-outside-toplevel
     dest = os.path.join(self.workdir, 'stale', f"{init}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
     os.makedirs(dest, exist_ok=True)
@@ -653,13 +693,12 @@ class Benchmark:
       scores[value] = float(m[str(self.b.metric)])
     return max(sel.choices, key=lambda v: scores[v])   # the first of equals: the order of select.choices
 
-  def finetune(self) -> None:
-    """Every fine-tuning cell not finished, smallest fraction first: for each fraction the selection cells (every
-    value of ``select.key`` on subset ``select.seed``, scored on the validation images), then the test cells with
-    the chosen value; a step-based ETA."""
+  def _cells(self):
+    """The fine-tuning cells not finished, in order (:meth:`finetune`): ``(todo, config_for, selected, steps)``,
+    todo as (init, fraction, seed, selection value or None for a test cell, its directory), and the steps each
+    directory's config trains."""
     import jax  # pylint: disable=import-outside-toplevel
     from jaxssl.data import datasets, splits, subsets  # pylint: disable=import-outside-toplevel
-    from jaxssl.runlog import log  # pylint: disable=import-outside-toplevel
     base = cell_base(self.config)
     info = datasets.get_dataset(base.data.name, base.data)
     train, _ = subsets.load_sources(info, base.data)   # the training records less the validation images
@@ -693,7 +732,66 @@ class Benchmark:
         todo += [(init, fraction, int(seed), None, self.cell_dir(init, fraction, seed)) for seed in self.b.seeds
                  if mode != 'kfold' or seed < folds[fraction]]
     todo = [t for t in todo if not os.path.exists(os.path.join(t[4], 'final_metrics.json'))]
-    steps = {t[4]: config_for(*t[:3], None, False).total_steps for t in todo}
+    return todo, config_for, selected, {t[4]: config_for(*t[:3], None, False).total_steps for t in todo}
+
+  def outlook(self) -> str:
+    """One line: the parts left and a rough time for them, at the mean wall time of this workdir's finished
+    parts of each kind (its pretext runs, its probe + k-NN + lowshot, its fine-tuning steps); '?' for a kind none
+    of whose parts is done yet."""
+    live = [init for init in self.inits if init not in self.errors]
+    pretext = [init for init in live if is_config_spec(self.inits[init])]
+    if self.b.combine.top >= 2 and self.combination is None:
+      pretext.append(COMBINATION)   # chosen once every init is probed
+      live.append(COMBINATION)
+    pre_done = [i for i in pretext if os.path.exists(os.path.join(self.pretrain_dir(i), 'final_metrics.json'))]
+    settings = self._lowshot_settings()
+
+    def evaluated(init):
+      out = self.probe_dir(init)
+      return all(os.path.exists(os.path.join(out, f)) for f in ('probe.json', 'knn.json')) and (
+          settings is None or (_read_json(os.path.join(out, 'lowshot.json')) or {}).get('settings') == settings)
+
+    eval_done = [i for i in live if i != COMBINATION and evaluated(i)]
+    todo, _, selected, steps = self._cells()
+    trained_steps, trained_s = 0, sum(v for k, v in self.ledger.seconds.items() if k.startswith('finetune/'))
+    for d in glob.glob(os.path.join(self.workdir, 'finetune', '*', '*', 'final_metrics.json')):
+      if not os.path.exists(os.path.join(os.path.dirname(d), 'reused.json')):
+        trained_steps += int((_read_json(d) or {}).get('step', 0))
+
+    def mean(parts):
+      vals = [sum(self.ledger.seconds.get(f'{p}/{i}', 0.0) for p in parts[1]) for i in parts[0]]
+      vals = [v for v in vals if v > 0]
+      return sum(vals) / len(vals) if vals else None
+
+    sel = self.b.select   # a test cell on select.seed reuses its selection cell's training: nothing to train
+    cell_steps = sum(n for (_, f, seed, value, d), n in zip(todo, steps.values())
+                     if not (value is None and f in selected and seed == int(sel.seed)))
+    left = [(n, each, what) for n, each, what in (
+        (len(pretext) - len(pre_done), mean((pre_done, ('pretrain',))), 'pretext runs'),
+        (len(live) - len(eval_done), mean((eval_done, ('probe', 'knn', 'lowshot'))), 'probes + k-NN + lowshot'),
+        (cell_steps, trained_s / trained_steps if trained_steps else None, f'fine-tuning steps in {len(todo)} cells' +
+         (" (and the combination's)" if COMBINATION in pretext and COMBINATION not in self.inits else ''))) if n]
+    if not left:
+      return 'benchmark: nothing left to do'
+
+    def each(seconds, what):
+      if seconds is None:
+        return 'time unknown until one is done'
+      return f'~{seconds:.2f}s each' if 'steps' in what else f'~{tables.duration(seconds)} each'
+
+    total = sum(n * seconds for n, seconds, _ in left if seconds is not None)
+    unknown = any(seconds is None for _, seconds, _ in left)
+    summed = ('' if unknown and not total else
+              f" -> {'more than ' if unknown else ''}~{tables.duration(total)} at this workdir's past wall time")
+    return 'benchmark left: ' + ', '.join(f'{n:,} {what} ({each(seconds, what)})' for n, seconds, what in left) + summed
+
+  def finetune(self) -> None:
+    """Every fine-tuning cell not finished, smallest fraction first: for each fraction the selection cells (every
+    value of ``select.key`` on subset ``select.seed``, scored on the validation images), then the test cells with
+    the chosen value; a step-based ETA."""
+    from jaxssl.runlog import log  # pylint: disable=import-outside-toplevel
+    todo, config_for, selected, steps = self._cells()
+    sel = self.b.select
     total_steps, done_steps, t_all = sum(steps.values()), 0, 0.0
     for i, (init, fraction, seed, value, cell_dir) in enumerate(todo):
       reused = None
@@ -701,7 +799,7 @@ class Benchmark:
         chosen = self.chosen(init, fraction)
         c = config_for(init, fraction, seed, chosen, False)
         if fraction in selected and seed == int(sel.seed) and chosen is not None:
-          reused = self.reuse_selection(c, config_for(init, fraction, seed, chosen, True),
+          reused = reuse_selection(c, config_for(init, fraction, seed, chosen, True),
                                         self.select_dir(init, fraction, chosen), cell_dir)
       else:
         c = config_for(init, fraction, seed, value, True)
@@ -725,48 +823,10 @@ class Benchmark:
       if i + 1 == len(todo) or todo[i + 1][1] != fraction:
         self.write_results()   # a fraction's column complete for every init
 
-  @staticmethod
-  def reuse_selection(cell: ml_collections.ConfigDict, selection: ml_collections.ConfigDict, select_dir: str,
-                      cell_dir: str) -> str | None:
-    """The test cell on subset ``select.seed`` trains exactly what the selection cell of the chosen value trained
-    (one config but the split it is scored on; the run is deterministic), so it starts from that cell's finished
-    training: its checkpoints, its training rows of metrics.jsonl and init_from.json are copied into ``cell_dir``
-    (``reused.json`` says from where) and the trainer, resuming at the last step, only scores the test split.
-    Returns ``select_dir``, or None where the configs differ, the selection cell is not finished, or ``cell_dir``
-    already holds a run (it then resumes or trains as any cell)."""
-    import shutil  # pylint: disable=import-outside-toplevel
-    scored_on = selection.copy_and_resolve_references()
-    with scored_on.unlocked():
-      scored_on.data.eval_split = cell.data.eval_split
-    if scored_on.to_dict() != cell.to_dict():
-      return None
-    done = _read_json(os.path.join(select_dir, 'final_metrics.json'))
-    source = os.path.join(select_dir, 'checkpoints')
-    if done is None or not os.path.isdir(source) or os.path.exists(os.path.join(cell_dir, 'checkpoints')):
-      return None
-    os.makedirs(cell_dir, exist_ok=True)
-    for stale in os.listdir(cell_dir):   # a copy a stopped call left half done
-      if stale.startswith('checkpoints.partial.'):
-        shutil.rmtree(os.path.join(cell_dir, stale), ignore_errors=True)
-    if os.path.exists(os.path.join(select_dir, 'init_from.json')):
-      shutil.copy2(os.path.join(select_dir, 'init_from.json'), os.path.join(cell_dir, 'init_from.json'))
-    with open(os.path.join(select_dir, 'metrics.jsonl'), encoding='utf-8') as f:
-      rows = [line for line in f if json.loads(line).get('split') == 'train']
-    write_text(os.path.join(cell_dir, 'metrics.jsonl'), ''.join(rows))
-    partial = os.path.join(cell_dir, f'checkpoints.partial.{os.getpid()}')
-    shutil.rmtree(partial, ignore_errors=True)
-    shutil.copytree(source, partial)
-    os.replace(partial, os.path.join(cell_dir, 'checkpoints'))   # whole or absent: a stop mid-copy leaves no half
-    # Last: a cell stopped before this point trains as any cell on the next call (and says nothing of reuse).
-    write_json(os.path.join(cell_dir, 'reused.json'),
-               {'trained_by': select_dir, 'step': int(done['step']),
-                'why': 'the same config but the split it is scored on: the same training, scored on the test split'})
-    return select_dir
-
   def cell_dir(self, init: str, fraction: float, seed: int) -> str:
     return os.path.join(self.workdir, 'finetune', 'cells', study.cell_name(init, fraction, seed))
 
-  def guarded(self, init: str, part, *args) -> None:
+  def _guarded(self, init: str, part, *args) -> None:
     """A backbone that does not fit the downstream model (jigsaw's tile-sized CifarNet) is recorded and skipped;
     every other error stops the benchmark."""
     from jaxssl.train.transfer import TransferError  # pylint: disable=import-outside-toplevel
@@ -780,9 +840,9 @@ class Benchmark:
   def backbone_parts(self, init: str, n: str) -> None:
     """Parts 1-3 of ``init`` (pretrain, probe, k-NN, lowshot; what is done is skipped), then the results
     rewritten."""
-    self.guarded(init, self.pretrain, n)
+    self._guarded(init, self.pretrain, n)
     if init not in self.errors:
-      self.guarded(init, self.probe_and_knn, n)
+      self._guarded(init, self.probe_and_knn, n)
     self.write_results()
 
   def run(self) -> dict[str, Any]:
@@ -790,12 +850,17 @@ class Benchmark:
     t0 = time.perf_counter()
     with open(os.path.join(self.workdir, 'calls.jsonl'), 'a', encoding='utf-8') as f:
       f.write(json.dumps(provenance()) + '\n')   # results.md says what measured it
+    log(self.outlook())
     names = [name for name in self.inits if name != COMBINATION]
     for i, init in enumerate(names):
+      before = dict(self.ledger.seconds)
       self.backbone_parts(init, f'[{i + 1}/{len(names)}]')
+      if self.ledger.seconds != before:   # some part of it was made: the outlook has moved
+        log(self.outlook())
     self.choose_combination()
     if COMBINATION in self.inits:
       self.backbone_parts(COMBINATION, f'[{len(names) + 1}/{len(names) + 1}]')
+      log(self.outlook())
     self.finetune()
     results = self.write_results()
     log(f'benchmark done ({tables.duration(time.perf_counter() - t0)} in this call) -> '

@@ -40,9 +40,15 @@ def _json(path):
     return json.load(f)
 
 
-def test_quick_benchmark_runs_every_part_once_and_a_rerun_skips_them(tfds_dir, tmp_path):
+def test_quick_benchmark_runs_every_part_once_and_a_rerun_skips_them(tfds_dir, tmp_path, capsys):
   workdir = str(tmp_path / 'bench')
   results = benchmark.run_benchmark(_quick(tfds_dir), workdir)
+  # What is left, said at the start and after each init's parts: at the speed of its own finished parts.
+  said = [line for line in capsys.readouterr().out.splitlines() if line.startswith('benchmark left')]
+  assert said[0] == ('benchmark left: 1 pretext runs (time unknown until one is done), 2 probes + k-NN + lowshot '
+                     '(time unknown until one is done), 60 fine-tuning steps in 8 cells (time unknown until one is '
+                     'done)'), said
+  assert said[1].startswith('benchmark left: 1 probes + k-NN + lowshot (~') and 'steps in 8 cells (time unk' in said[1]
   rows = {r['init']: r for r in results['inits']}
   assert list(rows) == ['rotation', 'random']   # the scratch reference last
   layers = list(LAYERS)
@@ -118,7 +124,9 @@ def test_quick_benchmark_runs_every_part_once_and_a_rerun_skips_them(tfds_dir, t
   stamps = [os.path.getmtime(p) for p in done]
   timings = _json(os.path.join(workdir, 'timings.json'))
   extractions = cached_probe.STATS['extractions']
+  capsys.readouterr()
   again = benchmark.run_benchmark(_quick(tfds_dir), workdir)
+  assert 'benchmark: nothing left to do' in capsys.readouterr().out
   assert [os.path.getmtime(p) for p in done] == stamps
   assert cached_probe.STATS['extractions'] == extractions
   assert _json(os.path.join(workdir, 'timings.json')) == timings
@@ -343,17 +351,17 @@ def test_a_test_cell_takes_the_selection_cells_training_only_when_their_configs_
                                         '{"step": 10, "split": "holdout", "loss": 2.0}\n')
   selection = ml_collections.ConfigDict({'data': {'eval_split': 'holdout'}, 'optim': {'lr': 0.1}})
   test = ml_collections.ConfigDict({'data': {'eval_split': 'test'}, 'optim': {'lr': 0.2}})
-  assert benchmark.Benchmark.reuse_selection(test, selection, str(select), str(cell)) is None
+  assert benchmark.reuse_selection(test, selection, str(select), str(cell)) is None
   assert not cell.exists()
   test.optim.lr = 0.1
   (cell / 'checkpoints.partial.999').mkdir(parents=True)   # what a call stopped mid-copy leaves
-  assert benchmark.Benchmark.reuse_selection(test, selection, str(select), str(cell)) == str(select)
+  assert benchmark.reuse_selection(test, selection, str(select), str(cell)) == str(select)
   assert sorted(os.listdir(cell)) == ['checkpoints', 'init_from.json', 'metrics.jsonl', 'reused.json']
   assert (cell / 'checkpoints' / '10' / 'state').read_text() == 'weights'
   assert (cell / 'metrics.jsonl').read_text() == '{"step": 10, "split": "train", "loss": 1.0}\n'
   assert _json(cell / 'reused.json')['trained_by'] == str(select)
   # A cell that holds a run already resumes as any cell: nothing is copied over it.
-  assert benchmark.Benchmark.reuse_selection(test, selection, str(select), str(cell)) is None
+  assert benchmark.reuse_selection(test, selection, str(select), str(cell)) is None
 
 
 def test_kfold_subsets_give_each_seed_a_disjoint_fold_and_skip_the_folds_a_fraction_lacks(tfds_dir, tmp_path):
