@@ -50,7 +50,7 @@ lowshot probe's beside it), ``pretext_curves.png`` (each pretext run's own task 
 (the first convolution each pretrained backbone learned, one panel per init) and
 ``reconstructions.png`` (the last reconstructions each dense pretext run drew: autoencoder, denoising,
 inpainting) are rewritten from what is on disk; ``timings.json`` and ``cpu_timings.json`` hold the wall and CPU
-seconds of every part (:class:`Ledger`).
+seconds of every part (:class:`jaxssl.benchmark_records.Ledger`).
 """
 
 from __future__ import annotations
@@ -59,7 +59,6 @@ import glob
 import importlib.util
 import json
 import os
-import resource
 import sys
 import time
 from typing import Any
@@ -67,7 +66,8 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from jaxssl import benchmark_figures as figures, benchmark_tables as tables, cli, study
+from jaxssl import benchmark_figures as figures, benchmark_records as records, benchmark_tables as tables
+from jaxssl import cli, study
 from jaxssl.runlog import write_json, write_text
 
 COMBINATION = 'combination'   # the init benchmark.combine adds (Benchmark.choose_combination)
@@ -230,24 +230,31 @@ def pretrain_config(config: ml_collections.ConfigDict, spec: str) -> ml_collecti
   return c
 
 
-# Keys of a pretext run's config that say where the data is or how it is read, not what is trained: a finished run
-# whose config differs only there is not stale (the benchmark's data may move between calls).
-LOCATION_KEYS = ('data.data_dir', 'data.source_dir', 'data.decoded_cache', 'data.num_workers', 'data.read_threads',
-                 'data.prefetch', 'lock_timeout_s')
+# Keys of a pretext run's config that say where the data is, how it is read, or how often the run logs, evaluates
+# and saves, not what it trains: a run whose config differs only there is not stale (the data may move between
+# calls; a checkpoint interval may change).
+IGNORED_KEYS = ('data.data_dir', 'data.source_dir', 'data.decoded_cache', 'data.num_workers', 'data.read_threads',
+                'data.prefetch_batches', 'data.eval_limit', 'lock_timeout_s', 'log_every', 'eval_every',
+                'eval_batch_size', 'checkpoint_every', 'keep_checkpoints')
 
 
 def config_changes(trained: dict[str, Any], wanted: dict[str, Any]) -> list[tuple[str, Any, Any]]:
-  """(dotted key, trained value, wanted value) where a finished run's ``config.json`` and the config the
-  benchmark would train now disagree; keys one of them lacks (added to jaxssl since, at their old behaviour) and
-  :data:`LOCATION_KEYS` do not count."""
+  """(dotted key, trained value, wanted value) where a pretext run's recorded config and the config the benchmark
+  would train now disagree: a task added or removed (``tasks``), or a value both have; a key only one has (added
+  to jaxssl since, at its old behaviour) and :data:`IGNORED_KEYS` do not count."""
   def flat(d, prefix=''):
     out = {}
     for k, v in d.items():
       out.update(flat(v, f'{prefix}{k}.') if isinstance(v, dict) else {f'{prefix}{k}': v})
     return out
 
-  a, b = flat(trained), flat(json.loads(json.dumps(wanted)))
-  return [(k, a[k], b[k]) for k in sorted(set(a) & set(b)) if a[k] != b[k] and k not in LOCATION_KEYS]
+  wanted = json.loads(json.dumps(wanted))
+  out = []
+  tasks = sorted(trained.get('tasks') or {}), sorted(wanted.get('tasks') or {})
+  if tasks[0] != tasks[1]:
+    out.append(('tasks', tasks[0], tasks[1]))
+  a, b = flat(trained), flat(wanted)
+  return out + [(k, a[k], b[k]) for k in sorted(set(a) & set(b)) if a[k] != b[k] and k not in IGNORED_KEYS]
 
 
 def downstream_config(config: ml_collections.ConfigDict, init_from: str) -> ml_collections.ConfigDict:
@@ -287,7 +294,7 @@ def reuse_selection(cell: ml_collections.ConfigDict, selection: ml_collections.C
     scored_on.data.eval_split = cell.data.eval_split
   if scored_on.to_dict() != cell.to_dict():
     return None
-  done = _read_json(os.path.join(select_dir, 'final_metrics.json'))
+  done = records.read_json(os.path.join(select_dir, 'final_metrics.json'))
   source = os.path.join(select_dir, 'checkpoints')
   if done is None or not os.path.isdir(source) or os.path.exists(os.path.join(cell_dir, 'checkpoints')):
     return None
@@ -311,107 +318,6 @@ def reuse_selection(cell: ml_collections.ConfigDict, selection: ml_collections.C
   return select_dir
 
 
-# ------------------------------------------------------------------------------------------------ bookkeeping
-
-
-class Ledger:
-  """Seconds per part, summed over every call that worked on it: wall (``timings.json``) and CPU
-  (``cpu_timings.json``: user + system of this process and its finished children, the grain workers). The wall
-  time counts whatever else the machine did meanwhile, a paused process's pause included; the CPU time does not,
-  so the two together say what a part cost and whether it ran alone (on n cores, CPU ~ n x wall when it did)."""
-
-  def __init__(self, workdir: str):
-    self.path = os.path.join(workdir, 'timings.json')
-    self.cpu_path = os.path.join(workdir, 'cpu_timings.json')
-    self.seconds: dict[str, float] = _read_json(self.path) or {}
-    self.cpu_seconds: dict[str, float | None] = _read_json(self.cpu_path) or {}   # None: known only in part
-
-  @staticmethod
-  def clock() -> tuple[float, float]:
-    """Now, to pass to :meth:`add` when the part is done: (wall, CPU) seconds."""
-    return time.perf_counter(), _cpu_seconds()
-
-  def add(self, since: tuple[float, float], *parts: str) -> float:
-    """Adds the time since ``since`` (a :meth:`clock`) to each of ``parts``; returns the wall seconds."""
-    wall, cpu = time.perf_counter() - since[0], _cpu_seconds() - since[1]
-    for part in parts:
-      if part in self.seconds and part not in self.cpu_seconds:
-        self.cpu_seconds[part] = None   # wall time from before CPU time was recorded: its CPU total is unknown
-      elif self.cpu_seconds.get(part, 0.0) is not None:
-        self.cpu_seconds[part] = self.cpu_seconds.get(part, 0.0) + float(cpu)
-      self.seconds[part] = self.seconds.get(part, 0.0) + float(wall)
-    write_json(self.path, self.seconds)
-    write_json(self.cpu_path, self.cpu_seconds)
-    return wall
-
-  def forget(self, parts: list[str]) -> None:
-    """Drops ``parts`` (made again from scratch: their old seconds are kept where they were moved)."""
-    for part in parts:
-      self.seconds.pop(part, None)
-      self.cpu_seconds.pop(part, None)
-    write_json(self.path, self.seconds)
-    write_json(self.cpu_path, self.cpu_seconds)
-
-
-def _cpu_seconds() -> float:
-  own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-  return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-
-
-def _read_jsonl(path: str) -> list[dict[str, Any]]:
-  if not os.path.exists(path):
-    return []
-  with open(path, encoding='utf-8') as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
-def provenance() -> dict[str, Any]:
-  """What measures now: the date (UTC), the command line, the code (the checkout's git commit, and whether
-  tracked files differ from it) and the machine (host, CPU model, cores, memory, accelerator, jax)."""
-  import platform  # pylint: disable=import-outside-toplevel
-  import socket  # pylint: disable=import-outside-toplevel
-  import subprocess  # pylint: disable=import-outside-toplevel
-  import jax  # pylint: disable=import-outside-toplevel
-  argv = list(sys.argv)
-  if argv and os.path.basename(argv[0]) == 'benchmark.py':   # run as `python -m jaxssl.benchmark`
-    argv[0:1] = ['python', '-m', 'jaxssl.benchmark']
-  here = os.path.dirname(os.path.abspath(__file__))
-
-  def git(*args):
-    try:
-      done = subprocess.run(['git', '-C', here, *args], capture_output=True, text=True, timeout=20, check=False)
-    except (OSError, subprocess.SubprocessError):
-      return None
-    return done.stdout.strip() if done.returncode == 0 else None
-
-  commit = git('rev-parse', 'HEAD')
-  changed = git('status', '--porcelain', '--untracked-files=no') if commit else None
-  cpu = platform.processor() or platform.machine()
-  try:
-    with open('/proc/cpuinfo', encoding='utf-8') as f:
-      cpu = next((line.split(':', 1)[1].strip() for line in f if line.startswith('model name')), cpu)
-  except OSError:
-    pass
-  try:
-    memory = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2 ** 30
-  except (ValueError, OSError, AttributeError):
-    memory = None
-  devices = jax.devices()
-  return {'started': time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime()), 'command': ' '.join(argv),
-          'cwd': os.getcwd(), 'commit': commit, 'changed_files': bool(changed) if commit else None,
-          'host': socket.gethostname(), 'cpu': cpu, 'cores': os.cpu_count(),
-          'memory_gib': round(memory, 1) if memory else None,
-          'devices': f'{len(devices)}x {devices[0].device_kind}', 'jax': jax.__version__,
-          'python': platform.python_version()}
-
-
-def _read_json(path: str):
-  if not os.path.exists(path):
-    return None
-  with open(path, encoding='utf-8') as f:
-    return json.load(f)
-
-
 # ------------------------------------------------------------------------------------------------ parts
 
 
@@ -431,10 +337,10 @@ class Benchmark:
                                  'baseline every other init is compared with')
     self.inits['random'] = self.b.inits['random']
     os.makedirs(self.workdir, exist_ok=True)
-    self.combination = _read_json(os.path.join(self.workdir, 'combination.json'))
+    self.combination = records.read_json(os.path.join(self.workdir, 'combination.json'))
     if self.combination and self.combination.get('spec'):
       self._add_init(COMBINATION, self.combination['spec'])
-    self.ledger = Ledger(self.workdir)
+    self.ledger = records.Ledger(self.workdir)
     # The inits trained with labels: references, never combined, not self-supervised.
     self.labelled = set(self.b.get('labelled', ()))
     self.errors: dict[str, str] = {}
@@ -461,7 +367,7 @@ class Benchmark:
       if (init in self.b.combine.exclude or init in self.labelled or init in self.errors or
           not is_config_spec(spec) or '+' in spec):
         continue
-      probe = _read_json(os.path.join(self.probe_dir(init), 'probe.json'))
+      probe = records.read_json(os.path.join(self.probe_dir(init), 'probe.json'))
       if probe is None:
         return   # not every candidate probed yet (an interrupted run): chosen on the next call
       backbone = transfer.read_backbone(transfer.resolve_checkpoint(self.pretrain_dir(init)))
@@ -501,12 +407,18 @@ class Benchmark:
 
   def set_aside(self, init: str) -> str:
     """Moves ``init``'s pretext run and every part made from it (probe, k-NN, lowshot, fine-tuning cells) with
-    their timings into ``stale/<init>-<UTC time>/`` (nothing is deleted), so that they are made again."""
+    their timings into ``stale/<init>-<UTC time>/`` (nothing is deleted), so that they are made again. The
+    pretext run moves last: a call stopped midway finds it stale again and moves the rest. (The seconds of
+    ``finetune_fraction/*``, summed over inits, keep the moved cells'; ``combination.json``, chosen once, is
+    kept.)"""
+    import re  # pylint: disable=import-outside-toplevel
     import shutil  # pylint: disable=import-outside-toplevel
     dest = os.path.join(self.workdir, 'stale', f"{init}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
     os.makedirs(dest, exist_ok=True)
-    cells = glob.glob(os.path.join(self.workdir, 'finetune', '*', f'{glob.escape(init)}_f*'))   # study.cell_name
-    for path in [self.pretrain_dir(init), self.probe_dir(init)] + cells:
+    mine = re.compile(re.escape(init) + r'_f[^_]+_s\d+(_.*)?$')   # study.cell_name, a selection cell's suffix
+    cells = [path for path in glob.glob(os.path.join(glob.escape(self.workdir), 'finetune', '*', '*'))
+             if mine.match(os.path.basename(path))]
+    for path in cells + [self.probe_dir(init), self.pretrain_dir(init)]:
       if os.path.exists(path):
         rel = os.path.relpath(path, self.workdir)
         os.makedirs(os.path.dirname(os.path.join(dest, rel)), exist_ok=True)
@@ -537,18 +449,22 @@ class Benchmark:
       return
     run_dir = self.pretrain_dir(init)
     c = pretrain_config(self.config, spec)
-    if os.path.exists(os.path.join(run_dir, 'final_metrics.json')):
-      changes = config_changes(_read_json(os.path.join(run_dir, 'config.json')) or {}, c.to_dict())
-      if not changes:
-        return
+    # Every config the run trained with (config.json, and config.step<N>.json of a resume with another one), a
+    # finished run's or one under way: either is stale when any differs from what the benchmark trains now.
+    changes = list(dict.fromkeys(
+        change for path in sorted(glob.glob(os.path.join(glob.escape(run_dir), 'config*.json')))
+        for change in config_changes(records.read_json(path) or {}, c.to_dict())))
+    if changes:
       said = '; '.join(f'{k} {a!r} -> {b!r}' for k, a, b in changes[:4]) + ('; ...' if len(changes) > 4 else '')
       if init not in self.b.get('retrain', ()):
         raise BenchmarkConfigError(
             f'pretrain/{init} was trained with another config than the benchmark trains now ({said}): add '
-            f"--config.benchmark.retrain='({init!r},)' to move it and every part made from it to stale/ and train "
+            f'--config.benchmark.retrain="({init!r},)" to move it and every part made from it to stale/ and train '
             'it again, or restore the setting')
       moved = self.set_aside(init)
       log(f'benchmark {n} pretrain {init}: its config changed ({said}); the old run and its parts moved to {moved}')
+    elif os.path.exists(os.path.join(run_dir, 'final_metrics.json')):
+      return
     check_config(c)
     log(f'benchmark {n} pretrain {init}: {spec} -> {run_dir}')
     t0 = self.ledger.clock()
@@ -569,7 +485,7 @@ class Benchmark:
     p = self.b.probe
     features = os.path.join(out, f'features_d{p.max_dim}')   # another pooling size is another cache
     settings = self._lowshot_settings()
-    lowshot_done = settings is None or (_read_json(lowshot_json) or {}).get('settings') == settings
+    lowshot_done = settings is None or (records.read_json(lowshot_json) or {}).get('settings') == settings
     if not os.path.exists(probe_json) or not os.path.exists(knn_json) or not lowshot_done:
       t0 = self.ledger.clock()   # the model and any extraction count towards the first part that needs them
       exp, state = self._feature_model(init)
@@ -591,7 +507,7 @@ class Benchmark:
         self.ledger.add(t0, f'probe/{init}')
         t0 = self.ledger.clock()
         log(f"  best layer on val: {summary['best_layer']}")
-      best = _read_json(probe_json)['best_layer']
+      best = records.read_json(probe_json)['best_layer']
       cached_probe.extract(exp.eval_context(out), state, features, [best], max_dim=p.max_dim,
                            batch_size=self.config.eval_batch_size)   # nothing to do unless the cache was removed
       train_idx, val_idx = cached_probe.val_split(cached_probe.load(features, 'train', 'labels'),
@@ -687,7 +603,7 @@ class Benchmark:
     at = max((f for f in picked if f <= fraction), default=picked[0])
     scores = {}
     for value in sel.choices:
-      m = _read_json(os.path.join(self.select_dir(init, at, value), 'final_metrics.json'))
+      m = records.read_json(os.path.join(self.select_dir(init, at, value), 'final_metrics.json'))
       if m is None:
         return None
       scores[value] = float(m[str(self.b.metric)])
@@ -736,8 +652,8 @@ class Benchmark:
 
   def outlook(self) -> str:
     """One line: the parts left and a rough time for them, at the mean wall time of this workdir's finished
-    parts of each kind (its pretext runs, its probe + k-NN + lowshot, its fine-tuning steps); '?' for a kind none
-    of whose parts is done yet."""
+    parts of each kind (its pretext runs, its probe + k-NN + lowshot, its fine-tuning steps); 'time unknown' for a
+    kind none of whose parts is done yet. A pretext run that will be found stale counts as done."""
     live = [init for init in self.inits if init not in self.errors]
     pretext = [init for init in live if is_config_spec(self.inits[init])]
     if self.b.combine.top >= 2 and self.combination is None:
@@ -749,14 +665,14 @@ class Benchmark:
     def evaluated(init):
       out = self.probe_dir(init)
       return all(os.path.exists(os.path.join(out, f)) for f in ('probe.json', 'knn.json')) and (
-          settings is None or (_read_json(os.path.join(out, 'lowshot.json')) or {}).get('settings') == settings)
+          settings is None or (records.read_json(os.path.join(out, 'lowshot.json')) or {}).get('settings') == settings)
 
-    eval_done = [i for i in live if i != COMBINATION and evaluated(i)]
+    eval_done = [i for i in live if evaluated(i)]   # the combination not chosen yet has no probe: never done
     todo, _, selected, steps = self._cells()
     trained_steps, trained_s = 0, sum(v for k, v in self.ledger.seconds.items() if k.startswith('finetune/'))
     for d in glob.glob(os.path.join(self.workdir, 'finetune', '*', '*', 'final_metrics.json')):
       if not os.path.exists(os.path.join(os.path.dirname(d), 'reused.json')):
-        trained_steps += int((_read_json(d) or {}).get('step', 0))
+        trained_steps += int((records.read_json(d) or {}).get('step', 0))
 
     def mean(parts):
       vals = [sum(self.ledger.seconds.get(f'{p}/{i}', 0.0) for p in parts[1]) for i in parts[0]]
@@ -849,7 +765,7 @@ class Benchmark:
     from jaxssl.runlog import log  # pylint: disable=import-outside-toplevel
     t0 = time.perf_counter()
     with open(os.path.join(self.workdir, 'calls.jsonl'), 'a', encoding='utf-8') as f:
-      f.write(json.dumps(provenance()) + '\n')   # results.md says what measured it
+      f.write(json.dumps(records.provenance()) + '\n')   # results.md says what measured it
     log(self.outlook())
     names = [name for name in self.inits if name != COMBINATION]
     for i, init in enumerate(names):
@@ -874,9 +790,9 @@ class Benchmark:
     metric = str(self.b.metric)
     rows, cells = [], []
     for init in self.inits:
-      probe = _read_json(os.path.join(self.probe_dir(init), 'probe.json'))
-      knn = _read_json(os.path.join(self.probe_dir(init), 'knn.json'))
-      pretext = _read_json(os.path.join(self.pretrain_dir(init), 'final_metrics.json')) or {}
+      probe = records.read_json(os.path.join(self.probe_dir(init), 'probe.json'))
+      knn = records.read_json(os.path.join(self.probe_dir(init), 'knn.json'))
+      pretext = records.read_json(os.path.join(self.pretrain_dir(init), 'final_metrics.json')) or {}
       row = {'init': init, 'source': self.inits[init] or 'random',
              'pretext': {k: v for k, v in pretext.items() if isinstance(v, (int, float))},
              'probe_layers': {l: r['test_top1'] for l, r in probe['layers'].items()} if probe else {},
@@ -886,7 +802,7 @@ class Benchmark:
              'knn_top1': knn['test_top1'] if knn else None, 'finetune': {},
              'wall_s': {part: self.ledger.seconds.get(f'{part}/{init}') for part in
                         ('pretrain', 'probe', 'knn', 'lowshot', 'finetune')}}
-      lowshot = _read_json(os.path.join(self.probe_dir(init), 'lowshot.json'))
+      lowshot = records.read_json(os.path.join(self.probe_dir(init), 'lowshot.json'))
       row['lowshot'] = {f: tables.mean_std([c['test_top1'] for c in per_seed.values()])
                         for f, per_seed in (lowshot or {}).get('fractions', {}).items() if per_seed}
       if init in self.errors:
@@ -895,13 +811,13 @@ class Benchmark:
       row['select_val'] = {}
       for f in self.b.select.fractions:
         for value in self.b.select.choices:
-          m = _read_json(os.path.join(self.select_dir(init, float(f), value), 'final_metrics.json'))
+          m = records.read_json(os.path.join(self.select_dir(init, float(f), value), 'final_metrics.json'))
           if m is not None:
             row['select_val'][f'{float(f):g}/{value:g}'] = float(m[metric])
       for fraction in sorted(self.b.fractions):
         vals = []
         for seed in self.b.seeds:
-          m = _read_json(os.path.join(self.cell_dir(init, fraction, seed), 'final_metrics.json'))
+          m = records.read_json(os.path.join(self.cell_dir(init, fraction, seed), 'final_metrics.json'))
           if m is not None:
             vals.append(float(m[metric]))
             cells.append({'init': init, 'fraction': float(fraction), 'seed': int(seed), metric: float(m[metric])})
@@ -915,7 +831,7 @@ class Benchmark:
             'total_wall_s': sum(v for k, v in self.ledger.seconds.items() if not k.startswith('finetune_fraction/')),
             'total_cpu_s': sum(v for k, v in self.ledger.cpu_seconds.items()
                                if v is not None and not k.startswith('finetune_fraction/')),
-            'calls': _read_jsonl(os.path.join(self.workdir, 'calls.jsonl')),
+            'calls': records.read_jsonl(os.path.join(self.workdir, 'calls.jsonl')),
             'written': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()),
             'protocol': {'probe': self.b.probe.to_dict(), 'knn': self.b.knn.to_dict(),
                          'labelled': sorted(self.labelled),

@@ -92,11 +92,12 @@ def _self_supervised(r: dict[str, Any]) -> list[dict[str, Any]]:
 
 def check_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
   """``protocol.targets`` against the results: per target its text, what was measured and ``met`` (True, False,
-  or None while not measured). A target on "the best self-supervised init" is judged by the init the validation
-  images choose (best validation probe; best selection cell at that fraction), the best on the test split beside
-  it: the maximum of many inits' test scores flatters."""
+  or None while its cells are not all done: then the measured text says "so far"). A target on "the best
+  self-supervised init" is judged by the init the validation images choose (the best validation probe; at a
+  fine-tuning fraction the best selection cell of the selection fraction that fraction takes, else the best
+  validation probe), the best on the test split beside it: the maximum of many inits' test scores flatters."""
   t = r['protocol'].get('targets') or {}
-  ssl = _self_supervised(r)
+  ssl = [row for row in _self_supervised(r) if not row.get('error')]
   out = []
   if 'probe' in t:
     probed = [row for row in ssl if row['probe_top1'] is not None]
@@ -104,12 +105,16 @@ def check_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     if not probed:
       out.append({'target': text, 'measured': 'not yet', 'met': None})
     else:
-      val = max(probed, key=lambda row: row['probe_layers_val'][row['best_layer']])
+      val = max(probed, key=_val_probe)
       test = max(probed, key=lambda row: row['probe_top1'])
-      out.append({'target': text, 'met': bool(val['probe_top1'] >= t['probe']),
-                  'measured': f"{val['init']} {100 * val['probe_top1']:.1f} ({val['best_layer']}; chosen on "
-                              f"validation); best on test: {test['init']} {100 * test['probe_top1']:.1f}"})
+      complete = len(probed) == len(ssl)
+      out.append({'target': text, 'met': bool(val['probe_top1'] >= t['probe']) if complete else None,
+                  'measured': ('' if complete else f'so far ({len(probed)} of {len(ssl)} inits): ') +
+                              f"{val['init']} {100 * val['probe_top1']:.2f} ({val['best_layer']}; chosen on "
+                              f"validation); best on test: {test['init']} {100 * test['probe_top1']:.2f}"})
   scratch = next((row['finetune'] for row in r['inits'] if row['init'] == 'random'), {})
+  expected = _expected_cells(r)
+  select = sorted(float(f) for f in r['protocol'].get('select', {}).get('fractions', ()))
   for fraction, points in t.get('over_scratch', ()):
     f = f'{float(fraction):g}'
     text = f'{100 * float(fraction):g}% labels: best self-supervised fine-tuning >= scratch + {100 * points:.1f}'
@@ -118,32 +123,54 @@ def check_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
       out.append({'target': text, 'measured': 'not yet', 'met': None})
       continue
     base = scratch[f]['mean']
+    at = f"{max((g for g in select if g <= float(fraction)), default=select[0]):g}" if select else None
 
-    def on_val(row, f=f):
-      vals = [v for k, v in row.get('select_val', {}).items() if k.split('/')[0] == f]
-      return max(vals) if vals else float('-inf')
+    def on_val(row, at=at):
+      vals = [v for k, v in row.get('select_val', {}).items() if k.split('/')[0] == at]
+      return (1, max(vals)) if vals else (0, _val_probe(row))   # a selection cell first, else the probe
 
     val = max(done, key=on_val)
+    how = 'chosen on validation' if on_val(val)[0] else 'chosen by its validation probe'
     test = max(done, key=lambda row, f=f: row['finetune'][f]['mean'])
     gain = val['finetune'][f]['mean'] - base
-    out.append({'target': text, 'met': bool(gain >= points - 1e-12),
-                'measured': f"scratch {100 * base:.1f}; {val['init']} {100 * val['finetune'][f]['mean']:.1f} "
-                            f"({100 * gain:+.1f}; chosen on validation); best on test: {test['init']} "
-                            f"{100 * test['finetune'][f]['mean']:.1f} "
-                            f"({100 * (test['finetune'][f]['mean'] - base):+.1f})"})
+    complete = len(done) == len(ssl) and all(row['finetune'][f]['n'] >= expected.get(f, 0) for row in done) and \
+        scratch[f]['n'] >= expected.get(f, 0)
+    out.append({'target': text, 'met': bool(gain >= points - 1e-12) if complete else None,
+                'measured': ('' if complete else 'so far (cells to come): ') +
+                            f"scratch {100 * base:.2f}; {val['init']} {100 * val['finetune'][f]['mean']:.2f} "
+                            f"({100 * gain:+.2f}; {how}); best on test: {test['init']} "
+                            f"{100 * test['finetune'][f]['mean']:.2f} "
+                            f"({100 * (test['finetune'][f]['mean'] - base):+.2f})"})
   for fraction, points in t.get('below_scratch', ()):
     f = f'{float(fraction):g}'
     text = f'{100 * float(fraction):g}% labels: no init more than {100 * points:.1f} points below scratch'
-    done = [row for row in r['inits'] if row['init'] != 'random' and f in row['finetune']]
+    others = [row for row in r['inits'] if row['init'] != 'random' and not row.get('error')]
+    done = [row for row in others if f in row['finetune']]
     if f not in scratch or not done:
       out.append({'target': text, 'measured': 'not yet', 'met': None})
       continue
     worst = min(done, key=lambda row, f=f: row['finetune'][f]['mean'])
     drop = worst['finetune'][f]['mean'] - scratch[f]['mean']
-    out.append({'target': text, 'met': bool(drop >= -points - 1e-12),
-                'measured': f"scratch {100 * scratch[f]['mean']:.1f}; lowest: {worst['init']} "
-                            f"{100 * worst['finetune'][f]['mean']:.1f} ({100 * drop:+.1f}; {len(done)} inits)"})
+    complete = len(done) == len(others) and all(row['finetune'][f]['n'] >= expected.get(f, 0) for row in done) \
+        and scratch[f]['n'] >= expected.get(f, 0)
+    out.append({'target': text, 'met': bool(drop >= -points - 1e-12) if complete else None,
+                'measured': ('' if complete else 'so far (cells to come): ') +
+                            f"scratch {100 * scratch[f]['mean']:.2f}; lowest: {worst['init']} "
+                            f"{100 * worst['finetune'][f]['mean']:.2f} ({100 * drop:+.2f}; {len(done)} inits)"})
   return out
+
+
+def _val_probe(row: dict[str, Any]) -> float:
+  return row['probe_layers_val'][row['best_layer']] if row.get('best_layer') else float('-inf')
+
+
+def _expected_cells(r: dict[str, Any]) -> dict[str, int]:
+  """Cells per init a fraction has when complete: every seed (k-fold: the most any init has, as a fraction has
+  only so many folds)."""
+  fractions = {f for row in r['inits'] for f in row['finetune']}
+  if r.get('subsets') == 'kfold':
+    return {f: max(row['finetune'][f]['n'] for row in r['inits'] if f in row['finetune']) for f in fractions}
+  return {f: len(r.get('seeds', ())) for f in fractions}
 
 
 def targets_table(r: dict[str, Any]) -> list[str]:

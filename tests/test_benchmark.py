@@ -150,7 +150,7 @@ def test_quick_benchmark_runs_every_part_once_and_a_rerun_skips_them(tfds_dir, t
   changed.benchmark.pretrain_overrides.optim = {'lr': 0.5}
   with pytest.raises(benchmark.BenchmarkConfigError, match=(
       r"^pretrain/rotation was trained with another config than the benchmark trains now \(optim.lr 0.02 -> 0.5\): "
-      r"add --config.benchmark.retrain='\('rotation',\)' to move it")):
+      r"add --config.benchmark.retrain=\"\('rotation',\)\" to move it")):
     benchmark.run_benchmark(changed, workdir)
   b = benchmark.Benchmark(changed, workdir)
   seconds = {p: s for p, s in b.ledger.seconds.items() if p.endswith('/rotation')}
@@ -393,10 +393,10 @@ def test_kfold_subsets_give_each_seed_a_disjoint_fold_and_skip_the_folds_a_fract
 def test_the_ledger_says_when_a_parts_cpu_time_is_known_only_in_part(tmp_path):
   """Wall time recorded before CPU time was (a benchmark begun with an older version) leaves that part's CPU total
   unknown (null), and results.md says for how many parts it is whole; finetune_fraction/* are not parts twice."""
-  from jaxssl import benchmark_tables  # pylint: disable=import-outside-toplevel
+  from jaxssl import benchmark_records, benchmark_tables  # pylint: disable=import-outside-toplevel
   with open(tmp_path / 'timings.json', 'w', encoding='utf-8') as f:
     json.dump({'pretrain/a': 10.0}, f)
-  ledger = benchmark.Ledger(str(tmp_path))
+  ledger = benchmark_records.Ledger(str(tmp_path))
   since = ledger.clock()
   sum(i * i for i in range(200000))   # some CPU time
   ledger.add(since, 'pretrain/a', 'probe/a')
@@ -407,6 +407,9 @@ def test_the_ledger_says_when_a_parts_cpu_time_is_known_only_in_part(tmp_path):
   assert benchmark_tables.cpu_note(r).startswith('CPU time recorded whole for 2 of 3 parts')
   r['cpu_timings_s'] = {**ledger.cpu_seconds, 'pretrain/a': 5.0}
   assert benchmark_tables.cpu_note(r).startswith('CPU time: 1s')
+  # calls.jsonl with a torn last line (a write cut short): the whole rows are read, the torn one skipped.
+  (tmp_path / 'calls.jsonl').write_text('{"started": "a"}\n{"started": "b"}\n{"start', encoding='utf-8')
+  assert benchmark_records.read_jsonl(str(tmp_path / 'calls.jsonl')) == [{'started': 'a'}, {'started': 'b'}]
 
 
 def _row(init, probe=None, val=None, finetune=None, select_val=None):
@@ -418,24 +421,34 @@ def _row(init, probe=None, val=None, finetune=None, select_val=None):
 def test_the_targets_are_judged_by_the_init_the_validation_images_choose():
   """A target on "the best self-supervised init" takes the init chosen on validation (not the best on test: the
   maximum of many test scores flatters); labelled inits are references, never that init; "no init below scratch"
-  counts every init; a target whose cells are not done is "not yet"."""
+  counts every init; a target whose cells are not all done is "not yet" or "so far", never met or not met."""
   from jaxssl import benchmark_tables  # pylint: disable=import-outside-toplevel
-  r = {'protocol': {'labelled': ['supervised'], 'targets': {
-      'probe': 0.9, 'over_scratch': [[0.01, 0.05], [0.001, 0.1]], 'below_scratch': [[1.0, 0.003]]}}, 'inits': [
-          _row('a', 0.91, 0.80, {'0.01': 0.86, '1': 0.920}, {'0.01/0.1': 0.85, '0.01/1': 0.70}),
-          _row('b', 0.92, 0.79, {'0.01': 0.87, '1': 0.9225}, {'0.01/0.1': 0.84}),
-          _row('supervised', 0.95, 0.99, {'0.01': 0.95, '1': 0.930}, {'0.01/0.1': 0.99}),
-          _row('random', 0.85, 0.84, {'0.01': 0.80, '1': 0.925})]}
+  r = {'seeds': [0, 1, 2], 'subsets': 'random', 'protocol': {
+      'labelled': ['supervised'], 'select': {'fractions': [0.001, 0.01]}, 'targets': {
+          'probe': 0.9, 'over_scratch': [[0.01, 0.05], [0.001, 0.1]], 'below_scratch': [[1.0, 0.003]]}}, 'inits': [
+              _row('a', 0.91, 0.80, {'0.01': 0.86, '1': 0.920}, {'0.01/0.1': 0.85, '0.01/1': 0.70}),
+              _row('b', 0.92, 0.79, {'0.01': 0.87, '1': 0.9225}, {'0.01/0.1': 0.84}),
+              _row('supervised', 0.95, 0.99, {'0.01': 0.95, '1': 0.930}, {'0.01/0.1': 0.99}),
+              _row('random', 0.85, 0.84, {'0.01': 0.80, '1': 0.925})]}
   checked = benchmark_tables.check_targets(r)
   assert len(checked) == 4
   probe, one, tenth, full = checked[0], checked[1], checked[2], checked[3]
-  assert probe['met'] and probe['measured'].startswith('a 91.0 (pool1; chosen on validation); best on test: b 92.0')
-  assert one['met'] and 'a 86.0 (+6.0; chosen on validation); best on test: b 87.0 (+7.0)' in one['measured']
+  assert probe['met'] and probe['measured'] == 'a 91.00 (pool1; chosen on validation); best on test: b 92.00'
+  assert one['met'] and 'a 86.00 (+6.00; chosen on validation); best on test: b 87.00 (+7.00)' in one['measured']
   assert tenth == {'target': '0.1% labels: best self-supervised fine-tuning >= scratch + 10.0', 'measured': 'not yet',
                    'met': None}
-  assert not full['met'] and 'lowest: a 92.0 (-0.5; 3 inits)' in full['measured']
+  assert full['met'] is False and full['measured'] == 'scratch 92.50; lowest: a 92.00 (-0.50; 3 inits)'
   r['inits'][0]['finetune']['0.01']['mean'] = 0.849   # +4.9 < 5: not met, though b's +7 on test would be
-  assert not benchmark_tables.check_targets(r)[1]['met']
+  assert benchmark_tables.check_targets(r)[1]['met'] is False
   md = '\n'.join(benchmark_tables.targets_table(r))
-  assert '| 1% labels: best self-supervised fine-tuning >= scratch + 5.0 | scratch 80.0; a 84.9 (+4.9;' in md
+  assert '| 1% labels: best self-supervised fine-tuning >= scratch + 5.0 | scratch 80.00; a 84.90 (-' not in md
+  assert '| 1% labels: best self-supervised fine-tuning >= scratch + 5.0 | scratch 80.00; a 84.90 (+4.90;' in md
   assert md.count('| not met |') == 2 and md.count('| met |') == 1
+  # Cells still under way (b has 2 of 3 subsets at 1%): judged when complete, and said so meanwhile.
+  r['inits'][1]['finetune']['1']['n'] = 2
+  full = benchmark_tables.check_targets(r)[3]
+  assert full['met'] is None and full['measured'].startswith('so far (cells to come): scratch 92.50')
+  # No selection cell at a fraction: the validation probe chooses, and says so.
+  del r['inits'][0]['select_val']['0.01/0.1'], r['inits'][0]['select_val']['0.01/1']
+  del r['inits'][1]['select_val']['0.01/0.1']
+  assert 'a 84.90 (+4.90; chosen by its validation probe)' in benchmark_tables.check_targets(r)[1]['measured']

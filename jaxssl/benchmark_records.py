@@ -1,0 +1,120 @@
+"""The benchmark's records (jaxssl/benchmark.py): the seconds each part took (:class:`Ledger`), what measured it
+(:func:`provenance`, one row of calls.jsonl per call), and the JSON files it reads back."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shlex
+import sys
+import time
+from typing import Any
+
+from jaxssl.runlog import write_json
+
+
+class Ledger:
+  """Seconds per part, summed over every call that worked on it: wall (``timings.json``) and CPU
+  (``cpu_timings.json``: user + system of this process and its finished children, the grain workers). The wall
+  time counts whatever else the machine did meanwhile, a paused process's pause included; the CPU time does not,
+  so the two together say what a part cost and whether it ran alone (on n cores, CPU ~ n x wall when it did)."""
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, 'timings.json')
+    self.cpu_path = os.path.join(workdir, 'cpu_timings.json')
+    self.seconds: dict[str, float] = read_json(self.path) or {}
+    self.cpu_seconds: dict[str, float | None] = read_json(self.cpu_path) or {}   # None: known only in part
+
+  @staticmethod
+  def clock() -> tuple[float, float]:
+    """Now, to pass to :meth:`add` when the part is done: (wall, CPU) seconds."""
+    return time.perf_counter(), _cpu_seconds()
+
+  def add(self, since: tuple[float, float], *parts: str) -> float:
+    """Adds the time since ``since`` (a :meth:`clock`) to each of ``parts``; returns the wall seconds."""
+    wall, cpu = time.perf_counter() - since[0], _cpu_seconds() - since[1]
+    for part in parts:
+      if part in self.seconds and part not in self.cpu_seconds:
+        self.cpu_seconds[part] = None   # wall time from before CPU time was recorded: its CPU total is unknown
+      elif self.cpu_seconds.get(part, 0.0) is not None:
+        self.cpu_seconds[part] = self.cpu_seconds.get(part, 0.0) + float(cpu)
+      self.seconds[part] = self.seconds.get(part, 0.0) + float(wall)
+    write_json(self.path, self.seconds)
+    write_json(self.cpu_path, self.cpu_seconds)
+    return wall
+
+  def forget(self, parts: list[str]) -> None:
+    """Drops ``parts`` (made again from scratch: their old seconds are kept where they were moved)."""
+    for part in parts:
+      self.seconds.pop(part, None)
+      self.cpu_seconds.pop(part, None)
+    write_json(self.path, self.seconds)
+    write_json(self.cpu_path, self.cpu_seconds)
+
+
+def _cpu_seconds() -> float:
+  own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+  return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def read_jsonl(path: str) -> list[dict[str, Any]]:
+  """The rows of a JSON-lines file; a torn line (a write cut short) is skipped."""
+  if not os.path.exists(path):
+    return []
+  rows = []
+  with open(path, encoding='utf-8') as f:
+    for line in f:
+      try:
+        rows.append(json.loads(line))
+      except json.JSONDecodeError:
+        continue
+  return rows
+
+
+def provenance() -> dict[str, Any]:
+  """What measures now: the date (UTC), the command line, the code (the checkout's git commit, and whether
+  tracked files differ from it) and the machine (host, CPU model, cores, memory, accelerator, jax)."""
+  import platform  # pylint: disable=import-outside-toplevel
+  import socket  # pylint: disable=import-outside-toplevel
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  argv = list(sys.argv)
+  if argv and os.path.basename(argv[0]) == 'benchmark.py':   # run as `python -m jaxssl.benchmark`
+    argv[0:1] = ['python', '-m', 'jaxssl.benchmark']
+  here = os.path.dirname(os.path.abspath(__file__))
+
+  def git(*args):
+    try:
+      done = subprocess.run(['git', '--no-optional-locks', '-C', here, *args], capture_output=True, text=True,
+                            timeout=20, check=False)
+    except (OSError, subprocess.SubprocessError):
+      return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+  commit = git('rev-parse', 'HEAD')
+  changed = git('status', '--porcelain', '--untracked-files=no') if commit else None
+  cpu = platform.processor() or platform.machine()
+  try:
+    with open('/proc/cpuinfo', encoding='utf-8') as f:
+      cpu = next((line.split(':', 1)[1].strip() for line in f if line.startswith('model name')), cpu)
+  except OSError:
+    pass
+  try:
+    memory = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2 ** 30
+  except (ValueError, OSError, AttributeError):
+    memory = None
+  devices = jax.devices()
+  return {'started': time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime()), 'command': shlex.join(argv),
+          'cwd': os.getcwd(), 'commit': commit, 'changed_files': bool(changed) if commit else None,
+          'host': socket.gethostname(), 'cpu': cpu, 'cores': os.cpu_count(),
+          'memory_gib': round(memory, 1) if memory else None,
+          'devices': f'{len(devices)}x {devices[0].device_kind}', 'jax': jax.__version__,
+          'python': platform.python_version()}
+
+
+def read_json(path: str):
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding='utf-8') as f:
+    return json.load(f)
