@@ -11,6 +11,26 @@ from typing import Any
 PRETEXT_METRICS = ('/acc', '/top1', '/exact', '/cos', '/psnr')
 
 
+def styles(inits: list[str], labelled=()) -> dict[str, dict[str, Any]]:
+  """One look per init, none shared (matplotlib's default cycle repeats after 10: with 13 inits autoencoder and
+  supervised were one blue): the self-supervised inits a colour of tab20 and a marker each, the references
+  apart: the random init (scratch / untrained) black and dashed, a labelled init (supervised) grey dash-dot."""
+  from jaxssl.eval import plots  # pylint: disable=import-outside-toplevel
+  colors = plots.plt.get_cmap('tab20').colors   # pairs (dark, light); not its greys (14, 15); the dark ones first
+  palette = [colors[i] for i in list(range(0, 20, 2)) + list(range(1, 20, 2)) if i not in (14, 15)]
+  markers = 'osD^vP*X<>hp'
+  out, k = {}, 0
+  for init in inits:
+    if init == 'random':
+      out[init] = {'color': 'black', 'ls': '--', 'marker': 'x'}
+    elif init in labelled:
+      out[init] = {'color': 'dimgray', 'ls': '-.', 'marker': '+'}
+    else:
+      out[init] = {'color': palette[k % len(palette)], 'ls': '-', 'marker': markers[k % len(markers)]}
+      k += 1
+  return out
+
+
 def probe_layers(r: dict[str, Any], path: str) -> None:
   """Per-layer linear probe test top-1 of every probed init (nothing drawn while none is)."""
   from jaxssl.eval import plots  # pylint: disable=import-outside-toplevel  # Agg backend
@@ -18,15 +38,17 @@ def probe_layers(r: dict[str, Any], path: str) -> None:
   probed = [row for row in r['inits'] if row['probe_layers']]
   if not probed:
     return
-  fig, ax = plt.subplots(figsize=(5.5, 3.8))
+  look = styles([row['init'] for row in r['inits']], r['protocol'].get('labelled', ()))
+  fig, ax = plt.subplots(figsize=(6.5, 4.2))
   for row in probed:
     layers = list(row['probe_layers'])
-    ax.plot(range(len(layers)), [100 * row['probe_layers'][l] for l in layers], marker='o', ms=3, label=row['init'])
+    ax.plot(range(len(layers)), [100 * row['probe_layers'][l] for l in layers], ms=4, lw=1.2,
+            label='random (untrained)' if row['init'] == 'random' else row['init'], **look[row['init']])
     ax.set_xticks(range(len(layers)), layers)
   ax.set_xlabel('backbone layer (pooled as in jaxssl/eval/cached_probe.py)')
   ax.set_ylabel('linear probe test top-1 (%)')
   ax.grid(alpha=0.3)
-  ax.legend(fontsize=7)
+  ax.legend(fontsize=7, ncol=2)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
@@ -43,15 +65,18 @@ def label_efficiency(r: dict[str, Any], path: str) -> None:
             if any(row.get(key) for row in r['inits'])]
   if not panels:
     return
-  fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.8), squeeze=False)
+  look = styles([row['init'] for row in r['inits']], r['protocol'].get('labelled', ()))
+  fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.4), squeeze=False)
   for ax, (key, title) in zip(axes[0], panels):
-    for row in r['inits']:
+    for k, row in enumerate(r['inits']):
       fs = sorted(row.get(key) or {}, key=float)
       if not fs:
         continue
-      ax.errorbar([100 * float(f) for f in fs], [100 * row[key][f]['mean'] for f in fs],
-                  yerr=[100 * row[key][f]['std'] for f in fs], marker='o', ms=3, capsize=3,
-                  label=('scratch' if key == 'finetune' else 'untrained') if row['init'] == 'random' else row['init'])
+      shift = 10 ** (0.012 * (k - (len(r['inits']) - 1) / 2))   # side by side on the log axis: error bars apart
+      ax.errorbar([100 * float(f) * shift for f in fs], [100 * row[key][f]['mean'] for f in fs],
+                  yerr=[100 * row[key][f]['std'] for f in fs], ms=4, lw=1.2, capsize=2, **look[row['init']],
+                  label=('random (scratch)' if key == 'finetune' else 'random (untrained)') if row['init'] == 'random'
+                  else row['init'])
     ax.set_xscale('log')
     ticks = [100 * f for f in r['fractions']]
     ax.set_xticks(ticks, [f'{t:g}' for t in ticks])
@@ -59,7 +84,7 @@ def label_efficiency(r: dict[str, Any], path: str) -> None:
     ax.set_xlabel('labelled training images (%, log scale)')
     ax.set_ylabel(title, fontsize=8)
     ax.grid(alpha=0.3, which='both')
-    ax.legend(fontsize=6)
+    ax.legend(fontsize=6, ncol=2)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)

@@ -452,3 +452,15 @@ def test_the_targets_are_judged_by_the_init_the_validation_images_choose():
   del r['inits'][0]['select_val']['0.01/0.1'], r['inits'][0]['select_val']['0.01/1']
   del r['inits'][1]['select_val']['0.01/0.1']
   assert 'a 84.90 (+4.90; chosen by its validation probe)' in benchmark_tables.check_targets(r)[1]['measured']
+
+
+def test_every_init_has_a_look_of_its_own_in_the_pictures():
+  """probe_layers.png and label_efficiency.png draw every init of the full benchmark (13) with its own colour and
+  marker (matplotlib's default cycle repeats after 10); the references apart: random black and dashed, a labelled
+  init grey."""
+  from jaxssl import benchmark_figures  # pylint: disable=import-outside-toplevel
+  inits = list(fmnist_benchmark.INITS) + [benchmark.COMBINATION]
+  look = benchmark_figures.styles(inits, labelled=('supervised',))
+  assert len({(str(s['color']), s['marker'], s['ls']) for s in look.values()}) == len(inits) == 13
+  assert len({str(s['color']) for s in look.values()}) == 13
+  assert look['random'] == {'color': 'black', 'ls': '--', 'marker': 'x'} and look['supervised']['color'] == 'dimgray'
