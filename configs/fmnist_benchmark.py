@@ -10,11 +10,12 @@ the validation images, 500 test images, a 40-step rotation run, 2 selection + 2 
   python -m jaxssl.benchmark --config configs/fmnist_benchmark.py:quick --workdir /tmp/fmnist_benchmark_quick
 
 Rerunning either command continues where it stopped. The config itself is the fine-tuning recipe of
-configs/fmnist_finetune.py (every layer; the backbone's lr scale, 0.1 or 1, chosen on the validation images per
-init and fraction); ``benchmark`` holds the protocol. Expected: full scale to be measured. :quick (measured
-2026-12-01 03:21 UTC, 2-core CPU, 1m13s; a rerun does nothing): best-layer probe rotation 86.4% (conv1) / random
-86.2% (conv2), k-NN 80.6% / 79.6%, the same layers' probe on the 5% subsets' labels only 72.3 +- 0.4% / 71.9 +-
-3.8%, fine-tuned at 5% 64.2 +- 0.8% / 60.2 +- 0.8%, at 100% 63.3 +- 4.1% / 63.5 +- 1.6%, lr scale 0.1 chosen for
+configs/fmnist_finetune.py (every layer; the backbone's lr scale, 0.1 or 1, chosen on the validation images per init
+and fraction); ``benchmark`` holds the protocol. Expected, full scale with ``pretrain_epochs=3`` (2026-12-01, 2-core
+CPU, docs/results.md): every init's best-layer probe 90.7-91.5% (untrained 91.1%); fine-tuning under way. :quick
+(measured 2026-12-01 03:21 UTC, 2-core CPU, 1m13s; a rerun does nothing): best-layer probe rotation 86.4% (conv1) /
+random 86.2% (conv2), k-NN 80.6% / 79.6%, the same layers' probe on the 5% subsets' labels only 72.3 +- 0.4% / 71.9
++- 3.8%, fine-tuned at 5% 64.2 +- 0.8% / 60.2 +- 0.8%, at 100% 63.3 +- 4.1% / 63.5 +- 1.6%, lr scale 0.1 chosen for
 both (500 test images, 10-16 steps a cell: a look at the machinery, not a result).
 
 Jigsaw's CifarNet is built for its tiles (8 px) or its 24 px puzzle, so its fc1 has another shape than a 28 px
