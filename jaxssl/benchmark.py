@@ -71,6 +71,7 @@ from jaxssl import cli, study
 from jaxssl.runlog import write_json, write_text
 
 COMBINATION = 'combination'   # the init benchmark.combine adds (Benchmark.choose_combination)
+DIVERGED = 'diverged.json'    # in a fine-tuning cell that diverged: done, with no score (Benchmark.finetune)
 
 
 class BenchmarkConfigError(ValueError):
@@ -603,10 +604,11 @@ class Benchmark:
     at = max((f for f in picked if f <= fraction), default=picked[0])
     scores = {}
     for value in sel.choices:
-      m = records.read_json(os.path.join(self.select_dir(init, at, value), 'final_metrics.json'))
-      if m is None:
+      d = self.select_dir(init, at, value)
+      m = records.read_json(os.path.join(d, 'final_metrics.json'))
+      if m is None and not os.path.exists(os.path.join(d, DIVERGED)):
         return None
-      scores[value] = float(m[str(self.b.metric)])
+      scores[value] = float('-inf') if m is None else float(m[str(self.b.metric)])   # a diverged value loses
     return max(sel.choices, key=lambda v: scores[v])   # the first of equals: the order of select.choices
 
   def _cells(self):
@@ -647,7 +649,7 @@ class Benchmark:
           todo += [(init, fraction, int(sel.seed), v, self.select_dir(init, fraction, v)) for v in sel.choices]
         todo += [(init, fraction, int(seed), None, self.cell_dir(init, fraction, seed)) for seed in self.b.seeds
                  if mode != 'kfold' or seed < folds[fraction]]
-    todo = [t for t in todo if not os.path.exists(os.path.join(t[4], 'final_metrics.json'))]
+    todo = [t for t in todo if not any(os.path.exists(os.path.join(t[4], f)) for f in ('final_metrics.json', DIVERGED))]
     return todo, config_for, selected, {t[4]: config_for(*t[:3], None, False).total_steps for t in todo}
 
   def outlook(self) -> str:
@@ -706,6 +708,7 @@ class Benchmark:
     value of ``select.key`` on subset ``select.seed``, scored on the validation images), then the test cells with
     the chosen value; a step-based ETA."""
     from jaxssl.runlog import log  # pylint: disable=import-outside-toplevel
+    from jaxssl.train import loop  # pylint: disable=import-outside-toplevel
     todo, config_for, selected, steps = self._cells()
     sel = self.b.select
     total_steps, done_steps, t_all = sum(steps.values()), 0, 0.0
@@ -731,7 +734,16 @@ class Benchmark:
       t0 = self.ledger.clock()
       result = loop_train(c, cell_dir)
       seconds = self.ledger.add(t0, f'finetune/{init}', f'finetune_fraction/{fraction:g}')
-      if not result['finished']:
+      if result['exit_code'] == loop.DIVERGED_EXIT_CODE:
+        # An outcome of the recipe, not a fault of the run: recorded, and the benchmark goes on. A selection value
+        # that diverges loses; a test cell counts as diverged in the results.
+        write_json(os.path.join(cell_dir, DIVERGED), {
+            'step': int(result['step']), str(sel.key): value if value is not None else chosen,
+            'why': 'a non-finite loss or gradient (the log says where)'})
+        log(f'benchmark: {os.path.basename(cell_dir)} diverged at step {result["step"]}: recorded in {DIVERGED} '
+            f'({"this value loses the selection" if value is not None else "the results count it as diverged"}); '
+            'delete that file to train it again')
+      elif not result['finished']:
         self._exit_unfinished(f'fine-tuning {os.path.basename(cell_dir)}', result)
       self._stop_if_asked(f'fine-tuning {os.path.basename(cell_dir)}', result)
       done_steps += steps[cell_dir]
@@ -814,15 +826,21 @@ class Benchmark:
           m = records.read_json(os.path.join(self.select_dir(init, float(f), value), 'final_metrics.json'))
           if m is not None:
             row['select_val'][f'{float(f):g}/{value:g}'] = float(m[metric])
+          elif os.path.exists(os.path.join(self.select_dir(init, float(f), value), DIVERGED)):
+            row.setdefault('select_diverged', []).append(f'{float(f):g}/{value:g}')
       for fraction in sorted(self.b.fractions):
-        vals = []
+        vals, diverged = [], 0
         for seed in self.b.seeds:
           m = records.read_json(os.path.join(self.cell_dir(init, fraction, seed), 'final_metrics.json'))
           if m is not None:
             vals.append(float(m[metric]))
             cells.append({'init': init, 'fraction': float(fraction), 'seed': int(seed), metric: float(m[metric])})
-        if vals:
-          row['finetune'][f'{fraction:g}'] = tables.mean_std(vals)
+          elif os.path.exists(os.path.join(self.cell_dir(init, fraction, seed), DIVERGED)):
+            diverged += 1
+            cells.append({'init': init, 'fraction': float(fraction), 'seed': int(seed), 'diverged': True})
+        if vals or diverged:
+          row['finetune'][f'{fraction:g}'] = {**(tables.mean_std(vals) if vals else
+                                                 {'mean': float('nan'), 'std': 0.0, 'n': 0}), 'diverged': diverged}
       rows.append(row)
     return {'metric': metric, 'fractions': [float(f) for f in sorted(self.b.fractions)],
             'seeds': [int(s) for s in self.b.seeds], 'subsets': str(self.b.subsets), 'inits': rows, 'cells': cells,

@@ -55,9 +55,11 @@ def markdown(r: dict[str, Any]) -> str:
       if c is None:
         cols.append('-')
         continue
-      text = f"{100 * c['mean']:.1f} +- {100 * c['std']:.1f}"
-      if row['init'] != 'random' and f in scratch:
+      text = f"{100 * c['mean']:.1f} +- {100 * c['std']:.1f}" if c['n'] else 'diverged'
+      if c['n'] and row['init'] != 'random' and scratch.get(f, {}).get('n'):
         text += f" ({100 * (c['mean'] - scratch[f]['mean']):+.1f})"
+      if c.get('diverged') and c['n']:
+        text += f" {{{c['diverged']} of {c['diverged'] + c['n']} diverged}}"
       if row.get('chosen', {}).get(f) is not None:
         text += f" [{row['chosen'][f]:g}]"
       cols.append(text)
@@ -73,8 +75,10 @@ def markdown(r: dict[str, Any]) -> str:
       "(the same for every init), in round brackets the difference from scratch, in square brackets the "
       f"{sel['key']} chosen on the validation images (from {', '.join(f'{v:g}' for v in sel['choices'])}). The "
       "random init's probe and k-NN are of an untrained backbone; its fine-tuning cells are the from-scratch "
-      f"baseline. Validation images: a class-stratified {100 * r['protocol']['val_fraction']:g}% of the training "
-      "images, the same for every init, never trained on (by a pretext run, a probe or a fine-tuning cell); the "
+      "baseline. {k of n diverged}: cells that stopped on a non-finite loss, left out of the mean (a selection "
+      "value that diverges loses). Validation images: a class-stratified "
+      f"{100 * r['protocol']['val_fraction']:g}% of the training images, the same for every init, never trained "
+      "on (by a pretext run, a probe or a fine-tuning cell); the "
       "probe's layer, L2 strength and epoch and the fine-tuning hyper-parameter are chosen on them; the test split "
       'is scored once '
       f"per cell. Total wall time recorded: {duration(r['total_wall_s'])} ({cpu_note(r)}).", '']
@@ -112,14 +116,15 @@ def check_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
                   'measured': ('' if complete else f'so far ({len(probed)} of {len(ssl)} inits): ') +
                               f"{val['init']} {100 * val['probe_top1']:.2f} ({val['best_layer']}; chosen on "
                               f"validation); best on test: {test['init']} {100 * test['probe_top1']:.2f}"})
-  scratch = next((row['finetune'] for row in r['inits'] if row['init'] == 'random'), {})
+  scratch_row = next((row for row in r['inits'] if row['init'] == 'random'), {'finetune': {}})
+  scratch = scratch_row['finetune']
   expected = _expected_cells(r)
   select = sorted(float(f) for f in r['protocol'].get('select', {}).get('fractions', ()))
   for fraction, points in t.get('over_scratch', ()):
     f = f'{float(fraction):g}'
     text = f'{100 * float(fraction):g}% labels: best self-supervised fine-tuning >= scratch + {100 * points:.1f}'
-    done = [row for row in ssl if f in row['finetune']]
-    if f not in scratch or not done:
+    done = [row for row in ssl if row['finetune'].get(f, {}).get('n')]
+    if not scratch.get(f, {}).get('n') or not done:
       out.append({'target': text, 'measured': 'not yet', 'met': None})
       continue
     base = scratch[f]['mean']
@@ -133,8 +138,7 @@ def check_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     how = 'chosen on validation' if on_val(val)[0] else 'chosen by its validation probe'
     test = max(done, key=lambda row, f=f: row['finetune'][f]['mean'])
     gain = val['finetune'][f]['mean'] - base
-    complete = len(done) == len(ssl) and all(row['finetune'][f]['n'] >= expected.get(f, 0) for row in done) and \
-        scratch[f]['n'] >= expected.get(f, 0)
+    complete = all(_cells_done(row, f) >= expected.get(f, 0) for row in ssl + [scratch_row])
     out.append({'target': text, 'met': bool(gain >= points - 1e-12) if complete else None,
                 'measured': ('' if complete else 'so far (cells to come): ') +
                             f"scratch {100 * base:.2f}; {val['init']} {100 * val['finetune'][f]['mean']:.2f} "
@@ -145,19 +149,23 @@ def check_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     f = f'{float(fraction):g}'
     text = f'{100 * float(fraction):g}% labels: no init more than {100 * points:.1f} points below scratch'
     others = [row for row in r['inits'] if row['init'] != 'random' and not row.get('error')]
-    done = [row for row in others if f in row['finetune']]
-    if f not in scratch or not done:
+    done = [row for row in others if row['finetune'].get(f, {}).get('n')]
+    if not scratch.get(f, {}).get('n') or not done:
       out.append({'target': text, 'measured': 'not yet', 'met': None})
       continue
     worst = min(done, key=lambda row, f=f: row['finetune'][f]['mean'])
     drop = worst['finetune'][f]['mean'] - scratch[f]['mean']
-    complete = len(done) == len(others) and all(row['finetune'][f]['n'] >= expected.get(f, 0) for row in done) \
-        and scratch[f]['n'] >= expected.get(f, 0)
+    complete = all(_cells_done(row, f) >= expected.get(f, 0) for row in others + [scratch_row])
     out.append({'target': text, 'met': bool(drop >= -points - 1e-12) if complete else None,
                 'measured': ('' if complete else 'so far (cells to come): ') +
                             f"scratch {100 * scratch[f]['mean']:.2f}; lowest: {worst['init']} "
                             f"{100 * worst['finetune'][f]['mean']:.2f} ({100 * drop:+.2f}; {len(done)} inits)"})
   return out
+
+
+def _cells_done(row: dict[str, Any], f: str) -> int:
+  c = row['finetune'].get(f, {})
+  return c.get('n', 0) + c.get('diverged', 0)
 
 
 def _val_probe(row: dict[str, Any]) -> float:
@@ -169,7 +177,7 @@ def _expected_cells(r: dict[str, Any]) -> dict[str, int]:
   only so many folds)."""
   fractions = {f for row in r['inits'] for f in row['finetune']}
   if r.get('subsets') == 'kfold':
-    return {f: max(row['finetune'][f]['n'] for row in r['inits'] if f in row['finetune']) for f in fractions}
+    return {f: max(_cells_done(row, f) for row in r['inits'] if f in row['finetune']) for f in fractions}
   return {f: len(r.get('seeds', ())) for f in fractions}
 
 

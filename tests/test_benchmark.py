@@ -464,3 +464,36 @@ def test_every_init_has_a_look_of_its_own_in_the_pictures():
   assert len({(str(s['color']), s['marker'], s['ls']) for s in look.values()}) == len(inits) == 13
   assert len({str(s['color']) for s in look.values()}) == 13
   assert look['random'] == {'color': 'black', 'ls': '--', 'marker': 'x'} and look['supervised']['color'] == 'dimgray'
+
+
+def test_a_diverging_cell_is_recorded_and_the_benchmark_goes_on(tfds_dir, tmp_path):
+  """A fine-tuning cell that diverges is an outcome of its recipe, not a fault: diverged.json records it and the
+  benchmark goes on (it used to stop there, idle overnight). A selection value that diverges loses; a test cell that
+  diverged is left out of its mean and counted in the table."""
+  c = _quick(tfds_dir)
+  c.benchmark.inits = ml_collections.ConfigDict({'random': ''})
+  c.benchmark.fractions, c.benchmark.select.fractions = (0.05,), (0.05,)
+  c.benchmark.select.choices = (1e5, 0.1)   # the backbone's lr x 1e5 diverges within the first steps
+  c.benchmark.lowshot = False
+  c.benchmark.probe.layers = ('pool2',)
+  workdir = str(tmp_path / 'bench')
+  results = benchmark.run_benchmark(c, workdir)
+  bad = os.path.join(workdir, 'finetune', 'select', 'random_f0.05_s0_backbone_lr_scale=100000')
+  assert _json(os.path.join(bad, benchmark.DIVERGED))['optim.backbone_lr_scale'] == 1e5
+  assert not os.path.exists(os.path.join(bad, 'final_metrics.json'))
+  row = results['inits'][0]
+  assert len(results['inits']) == 1
+  assert row['chosen'] == {'0.05': 0.1} and row['select_diverged'] == ['0.05/100000']
+  assert row['finetune']['0.05']['n'] == 1 and row['finetune']['0.05']['diverged'] == 0
+  # A second subset's test cell that diverged: counted, not averaged; a rerun trains neither again.
+  c.benchmark.seeds = (0, 1)
+  cell = os.path.join(workdir, 'finetune', 'cells', 'random_f0.05_s1')
+  os.makedirs(cell)
+  with open(os.path.join(cell, benchmark.DIVERGED), 'w', encoding='utf-8') as f:
+    json.dump({'step': 3}, f)
+  again = benchmark.run_benchmark(c, workdir)
+  assert again['inits'][0]['finetune']['0.05'] == {**row['finetune']['0.05'], 'diverged': 1}
+  assert {'init': 'random', 'fraction': 0.05, 'seed': 1, 'diverged': True} in again['cells']
+  with open(os.path.join(workdir, 'results.md'), encoding='utf-8') as f:
+    assert '{1 of 2 diverged}' in f.read()
+  assert os.listdir(cell) == [benchmark.DIVERGED]
