@@ -738,9 +738,11 @@ class Benchmark:
         # An outcome of the recipe, not a fault of the run: recorded, and the benchmark goes on. A selection value
         # that diverges loses; a test cell counts as diverged in the results.
         write_json(os.path.join(cell_dir, DIVERGED), {
-            'step': int(result['step']), str(sel.key): value if value is not None else chosen,
+            'step': int(result.get('diverged_at', result['step'])),
+            str(sel.key): value if value is not None else chosen,
             'why': 'a non-finite loss or gradient (the log says where)'})
-        log(f'benchmark: {os.path.basename(cell_dir)} diverged at step {result["step"]}: recorded in {DIVERGED} '
+        log(f"benchmark: {os.path.basename(cell_dir)} diverged at step {result.get('diverged_at', result['step'])}: "
+            f'recorded in {DIVERGED} '
             f'({"this value loses the selection" if value is not None else "the results count it as diverged"}); '
             'delete that file to train it again')
       elif not result['finished']:

@@ -339,7 +339,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stop_after: int | No
 
     def diverged(bad):
       log(window.stop_line(*bad, last_saved))
-      return {'step': step, 'eval': eval_metrics, 'finished': False, 'exit_code': DIVERGED_EXIT_CODE}
+      return {'step': step, 'eval': eval_metrics, 'finished': False, 'exit_code': DIVERGED_EXIT_CODE,
+              'diverged_at': int(bad[0])}   # the first non-finite step (found at a later log point: 'step')
 
     progress = Progress(exp.total_steps, config.batch_size, step)
     waits = _InputWait(inputs)
