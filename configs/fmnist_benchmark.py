@@ -103,6 +103,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   b.subsets = 'random'            # or 'kfold': disjoint stratified folds (seed experiment 003)
   b.epochs = 10.0                 # each fine-tuning cell: epochs over its subset, at least min_steps steps
   b.min_steps = 200
+  # Each cell warms up for at least this share of its steps: the recipe's 0.5 epoch is 0-1 step on a 50- or
+  # 540-image subset, and the autoencoder's backbone at the full learning rate collapsed to chance without one.
+  b.warmup_share = 0.1
   b.metric = 'classify/top1'
   # The validation images: a class-stratified val_fraction of the training images (val_seed), the same for every
   # init. The probe trains on the rest and chooses its layer, L2 and epoch on them; the fine-tuning subsets are

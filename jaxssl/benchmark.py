@@ -277,7 +277,7 @@ def cell_base(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   with c.unlocked():
     c.data.holdout_fraction, c.data.holdout_seed = float(b.val_fraction), int(b.val_seed)  # never fine-tuned on
     c.study = ml_collections.ConfigDict({'epochs': float(b.epochs), 'min_steps': int(b.min_steps),
-                                         'subsets': str(b.subsets)})
+                                         'subsets': str(b.subsets), 'warmup_share': float(b.get('warmup_share', 0))})
   return c
 
 

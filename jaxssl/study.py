@@ -30,8 +30,9 @@ def cell_name(init: str, fraction: float, seed: int) -> str:
 def cell_config(config, init_from: str, fraction: float, seed: int, num_records: int, devices: int = 1,
                 subset_size: int = 0):
   """The study's base config for one cell: its init, labelled subset and seed; enough steps for small subsets
-  (``study.epochs`` over the subset, at least ``study.min_steps``) and a batch no larger than the subset
-  (``subset_size`` where known, e.g. a k-fold's, else fraction x ``num_records``)."""
+  (``study.epochs`` over the subset, at least ``study.min_steps``), a batch no larger than the subset
+  (``subset_size`` where known, e.g. a k-fold's, else fraction x ``num_records``) and a warmup of at least
+  ``study.warmup_share`` of the steps."""
   c = config.copy_and_resolve_references()
   with c.unlocked():
     del c['study']
@@ -43,6 +44,13 @@ def cell_config(config, init_from: str, fraction: float, seed: int, num_records:
     n = subset_size or max(1, int(round(fraction * num_records)))
     c.batch_size = max(devices, min(c.batch_size, n // devices * devices))
     c.total_steps = max(int(config.study.min_steps), int(round(config.study.epochs * n / c.batch_size)))
+    # A warmup in epochs is no warmup on a small subset (0.5 epoch of 50 images: 0 steps); study.warmup_share
+    # makes it at least that share of the cell's steps (a pretrained backbone at the full learning rate collapsed
+    # to chance without one: docs/results.md).
+    share = float(config.study.get('warmup_share', 0.0))
+    per_epoch = max(1, n // c.batch_size)   # as jaxssl/train/experiment.py counts an epoch
+    if share > 0 and c.optim.warmup_epochs * per_epoch < share * c.total_steps:
+      c.optim.warmup_epochs = share * c.total_steps / per_epoch
     c.eval_every = 0
     c.checkpoint_every = max(1, min(c.checkpoint_every, c.total_steps))
   return c

@@ -178,6 +178,23 @@ def test_no_pretext_run_warms_up_for_most_of_its_budget():
   assert benchmark.pretrain_config(c, c.benchmark.inits['simclr']).optim.warmup_epochs == 10.0   # of 100 epochs
 
 
+def test_every_fine_tuning_cell_warms_up_for_a_tenth_of_its_steps():
+  """The recipe's 0.5-epoch warmup is 0 steps on 50 images (1 step an epoch) and 1 on 540: benchmark.warmup_share
+  makes every cell warm up for at least a tenth of its steps (100%: 0.5 epoch is 105 of 1,055 steps, about
+  that already)."""
+  from jaxssl import study  # pylint: disable=import-outside-toplevel
+  c = fmnist_benchmark.get_config()
+  c.benchmark.epochs = 5.0
+  base = benchmark.cell_base(c)
+  for fraction, size, steps in ((0.001, 50, 200), (0.01, 540, 200), (0.1, 5400, 200), (1.0, 54000, 1055)):
+    cell = study.cell_config(base, '', fraction, 0, 54000, 1, subset_size=size)
+    per_epoch = max(1, size // cell.batch_size)
+    assert cell.total_steps == steps
+    assert int(cell.optim.warmup_epochs * per_epoch) >= int(0.1 * steps) and cell.optim.warmup_epochs >= 0.5
+  base.study.warmup_share = 0.0   # a study without it keeps its recipe's warmup
+  assert study.cell_config(base, '', 0.001, 0, 54000, 1, subset_size=50).optim.warmup_epochs == 0.5
+
+
 def test_bad_inits_are_one_line(tmp_path):
   c = fmnist_benchmark.get_config('quick')
   with pytest.raises(benchmark.BenchmarkConfigError, match="init config 'configs/nope.py' not found"):
