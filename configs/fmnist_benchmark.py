@@ -98,6 +98,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # the benchmark stops with one line naming the change unless the init is listed here; then the old run and every
   # part made from it move to <workdir>/stale/ and it is trained again.
   b.retrain = ()
+  # The same for the fine-tuning cells: a cell trained with another recipe than the benchmark's now stops it with
+  # one line; True moves every cell to <workdir>/stale/ and trains them again.
+  b.retrain_cells = False
   b.fractions = (0.001, 0.01, 0.1, 1.0)
   b.seeds = (0, 1, 2)
   b.subsets = 'random'            # or 'kfold': disjoint stratified folds (seed experiment 003)

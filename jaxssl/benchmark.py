@@ -649,8 +649,41 @@ class Benchmark:
           todo += [(init, fraction, int(sel.seed), v, self.select_dir(init, fraction, v)) for v in sel.choices]
         todo += [(init, fraction, int(seed), None, self.cell_dir(init, fraction, seed)) for seed in self.b.seeds
                  if mode != 'kfold' or seed < folds[fraction]]
+    self._check_cells(todo, config_for)
     todo = [t for t in todo if not any(os.path.exists(os.path.join(t[4], f)) for f in ('final_metrics.json', DIVERGED))]
     return todo, config_for, selected, {t[4]: config_for(*t[:3], None, False).total_steps for t in todo}
+
+  def _check_cells(self, cells, config_for) -> None:
+    """Every fine-tuning cell already trained (or under way) must have been trained with the recipe the benchmark
+    would use now (its config.json against the cell's config, where the backbone lives and the tested
+    hyper-parameter's value aside); otherwise one line names the change, or, with ``benchmark.retrain_cells``,
+    every cell moves to ``stale/finetune-<UTC time>/`` with its seconds and they are trained again."""
+    import shutil  # pylint: disable=import-outside-toplevel
+    from jaxssl.runlog import log  # pylint: disable=import-outside-toplevel
+    skip = set(IGNORED_KEYS) | {'init_from', str(self.b.select.key)}
+    for init, fraction, seed, value, cell_dir in cells:
+      recorded = records.read_json(os.path.join(cell_dir, 'config.json'))
+      if recorded is None:
+        continue
+      wanted = config_for(init, fraction, seed, value, value is not None).to_dict()   # a selection cell: holdout
+      changes = [c for c in config_changes(recorded, wanted) if c[0] not in skip]
+      if not changes:
+        continue
+      said = '; '.join(f'{k} {a!r} -> {b!r}' for k, a, b in changes[:4]) + ('; ...' if len(changes) > 4 else '')
+      if not self.b.get('retrain_cells', False):
+        raise BenchmarkConfigError(
+            f'{os.path.relpath(cell_dir, self.workdir)} was trained with another recipe than the benchmark uses now '
+            f'({said}): add --config.benchmark.retrain_cells=True to move every fine-tuning cell to stale/ and train '
+            'them again, or restore the setting')
+      dest = os.path.join(self.workdir, 'stale', f"finetune-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+      os.makedirs(dest, exist_ok=True)
+      parts = [p for p in self.ledger.seconds if p.startswith(('finetune/', 'finetune_fraction/'))]
+      write_json(os.path.join(dest, 'timings.json'), {p: self.ledger.seconds[p] for p in parts})
+      write_json(os.path.join(dest, 'cpu_timings.json'), {p: self.ledger.cpu_seconds.get(p) for p in parts})
+      shutil.move(os.path.join(self.workdir, 'finetune'), os.path.join(dest, 'finetune'))
+      self.ledger.forget(parts)
+      log(f'benchmark: the fine-tuning recipe changed ({said}); every cell moved to {dest}')
+      return
 
   def outlook(self) -> str:
     """One line: the parts left and a rough time for them, at the mean wall time of this workdir's finished

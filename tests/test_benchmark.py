@@ -515,3 +515,17 @@ def test_a_diverging_cell_is_recorded_and_the_benchmark_goes_on(tfds_dir, tmp_pa
   with open(os.path.join(workdir, 'results.md'), encoding='utf-8') as f:
     assert '{1 of 2 diverged}' in f.read()
   assert os.listdir(cell) == [benchmark.DIVERGED]
+  # Cells trained with another recipe than the benchmark's now: one line, or with retrain_cells all set aside.
+  c.optim.lr = 0.01
+  with pytest.raises(benchmark.BenchmarkConfigError, match=r'^finetune/(select|cells)/random_f0.05_s\d\S* was trained '
+                     r'with another recipe than the benchmark uses now \(optim.lr 0.05 -> 0.01\): add '
+                     r'--config.benchmark.retrain_cells=True'):
+    benchmark.run_benchmark(c, workdir)
+  c.benchmark.retrain_cells = True
+  b = benchmark.Benchmark(c, workdir)
+  todo = b._cells()[0]   # pylint: disable=protected-access
+  assert len(todo) == 4 and not os.path.exists(os.path.join(workdir, 'finetune'))
+  (stale,) = [d for d in os.listdir(os.path.join(workdir, 'stale')) if d.startswith('finetune-')]
+  assert os.path.exists(os.path.join(workdir, 'stale', stale, 'finetune', 'cells', 'random_f0.05_s0',
+                                    'final_metrics.json'))
+  assert not any(p.startswith('finetune') for p in _json(os.path.join(workdir, 'timings.json')))
