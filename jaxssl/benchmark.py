@@ -413,18 +413,23 @@ class Benchmark:
     ``finetune_fraction/*``, summed over inits, keep the moved cells'; ``combination.json``, chosen once, is
     kept.)"""
     import re  # pylint: disable=import-outside-toplevel
-    import shutil  # pylint: disable=import-outside-toplevel
-    dest = os.path.join(self.workdir, 'stale', f"{init}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
-    os.makedirs(dest, exist_ok=True)
     mine = re.compile(re.escape(init) + r'_f[^_]+_s\d+(_.*)?$')   # study.cell_name, a selection cell's suffix
     cells = [path for path in glob.glob(os.path.join(glob.escape(self.workdir), 'finetune', '*', '*'))
              if mine.match(os.path.basename(path))]
-    for path in cells + [self.probe_dir(init), self.pretrain_dir(init)]:
+    return self._move_to_stale(init, cells + [self.probe_dir(init), self.pretrain_dir(init)],
+                               [p for p in self.ledger.seconds if p.split('/', 1)[-1] == init])
+
+  def _move_to_stale(self, name: str, paths: list[str], parts: list[str]) -> str:
+    """Moves ``paths`` (in order; those that exist) into ``stale/<name>-<UTC time>/`` at their places under the
+    workdir, with the seconds of ``parts``, which the ledger then forgets; returns that folder."""
+    import shutil  # pylint: disable=import-outside-toplevel
+    dest = os.path.join(self.workdir, 'stale', f"{name}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+    os.makedirs(dest, exist_ok=True)
+    for path in paths:
       if os.path.exists(path):
         rel = os.path.relpath(path, self.workdir)
         os.makedirs(os.path.dirname(os.path.join(dest, rel)), exist_ok=True)
         shutil.move(path, os.path.join(dest, rel))
-    parts = [p for p in self.ledger.seconds if p.split('/', 1)[-1] == init]
     write_json(os.path.join(dest, 'timings.json'), {p: self.ledger.seconds[p] for p in parts})
     write_json(os.path.join(dest, 'cpu_timings.json'), {p: self.ledger.cpu_seconds.get(p) for p in parts})
     self.ledger.forget(parts)
@@ -658,7 +663,6 @@ class Benchmark:
     would use now (its config.json against the cell's config, where the backbone lives and the tested
     hyper-parameter's value aside); otherwise one line names the change, or, with ``benchmark.retrain_cells``,
     every cell moves to ``stale/finetune-<UTC time>/`` with its seconds and they are trained again."""
-    import shutil  # pylint: disable=import-outside-toplevel
     from jaxssl.runlog import log  # pylint: disable=import-outside-toplevel
     skip = set(IGNORED_KEYS) | {'init_from', str(self.b.select.key)}
     for init, fraction, seed, value, cell_dir in cells:
@@ -675,13 +679,8 @@ class Benchmark:
             f'{os.path.relpath(cell_dir, self.workdir)} was trained with another recipe than the benchmark uses now '
             f'({said}): add --config.benchmark.retrain_cells=True to move every fine-tuning cell to stale/ and train '
             'them again, or restore the setting')
-      dest = os.path.join(self.workdir, 'stale', f"finetune-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
-      os.makedirs(dest, exist_ok=True)
-      parts = [p for p in self.ledger.seconds if p.startswith(('finetune/', 'finetune_fraction/'))]
-      write_json(os.path.join(dest, 'timings.json'), {p: self.ledger.seconds[p] for p in parts})
-      write_json(os.path.join(dest, 'cpu_timings.json'), {p: self.ledger.cpu_seconds.get(p) for p in parts})
-      shutil.move(os.path.join(self.workdir, 'finetune'), os.path.join(dest, 'finetune'))
-      self.ledger.forget(parts)
+      dest = self._move_to_stale('finetune', [os.path.join(self.workdir, 'finetune')],
+                                 [p for p in self.ledger.seconds if p.startswith(('finetune/', 'finetune_fraction/'))])
       log(f'benchmark: the fine-tuning recipe changed ({said}); every cell moved to {dest}')
       return
 
