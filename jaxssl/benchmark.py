@@ -258,6 +258,11 @@ def config_changes(trained: dict[str, Any], wanted: dict[str, Any]) -> list[tupl
   return out + [(k, a[k], b[k]) for k in sorted(set(a) & set(b)) if a[k] != b[k] and k not in IGNORED_KEYS]
 
 
+def describe_changes(changes: list[tuple[str, Any, Any]]) -> str:
+  """The first few of :func:`config_changes` for one line: ``key old -> new; ...``."""
+  return '; '.join(f'{k} {a!r} -> {b!r}' for k, a, b in changes[:4]) + ('; ...' if len(changes) > 4 else '')
+
+
 def downstream_config(config: ml_collections.ConfigDict, init_from: str) -> ml_collections.ConfigDict:
   """The benchmark's own recipe (fine-tuning a classifier) without the ``benchmark`` block, from ``init_from``."""
   c = config.copy_and_resolve_references()
@@ -461,7 +466,7 @@ class Benchmark:
         change for path in sorted(glob.glob(os.path.join(glob.escape(run_dir), 'config*.json')))
         for change in config_changes(records.read_json(path) or {}, c.to_dict())))
     if changes:
-      said = '; '.join(f'{k} {a!r} -> {b!r}' for k, a, b in changes[:4]) + ('; ...' if len(changes) > 4 else '')
+      said = describe_changes(changes)
       if init not in self.b.get('retrain', ()):
         raise BenchmarkConfigError(
             f'pretrain/{init} was trained with another config than the benchmark trains now ({said}): add '
@@ -491,7 +496,7 @@ class Benchmark:
     p = self.b.probe
     features = os.path.join(out, f'features_d{p.max_dim}')   # another pooling size is another cache
     settings = self._lowshot_settings()
-    lowshot_done = settings is None or (records.read_json(lowshot_json) or {}).get('settings') == settings
+    lowshot_done = self._lowshot_done(init, settings)
     if not os.path.exists(probe_json) or not os.path.exists(knn_json) or not lowshot_done:
       t0 = self.ledger.clock()   # the model and any extraction count towards the first part that needs them
       exp, state = self._feature_model(init)
@@ -546,6 +551,12 @@ class Benchmark:
         'subsets': str(self.b.subsets), 'val_fraction': float(self.b.val_fraction), 'val_seed': int(self.b.val_seed),
         'probe': {k: v for k, v in self.b.probe.to_dict().items() if k != 'keep_features'},
         'standardized_by': 'the training images less the validation images (their features, not labels)'}))
+
+  def _lowshot_done(self, init: str, settings: dict[str, Any] | None) -> bool:
+    """Whether ``init``'s lowshot.json was made with ``settings`` (:meth:`_lowshot_settings`; None: the part is
+    off, nothing to make)."""
+    return settings is None or \
+        (records.read_json(os.path.join(self.probe_dir(init), 'lowshot.json')) or {}).get('settings') == settings
 
   def _lowshot_fractions(self) -> list[float]:
     """The labelled fractions below 1 the frozen-feature probe is fitted at (none unless ``benchmark.lowshot``)."""
@@ -673,7 +684,7 @@ class Benchmark:
       changes = [c for c in config_changes(recorded, wanted) if c[0] not in skip]
       if not changes:
         continue
-      said = '; '.join(f'{k} {a!r} -> {b!r}' for k, a, b in changes[:4]) + ('; ...' if len(changes) > 4 else '')
+      said = describe_changes(changes)
       if not self.b.get('retrain_cells', False):
         raise BenchmarkConfigError(
             f'{os.path.relpath(cell_dir, self.workdir)} was trained with another recipe than the benchmark uses now '
@@ -698,8 +709,8 @@ class Benchmark:
 
     def evaluated(init):
       out = self.probe_dir(init)
-      return all(os.path.exists(os.path.join(out, f)) for f in ('probe.json', 'knn.json')) and (
-          settings is None or (records.read_json(os.path.join(out, 'lowshot.json')) or {}).get('settings') == settings)
+      return all(os.path.exists(os.path.join(out, f)) for f in ('probe.json', 'knn.json')) and \
+          self._lowshot_done(init, settings)
 
     eval_done = [i for i in live if evaluated(i)]   # the combination not chosen yet has no probe: never done
     todo, _, selected, steps = self._cells()
