@@ -529,3 +529,42 @@ def test_a_diverging_cell_is_recorded_and_the_benchmark_goes_on(tfds_dir, tmp_pa
   assert os.path.exists(os.path.join(workdir, 'stale', stale, 'finetune', 'cells', 'random_f0.05_s0',
                                     'final_metrics.json'))
   assert not any(p.startswith('finetune') for p in _json(os.path.join(workdir, 'timings.json')))
+
+
+def test_a_signal_during_a_cells_final_evaluation_stops_the_benchmark_before_the_next_part(tfds_dir, tmp_path):
+  """SIGTERM that lands after a fine-tuning cell's last step (during its final evaluation) finishes that cell and
+  stops the benchmark before the next one: exit 143, its results written; the same command goes on from the next
+  cell. A real signal, sent by the process to itself from within the final evaluation."""
+  workdir = tmp_path / 'bench'
+  script = (
+      'import os, signal, sys; sys.path.insert(0, %r); sys.path.insert(0, %r)\n'
+      'import ml_collections\n'
+      'from test_benchmark import _quick\n'
+      'from jaxssl import benchmark\n'
+      'from jaxssl.train import loop\n'
+      'fmt = loop.fmt\n'
+      'def fmt_then_signal(metrics):   # cells evaluate only at their end: the first call is the final line\n'
+      '  if not os.environ.get("SIGNALLED"):\n'
+      '    os.environ["SIGNALLED"] = "1"\n'
+      '    os.kill(os.getpid(), signal.SIGTERM)\n'
+      '  return fmt(metrics)\n'
+      'loop.fmt = fmt_then_signal\n'
+      'c = _quick(%r)\n'
+      'c.benchmark.inits = ml_collections.ConfigDict({"random": ""})\n'
+      'c.benchmark.fractions, c.benchmark.select.fractions, c.benchmark.seeds = (0.05,), (), (0, 1)\n'
+      'c.benchmark.lowshot = False\n'
+      'c.benchmark.probe.layers = ("pool2",)\n'
+      'benchmark.run_benchmark(c, sys.argv[1])\n'
+      'print("benchmark done")\n') % (str(REPO), str(REPO / 'tests'), tfds_dir)
+  first = subprocess.run([sys.executable, '-c', script, str(workdir)], cwd=REPO, capture_output=True, text=True,
+                         timeout=300, check=False)
+  out = first.stdout + first.stderr
+  assert first.returncode == 143, out
+  assert 'benchmark stopped after fine-tuning random_f0.05_s0 (finished); rerun the same command to continue' in out
+  assert (workdir / 'finetune' / 'cells' / 'random_f0.05_s0' / 'final_metrics.json').exists()
+  assert not (workdir / 'finetune' / 'cells' / 'random_f0.05_s1').exists() and 'benchmark done' not in out
+  assert [c['seed'] for c in _json(workdir / 'results.json')['cells'] if 'classify/top1' in c] == [0]
+  again = subprocess.run([sys.executable, '-c', script.replace('os.environ.get("SIGNALLED")', 'True'),
+                          str(workdir)], cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+  assert again.returncode == 0 and 'benchmark done' in again.stdout, again.stdout + again.stderr
+  assert (workdir / 'finetune' / 'cells' / 'random_f0.05_s1' / 'final_metrics.json').exists()
