@@ -342,9 +342,16 @@ class Benchmark:
       raise BenchmarkConfigError("benchmark.inits needs 'random' (''): its fine-tuning cells are the from-scratch "
                                  'baseline every other init is compared with')
     self.inits['random'] = self.b.inits['random']
+    only = tuple(self.b.get('only', ()))
+    unknown = [name for name in only if name not in self.inits and name != COMBINATION]
+    if unknown:
+      raise BenchmarkConfigError(f'benchmark.only: no init named {", ".join(map(repr, unknown))}; the inits are '
+                                 f'{", ".join(self.inits)} (and {COMBINATION!r} once chosen)')
+    if only:   # these inits alone, and the random init: scratch, the reference of every comparison
+      self.inits = {k: v for k, v in self.inits.items() if k in only or k == 'random'}
     os.makedirs(self.workdir, exist_ok=True)
     self.combination = records.read_json(os.path.join(self.workdir, 'combination.json'))
-    if self.combination and self.combination.get('spec'):
+    if self.combination and self.combination.get('spec') and (not only or COMBINATION in only):
       self._add_init(COMBINATION, self.combination['spec'])
     self.ledger = records.Ledger(self.workdir)
     # The inits trained with labels: references, never combined, not self-supervised.

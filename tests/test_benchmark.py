@@ -217,6 +217,26 @@ def test_bad_inits_are_one_line(tmp_path):
     benchmark.Benchmark(c, str(tmp_path))
 
 
+def test_only_runs_the_inits_it_names_and_scratch_beside_them(tmp_path):
+  """benchmark.only: one task against scratch in a workdir of its own (a longer pretext budget, a new task) without
+  the other inits' parts; the random init always runs (every comparison's reference); a name not among the inits is
+  one line."""
+  c = fmnist_benchmark.get_config()
+  assert list(benchmark.Benchmark(c, str(tmp_path / 'all')).inits)[-1] == 'random'
+  assert len(benchmark.Benchmark(c, str(tmp_path / 'all')).inits) == len(fmnist_benchmark.INITS)
+  c.benchmark.only = ('simclr', 'byol')
+  workdir = tmp_path / 'two'
+  assert list(benchmark.Benchmark(c, str(workdir)).inits) == ['byol', 'simclr', 'random']
+  (workdir / 'combination.json').write_text(json.dumps({'spec': 'configs/fmnist_simclr.py+configs/fmnist_byol.py'}))
+  assert list(benchmark.Benchmark(c, str(workdir)).inits) == ['byol', 'simclr', 'random']
+  c.benchmark.only = ('simclr', 'combination')
+  assert list(benchmark.Benchmark(c, str(workdir)).inits) == ['simclr', 'combination', 'random']
+  c.benchmark.only = ('simclr', 'sim_clr')
+  with pytest.raises(benchmark.BenchmarkConfigError, match=r"^benchmark.only: no init named 'sim_clr'; the inits are "
+                                                           r"autoencoder, byol, .*, random \(and 'combination' once"):
+    benchmark.Benchmark(c, str(tmp_path / 'bad'))
+
+
 def test_the_validation_images_are_the_probes_and_no_training_run_sees_them(tfds_dir):
   """data.holdout_fraction takes out of training exactly the records the cached probe validates on (the same
   stratified draw), before the labelled subset; eval_split='holdout' evaluates on them."""
