@@ -46,6 +46,7 @@ def markdown(r: dict[str, Any]) -> str:
   head = ['init', 'probe (best layer on val)', 'k-NN'] + [f'fine-tune {100 * float(f):g}%' for f in fr] + \
       ['wall: pretrain / probe / k-NN / lowshot / fine-tune']
   lines = ['| ' + ' | '.join(head) + ' |', '|' + ' --- |' * len(head)]
+  expected = _expected_cells(r)
   for row in r['inits']:
     probe = f"{100 * row['probe_top1']:.1f} ({row['best_layer']})" if row['probe_top1'] is not None else '-'
     knn = f"{100 * row['knn_top1']:.1f}" if row['knn_top1'] is not None else '-'
@@ -56,8 +57,12 @@ def markdown(r: dict[str, Any]) -> str:
         cols.append('-')
         continue
       text = f"{100 * c['mean']:.1f} +- {100 * c['std']:.1f}" if c['n'] else 'diverged'
-      if c['n'] and row['init'] != 'random' and scratch.get(f, {}).get('n'):
+      complete = _cells_done(row, f) >= expected.get(f, 0)
+      if c['n'] and row['init'] != 'random' and scratch.get(f, {}).get('n') and complete and \
+          _cells_done({'finetune': scratch}, f) >= expected.get(f, 0):   # else not the same subsets
         text += f" ({100 * (c['mean'] - scratch[f]['mean']):+.1f})"
+      if not complete:
+        text += f" ({_cells_done(row, f)} of {expected[f]} cells so far)"
       if c.get('diverged') and c['n']:
         text += f" {{{c['diverged']} of {c['diverged'] + c['n']} diverged}}"
       if row.get('chosen', {}).get(f) is not None:

@@ -489,6 +489,14 @@ def test_the_targets_are_judged_by_the_init_the_validation_images_choose():
   del r['inits'][0]['select_val']['0.01/0.1'], r['inits'][0]['select_val']['0.01/1']
   del r['inits'][1]['select_val']['0.01/0.1']
   assert 'a 84.90 (+4.90; chosen by its validation probe)' in benchmark_tables.check_targets(r)[1]['measured']
+  # The table says a fraction's cells are not all done, and gives no difference from scratch over other subsets.
+  r.update({'fractions': [0.01, 1.0], 'timings_s': {}, 'total_wall_s': 0.0, 'total_cpu_s': 0.0})
+  r['protocol'].update({'select': {'key': 'optim.backbone_lr_scale', 'choices': [0.1, 1.0]}, 'val_fraction': 0.1})
+  for row in r['inits']:
+    row.update({'knn_top1': None, 'wall_s': dict.fromkeys(('pretrain', 'probe', 'knn', 'lowshot', 'finetune'))})
+  rows = {line.split(' | ')[0][2:]: line for line in benchmark_tables.markdown(r).splitlines()[2:6]}
+  assert rows['b'].endswith('| 87.0 +- 0.0 (+7.0) | 92.2 +- 0.0 (2 of 3 cells so far) | - / - / - / - / - |')
+  assert rows['a'].endswith('| 84.9 +- 0.0 (+4.9) | 92.0 +- 0.0 (-0.5) | - / - / - / - / - |'), rows['a']
 
 
 def test_every_init_has_a_look_of_its_own_in_the_pictures():
