@@ -565,18 +565,12 @@ def test_a_signal_during_a_cells_final_evaluation_stops_the_benchmark_before_the
   cell. A real signal, sent by the process to itself from within the final evaluation."""
   workdir = tmp_path / 'bench'
   script = (
-      'import os, signal, sys; sys.path.insert(0, %r); sys.path.insert(0, %r)\n'
+      'import sys; sys.path.insert(0, %r); sys.path.insert(0, %r)\n'
       'import ml_collections\n'
+      'from conftest import SIGNAL_IN_FINAL_EVALUATION\n'
       'from test_benchmark import _quick\n'
       'from jaxssl import benchmark\n'
-      'from jaxssl.train import loop\n'
-      'fmt = loop.fmt\n'
-      'def fmt_then_signal(metrics):   # cells evaluate only at their end: the first call is the final line\n'
-      '  if not os.environ.get("SIGNALLED"):\n'
-      '    os.environ["SIGNALLED"] = "1"\n'
-      '    os.kill(os.getpid(), signal.SIGTERM)\n'
-      '  return fmt(metrics)\n'
-      'loop.fmt = fmt_then_signal\n'
+      'exec(SIGNAL_IN_FINAL_EVALUATION)   # cells evaluate only at their end: the first line is the final one\n'
       'c = _quick(%r)\n'
       'c.benchmark.inits = ml_collections.ConfigDict({"random": ""})\n'
       'c.benchmark.fractions, c.benchmark.select.fractions, c.benchmark.seeds = (0.05,), (), (0, 1)\n'
@@ -592,7 +586,7 @@ def test_a_signal_during_a_cells_final_evaluation_stops_the_benchmark_before_the
   assert (workdir / 'finetune' / 'cells' / 'random_f0.05_s0' / 'final_metrics.json').exists()
   assert not (workdir / 'finetune' / 'cells' / 'random_f0.05_s1').exists() and 'benchmark done' not in out
   assert [c['seed'] for c in _json(workdir / 'results.json')['cells'] if 'classify/top1' in c] == [0]
-  again = subprocess.run([sys.executable, '-c', script.replace('os.environ.get("SIGNALLED")', 'True'),
-                          str(workdir)], cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+  again = subprocess.run([sys.executable, '-c', script, str(workdir)], cwd=REPO, capture_output=True, text=True,
+                         timeout=300, check=False, env={**os.environ, 'SIGNALLED': '1'})   # no signal this time
   assert again.returncode == 0 and 'benchmark done' in again.stdout, again.stdout + again.stderr
   assert (workdir / 'finetune' / 'cells' / 'random_f0.05_s1' / 'final_metrics.json').exists()

@@ -190,18 +190,11 @@ def test_a_signal_during_a_cells_final_evaluation_stops_the_study_before_the_nex
   trains the rest. A real signal, sent by the process to itself from within the final evaluation."""
   workdir = tmp_path / 'study'
   script = (
-      'import os, signal, sys; sys.path.insert(0, %r)\n'
+      'import sys; sys.path.insert(0, %r)\n'
       'import ml_collections\n'
-      'from conftest import small_config\n'
+      'from conftest import SIGNAL_IN_FINAL_EVALUATION, small_config\n'
       'from jaxssl import study\n'
-      'from jaxssl.train import loop\n'
-      'fmt = loop.fmt\n'
-      'def fmt_then_signal(metrics):   # eval_every=0: first called for the final evaluation\'s line\n'
-      '  if not os.environ.get("SIGNALLED"):\n'
-      '    os.environ["SIGNALLED"] = "1"\n'
-      '    os.kill(os.getpid(), signal.SIGTERM)\n'
-      '  return fmt(metrics)\n'
-      'loop.fmt = fmt_then_signal\n'
+      'exec(SIGNAL_IN_FINAL_EVALUATION)   # eval_every=0: the first evaluation line is the final one\n'
       'c = small_config(%r, **{"data.train_limit": 256, "data.eval_limit": 64, "eval_every": 0})\n'
       'c.study = ml_collections.ConfigDict({"fractions": (0.5,), "seeds": (0, 1), "subsets": "random",\n'
       '    "inits": {"scratch": ""}, "epochs": 0.0, "min_steps": 2, "metric": "classify/top1"})\n'
@@ -215,7 +208,7 @@ def test_a_signal_during_a_cells_final_evaluation_stops_the_study_before_the_nex
   assert 'study stopped after cell scratch_f0.5_s0 (finished); rerun the same command to continue' in out, out
   assert (workdir / 'cells' / 'scratch_f0.5_s0' / 'final_metrics.json').exists()
   assert not (workdir / 'cells' / 'scratch_f0.5_s1').exists() and 'study done' not in out
-  again = subprocess.run([sys.executable, '-c', script.replace('os.environ.get("SIGNALLED")', 'True'),
-                          str(workdir)], cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+  again = subprocess.run([sys.executable, '-c', script, str(workdir)], cwd=REPO, capture_output=True, text=True,
+                         timeout=300, check=False, env={**os.environ, 'SIGNALLED': '1'})   # no signal this time
   assert again.returncode == 0 and 'study done' in again.stdout, again.stdout + again.stderr
   assert (workdir / 'cells' / 'scratch_f0.5_s1' / 'final_metrics.json').exists()
