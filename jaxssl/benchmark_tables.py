@@ -99,6 +99,13 @@ def _self_supervised(r: dict[str, Any]) -> list[dict[str, Any]]:
   return [row for row in r['inits'] if row['init'] != 'random' and row['init'] not in labelled]
 
 
+def _absent(r: dict[str, Any], fraction: float) -> str:
+  """What a fine-tuning target without cells says: they are to come, or this run has not that fraction."""
+  if 'fractions' in r and not any(abs(float(g) - float(fraction)) < 1e-12 for g in r['fractions']):
+    return 'not in this run (benchmark.fractions)'
+  return 'not yet'
+
+
 def check_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
   """``protocol.targets`` against the results: per target its text, what was measured and ``met`` (True, False,
   or None while its cells are not all done: then the measured text says "so far"). A target on "the best
@@ -130,7 +137,7 @@ def check_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     text = f'{100 * float(fraction):g}% labels: best self-supervised fine-tuning >= scratch + {100 * points:.1f}'
     done = [row for row in ssl if row['finetune'].get(f, {}).get('n')]
     if not scratch.get(f, {}).get('n') or not done:
-      out.append({'target': text, 'measured': 'not yet', 'met': None})
+      out.append({'target': text, 'measured': _absent(r, fraction), 'met': None})
       continue
     base = scratch[f]['mean']
     at = f"{max((g for g in select if g <= float(fraction)), default=select[0]):g}" if select else None
@@ -156,7 +163,7 @@ def check_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     others = [row for row in r['inits'] if row['init'] != 'random' and not row.get('error')]
     done = [row for row in others if row['finetune'].get(f, {}).get('n')]
     if not scratch.get(f, {}).get('n') or not done:
-      out.append({'target': text, 'measured': 'not yet', 'met': None})
+      out.append({'target': text, 'measured': _absent(r, fraction), 'met': None})
       continue
     worst = min(done, key=lambda row, f=f: row['finetune'][f]['mean'])
     drop = worst['finetune'][f]['mean'] - scratch[f]['mean']

@@ -489,6 +489,9 @@ def test_the_targets_are_judged_by_the_init_the_validation_images_choose():
   del r['inits'][0]['select_val']['0.01/0.1'], r['inits'][0]['select_val']['0.01/1']
   del r['inits'][1]['select_val']['0.01/0.1']
   assert 'a 84.90 (+4.90; chosen by its validation probe)' in benchmark_tables.check_targets(r)[1]['measured']
+  # A run without a target's fraction (benchmark.fractions narrowed) says so rather than "not yet".
+  r['fractions'] = [0.01, 1.0]
+  assert benchmark_tables.check_targets(r)[2]['measured'] == 'not in this run (benchmark.fractions)'
   # The table says a fraction's cells are not all done, and gives no difference from scratch over other subsets.
   r.update({'fractions': [0.01, 1.0], 'timings_s': {}, 'total_wall_s': 0.0, 'total_cpu_s': 0.0})
   r['protocol'].update({'select': {'key': 'optim.backbone_lr_scale', 'choices': [0.1, 1.0]}, 'val_fraction': 0.1})
