@@ -75,8 +75,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   common.set_finetune(c, 'all')
   b = c.benchmark = ml_collections.ConfigDict()
   b.inits = ml_collections.ConfigDict(INITS)
-  # () every init; else the names of those to run (the random init, scratch, always runs: the reference), e.g.
-  # --config.benchmark.only="('simclr',)" for one task against scratch in a workdir of its own.
+  # () every init; else the names of those to run (the random init, scratch, always runs: the reference; no
+  # combination is chosen from them), e.g. --config.benchmark.only="('simclr',)" for one task against scratch in a
+  # workdir of its own.
   b.only = ()
   # True: every pretext run trains this config's model block (c.model) instead of its own config's; False: each
   # pretext config's own (all CifarNet here, jigsaw's built for its tiles).

@@ -342,17 +342,26 @@ class Benchmark:
       raise BenchmarkConfigError("benchmark.inits needs 'random' (''): its fine-tuning cells are the from-scratch "
                                  'baseline every other init is compared with')
     self.inits['random'] = self.b.inits['random']
-    only = tuple(self.b.get('only', ()))
-    unknown = [name for name in only if name not in self.inits and name != COMBINATION]
-    if unknown:
-      raise BenchmarkConfigError(f'benchmark.only: no init named {", ".join(map(repr, unknown))}; the inits are '
-                                 f'{", ".join(self.inits)} (and {COMBINATION!r} once chosen)')
-    if only:   # these inits alone, and the random init: scratch, the reference of every comparison
-      self.inits = {k: v for k, v in self.inits.items() if k in only or k == 'random'}
     os.makedirs(self.workdir, exist_ok=True)
     self.combination = records.read_json(os.path.join(self.workdir, 'combination.json'))
-    if self.combination and self.combination.get('spec') and (not only or COMBINATION in only):
+    chosen = bool(self.combination and self.combination.get('spec'))
+    # benchmark.only: these inits alone, and the random init (scratch, the reference of every comparison); no
+    # combination is chosen from them (it is the full benchmark's choice, kept in combination.json).
+    self.only = tuple(str(name) for name in self.b.get('only', ()))
+    unknown = [name for name in self.only if name not in self.inits and (name != COMBINATION or not chosen)]
+    if unknown:
+      raise BenchmarkConfigError(
+          f'benchmark.only: no init named {", ".join(map(repr, unknown))} in this workdir; the inits are '
+          f'{", ".join(self.inits)}' + (f' and {COMBINATION!r}' if chosen else
+                                       f' ({COMBINATION!r} once a run of every init has chosen it)'))
+    if self.only:
+      self.inits = {k: v for k, v in self.inits.items() if k in self.only or k == 'random'}
+    if chosen and (not self.only or COMBINATION in self.only):
       self._add_init(COMBINATION, self.combination['spec'])
+    stray = [name for name in self.b.get('retrain', ()) if name not in self.inits]
+    if stray:
+      raise BenchmarkConfigError(f'benchmark.retrain: {", ".join(map(repr, stray))} not an init of this run; its '
+                                 f'inits are {", ".join(self.inits)}')
     self.ledger = records.Ledger(self.workdir)
     # The inits trained with labels: references, never combined, not self-supervised.
     self.labelled = set(self.b.get('labelled', ()))
@@ -373,7 +382,7 @@ class Benchmark:
     from jaxssl.runlog import log  # pylint: disable=import-outside-toplevel
     from jaxssl.train import transfer  # pylint: disable=import-outside-toplevel
     top = int(self.b.combine.top)
-    if top < 2 or self.combination is not None:
+    if top < 2 or self.combination is not None or self.only:
       return
     candidates = []
     for init, spec in self.inits.items():
@@ -708,7 +717,7 @@ class Benchmark:
     kind none of whose parts is done yet. A pretext run that will be found stale counts as done."""
     live = [init for init in self.inits if init not in self.errors]
     pretext = [init for init in live if is_config_spec(self.inits[init])]
-    if self.b.combine.top >= 2 and self.combination is None:
+    if self.b.combine.top >= 2 and self.combination is None and not self.only:
       pretext.append(COMBINATION)   # chosen once every init is probed
       live.append(COMBINATION)
     pre_done = [i for i in pretext if os.path.exists(os.path.join(self.pretrain_dir(i), 'final_metrics.json'))]
@@ -904,7 +913,7 @@ class Benchmark:
             'calls': records.read_jsonl(os.path.join(self.workdir, 'calls.jsonl')),
             'written': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()),
             'protocol': {'probe': self.b.probe.to_dict(), 'knn': self.b.knn.to_dict(),
-                         'labelled': sorted(self.labelled),
+                         'labelled': sorted(self.labelled), 'only': list(self.only),
                          'targets': self.b.targets.to_dict() if 'targets' in self.b else {},
                          'val_fraction': float(self.b.val_fraction), 'val_seed': int(self.b.val_seed),
                          'select': self.b.select.to_dict(),

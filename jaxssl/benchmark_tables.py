@@ -62,7 +62,7 @@ def markdown(r: dict[str, Any]) -> str:
           _cells_done({'finetune': scratch}, f) >= expected.get(f, 0):   # else not the same subsets
         text += f" ({100 * (c['mean'] - scratch[f]['mean']):+.1f})"
       if not complete:
-        text += f" ({_cells_done(row, f)} of {expected[f]} cells so far)"
+        text += f" ({_cells_done(row, f)} of {expected[f]} cells" + ('; skipped)' if row.get('error') else ' so far)')
       if c.get('diverged') and c['n']:
         text += f" {{{c['diverged']} of {c['diverged'] + c['n']} diverged}}"
       if row.get('chosen', {}).get(f) is not None:
@@ -81,12 +81,17 @@ def markdown(r: dict[str, Any]) -> str:
       f"{sel['key']} chosen on the validation images (from {', '.join(f'{v:g}' for v in sel['choices'])}). The "
       "random init's probe and k-NN are of an untrained backbone; its fine-tuning cells are the from-scratch "
       "baseline. {k of n diverged}: cells that stopped on a non-finite loss, left out of the mean (a selection "
-      "value that diverges loses). Validation images: a class-stratified "
+      "value that diverges loses). (k of n cells so far): a fraction under way, its mean over those cells and no "
+      "difference from scratch (other subsets). Validation images: a class-stratified "
       f"{100 * r['protocol']['val_fraction']:g}% of the training images, the same for every init, never trained "
       "on (by a pretext run, a probe or a fine-tuning cell); the "
       "probe's layer, L2 strength and epoch and the fine-tuning hyper-parameter are chosen on them; the test split "
       'is scored once '
       f"per cell. Total wall time recorded: {duration(r['total_wall_s'])} ({cpu_note(r)}).", '']
+  only = r['protocol'].get('only')
+  if only:
+    notes[-1:-1] = ['', f"This run: {', '.join(only)} beside scratch only (benchmark.only); the targets below are "
+                        'judged among these inits alone.']
   combination = r.get('combination') or {}
   if combination.get('spec'):
     notes[-1:-1] = ['', f"combination: {' + '.join(combination['inits'])} ({combination['rule']}; "
@@ -114,6 +119,8 @@ def check_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
   validation probe), the best on the test split beside it: the maximum of many inits' test scores flatters."""
   t = r['protocol'].get('targets') or {}
   ssl = [row for row in _self_supervised(r) if not row.get('error')]
+  if t and not ssl:
+    return [{'target': 'every target', 'measured': 'no self-supervised init in this run', 'met': None}]
   out = []
   if 'probe' in t:
     probed = [row for row in ssl if row['probe_top1'] is not None]
@@ -265,7 +272,7 @@ def csv_text(r: dict[str, Any]) -> str:
   parts = ('pretrain', 'probe', 'knn', 'lowshot', 'finetune')
   w.writerow(['init', 'best_layer', 'probe_top1', 'knn_top1'] +
              [f'probe{f}_{s}' for f in low for s in ('mean', 'std')] +
-             [f'ft{f}_{s}' for f in fr for s in ('mean', 'std', 'chosen')] + [f'{p}_s' for p in parts])
+             [f'ft{f}_{s}' for f in fr for s in ('mean', 'std', 'n', 'chosen')] + [f'{p}_s' for p in parts])
   for row in r['inits']:
     ft = []
     for f in low:
@@ -273,7 +280,7 @@ def csv_text(r: dict[str, Any]) -> str:
       ft += [num(c.get('mean')), num(c.get('std'))]
     for f in fr:
       c = row['finetune'].get(f, {})
-      ft += [num(c.get('mean')), num(c.get('std')),
+      ft += [num(c.get('mean')), num(c.get('std')), c.get('n', 0),
              '' if row['chosen'].get(f) is None else f"{row['chosen'][f]:g}"]
     w.writerow([row['init'], row['best_layer'] or '', num(row['probe_top1']), num(row['knn_top1'])] + ft +
                [num(row['wall_s'][p], 0) for p in parts])

@@ -32,19 +32,21 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
-# Python source for a subprocess: the first line a run formats for its evaluation (a cell that evaluates only at its
-# end: the final one) sends SIGTERM to the process itself, once. A real signal during a run's final evaluation.
+sys.path.insert(0, str(REPO))  # configs/ is imported as a package by the tests
+
+# Python source for a subprocess: at the first evaluation line a run logs (a cell that evaluates only at its end:
+# the final evaluation's, after its last step) the process sends SIGTERM to itself, once (JAXSSL_TEST_SIGNALLED
+# set: never). A real signal where no training step is left to act on it.
 SIGNAL_IN_FINAL_EVALUATION = (
     'import os, signal\n'
     'from jaxssl.train import loop\n'
     'fmt = loop.fmt\n'
     'def fmt_then_signal(metrics):\n'
-    '  if not os.environ.get("SIGNALLED"):\n'
-    '    os.environ["SIGNALLED"] = "1"\n'
+    '  if not os.environ.get("JAXSSL_TEST_SIGNALLED"):\n'
+    '    os.environ["JAXSSL_TEST_SIGNALLED"] = "1"\n'
     '    os.kill(os.getpid(), signal.SIGTERM)\n'
     '  return fmt(metrics)\n'
     'loop.fmt = fmt_then_signal\n')
-sys.path.insert(0, str(REPO))  # configs/ is imported as a package by the tests
 
 # Fixtures that reach for the real files; a test that uses one (directly or through another fixture) is real_data.
 REAL_DATA_FIXTURES = frozenset({'fmnist_source_dir', 'tfds_dir', 'deepfashion_sample'})

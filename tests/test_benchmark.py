@@ -226,15 +226,33 @@ def test_only_runs_the_inits_it_names_and_scratch_beside_them(tmp_path):
   assert len(benchmark.Benchmark(c, str(tmp_path / 'all')).inits) == len(fmnist_benchmark.INITS)
   c.benchmark.only = ('simclr', 'byol')
   workdir = tmp_path / 'two'
-  assert list(benchmark.Benchmark(c, str(workdir)).inits) == ['byol', 'simclr', 'random']
+  two = benchmark.Benchmark(c, str(workdir))
+  assert list(two.inits) == ['byol', 'simclr', 'random']
+  # No combination is chosen from the named inits (nor counted as to come): it is the full benchmark's choice.
+  assert 'pretext runs' in two.outlook() and '3 pretext runs' not in two.outlook()
+  two.choose_combination()
+  assert not (workdir / 'combination.json').exists()
+  with pytest.raises(benchmark.BenchmarkConfigError, match=r"^benchmark.only: no init named 'combination' in this "
+                                                           r"workdir; .* \('combination' once a run of every init"):
+    benchmark.Benchmark(_with(c, only=('simclr', 'combination')), str(workdir))
   (workdir / 'combination.json').write_text(json.dumps({'spec': 'configs/fmnist_simclr.py+configs/fmnist_byol.py'}))
   assert list(benchmark.Benchmark(c, str(workdir)).inits) == ['byol', 'simclr', 'random']
   c.benchmark.only = ('simclr', 'combination')
   assert list(benchmark.Benchmark(c, str(workdir)).inits) == ['simclr', 'combination', 'random']
   c.benchmark.only = ('simclr', 'sim_clr')
-  with pytest.raises(benchmark.BenchmarkConfigError, match=r"^benchmark.only: no init named 'sim_clr'; the inits are "
-                                                           r"autoencoder, byol, .*, random \(and 'combination' once"):
+  with pytest.raises(benchmark.BenchmarkConfigError, match=r"^benchmark.only: no init named 'sim_clr' in this "
+                                                           r"workdir; the inits are autoencoder, byol, .*, random \("):
     benchmark.Benchmark(c, str(tmp_path / 'bad'))
+  c.benchmark.only, c.benchmark.retrain = ('simclr',), ('byol',)   # a retrain this run would never act on
+  with pytest.raises(benchmark.BenchmarkConfigError, match=r"^benchmark.retrain: 'byol' not an init of this run; its "
+                                                           r"inits are simclr, random$"):
+    benchmark.Benchmark(c, str(tmp_path / 'bad'))
+
+
+def _with(c, **benchmark_keys):
+  c = c.copy_and_resolve_references()
+  c.benchmark.update(benchmark_keys)
+  return c
 
 
 def test_the_validation_images_are_the_probes_and_no_training_run_sees_them(tfds_dir):
@@ -460,7 +478,7 @@ def test_the_targets_are_judged_by_the_init_the_validation_images_choose():
   maximum of many test scores flatters); labelled inits are references, never that init; "no init below scratch"
   counts every init; a target whose cells are not all done is "not yet" or "so far", never met or not met."""
   from jaxssl import benchmark_tables  # pylint: disable=import-outside-toplevel
-  r = {'seeds': [0, 1, 2], 'subsets': 'random', 'protocol': {
+  r = {'seeds': [0, 1, 2], 'subsets': 'random', 'fractions': [0.001, 0.01, 1.0], 'protocol': {
       'labelled': ['supervised'], 'select': {'fractions': [0.001, 0.01]}, 'targets': {
           'probe': 0.9, 'over_scratch': [[0.01, 0.05], [0.001, 0.1]], 'below_scratch': [[1.0, 0.003]]}}, 'inits': [
               _row('a', 0.91, 0.80, {'0.01': 0.86, '1': 0.920}, {'0.01/0.1': 0.85, '0.01/1': 0.70}),
@@ -500,6 +518,11 @@ def test_the_targets_are_judged_by_the_init_the_validation_images_choose():
   rows = {line.split(' | ')[0][2:]: line for line in benchmark_tables.markdown(r).splitlines()[2:6]}
   assert rows['b'].endswith('| 87.0 +- 0.0 (+7.0) | 92.2 +- 0.0 (2 of 3 cells so far) | - / - / - / - / - |')
   assert rows['a'].endswith('| 84.9 +- 0.0 (+4.9) | 92.0 +- 0.0 (-0.5) | - / - / - / - / - |'), rows['a']
+  # A benchmark.only run says so, and one without a self-supervised init judges no target.
+  r['protocol']['only'], r['inits'] = ['supervised'], r['inits'][2:]
+  assert benchmark_tables.check_targets(r) == [{'target': 'every target', 'met': None,
+                                                'measured': 'no self-supervised init in this run'}]
+  assert 'This run: supervised beside scratch only (benchmark.only)' in benchmark_tables.markdown(r)
 
 
 def test_every_init_has_a_look_of_its_own_in_the_pictures():
@@ -589,7 +612,10 @@ def test_a_signal_during_a_cells_final_evaluation_stops_the_benchmark_before_the
   assert (workdir / 'finetune' / 'cells' / 'random_f0.05_s0' / 'final_metrics.json').exists()
   assert not (workdir / 'finetune' / 'cells' / 'random_f0.05_s1').exists() and 'benchmark done' not in out
   assert [c['seed'] for c in _json(workdir / 'results.json')['cells'] if 'classify/top1' in c] == [0]
+  assert 'finetune/random' in _json(workdir / 'timings.json')
   again = subprocess.run([sys.executable, '-c', script, str(workdir)], cwd=REPO, capture_output=True, text=True,
-                         timeout=300, check=False, env={**os.environ, 'SIGNALLED': '1'})   # no signal this time
-  assert again.returncode == 0 and 'benchmark done' in again.stdout, again.stdout + again.stderr
+                         timeout=300, check=False, env={**os.environ, 'JAXSSL_TEST_SIGNALLED': '1'})   # no signal
+  out = again.stdout + again.stderr
+  assert again.returncode == 0 and 'benchmark done' in again.stdout, out
+  assert 'cell random_f0.05_s1' in out and 'cell random_f0.05_s0' not in out   # the finished cell is not trained again
   assert (workdir / 'finetune' / 'cells' / 'random_f0.05_s1' / 'final_metrics.json').exists()

@@ -209,6 +209,6 @@ def test_a_signal_during_a_cells_final_evaluation_stops_the_study_before_the_nex
   assert (workdir / 'cells' / 'scratch_f0.5_s0' / 'final_metrics.json').exists()
   assert not (workdir / 'cells' / 'scratch_f0.5_s1').exists() and 'study done' not in out
   again = subprocess.run([sys.executable, '-c', script, str(workdir)], cwd=REPO, capture_output=True, text=True,
-                         timeout=300, check=False, env={**os.environ, 'SIGNALLED': '1'})   # no signal this time
+                         timeout=300, check=False, env={**os.environ, 'JAXSSL_TEST_SIGNALLED': '1'})   # no signal
   assert again.returncode == 0 and 'study done' in again.stdout, again.stdout + again.stderr
   assert (workdir / 'cells' / 'scratch_f0.5_s1' / 'final_metrics.json').exists()
