@@ -16,7 +16,7 @@ PKG = pathlib.Path(__file__).resolve().parents[1] / 'jaxssl'
 LAYERS = {
     'jaxssl.main': 6, 'jaxssl.study': 6, 'jaxssl.bench': 6, 'jaxssl.cli': 6, 'jaxssl.config_check': 6,
     'jaxssl.benchmark': 6, 'jaxssl.benchmark_tables': 6, 'jaxssl.benchmark_figures': 6,
-    'jaxssl.benchmark_records': 6,
+    'jaxssl.benchmark_records': 6, 'jaxssl.benchmark_configs': 6,
     'jaxssl.modes': 5, 'jaxssl.report': 5,
     'jaxssl.train': 4,
     'jaxssl.eval': 3,

@@ -443,6 +443,7 @@ def test_kfold_subsets_give_each_seed_a_disjoint_fold_and_skip_the_folds_a_fract
   assert not folds[0] & folds[1] and len(folds[0]) == len(folds[1])
   assert results['subsets'] == 'kfold' and results['inits'][0]['finetune']['0.25']['n'] == 2
   assert results['inits'][0]['finetune']['1']['n'] == 1
+  assert results['expected_cells'] == {'0.25': 2, '1': 1}   # counted from the folds, not from what is done
 
 
 def test_the_ledger_says_when_a_parts_cpu_time_is_known_only_in_part(tmp_path):
@@ -502,7 +503,19 @@ def test_the_targets_are_judged_by_the_init_the_validation_images_choose():
   # Cells still under way (b has 2 of 3 subsets at 1%): judged when complete, and said so meanwhile.
   r['inits'][1]['finetune']['1']['n'] = 2
   full = benchmark_tables.check_targets(r)[3]
-  assert full['met'] is None and full['measured'].startswith('so far (cells to come): scratch 92.50')
+  assert full['met'] is None and full['measured'].startswith('so far (cells to come; differences over the subsets '
+                                                              'both have): scratch 92.50')
+  # Meanwhile the differences pair by subset: b's two cells against scratch's on the same two subsets (+1.25), not
+  # against scratch's mean over three (-0.25, which would make b the lowest).
+  per_seed = {'a': (0.93, 0.93, 0.93), 'b': (0.90, 0.945), 'supervised': (0.93, 0.93, 0.93),
+              'random': (0.91, 0.91, 0.955)}
+  r['cells'] = [{'init': i, 'fraction': 1.0, 'seed': seed, 'classify/top1': v}
+                for i, vals in per_seed.items() for seed, v in enumerate(vals)]
+  r['inits'][0]['finetune']['1']['mean'] = 0.93
+  assert benchmark_tables.check_targets(r)[3]['measured'].endswith('lowest: a 93.00 (+0.50; 3 inits)')
+  del r['cells']
+  assert benchmark_tables.check_targets(r)[3]['measured'].endswith('lowest: b 92.25 (-0.25; 3 inits)')
+  r['inits'][0]['finetune']['1']['mean'] = 0.920
   # No selection cell at a fraction: the validation probe chooses, and says so.
   del r['inits'][0]['select_val']['0.01/0.1'], r['inits'][0]['select_val']['0.01/1']
   del r['inits'][1]['select_val']['0.01/0.1']
