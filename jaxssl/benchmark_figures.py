@@ -54,24 +54,37 @@ def probe_layers(r: dict[str, Any], path: str) -> None:
   plt.close(fig)
 
 
-def label_efficiency(r: dict[str, Any], path: str) -> None:
-  """Every init's curve over the labelled fractions with error bars (std over subsets): fine-tuned, and the
-  frozen-feature (lowshot) probe beside it where measured."""
+def label_efficiency(r: dict[str, Any], path: str) -> dict[str, dict[str, list[str]]]:
+  """Every init's curve over the labelled fractions with error bars (std over subsets): fine-tuned (a fraction
+  once all its cells are done), and the frozen-feature (lowshot) probe beside it where measured. Returns the
+  fractions drawn, per panel ('finetune', 'lowshot') and init."""
   from jaxssl.eval import plots  # pylint: disable=import-outside-toplevel
   plt = plots.plt
   panels = [(key, title) for key, title in
             (('finetune', f"fine-tuned: {r['metric']} (%)"),
              ('lowshot', 'frozen features: linear probe of the best layer (%)'))
             if any(row.get(key) for row in r['inits'])]
+  drawn: dict[str, dict[str, list[str]]] = {}
   if not panels:
-    return
+    return drawn
   look = styles([row['init'] for row in r['inits']], r['protocol'].get('labelled', ()))
+  expected = r.get('expected_cells') or {}
+
+  def complete(row, f):   # a fine-tuning fraction whose cells are not all done would draw a mean of other subsets
+    c = row['finetune'][f]
+    return c.get('n', 0) + c.get('diverged', 0) >= expected.get(f, 0)
+
   fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.4), squeeze=False)
   for ax, (key, title) in zip(axes[0], panels):
+    under_way = False
     for k, row in enumerate(r['inits']):
       fs = sorted(row.get(key) or {}, key=float)
+      if key == 'finetune':
+        under_way |= any(not complete(row, f) for f in fs)
+        fs = [f for f in fs if complete(row, f) and row[key][f].get('n')]
       if not fs:
         continue
+      drawn.setdefault(key, {})[row['init']] = fs
       shift = 10 ** (0.012 * (k - (len(r['inits']) - 1) / 2))   # side by side on the log axis: error bars apart
       ax.errorbar([100 * float(f) * shift for f in fs], [100 * row[key][f]['mean'] for f in fs],
                   yerr=[100 * row[key][f]['std'] for f in fs], ms=4, lw=1.2, capsize=2, **look[row['init']],
@@ -83,11 +96,14 @@ def label_efficiency(r: dict[str, Any], path: str) -> None:
     ax.xaxis.set_minor_locator(plots.matplotlib.ticker.NullLocator())
     ax.set_xlabel('labelled training images (%, log scale)')
     ax.set_ylabel(title, fontsize=8)
+    if under_way:
+      ax.set_title('cells under way: their fractions are drawn once all are done', fontsize=8)
     ax.grid(alpha=0.3, which='both')
     ax.legend(fontsize=6, ncol=2)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
+  return drawn
 
 
 def pretext_curves(runs: list[tuple[str, str, list[str]]], path: str) -> list[tuple[str, str]]:

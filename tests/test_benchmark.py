@@ -550,6 +550,22 @@ def test_every_init_has_a_look_of_its_own_in_the_pictures():
   assert look['random'] == {'color': 'black', 'ls': '--', 'marker': 'x'} and look['supervised']['color'] == 'dimgray'
 
 
+def test_the_label_efficiency_picture_draws_a_fraction_once_its_cells_are_done(tmp_path):
+  """A fraction whose cells are under way would plot a mean of other subsets than the next init's (one cell of
+  three read as a point with no error bar): it is drawn once all its cells are done; the frozen probe as it is."""
+  from jaxssl import benchmark_figures  # pylint: disable=import-outside-toplevel
+  def ft(n):
+    return {'mean': 0.8, 'std': 0.01, 'n': n, 'diverged': 0}
+  r = {'metric': 'classify/top1', 'fractions': [0.01, 1.0], 'expected_cells': {'0.01': 3, '1': 3},
+       'protocol': {'labelled': []}, 'inits': [
+           {'init': 'rotation', 'finetune': {'0.01': ft(3), '1': ft(1)}, 'lowshot': {'0.01': ft(3)}},
+           {'init': 'random', 'finetune': {'0.01': ft(3), '1': ft(3)}, 'lowshot': {'0.01': ft(3)}}]}
+  drawn = benchmark_figures.label_efficiency(r, str(tmp_path / 'le.png'))
+  assert drawn == {'finetune': {'rotation': ['0.01'], 'random': ['0.01', '1']},
+                   'lowshot': {'rotation': ['0.01'], 'random': ['0.01']}}
+  assert (tmp_path / 'le.png').stat().st_size > 10_000
+
+
 def test_a_diverging_cell_is_recorded_and_the_benchmark_goes_on(tfds_dir, tmp_path):
   """A fine-tuning cell that diverges is an outcome of its recipe, not a fault: diverged.json records it and the
   benchmark goes on (it used to stop there, idle overnight). A selection value that diverges loses; a test cell that
