@@ -14,7 +14,8 @@ configs/fmnist_finetune.py (every layer; the backbone's lr scale, 0.1 or 1, chos
 and fraction); ``benchmark`` holds the protocol. Expected, full scale with ``pretrain_epochs=3 epochs=5`` (2026-12-01,
 2-core CPU, docs/results.md): every init's best-layer probe 90.7-91.5% (untrained 91.1%); fine-tuned at 0.1 / 1 /
 10% of the labels scratch 65.3 / 79.9 / 83.4%, the best self-supervised init (on validation) +1.5 / -0.1 / -2.1,
-supervised +17.3 / +7.1 / +5.4; 100% under way. :quick
+supervised +17.3 / +7.1 / +5.4; SimCLR at ``pretrain_epochs=30`` (``benchmark.only``) +2.3 at 1% and +2.4 at 10%;
+100% under way. :quick
 (measured 2026-12-01 03:21 UTC, 2-core CPU, 1m13s; a rerun does nothing): best-layer probe rotation 86.4% (conv1) /
 random 86.2% (conv2), k-NN 80.6% / 79.6%, the same layers' probe on the 5% subsets' labels only 72.3 +- 0.4% / 71.9
 +- 3.8%, fine-tuned at 5% 64.2 +- 0.8% / 60.2 +- 0.8%, at 100% 63.3 +- 4.1% / 63.5 +- 1.6%, lr scale 0.1 chosen for
