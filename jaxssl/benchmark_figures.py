@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from jaxssl import benchmark_tables as tables
+
 # The pretext metric pretext_curves.png draws per run: the first of these endings among its task's metrics.
 PRETEXT_METRICS = ('/acc', '/top1', '/exact', '/cos', '/psnr')
 
@@ -68,11 +70,10 @@ def label_efficiency(r: dict[str, Any], path: str) -> dict[str, dict[str, list[s
   if not panels:
     return drawn
   look = styles([row['init'] for row in r['inits']], r['protocol'].get('labelled', ()))
-  expected = r.get('expected_cells') or {}
+  expected = tables.expected_cells(r)
 
   def complete(row, f):   # a fine-tuning fraction whose cells are not all done would draw a mean of other subsets
-    c = row['finetune'][f]
-    return c.get('n', 0) + c.get('diverged', 0) >= expected.get(f, 0)
+    return tables.fraction_complete(row, f, expected)
 
   fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.4), squeeze=False)
   for ax, (key, title) in zip(axes[0], panels):

@@ -46,7 +46,7 @@ def markdown(r: dict[str, Any]) -> str:
   head = ['init', 'probe (best layer on val)', 'k-NN'] + [f'fine-tune {100 * float(f):g}%' for f in fr] + \
       ['wall: pretrain / probe / k-NN / lowshot / fine-tune']
   lines = ['| ' + ' | '.join(head) + ' |', '|' + ' --- |' * len(head)]
-  expected = _expected_cells(r)
+  expected = expected_cells(r)
   for row in r['inits']:
     probe = f"{100 * row['probe_top1']:.1f} ({row['best_layer']})" if row['probe_top1'] is not None else '-'
     knn = f"{100 * row['knn_top1']:.1f}" if row['knn_top1'] is not None else '-'
@@ -57,9 +57,9 @@ def markdown(r: dict[str, Any]) -> str:
         cols.append('-')
         continue
       text = f"{100 * c['mean']:.1f} +- {100 * c['std']:.1f}" if c['n'] else 'diverged'
-      complete = _cells_done(row, f) >= expected.get(f, 0)
+      complete = fraction_complete(row, f, expected)
       if c['n'] and row['init'] != 'random' and scratch.get(f, {}).get('n') and complete and \
-          _cells_done({'finetune': scratch}, f) >= expected.get(f, 0):   # else not the same subsets
+          fraction_complete({'finetune': scratch}, f, expected):   # else not the same subsets
         text += f" ({100 * (c['mean'] - scratch[f]['mean']):+.1f})"
       if not complete:
         text += f" ({_cells_done(row, f)} of {expected[f]} cells" + ('; skipped)' if row.get('error') else ' so far)')
@@ -137,7 +137,7 @@ def check_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
                               f"validation); best on test: {test['init']} {100 * test['probe_top1']:.2f}"})
   scratch_row = next((row for row in r['inits'] if row['init'] == 'random'), {'finetune': {}})
   scratch = scratch_row['finetune']
-  expected = _expected_cells(r)
+  expected = expected_cells(r)
   select = sorted(float(f) for f in r['protocol'].get('select', {}).get('fractions', ()))
   for fraction, points in t.get('over_scratch', ()):
     f = f'{float(fraction):g}'
@@ -156,7 +156,7 @@ def check_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     val = max(done, key=on_val)
     how = 'chosen on validation' if on_val(val)[0] else 'chosen by its validation probe'
     test = max(done, key=lambda row, f=f: row['finetune'][f]['mean'])
-    complete = all(_cells_done(row, f) >= expected.get(f, 0) for row in ssl + [scratch_row])
+    complete = all(fraction_complete(row, f, expected) for row in ssl + [scratch_row])
     gain = _gain(r, val, f, base, complete)
     out.append({'target': text, 'met': bool(gain >= points - 1e-12) if complete else None,
                 'measured': ('' if complete else _SO_FAR) +
@@ -172,7 +172,7 @@ def check_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     if not scratch.get(f, {}).get('n') or not done:
       out.append({'target': text, 'measured': _absent(r, fraction), 'met': None})
       continue
-    complete = all(_cells_done(row, f) >= expected.get(f, 0) for row in others + [scratch_row])
+    complete = all(fraction_complete(row, f, expected) for row in others + [scratch_row])
     gains = {row['init']: _gain(r, row, f, scratch[f]['mean'], complete) for row in done}
     worst = min(done, key=lambda row, gains=gains: float('inf') if gains[row['init']] is None else gains[row['init']])
     drop = gains[worst['init']]
@@ -202,6 +202,12 @@ def _points(gain: float | None) -> str:
   return 'no subset in common yet' if gain is None else f'{100 * gain:+.2f}'
 
 
+def fraction_complete(row: dict[str, Any], f: str, expected: dict[str, int]) -> bool:
+  """Whether ``row``'s fine-tuning cells at fraction ``f`` are all done (scored or diverged), ``expected`` from
+  :func:`expected_cells`."""
+  return _cells_done(row, f) >= expected.get(f, 0)
+
+
 def _cells_done(row: dict[str, Any], f: str) -> int:
   c = row['finetune'].get(f, {})
   return c.get('n', 0) + c.get('diverged', 0)
@@ -211,7 +217,7 @@ def _val_probe(row: dict[str, Any]) -> float:
   return row['probe_layers_val'][row['best_layer']] if row.get('best_layer') else float('-inf')
 
 
-def _expected_cells(r: dict[str, Any]) -> dict[str, int]:
+def expected_cells(r: dict[str, Any]) -> dict[str, int]:
   """Cells per init a fraction has when complete: as the benchmark counted them (``expected_cells``), else every
   seed (k-fold, in a results.json written before it counted: the most any init has)."""
   if r.get('expected_cells'):
