@@ -12,6 +12,7 @@ from typing import Any
 
 import ml_collections
 
+
 class BenchmarkConfigError(ValueError):
   """A benchmark config that names a pretext config that is not there, or overrides a key it does not have."""
 

@@ -71,18 +71,14 @@ def label_efficiency(r: dict[str, Any], path: str) -> dict[str, dict[str, list[s
     return drawn
   look = styles([row['init'] for row in r['inits']], r['protocol'].get('labelled', ()))
   expected = tables.expected_cells(r)
-
-  def complete(row, f):   # a fine-tuning fraction whose cells are not all done would draw a mean of other subsets
-    return tables.fraction_complete(row, f, expected)
-
   fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.4), squeeze=False)
   for ax, (key, title) in zip(axes[0], panels):
     under_way = False
     for k, row in enumerate(r['inits']):
       fs = sorted(row.get(key) or {}, key=float)
-      if key == 'finetune':
-        under_way |= any(not complete(row, f) for f in fs)
-        fs = [f for f in fs if complete(row, f) and row[key][f].get('n')]
+      if key == 'finetune':   # a fraction whose cells are not all done would draw a mean of other subsets
+        under_way |= any(not tables.fraction_complete(row, f, expected) for f in fs)
+        fs = [f for f in fs if tables.fraction_complete(row, f, expected) and row[key][f].get('n')]
       if not fs:
         continue
       drawn.setdefault(key, {})[row['init']] = fs

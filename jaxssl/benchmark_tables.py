@@ -42,7 +42,8 @@ def markdown(r: dict[str, Any]) -> str:
   :func:`lowshot_table`."""
   fr = [f'{f:g}' for f in r['fractions']]
   sel = r['protocol']['select']
-  scratch = next((row['finetune'] for row in r['inits'] if row['init'] == 'random'), {})
+  scratch_row = next((row for row in r['inits'] if row['init'] == 'random'), {'finetune': {}})
+  scratch = scratch_row['finetune']
   head = ['init', 'probe (best layer on val)', 'k-NN'] + [f'fine-tune {100 * float(f):g}%' for f in fr] + \
       ['wall: pretrain / probe / k-NN / lowshot / fine-tune']
   lines = ['| ' + ' | '.join(head) + ' |', '|' + ' --- |' * len(head)]
@@ -59,7 +60,7 @@ def markdown(r: dict[str, Any]) -> str:
       text = f"{100 * c['mean']:.1f} +- {100 * c['std']:.1f}" if c['n'] else 'diverged'
       complete = fraction_complete(row, f, expected)
       if c['n'] and row['init'] != 'random' and scratch.get(f, {}).get('n') and complete and \
-          fraction_complete({'finetune': scratch}, f, expected):   # else not the same subsets
+          fraction_complete(scratch_row, f, expected):   # else not the same subsets
         text += f" ({100 * (c['mean'] - scratch[f]['mean']):+.1f})"
       if not complete:
         text += f" ({_cells_done(row, f)} of {expected[f]} cells" + ('; skipped)' if row.get('error') else ' so far)')

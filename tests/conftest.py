@@ -31,7 +31,6 @@ import numpy as np
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-
 sys.path.insert(0, str(REPO))  # configs/ is imported as a package by the tests
 
 # Python source for a subprocess: at the first evaluation line a run logs (a cell that evaluates only at its end:
