@@ -5,21 +5,23 @@ against scratch on the same subsets (jaxssl/benchmark.py says what each part doe
   python -m jaxssl.benchmark --config configs/fmnist_benchmark.py --workdir runs/benchmark
 
 Quick look (two inits, rotation and random, a few minutes on 2 CPU cores: 2,000 training images of which 200 are
-the validation images, 500 test images, a 40-step rotation run, 2 selection + 2 x 2 fine-tuning cells per init):
+the validation images, 500 test images, a 40-step rotation run, 4 selection + 2 x 2 fine-tuning cells per init):
 
   python -m jaxssl.benchmark --config configs/fmnist_benchmark.py:quick --workdir /tmp/fmnist_benchmark_quick
 
 Rerunning either command continues where it stopped. The config itself is the fine-tuning recipe of
-configs/fmnist_finetune.py (every layer; the backbone's lr scale, 0.1 or 1, chosen on the validation images per init
-and fraction); ``benchmark`` holds the protocol. Expected, full scale with ``pretrain_epochs=3 epochs=5`` (2026-12-01,
-2-core CPU, docs/results.md): every init's best-layer probe 90.7-91.5% (untrained 91.1%); fine-tuned at 0.1 / 1 /
-10% of the labels scratch 65.3 / 79.9 / 83.4%, the best self-supervised init (on validation) +1.5 / -0.1 / -2.1,
-supervised +17.3 / +7.1 / +5.4; SimCLR at ``pretrain_epochs=30`` (``benchmark.only``) +2.3 at 1% and +2.4 at 10%;
-100% under way. :quick
-(measured 2026-12-01 03:21 UTC, 2-core CPU, 1m13s; a rerun does nothing): best-layer probe rotation 86.4% (conv1) /
-random 86.2% (conv2), k-NN 80.6% / 79.6%, the same layers' probe on the 5% subsets' labels only 72.3 +- 0.4% / 71.9
-+- 3.8%, fine-tuned at 5% 64.2 +- 0.8% / 60.2 +- 0.8%, at 100% 63.3 +- 4.1% / 63.5 +- 1.6%, lr scale 0.1 chosen for
-both (500 test images, 10-16 steps a cell: a look at the machinery, not a result).
+configs/fmnist_finetune.py (every layer; the backbone's lr scale, 0.1 or 1, and the gradient's clipping norm, none
+or 1, chosen on the validation images per init and fraction: ``benchmark.select.grid``); ``benchmark`` holds the
+protocol. Expected, full scale with ``pretrain_epochs=3 epochs=5`` (2026-12-01, 2-core CPU, docs/results.md; the lr
+scale chosen alone, before the grid had the clip): every init's best-layer probe 90.7-91.5% (untrained 91.1%);
+fine-tuned at 0.1 / 1 / 10% of the labels scratch 65.3 / 79.9 / 83.4%, the best self-supervised init (on validation)
++1.5 / -0.1 / -2.1, supervised +17.3 / +7.1 / +5.4; SimCLR at ``pretrain_epochs=30`` (``benchmark.only``) +2.3 at 1%
+and +2.4 at 10%; 100% under way. :quick (measured 2026-12-01 12:16 UTC, 2-core CPU, 4m32s, its step 1.6x slower that
+day than docs/benchmarks.md's; a rerun does nothing): best-layer probe rotation 86.4% (conv1) / random 86.2%
+(conv2), k-NN 80.6% / 79.6%, the same layers' probe on the 5% subsets' labels only 72.4 +- 0.3% / 73.2 +- 0.8%,
+fine-tuned at 5% 64.0 +- 0.0% / 60.9 +- 1.8%, at 100% 63.8 +- 0.6% / 63.5 +- 1.6%; rotation chose lr scale 1 with
+the clip, random 0.1 without (at lr scale 1 without the clip both collapsed on the validation images: 23% / 27%).
+500 test images, 10-16 steps a cell: a look at the machinery, not a result.
 
 Jigsaw's CifarNet is built for its tiles (8 px) or its 24 px puzzle, so its fc1 has another shape than a 28 px
 classifier's: its convolutions transfer, fc1 and fc2 keep the classifier's init (``init_mismatched='skip'``, listed
@@ -119,13 +121,17 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   b.metric = 'classify/top1'
   # The validation images: a class-stratified val_fraction of the training images (val_seed), the same for every
   # init. The probe trains on the rest and chooses its layer, L2 and epoch on them; the fine-tuning subsets are
-  # drawn from the rest (data.holdout_fraction) and select.key is chosen on them. The test split: once per cell.
+  # drawn from the rest (data.holdout_fraction) and select.grid is chosen on them. The test split: once per cell.
   b.val_fraction = 0.1
   b.val_seed = 0
-  # Fine-tuning hyper-parameter chosen on the validation images, per init and fraction: a cell per value on subset
-  # select.seed; the fractions not listed take the choice of the largest listed one below them (100%: 10%'s).
-  b.select = ml_collections.ConfigDict({'key': 'optim.backbone_lr_scale', 'choices': (0.1, 1.0),
-                                        'fractions': (0.001, 0.01, 0.1), 'seed': 0})
+  # Fine-tuning hyper-parameters chosen on the validation images, per init and fraction: a cell per combination
+  # of the grid's values (pairs of a config key and its choices) on subset select.seed; the fractions not listed
+  # take the choice of the largest listed one below them (100%: 10%'s). The backbone's lr scale and the gradient's
+  # clipping: a SimCLR backbone's 0.1% cell blew up without a clip (55.7% on the validation images, 68.4% with a
+  # norm of 1), while the clip cost scratch's 0.1% cells 1.4-2.5 points there: neither is right for every init.
+  b.select = ml_collections.ConfigDict({
+      'grid': (('optim.backbone_lr_scale', (0.1, 1.0)), ('optim.grad_clip_norm', (0.0, 1.0))),
+      'fractions': (0.001, 0.01, 0.1), 'seed': 0})
   b.scratch_overrides = ml_collections.ConfigDict()   # any config keys for the random init's (scratch) cells only
   # The combination: once every init is probed, the `top` self-supervised ones of best validation probe that share
   # one model (not jigsaw's tile-sized CifarNet) are pretrained together, their losses summed, as one more init

@@ -23,10 +23,11 @@ trained workdir / weights file used as it is), in this order:
 4. **finetune**: jaxssl/study.py's cells (the config's fine-tuning recipe from that init), ``benchmark.fractions``
    x ``benchmark.seeds``, the same class-stratified subsets for every init, drawn from the training images less
    the validation images (``data.holdout_fraction``); the random init's cells are the from-scratch baseline. Per
-   init and fraction of ``benchmark.select.fractions``, first a selection cell per value of
-   ``benchmark.select.key`` (default the backbone's learning-rate scale, 0.1 or 1) on subset ``select.seed``,
-   scored on the validation images (``<workdir>/finetune/select/``); the test cells
-   (``<workdir>/finetune/cells/<init>_f<fraction>_s<seed>/``) then train with the value chosen there (a fraction
+   init and fraction of ``benchmark.select.fractions``, first a selection cell per combination of the values of
+   ``benchmark.select.grid`` (pairs of a config key and its choices; by default the backbone's learning-rate
+   scale, 0.1 or 1, times the gradient's clipping norm, none or 1) on subset ``select.seed``, scored on the
+   validation images (``<workdir>/finetune/select/<cell>_<key>=<value>,...``); the test cells
+   (``<workdir>/finetune/cells/<init>_f<fraction>_s<seed>/``) then train with the values chosen there (a fraction
    not selected at takes the largest selected one's below it). The test cell on subset ``select.seed`` would
    train exactly what the chosen selection cell trained, so it takes that training (``reused.json``) and only
    scores the test split. Fractions run smallest first, so an interrupted benchmark has its low-label columns
@@ -67,9 +68,10 @@ import numpy as np
 
 from jaxssl import benchmark_figures as figures, benchmark_records as records, benchmark_tables as tables
 from jaxssl import cli, study
-from jaxssl.benchmark_configs import (IGNORED_KEYS, BenchmarkConfigError, cell_base, combination_spec, config_changes,
-                                      describe_changes, downstream_config, is_config_spec, load_config, merge,
-                                      pretrain_config, set_key)
+from jaxssl.benchmark_configs import (IGNORED_KEYS, BenchmarkConfigError, cell_base, choice_label, choice_name,
+                                      combination_spec, config_changes, describe_changes, downstream_config,
+                                      grid_choices, is_config_spec, load_config, merge, pretrain_config, select_grid,
+                                      set_key)
 from jaxssl.runlog import write_json, write_text
 
 COMBINATION = 'combination'   # the init benchmark.combine adds (Benchmark.choose_combination)
@@ -149,6 +151,7 @@ class Benchmark:
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
     self.config, self.workdir = config, os.path.abspath(workdir)
     self.b = config.benchmark
+    self.grid = select_grid(self.b.select)   # [(key, choices)]: the fine-tuning hyper-parameters chosen on val
     # ml_collections iterates keys in name order; the random init (scratch) goes last, as the table's reference.
     self.inits = {k: v for k, v in self.b.inits.items() if k != 'random'}
     if COMBINATION in self.b.inits:
@@ -437,28 +440,28 @@ class Benchmark:
     from flax import nnx  # pylint: disable=import-outside-toplevel
     return nnx.merge(exp.graphdef, state.params, state.model_state).backbone.feature_names
 
-  def select_dir(self, init: str, fraction: float, value) -> str:
-    key = str(self.b.select.key).rsplit('.', 1)[-1]
+  def select_dir(self, init: str, fraction: float, values: tuple) -> str:
+    """The selection cell of one combination of ``select.grid``'s values (a tuple, one value per key)."""
     return os.path.join(self.workdir, 'finetune', 'select',
-                        f'{study.cell_name(init, fraction, int(self.b.select.seed))}_{key}={value:g}')
+                        f'{study.cell_name(init, fraction, int(self.b.select.seed))}_{choice_name(self.grid, values)}')
 
-  def chosen(self, init: str, fraction: float):
-    """The value of ``select.key`` the validation images chose for ``init`` at ``fraction`` (a fraction not in
-    ``select.fractions`` takes the choice of the largest selected one below it, else the smallest); None while its
-    selection cells are not all done."""
-    sel = self.b.select
-    picked = sorted(float(f) for f in sel.fractions)
-    if not picked or not sel.choices:
+  def chosen(self, init: str, fraction: float) -> tuple | None:
+    """The combination of ``select.grid``'s values (one per key) the validation images chose for ``init`` at
+    ``fraction`` (a fraction not in ``select.fractions`` takes the choice of the largest selected one below it,
+    else the smallest); None while its selection cells are not all done."""
+    picked = sorted(float(f) for f in self.b.select.fractions)
+    choices = grid_choices(self.grid)
+    if not picked or not choices:
       return None
     at = max((f for f in picked if f <= fraction), default=picked[0])
     scores = {}
-    for value in sel.choices:
-      d = self.select_dir(init, at, value)
+    for values in choices:
+      d = self.select_dir(init, at, values)
       m = records.read_json(os.path.join(d, 'final_metrics.json'))
       if m is None and not os.path.exists(os.path.join(d, DIVERGED)):
         return None
-      scores[value] = float('-inf') if m is None else float(m[str(self.b.metric)])   # a diverged value loses
-    return max(sel.choices, key=lambda v: scores[v])   # the first of equals: the order of select.choices
+      scores[values] = float('-inf') if m is None else float(m[str(self.b.metric)])   # a diverged value loses
+    return max(choices, key=lambda v: scores[v])   # the first of equals: the grid's order
 
   def _expected_cells(self) -> dict[str, int]:
     """Test cells per init each fraction has when complete: every seed, or with k-fold subsets the seeds below
@@ -478,7 +481,7 @@ class Benchmark:
 
   def _cells(self):
     """The fine-tuning cells not finished, in order (:meth:`finetune`): ``(todo, config_for, selected, steps)``,
-    todo as (init, fraction, seed, selection value or None for a test cell, its directory), and the steps each
+    todo as (init, fraction, seed, selection values or None for a test cell, its directory), and the steps each
     directory's config trains."""
     import jax  # pylint: disable=import-outside-toplevel
     from jaxssl.data import datasets, splits, subsets  # pylint: disable=import-outside-toplevel
@@ -491,27 +494,28 @@ class Benchmark:
     except ValueError as e:
       raise BenchmarkConfigError(str(e)) from None
     sel = self.b.select
-    selected = {float(f) for f in sel.fractions} if sel.choices else set()
+    selected = {float(f) for f in sel.fractions} if self.grid else set()
 
-    def config_for(init, fraction, seed, value, holdout):
+    def config_for(init, fraction, seed, values, holdout):
       c = study.cell_config(base, self.backbone(init), fraction, seed, len(train), jax.device_count(),
                             subset_size=sizes.get(fraction, 0))
       with c.unlocked():
         if init == 'random':
           merge(c, self.b.scratch_overrides, 'benchmark.scratch_overrides')
-        if value is not None:
-          set_key(c, str(sel.key), value, 'benchmark.select.key')
+        for (key, _), value in zip(self.grid, values or ()):
+          set_key(c, key, value, 'benchmark.select.grid')
         if holdout:
           c.data.eval_split = splits.HOLDOUT_SPLIT
       return c
 
-    todo = []   # (init, fraction, seed, selection value or None for a test cell, its directory)
+    todo = []   # (init, fraction, seed, selection values or None for a test cell, its directory)
     for fraction in sorted(float(f) for f in self.b.fractions):
       for init in self.inits:
         if init in self.errors:
           continue
         if fraction in selected:
-          todo += [(init, fraction, int(sel.seed), v, self.select_dir(init, fraction, v)) for v in sel.choices]
+          todo += [(init, fraction, int(sel.seed), v, self.select_dir(init, fraction, v))
+                   for v in grid_choices(self.grid)]
         todo += [(init, fraction, int(seed), None, self.cell_dir(init, fraction, seed)) for seed in self.b.seeds
                  if mode != 'kfold' or seed < folds[fraction]]
     self._check_cells(todo, config_for)
@@ -524,7 +528,7 @@ class Benchmark:
     hyper-parameter's value aside); otherwise one line names the change, or, with ``benchmark.retrain_cells``,
     every cell moves to ``stale/finetune-<UTC time>/`` with its seconds and they are trained again."""
     from jaxssl.runlog import log  # pylint: disable=import-outside-toplevel
-    skip = set(IGNORED_KEYS) | {'init_from', str(self.b.select.key)}
+    skip = set(IGNORED_KEYS) | {'init_from'} | {key for key, _ in self.grid}
     for init, fraction, seed, value, cell_dir in cells:
       recorded = records.read_json(os.path.join(cell_dir, 'config.json'))
       if recorded is None:
@@ -597,8 +601,8 @@ class Benchmark:
 
   def finetune(self) -> None:
     """Every fine-tuning cell not finished, smallest fraction first: for each fraction the selection cells (every
-    value of ``select.key`` on subset ``select.seed``, scored on the validation images), then the test cells with
-    the chosen value; a step-based ETA."""
+    combination of ``select.grid``'s values on subset ``select.seed``, scored on the validation images), then the
+    test cells with the chosen values; a step-based ETA."""
     from jaxssl.runlog import log  # pylint: disable=import-outside-toplevel
     from jaxssl.train import loop  # pylint: disable=import-outside-toplevel
     todo, config_for, selected, steps = self._cells()
@@ -615,8 +619,8 @@ class Benchmark:
       else:
         c = config_for(init, fraction, seed, value, True)
       what = (f'select {os.path.basename(cell_dir)} (on the validation images)' if value is not None else
-              f'cell {study.cell_name(init, fraction, seed)}' + (f' ({sel.key}={chosen:g}, chosen on validation)'
-                                                                 if chosen is not None else ''))
+              f'cell {study.cell_name(init, fraction, seed)}' +
+              (f' ({choice_name(self.grid, chosen)}, chosen on validation)' if chosen is not None else ''))
       if reused:
         what += f'; trained as {os.path.basename(reused)}, whose training is reused: the test split scored'
         total_steps -= steps[cell_dir]   # nothing to train: the ETA counts the steps left to train
@@ -631,7 +635,7 @@ class Benchmark:
         # that diverges loses; a test cell counts as diverged in the results.
         write_json(os.path.join(cell_dir, DIVERGED), {
             'step': int(result.get('diverged_at', result['step'])),
-            str(sel.key): value if value is not None else chosen,
+            **dict(zip((key for key, _ in self.grid), value if value is not None else chosen or ())),
             'why': 'a non-finite loss or gradient (the log says where)'})
         log(f"benchmark: {os.path.basename(cell_dir)} diverged at step {result.get('diverged_at', result['step'])}: "
             f'recorded in {DIVERGED} '
@@ -714,14 +718,14 @@ class Benchmark:
       if init in self.errors:
         row['error'] = self.errors[init]
       row['chosen'] = {f'{f:g}': self.chosen(init, float(f)) for f in sorted(self.b.fractions)}
-      row['select_val'] = {}
+      row['select_val'] = {}   # '<fraction>/<values>': the selection cell's validation score
       for f in self.b.select.fractions:
-        for value in self.b.select.choices:
-          m = records.read_json(os.path.join(self.select_dir(init, float(f), value), 'final_metrics.json'))
+        for values in grid_choices(self.grid):
+          m = records.read_json(os.path.join(self.select_dir(init, float(f), values), 'final_metrics.json'))
           if m is not None:
-            row['select_val'][f'{float(f):g}/{value:g}'] = float(m[metric])
-          elif os.path.exists(os.path.join(self.select_dir(init, float(f), value), DIVERGED)):
-            row.setdefault('select_diverged', []).append(f'{float(f):g}/{value:g}')
+            row['select_val'][f'{float(f):g}/{choice_label(values)}'] = float(m[metric])
+          elif os.path.exists(os.path.join(self.select_dir(init, float(f), values), DIVERGED)):
+            row.setdefault('select_diverged', []).append(f'{float(f):g}/{choice_label(values)}')
       for fraction in sorted(self.b.fractions):
         vals, diverged = [], 0
         for seed in self.b.seeds:

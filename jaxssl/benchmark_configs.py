@@ -5,6 +5,7 @@ what differs between a trained run's recorded config and the one the benchmark w
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import os
 import sys
@@ -115,6 +116,50 @@ def set_key(config: ml_collections.ConfigDict, path: str, value, where: str) -> 
   if last not in node:
     raise BenchmarkConfigError(f"{where}='{path}': the config has no key '{last}'")
   node[last] = value
+
+
+def select_grid(select: ml_collections.ConfigDict) -> list[tuple[str, tuple]]:
+  """``benchmark.select.grid`` checked, as ``[(key, choices)]``: the fine-tuning hyper-parameters chosen on the
+  validation images, every combination of their choices tried (:func:`grid_choices`); empty: none."""
+  if 'key' in select or 'choices' in select:
+    raise BenchmarkConfigError(
+        'benchmark.select.key/choices are now benchmark.select.grid, pairs of (key, choices): write '
+        "--config.benchmark.select.grid=\"(('optim.backbone_lr_scale', (0.1, 1.0)),)\"")
+  grid = []
+  for pair in select.grid:
+    if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and isinstance(pair[0], str) and
+            isinstance(pair[1], (tuple, list)) and len(pair[1])):
+      raise BenchmarkConfigError(f'benchmark.select.grid: {pair!r} is not a pair (config key, (choice, ...)), e.g. '
+                                 "('optim.grad_clip_norm', (0.0, 1.0))")
+    grid.append((pair[0], tuple(pair[1])))
+  names = [key.rsplit('.', 1)[-1] for key, _ in grid]
+  clash = sorted({n for n in names if names.count(n) > 1})
+  if clash:
+    raise BenchmarkConfigError(f'benchmark.select.grid: more than one key ends in {", ".join(clash)} (a selection '
+                               "cell's directory names each key by its last part): give each key once")
+  return grid
+
+
+def grid_choices(grid: list[tuple[str, tuple]]) -> list[tuple]:
+  """Every combination of the grid's choices, one value per key, the first key's choices outermost (the order in
+  which equal scores are won)."""
+  return list(itertools.product(*(choices for _, choices in grid))) if grid else []
+
+
+def show(value) -> str:
+  """A grid value as the selection cell's directory and the results name it: ``0.1``, ``1``, ``sgd``."""
+  return f'{value:g}' if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+
+
+def choice_label(values) -> str:
+  """The values of one grid combination, in the grid's order: ``0.1`` (one key), ``0.1,1``."""
+  return ','.join(show(v) for v in values)
+
+
+def choice_name(grid: list[tuple[str, tuple]], values) -> str:
+  """A selection cell's directory suffix: ``backbone_lr_scale=0.1`` (one key, as before the grid),
+  ``backbone_lr_scale=0.1,grad_clip_norm=1``."""
+  return ','.join(f"{key.rsplit('.', 1)[-1]}={show(v)}" for (key, _), v in zip(grid, values))
 
 
 def pretrain_config(config: ml_collections.ConfigDict, spec: str) -> ml_collections.ConfigDict:

@@ -6,6 +6,8 @@ import csv
 import io
 from typing import Any
 
+from jaxssl.benchmark_configs import choice_label, show
+
 
 def duration(seconds: float) -> str:
   """``1h02m``, ``3m05s`` or ``42s``."""
@@ -67,7 +69,7 @@ def markdown(r: dict[str, Any]) -> str:
       if c.get('diverged') and c['n']:
         text += f" {{{c['diverged']} of {c['diverged'] + c['n']} diverged}}"
       if row.get('chosen', {}).get(f) is not None:
-        text += f" [{row['chosen'][f]:g}]"
+        text += f" [{', '.join(show(v) for v in row['chosen'][f])}]"
       cols.append(text)
     wall = ' / '.join(duration(row['wall_s'][p]) if row['wall_s'][p] else '-'
                       for p in ('pretrain', 'probe', 'knn', 'lowshot', 'finetune'))
@@ -78,15 +80,17 @@ def markdown(r: dict[str, Any]) -> str:
   n = len(r['seeds'])
   notes = [
       '', f"Test top-1 (%). Fine-tuning: mean +- std over {n} {'folds' if r['subsets'] == 'kfold' else 'subsets'} "
-      "(the same for every init), in round brackets the difference from scratch, in square brackets the "
-      f"{sel['key']} chosen on the validation images (from {', '.join(f'{v:g}' for v in sel['choices'])}). The "
+      "(the same for every init), in round brackets the difference from scratch" +
+      (f", in square brackets the {', '.join(key for key, _ in sel['grid'])} chosen on the validation images (from "
+       f"{' x '.join(', '.join(show(v) for v in choices) for _, choices in sel['grid'])})" if sel['grid'] else '') +
+      ". The "
       "random init's probe and k-NN are of an untrained backbone; its fine-tuning cells are the from-scratch "
       "baseline. {k of n diverged}: cells that stopped on a non-finite loss, left out of the mean (a selection "
       "value that diverges loses). (k of n cells so far): a fraction under way, its mean over those cells and no "
       "difference from scratch (other subsets). Validation images: a class-stratified "
       f"{100 * r['protocol']['val_fraction']:g}% of the training images, the same for every init, never trained "
       "on (by a pretext run, a probe or a fine-tuning cell); the "
-      "probe's layer, L2 strength and epoch and the fine-tuning hyper-parameter are chosen on them; the test split "
+      "probe's layer, L2 strength and epoch and the fine-tuning hyper-parameters are chosen on them; the test split "
       'is scored once '
       f"per cell. Total wall time recorded: {duration(r['total_wall_s'])} ({cpu_note(r)}).", '']
   only = r['protocol'].get('only')
@@ -310,7 +314,7 @@ def csv_text(r: dict[str, Any]) -> str:
     for f in fr:
       c = row['finetune'].get(f, {})
       ft += [num(c.get('mean')), num(c.get('std')), c.get('n', 0),
-             '' if row['chosen'].get(f) is None else f"{row['chosen'][f]:g}"]
+             '' if row['chosen'].get(f) is None else choice_label(row['chosen'][f])]
     w.writerow([row['init'], row['best_layer'] or '', num(row['probe_top1']), num(row['knn_top1'])] + ft +
                [num(row['wall_s'][p], 0) for p in parts])
   return table.getvalue()

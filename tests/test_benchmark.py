@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from configs import fmnist_benchmark
-from jaxssl import benchmark
+from jaxssl import benchmark, benchmark_configs
 from jaxssl.config_check import check_config
 from jaxssl.data import datasets, subsets
 from jaxssl.data.sources import read_records
@@ -46,9 +46,9 @@ def test_quick_benchmark_runs_every_part_once_and_a_rerun_skips_them(tfds_dir, t
   # What is left, said at the start and after each init's parts: at the speed of its own finished parts.
   said = [line for line in capsys.readouterr().out.splitlines() if line.startswith('benchmark left')]
   assert said[0] == ('benchmark left: 1 pretext runs (time unknown until one is done), 2 probes + k-NN + lowshot '
-                     '(time unknown until one is done), 60 fine-tuning steps in 8 cells (time unknown until one is '
+                     '(time unknown until one is done), 100 fine-tuning steps in 12 cells (time unknown until one is '
                      'done)'), said
-  assert said[1].startswith('benchmark left: 1 probes + k-NN + lowshot (~') and 'steps in 8 cells (time unk' in said[1]
+  assert said[1].startswith('benchmark left: 1 probes + k-NN + lowshot (~') and 'steps in 12 cells (time unk' in said[1]
   rows = {r['init']: r for r in results['inits']}
   assert list(rows) == ['rotation', 'random']   # the scratch reference last
   layers = list(LAYERS)
@@ -62,22 +62,26 @@ def test_quick_benchmark_runs_every_part_once_and_a_rerun_skips_them(tfds_dir, t
   pretrain = _json(os.path.join(workdir, 'pretrain', 'rotation', 'config.json'))
   assert (pretrain['total_steps'], pretrain['data']['train_limit'], pretrain['online_probe']['enabled'],
           pretrain['data']['holdout_fraction']) == (40, 1000, False, 0.1)   # not even pretext runs see val images
-  # Selection: per init, a cell per backbone lr scale on subset 0, scored on the validation images; the test cells
-  # (same subsets for both inits, the validation images held out) train with the better one, 100% with 5%'s.
+  # Selection: per init, a cell per combination of the grid (backbone lr scale x gradient clip) on subset 0, scored
+  # on the validation images; the test cells (same subsets for both inits, the validation images held out) train
+  # with the best one, 100% with 5%'s; equal scores go to the grid's first.
+  grid = [(scale, clip) for scale in (0.1, 1.0) for clip in (0.0, 1.0)]
   for init in ('rotation', 'random'):
     val = {}
-    for scale in (0.1, 1.0):
-      d = os.path.join(workdir, 'finetune', 'select', f'{init}_f0.05_s0_backbone_lr_scale={scale:g}')
+    for scale, clip in grid:
+      d = os.path.join(workdir, 'finetune', 'select',
+                       f'{init}_f0.05_s0_backbone_lr_scale={scale:g},grad_clip_norm={clip:g}')
       c = _json(os.path.join(d, 'config.json'))
-      assert (c['data']['eval_split'], c['data']['holdout_fraction'], c['optim']['backbone_lr_scale']) == \
-          ('holdout', 0.1, scale)
-      val[scale] = _json(os.path.join(d, 'final_metrics.json'))['classify/top1']
-    chosen = max((0.1, 1.0), key=val.get)
+      assert (c['data']['eval_split'], c['data']['holdout_fraction'], c['optim']['backbone_lr_scale'],
+              c['optim']['grad_clip_norm']) == ('holdout', 0.1, scale, clip)
+      val[scale, clip] = _json(os.path.join(d, 'final_metrics.json'))['classify/top1']
+    chosen = max(grid, key=val.get)
     assert rows[init]['chosen'] == {'0.05': chosen, '1': chosen}
     for f in ('0.05', '1'):
       c = _json(os.path.join(workdir, 'finetune', 'cells', f'{init}_f{f}_s0', 'config.json'))
       assert (c['data']['eval_split'], c['data']['holdout_fraction'], c['optim']['backbone_lr_scale'],
-              c['data']['train_fraction'], c['data']['subset_seed']) == ('test', 0.1, chosen, float(f), 0)
+              c['optim']['grad_clip_norm'], c['data']['train_fraction'], c['data']['subset_seed']) == \
+          ('test', 0.1, *chosen, float(f), 0)
       assert c['init_from'] == ('' if init == 'random' else os.path.join(workdir, 'pretrain', 'rotation'))
   # Few labels, frozen features: the best layer's probe fitted on each fine-tuning subset, the very images of the
   # cell (the subset drawn from the training images less the validation ones, as the trainer draws it).
@@ -100,7 +104,7 @@ def test_quick_benchmark_runs_every_part_once_and_a_rerun_skips_them(tfds_dir, t
   cell = os.path.join(workdir, 'finetune', 'cells', 'rotation_f0.05_s0')
   chosen = rows['rotation']['chosen']['0.05']
   assert _json(os.path.join(cell, 'reused.json'))['trained_by'] == os.path.join(
-      workdir, 'finetune', 'select', f'rotation_f0.05_s0_backbone_lr_scale={chosen:g}')
+      workdir, 'finetune', 'select', f'rotation_f0.05_s0_backbone_lr_scale={chosen[0]:g},grad_clip_norm={chosen[1]:g}')
   fresh = str(tmp_path / 'fresh')
   benchmark.loop_train(ml_collections.ConfigDict(_json(os.path.join(cell, 'config.json'))), fresh)
   assert _json(os.path.join(cell, 'final_metrics.json')) == _json(os.path.join(fresh, 'final_metrics.json'))
@@ -115,6 +119,10 @@ def test_quick_benchmark_runs_every_part_once_and_a_rerun_skips_them(tfds_dir, t
   with open(os.path.join(workdir, 'results.md'), encoding='utf-8') as f:
     md = f.read()
   assert '| random (scratch) |' in md and 'fine-tune 5%' in md and 'fine-tune 100%' in md
+  assert ('in square brackets the optim.backbone_lr_scale, optim.grad_clip_norm chosen on the validation images '
+          '(from 0.1, 1 x 0, 1)') in md
+  scratch = rows['random']['chosen']['0.05']
+  assert f"[{scratch[0]:g}, {scratch[1]:g}] |" in next(line for line in md.splitlines() if 'random (scratch)' in line)
   # A rerun: nothing trained, extracted or probed again; the same table.
   done = [os.path.join(workdir, 'pretrain', 'rotation', 'final_metrics.json'),
           os.path.join(workdir, 'probe', 'random', 'probe.json'),
@@ -157,9 +165,9 @@ def test_quick_benchmark_runs_every_part_once_and_a_rerun_skips_them(tfds_dir, t
   dest = b.set_aside('rotation')
   moved = sorted(os.path.relpath(os.path.join(d, n), dest) for d, dirs, _ in os.walk(dest) for n in dirs
                  if os.path.basename(d) in ('pretrain', 'probe', 'select', 'cells'))
-  assert moved == ['finetune/cells/rotation_f0.05_s0', 'finetune/cells/rotation_f1_s0',
-                   'finetune/select/rotation_f0.05_s0_backbone_lr_scale=0.1',
-                   'finetune/select/rotation_f0.05_s0_backbone_lr_scale=1', 'pretrain/rotation', 'probe/rotation']
+  assert moved == ['finetune/cells/rotation_f0.05_s0', 'finetune/cells/rotation_f1_s0'] + \
+      [f'finetune/select/rotation_f0.05_s0_backbone_lr_scale={s:g},grad_clip_norm={g:g}' for s, g in grid] + \
+      ['pretrain/rotation', 'probe/rotation']
   assert _json(os.path.join(dest, 'timings.json')) == seconds and set(seconds) >= {'pretrain/rotation'}
   assert not any(p.endswith('/rotation') for p in _json(os.path.join(workdir, 'timings.json')))
   assert os.path.exists(os.path.join(workdir, 'finetune', 'cells', 'random_f1_s0', 'final_metrics.json'))
@@ -419,13 +427,47 @@ def test_a_test_cell_takes_the_selection_cells_training_only_when_their_configs_
   assert benchmark.reuse_selection(test, selection, str(select), str(cell)) is None
 
 
+def test_the_selection_grid_is_every_combination_of_its_keys_and_a_bad_grid_is_one_line(tfds_dir, tmp_path):
+  """benchmark.select.grid: the product of its keys' choices, the first key outermost (equal scores go to the first);
+  each selection cell named by every key's last part. A finished cell that differs from the recipe in a grid key
+  only is the recipe (the key is what is chosen); in any other key it is not."""
+  pairs = benchmark_configs.select_grid(fmnist_benchmark.get_config().benchmark.select)   # the default grid
+  assert benchmark_configs.grid_choices(pairs) == [(0.1, 0.0), (0.1, 1.0), (1.0, 0.0), (1.0, 1.0)]
+  assert benchmark_configs.choice_name(pairs, (0.1, 1.0)) == 'backbone_lr_scale=0.1,grad_clip_norm=1'
+  assert benchmark_configs.choice_label((0.1, 1.0)) == '0.1,1' and not benchmark_configs.grid_choices([])
+  for bad, said in (({'key': 'optim.lr', 'choices': (1.0,), 'grid': ()}, r'^benchmark.select.key/choices are now '),
+                    ({'grid': (('optim.lr', ()),)}, r"^benchmark.select.grid: \('optim.lr', \(\)\) is not a pair"),
+                    ({'grid': (('optim.lr', (1.0,)), ('model.lr', (2.0,)))}, r'more than one key ends in lr')):
+    with pytest.raises(benchmark.BenchmarkConfigError, match=said):
+      benchmark_configs.select_grid(ml_collections.ConfigDict(bad))
+  c = _quick(tfds_dir)
+  c.benchmark.inits = ml_collections.ConfigDict({'random': ''})
+  c.benchmark.fractions, c.benchmark.select.fractions = (0.05,), (0.05,)
+  b = benchmark.Benchmark(c, str(tmp_path))
+  todo, config_for, _, _ = b._cells()   # pylint: disable=protected-access
+  assert [t[3] for t in todo] == [(0.1, 0.0), (0.1, 1.0), (1.0, 0.0), (1.0, 1.0), None]
+  assert os.path.basename(todo[1][4]) == 'random_f0.05_s0_backbone_lr_scale=0.1,grad_clip_norm=1'
+  trained = config_for('random', 0.05, 0, (1.0, 1.0), False)   # a test cell trained with the chosen values
+  assert (trained.optim.backbone_lr_scale, trained.optim.grad_clip_norm) == (1.0, 1.0)
+  os.makedirs(todo[4][4])
+  with open(os.path.join(todo[4][4], 'config.json'), 'w', encoding='utf-8') as f:
+    json.dump(trained.to_dict(), f)
+  assert len(b._cells()[0]) == 5   # pylint: disable=protected-access
+  trained.optim.lr = 0.5
+  with open(os.path.join(todo[4][4], 'config.json'), 'w', encoding='utf-8') as f:
+    json.dump(trained.to_dict(), f)
+  with pytest.raises(benchmark.BenchmarkConfigError, match=r'^finetune/cells/random_f0.05_s0 was trained with '
+                     r'another recipe than the benchmark uses now \(optim.lr 0.5 -> 0.05\)'):
+    b._cells()   # pylint: disable=protected-access
+
+
 def test_kfold_subsets_give_each_seed_a_disjoint_fold_and_skip_the_folds_a_fraction_lacks(tfds_dir, tmp_path):
   """benchmark.subsets='kfold' (seed experiment 003's protocol): each seed's cell trains on its own disjoint
   stratified fold of the training images less the validation images; 100% has one fold, so one cell."""
   c = _quick(tfds_dir)
   c.benchmark.inits = ml_collections.ConfigDict({'random': ''})
   c.benchmark.subsets, c.benchmark.seeds, c.benchmark.fractions = 'kfold', (0, 1), (0.25, 1.0)
-  c.benchmark.select.fractions = (0.25,)
+  c.benchmark.select.fractions = ()   # the folds are the point here: no selection cells
   c.data.train_limit = 600
   workdir = str(tmp_path / 'kfold')
   results = benchmark.run_benchmark(c, workdir)
@@ -525,7 +567,7 @@ def test_the_targets_are_judged_by_the_init_the_validation_images_choose():
   assert benchmark_tables.check_targets(r)[2]['measured'] == 'not in this run (benchmark.fractions)'
   # The table says a fraction's cells are not all done, and gives no difference from scratch over other subsets.
   r.update({'fractions': [0.01, 1.0], 'timings_s': {}, 'total_wall_s': 0.0, 'total_cpu_s': 0.0})
-  r['protocol'].update({'select': {'key': 'optim.backbone_lr_scale', 'choices': [0.1, 1.0]}, 'val_fraction': 0.1})
+  r['protocol'].update({'select': {'grid': [['optim.backbone_lr_scale', [0.1, 1.0]]]}, 'val_fraction': 0.1})
   for row in r['inits']:
     row.update({'knn_top1': None, 'wall_s': dict.fromkeys(('pretrain', 'probe', 'knn', 'lowshot', 'finetune'))})
   rows = {line.split(' | ')[0][2:]: line for line in benchmark_tables.markdown(r).splitlines()[2:6]}
@@ -573,7 +615,8 @@ def test_a_diverging_cell_is_recorded_and_the_benchmark_goes_on(tfds_dir, tmp_pa
   c = _quick(tfds_dir)
   c.benchmark.inits = ml_collections.ConfigDict({'random': ''})
   c.benchmark.fractions, c.benchmark.select.fractions = (0.05,), (0.05,)
-  c.benchmark.select.choices = (1e5, 0.1)   # the backbone's lr x 1e5 diverges within the first steps
+  # One key (the cells named as before the grid): the backbone's lr x 1e5 diverges within the first steps.
+  c.benchmark.select.grid = (('optim.backbone_lr_scale', (1e5, 0.1)),)
   c.benchmark.lowshot = False
   c.benchmark.probe.layers = ('pool2',)
   workdir = str(tmp_path / 'bench')
@@ -584,7 +627,7 @@ def test_a_diverging_cell_is_recorded_and_the_benchmark_goes_on(tfds_dir, tmp_pa
   assert not os.path.exists(os.path.join(bad, 'final_metrics.json'))
   row = results['inits'][0]
   assert len(results['inits']) == 1
-  assert row['chosen'] == {'0.05': 0.1} and row['select_diverged'] == ['0.05/100000']
+  assert row['chosen'] == {'0.05': (0.1,)} and row['select_diverged'] == ['0.05/100000']
   assert row['finetune']['0.05']['n'] == 1 and row['finetune']['0.05']['diverged'] == 0
   # A second subset's test cell that diverged: counted, not averaged; a rerun trains neither again.
   c.benchmark.seeds = (0, 1)
