@@ -36,7 +36,7 @@ trained workdir / weights file used as it is), in this order:
 The validation images (``benchmark.val_fraction`` of the training images, class-stratified, ``val_seed``) are
 one set for every init and every part: the pretext runs, the probe's training part and the fine-tuning subsets
 never contain them,
-and every choice (probe layer, L2, epoch; the fine-tuning hyper-parameter) is made on them. The test split is
+and every choice (probe layer, L2, epoch; the fine-tuning hyper-parameters) is made on them. The test split is
 scored once per cell, by the chosen model only.
 
 Every part is skipped when its result file exists: rerunning the command continues where it stopped. At the start
@@ -106,7 +106,7 @@ def loop_train(c: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
 def reuse_selection(cell: ml_collections.ConfigDict, selection: ml_collections.ConfigDict, select_dir: str,
                     cell_dir: str) -> str | None:
-  """The test cell on subset ``select.seed`` trains exactly what the selection cell of the chosen value trained
+  """The test cell on subset ``select.seed`` trains exactly what the selection cell of the chosen values trained
   (one config but the split it is scored on; the run is deterministic), so it starts from that cell's finished
   training: its checkpoints, its training rows of metrics.jsonl and init_from.json are copied into ``cell_dir``
   (``reused.json`` says from where) and the trainer, resuming at the last step, only scores the test split.
@@ -445,15 +445,21 @@ class Benchmark:
     return os.path.join(self.workdir, 'finetune', 'select',
                         f'{study.cell_name(init, fraction, int(self.b.select.seed))}_{choice_name(self.grid, values)}')
 
+  def select_at(self, fraction: float) -> float | None:
+    """The fraction whose selection cells choose ``fraction``'s values: itself where in ``select.fractions``, else
+    the largest selected one below it, else the smallest; None without a grid or selection fractions."""
+    picked = sorted(float(f) for f in self.b.select.fractions)
+    if not picked or not self.grid:
+      return None
+    return max((f for f in picked if f <= fraction), default=picked[0])
+
   def chosen(self, init: str, fraction: float) -> tuple | None:
     """The combination of ``select.grid``'s values (one per key) the validation images chose for ``init`` at
-    ``fraction`` (a fraction not in ``select.fractions`` takes the choice of the largest selected one below it,
-    else the smallest); None while its selection cells are not all done."""
-    picked = sorted(float(f) for f in self.b.select.fractions)
-    choices = grid_choices(self.grid)
-    if not picked or not choices:
+    ``fraction`` (:meth:`select_at`); None while its selection cells are not all done."""
+    at = self.select_at(fraction)
+    if at is None:
       return None
-    at = max((f for f in picked if f <= fraction), default=picked[0])
+    choices = grid_choices(self.grid)
     scores = {}
     for values in choices:
       d = self.select_dir(init, at, values)
@@ -509,13 +515,15 @@ class Benchmark:
       return c
 
     todo = []   # (init, fraction, seed, selection values or None for a test cell, its directory)
+    queued = set()   # (init, selection fraction): a selection fraction outside benchmark.fractions too
     for fraction in sorted(float(f) for f in self.b.fractions):
       for init in self.inits:
         if init in self.errors:
           continue
-        if fraction in selected:
-          todo += [(init, fraction, int(sel.seed), v, self.select_dir(init, fraction, v))
-                   for v in grid_choices(self.grid)]
+        at = self.select_at(fraction)
+        if at is not None and (init, at) not in queued:
+          queued.add((init, at))
+          todo += [(init, at, int(sel.seed), v, self.select_dir(init, at, v)) for v in grid_choices(self.grid)]
         todo += [(init, fraction, int(seed), None, self.cell_dir(init, fraction, seed)) for seed in self.b.seeds
                  if mode != 'kfold' or seed < folds[fraction]]
     self._check_cells(todo, config_for)
@@ -524,20 +532,33 @@ class Benchmark:
 
   def _check_cells(self, cells, config_for) -> None:
     """Every fine-tuning cell already trained (or under way) must have been trained with the recipe the benchmark
-    would use now (its config.json against the cell's config, where the backbone lives and the tested
-    hyper-parameter's value aside); otherwise one line names the change, or, with ``benchmark.retrain_cells``,
-    every cell moves to ``stale/finetune-<UTC time>/`` with its seconds and they are trained again."""
+    would use now (its config.json against the cell's config, where the backbone lives aside): a selection cell
+    with its grid values, a test cell with the values its selection cells chose. A test cell whose selection
+    cells are not on disk at all was chosen by another grid; one whose selection is under way is checked, its
+    grid keys aside, and again once the selection is done. Otherwise one line names the change, or, with
+    ``benchmark.retrain_cells``, every cell moves to ``stale/finetune-<UTC time>/`` with its seconds and they are
+    trained again."""
     from jaxssl.runlog import log  # pylint: disable=import-outside-toplevel
-    skip = set(IGNORED_KEYS) | {'init_from'} | {key for key, _ in self.grid}
+    skip = set(IGNORED_KEYS) | {'init_from'}
     for init, fraction, seed, value, cell_dir in cells:
       recorded = records.read_json(os.path.join(cell_dir, 'config.json'))
       if recorded is None:
         continue
-      wanted = config_for(init, fraction, seed, value, value is not None).to_dict()   # a selection cell: holdout
-      changes = [c for c in config_changes(recorded, wanted) if c[0] not in skip]
-      if not changes:
-        continue
-      said = describe_changes(changes)
+      ignored, chosen, said = skip, value, None
+      if value is None and self.select_at(fraction) is not None:
+        chosen = self.chosen(init, fraction)
+        if chosen is None:
+          at = self.select_at(fraction)
+          if not any(os.path.isdir(self.select_dir(init, at, v)) for v in grid_choices(self.grid)):
+            said = (f'its values were chosen by another grid: no selection cell of benchmark.select.grid at {at:g} '
+                    'is on disk')
+          ignored = skip | {key for key, _ in self.grid}
+      if said is None:
+        wanted = config_for(init, fraction, seed, chosen, value is not None).to_dict()   # a selection cell: holdout
+        changes = [c for c in config_changes(recorded, wanted) if c[0] not in ignored]
+        if not changes:
+          continue
+        said = describe_changes(changes)
       if not self.b.get('retrain_cells', False):
         raise BenchmarkConfigError(
             f'{os.path.relpath(cell_dir, self.workdir)} was trained with another recipe than the benchmark uses now '

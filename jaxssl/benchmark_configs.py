@@ -118,25 +118,48 @@ def set_key(config: ml_collections.ConfigDict, path: str, value, where: str) -> 
   node[last] = value
 
 
+# Keys each fine-tuning cell's config derives from its subset and role (study.cell_config, Benchmark._cells): a
+# grid value set after them would leave what they derive (steps, warmup, checkpoints) stale, or undo the protocol.
+DERIVED_KEYS = ('init_from', 'seed', 'batch_size', 'total_steps', 'eval_every', 'checkpoint_every',
+                'optim.warmup_epochs', 'data.train_fraction', 'data.subset_seed', 'data.subset_mode', 'data.eval_split',
+                'data.holdout_fraction', 'data.holdout_seed')
+
+
 def select_grid(select: ml_collections.ConfigDict) -> list[tuple[str, tuple]]:
   """``benchmark.select.grid`` checked, as ``[(key, choices)]``: the fine-tuning hyper-parameters chosen on the
-  validation images, every combination of their choices tried (:func:`grid_choices`); empty: none."""
+  validation images, every combination of their choices tried (:func:`grid_choices`); empty: none. Each
+  combination names its selection cell's directory (:func:`choice_name`), so the names must differ and hold no
+  character the directory, the results' labels or the CSV would read otherwise."""
   if 'key' in select or 'choices' in select:
     raise BenchmarkConfigError(
-        'benchmark.select.key/choices are now benchmark.select.grid, pairs of (key, choices): write '
-        "--config.benchmark.select.grid=\"(('optim.backbone_lr_scale', (0.1, 1.0)),)\"")
+        'benchmark.select.key/choices are now benchmark.select.grid, pairs of (config key, choices): in the config '
+        "file, replace them with select.grid = (('optim.backbone_lr_scale', (0.1, 1.0)),) (your key and choices)")
   grid = []
-  for pair in select.grid:
+  for pair in select.get('grid', ()):
     if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and isinstance(pair[0], str) and
             isinstance(pair[1], (tuple, list)) and len(pair[1])):
       raise BenchmarkConfigError(f'benchmark.select.grid: {pair!r} is not a pair (config key, (choice, ...)), e.g. '
                                  "('optim.grad_clip_norm', (0.0, 1.0))")
+    if pair[0] in DERIVED_KEYS:
+      raise BenchmarkConfigError(f"benchmark.select.grid: '{pair[0]}' is set per cell by the benchmark (its subset, "
+                                 'schedule or split), so it cannot be chosen; the cells\' epochs are '
+                                 'benchmark.epochs and benchmark.min_steps')
+    odd = [v for v in pair[1] if any(ch in show(v) for ch in '/,= \t\n') or not show(v)]
+    if odd:
+      raise BenchmarkConfigError(f"benchmark.select.grid: '{pair[0]}' has the choice {odd[0]!r}, which would not name "
+                                 'a selection cell unambiguously (no /, comma, = or space): give numbers or words')
     grid.append((pair[0], tuple(pair[1])))
   names = [key.rsplit('.', 1)[-1] for key, _ in grid]
   clash = sorted({n for n in names if names.count(n) > 1})
   if clash:
     raise BenchmarkConfigError(f'benchmark.select.grid: more than one key ends in {", ".join(clash)} (a selection '
                                "cell's directory names each key by its last part): give each key once")
+  for key, choices in grid:
+    shown = [show(v) for v in choices]
+    same = sorted({v for v in shown if shown.count(v) > 1})
+    if same:
+      raise BenchmarkConfigError(f"benchmark.select.grid: '{key}' has the choice {same[0]} twice (as its selection "
+                                 'cell names it): give each choice once')
   return grid
 
 
@@ -147,8 +170,11 @@ def grid_choices(grid: list[tuple[str, tuple]]) -> list[tuple]:
 
 
 def show(value) -> str:
-  """A grid value as the selection cell's directory and the results name it: ``0.1``, ``1``, ``sgd``."""
-  return f'{value:g}' if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+  """A grid value as the selection cell's directory and the results name it: ``0.1``, ``1``, ``1e-05``, ``sgd``
+  (a number as short as names it exactly: ``0.1000001`` is not ``0.1``)."""
+  if isinstance(value, (int, float)) and not isinstance(value, bool):
+    return f'{value:g}' if float(f'{value:g}') == value else repr(value)
+  return str(value)
 
 
 def choice_label(values) -> str:

@@ -6,7 +6,7 @@ import csv
 import io
 from typing import Any
 
-from jaxssl.benchmark_configs import choice_label, show
+from jaxssl.benchmark_configs import show
 
 
 def duration(seconds: float) -> str:
@@ -43,7 +43,7 @@ def markdown(r: dict[str, Any]) -> str:
   mean +- std over seeds, with the difference from scratch (the random init's cells); then
   :func:`lowshot_table`."""
   fr = [f'{f:g}' for f in r['fractions']]
-  sel = r['protocol']['select']
+  grid = r['protocol']['select'].get('grid', ())
   scratch_row = next((row for row in r['inits'] if row['init'] == 'random'), {'finetune': {}})
   scratch = scratch_row['finetune']
   head = ['init', 'probe (best layer on val)', 'k-NN'] + [f'fine-tune {100 * float(f):g}%' for f in fr] + \
@@ -81,8 +81,8 @@ def markdown(r: dict[str, Any]) -> str:
   notes = [
       '', f"Test top-1 (%). Fine-tuning: mean +- std over {n} {'folds' if r['subsets'] == 'kfold' else 'subsets'} "
       "(the same for every init), in round brackets the difference from scratch" +
-      (f", in square brackets the {', '.join(key for key, _ in sel['grid'])} chosen on the validation images (from "
-       f"{' x '.join(', '.join(show(v) for v in choices) for _, choices in sel['grid'])})" if sel['grid'] else '') +
+      (f", in square brackets the {', '.join(key for key, _ in grid)} chosen on the validation images (from "
+       f"{' x '.join('{' + ', '.join(show(v) for v in choices) + '}' for _, choices in grid)})" if grid else '') +
       ". The "
       "random init's probe and k-NN are of an untrained backbone; its fine-tuning cells are the from-scratch "
       "baseline. {k of n diverged}: cells that stopped on a non-finite loss, left out of the mean (a selection "
@@ -297,15 +297,16 @@ def lowshot_table(r: dict[str, Any]) -> list[str]:
 
 def csv_text(r: dict[str, Any]) -> str:
   """results.csv: a row per init (best layer's probe, k-NN, the frozen-feature probe and fine-tuning at each
-  fraction, the seconds of each part)."""
+  fraction with the values chosen for it, a column per grid key, the seconds of each part)."""
   fr = [f'{f:g}' for f in r['fractions']]
   table = io.StringIO(newline='')
   w = csv.writer(table)
   low = [f for f in fr if float(f) < 1]
   parts = ('pretrain', 'probe', 'knn', 'lowshot', 'finetune')
+  keys = [key.rsplit('.', 1)[-1] for key, _ in r['protocol'].get('select', {}).get('grid', ())]   # chosen on val
   w.writerow(['init', 'best_layer', 'probe_top1', 'knn_top1'] +
              [f'probe{f}_{s}' for f in low for s in ('mean', 'std')] +
-             [f'ft{f}_{s}' for f in fr for s in ('mean', 'std', 'n', 'chosen')] + [f'{p}_s' for p in parts])
+             [f'ft{f}_{s}' for f in fr for s in ('mean', 'std', 'n', *keys)] + [f'{p}_s' for p in parts])
   for row in r['inits']:
     ft = []
     for f in low:
@@ -313,8 +314,9 @@ def csv_text(r: dict[str, Any]) -> str:
       ft += [num(c.get('mean')), num(c.get('std'))]
     for f in fr:
       c = row['finetune'].get(f, {})
-      ft += [num(c.get('mean')), num(c.get('std')), c.get('n', 0),
-             '' if row['chosen'].get(f) is None else choice_label(row['chosen'][f])]
+      chosen = row['chosen'].get(f)
+      ft += [num(c.get('mean')), num(c.get('std')), c.get('n', 0)] + \
+          ([''] * len(keys) if chosen is None else [show(v) for v in chosen])
     w.writerow([row['init'], row['best_layer'] or '', num(row['probe_top1']), num(row['knn_top1'])] + ft +
                [num(row['wall_s'][p], 0) for p in parts])
   return table.getvalue()

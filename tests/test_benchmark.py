@@ -2,6 +2,7 @@
 part runs once, the results are one table and two pictures, every init fine-tunes on the same subsets, and a
 rerun does nothing that is done."""
 
+import csv
 import json
 import os
 import pathlib
@@ -120,9 +121,13 @@ def test_quick_benchmark_runs_every_part_once_and_a_rerun_skips_them(tfds_dir, t
     md = f.read()
   assert '| random (scratch) |' in md and 'fine-tune 5%' in md and 'fine-tune 100%' in md
   assert ('in square brackets the optim.backbone_lr_scale, optim.grad_clip_norm chosen on the validation images '
-          '(from 0.1, 1 x 0, 1)') in md
+          '(from {0.1, 1} x {0, 1})') in md
   scratch = rows['random']['chosen']['0.05']
   assert f"[{scratch[0]:g}, {scratch[1]:g}] |" in next(line for line in md.splitlines() if 'random (scratch)' in line)
+  with open(os.path.join(workdir, 'results.csv'), encoding='utf-8') as f:
+    table = list(csv.DictReader(f))   # a column per grid key: the values chosen for each fraction
+  assert [(t['ft0.05_backbone_lr_scale'], t['ft0.05_grad_clip_norm']) for t in table if t['init'] == 'random'] == \
+      [(f'{scratch[0]:g}', f'{scratch[1]:g}')]
   # A rerun: nothing trained, extracted or probed again; the same table.
   done = [os.path.join(workdir, 'pretrain', 'rotation', 'final_metrics.json'),
           os.path.join(workdir, 'probe', 'random', 'probe.json'),
@@ -427,19 +432,36 @@ def test_a_test_cell_takes_the_selection_cells_training_only_when_their_configs_
   assert benchmark.reuse_selection(test, selection, str(select), str(cell)) is None
 
 
-def test_the_selection_grid_is_every_combination_of_its_keys_and_a_bad_grid_is_one_line(tfds_dir, tmp_path):
+def test_the_selection_grid_is_every_combination_of_its_keys_and_a_bad_grid_is_one_line():
   """benchmark.select.grid: the product of its keys' choices, the first key outermost (equal scores go to the first);
-  each selection cell named by every key's last part. A finished cell that differs from the recipe in a grid key
-  only is the recipe (the key is what is chosen); in any other key it is not."""
+  each selection cell named by every key's last part, so two names may not be one; a key the benchmark sets per
+  cell cannot be chosen."""
   pairs = benchmark_configs.select_grid(fmnist_benchmark.get_config().benchmark.select)   # the default grid
   assert benchmark_configs.grid_choices(pairs) == [(0.1, 0.0), (0.1, 1.0), (1.0, 0.0), (1.0, 1.0)]
   assert benchmark_configs.choice_name(pairs, (0.1, 1.0)) == 'backbone_lr_scale=0.1,grad_clip_norm=1'
   assert benchmark_configs.choice_label((0.1, 1.0)) == '0.1,1' and not benchmark_configs.grid_choices([])
+  assert benchmark_configs.show(0.1000001) == '0.1000001' and benchmark_configs.show(1e-5) == '1e-05'
   for bad, said in (({'key': 'optim.lr', 'choices': (1.0,), 'grid': ()}, r'^benchmark.select.key/choices are now '),
                     ({'grid': (('optim.lr', ()),)}, r"^benchmark.select.grid: \('optim.lr', \(\)\) is not a pair"),
-                    ({'grid': (('optim.lr', (1.0,)), ('model.lr', (2.0,)))}, r'more than one key ends in lr')):
+                    ({'grid': (('optim.lr', (1.0,)), ('model.lr', (2.0,)))}, r'more than one key ends in lr'),
+                    ({'grid': (('optim.lr', (1, 1.0)),)}, r"'optim.lr' has the choice 1 twice"),
+                    ({'grid': (('model.name', ('a,b',)),)}, r"'model.name' has the choice 'a,b', which would not"),
+                    ({'grid': (('batch_size', (32, 64)),)}, r"'batch_size' is set per cell by the benchmark")):
     with pytest.raises(benchmark.BenchmarkConfigError, match=said):
       benchmark_configs.select_grid(ml_collections.ConfigDict(bad))
+
+
+def _scored(cell_dir, top1):
+  os.makedirs(cell_dir, exist_ok=True)
+  with open(os.path.join(cell_dir, 'final_metrics.json'), 'w', encoding='utf-8') as f:
+    json.dump({'step': 10, 'classify/top1': top1}, f)
+
+
+def test_a_finished_test_cell_must_have_trained_with_the_values_its_selection_chose(tfds_dir, tmp_path):
+  """A test cell is kept only if it trained with the combination its selection cells chose (grid keys included);
+  one whose selection cells are not on disk at all was chosen by another grid (the lr-only selection before the
+  clip joined it) and is not silently kept. A selection fraction outside benchmark.fractions still trains its
+  selection cells, before the cells that take its choice."""
   c = _quick(tfds_dir)
   c.benchmark.inits = ml_collections.ConfigDict({'random': ''})
   c.benchmark.fractions, c.benchmark.select.fractions = (0.05,), (0.05,)
@@ -447,18 +469,28 @@ def test_the_selection_grid_is_every_combination_of_its_keys_and_a_bad_grid_is_o
   todo, config_for, _, _ = b._cells()   # pylint: disable=protected-access
   assert [t[3] for t in todo] == [(0.1, 0.0), (0.1, 1.0), (1.0, 0.0), (1.0, 1.0), None]
   assert os.path.basename(todo[1][4]) == 'random_f0.05_s0_backbone_lr_scale=0.1,grad_clip_norm=1'
-  trained = config_for('random', 0.05, 0, (1.0, 1.0), False)   # a test cell trained with the chosen values
+  trained = config_for('random', 0.05, 0, (1.0, 1.0), False)   # a test cell trained with these values
   assert (trained.optim.backbone_lr_scale, trained.optim.grad_clip_norm) == (1.0, 1.0)
-  os.makedirs(todo[4][4])
-  with open(os.path.join(todo[4][4], 'config.json'), 'w', encoding='utf-8') as f:
-    json.dump(trained.to_dict(), f)
-  assert len(b._cells()[0]) == 5   # pylint: disable=protected-access
-  trained.optim.lr = 0.5
-  with open(os.path.join(todo[4][4], 'config.json'), 'w', encoding='utf-8') as f:
+  test_cell = todo[4][4]
+  os.makedirs(test_cell)
+  with open(os.path.join(test_cell, 'config.json'), 'w', encoding='utf-8') as f:
     json.dump(trained.to_dict(), f)
   with pytest.raises(benchmark.BenchmarkConfigError, match=r'^finetune/cells/random_f0.05_s0 was trained with '
-                     r'another recipe than the benchmark uses now \(optim.lr 0.5 -> 0.05\)'):
+                     r'another recipe than the benchmark uses now \(its values were chosen by another grid: no '
+                     r'selection cell of benchmark.select.grid at 0.05 is on disk\)'):
     b._cells()   # pylint: disable=protected-access
+  for (*_, d), top1 in zip(todo[:4], (0.5, 0.6, 0.4, 0.7)):   # (1, 1) chosen
+    _scored(d, top1)
+  assert [t[4] for t in b._cells()[0]] == [test_cell]   # pylint: disable=protected-access
+  _scored(todo[0][4], 0.9)   # now (0.1, 0) is chosen: the cell trained with (1, 1) is not that recipe
+  with pytest.raises(benchmark.BenchmarkConfigError, match=r'\(optim.backbone_lr_scale 1.0 -> 0.1; '
+                     r'optim.grad_clip_norm 1.0 -> 0.0\)'):
+    b._cells()   # pylint: disable=protected-access
+  # 100% takes the choice of 5%, which is not in this run's fractions: 5%'s selection cells train first.
+  c.benchmark.fractions = (1.0,)
+  other = benchmark.Benchmark(c, str(tmp_path / 'other'))
+  assert [(t[1], t[3]) for t in other._cells()[0]] == [   # pylint: disable=protected-access
+      (0.05, (0.1, 0.0)), (0.05, (0.1, 1.0)), (0.05, (1.0, 0.0)), (0.05, (1.0, 1.0)), (1.0, None)]
 
 
 def test_kfold_subsets_give_each_seed_a_disjoint_fold_and_skip_the_folds_a_fraction_lacks(tfds_dir, tmp_path):
