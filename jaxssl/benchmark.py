@@ -495,12 +495,13 @@ class Benchmark:
     info = datasets.get_dataset(base.data.name, base.data)
     train, _ = subsets.load_sources(info, base.data)   # the training records less the validation images
     mode = str(self.b.subsets)
-    try:
-      folds, sizes = subsets.fold_plan(train, self.b.fractions, mode, 'benchmark.subsets')
-    except ValueError as e:
-      raise BenchmarkConfigError(str(e)) from None
     sel = self.b.select
     selected = {float(f) for f in sel.fractions} if self.grid else set()
+    try:   # a selection fraction outside benchmark.fractions sized as its test cells would be
+      folds, sizes = subsets.fold_plan(train, sorted({float(f) for f in self.b.fractions} | selected), mode,
+                                       'benchmark.subsets')
+    except ValueError as e:
+      raise BenchmarkConfigError(str(e)) from None
 
     def config_for(init, fraction, seed, values, holdout):
       c = study.cell_config(base, self.backbone(init), fraction, seed, len(train), jax.device_count(),
@@ -533,9 +534,8 @@ class Benchmark:
   def _check_cells(self, cells, config_for) -> None:
     """Every fine-tuning cell already trained (or under way) must have been trained with the recipe the benchmark
     would use now (its config.json against the cell's config, where the backbone lives aside): a selection cell
-    with its grid values, a test cell with the values its selection cells chose. A test cell whose selection
-    cells are not on disk at all was chosen by another grid; one whose selection is under way is checked, its
-    grid keys aside, and again once the selection is done. Otherwise one line names the change, or, with
+    with its grid values, a test cell with the values its selection cells chose (a test cell whose selection is
+    not complete on disk cannot be told to have them). Otherwise one line names the change, or, with
     ``benchmark.retrain_cells``, every cell moves to ``stale/finetune-<UTC time>/`` with its seconds and they are
     trained again."""
     from jaxssl.runlog import log  # pylint: disable=import-outside-toplevel
@@ -544,18 +544,16 @@ class Benchmark:
       recorded = records.read_json(os.path.join(cell_dir, 'config.json'))
       if recorded is None:
         continue
-      ignored, chosen, said = skip, value, None
+      chosen, said = value, None
       if value is None and self.select_at(fraction) is not None:
         chosen = self.chosen(init, fraction)
-        if chosen is None:
-          at = self.select_at(fraction)
-          if not any(os.path.isdir(self.select_dir(init, at, v)) for v in grid_choices(self.grid)):
-            said = (f'its values were chosen by another grid: no selection cell of benchmark.select.grid at {at:g} '
-                    'is on disk')
-          ignored = skip | {key for key, _ in self.grid}
+        if chosen is None:   # selection cells run before the test cells that take their choice: one was deleted,
+          # or select.grid / fractions / seed changed; what the cell trained with cannot be told to be the choice
+          said = (f'its selection at {self.select_at(fraction):g} is not complete on disk: a selection cell was '
+                  'deleted, or benchmark.select.grid, select.fractions or select.seed changed')
       if said is None:
         wanted = config_for(init, fraction, seed, chosen, value is not None).to_dict()   # a selection cell: holdout
-        changes = [c for c in config_changes(recorded, wanted) if c[0] not in ignored]
+        changes = [c for c in config_changes(recorded, wanted) if c[0] not in skip]
         if not changes:
           continue
         said = describe_changes(changes)
@@ -661,7 +659,9 @@ class Benchmark:
         log(f"benchmark: {os.path.basename(cell_dir)} diverged at step {result.get('diverged_at', result['step'])}: "
             f'recorded in {DIVERGED} '
             f'({"this value loses the selection" if value is not None else "the results count it as diverged"}); '
-            'delete that file to train it again')
+            'delete that file to train it again' +
+            (" (a selection cell: before its fraction's test cells train, or they are found stale)"
+             if value is not None else ''))
       elif not result['finished']:
         self._exit_unfinished(f'fine-tuning {os.path.basename(cell_dir)}', result)
       self._stop_if_asked(f'fine-tuning {os.path.basename(cell_dir)}', result)

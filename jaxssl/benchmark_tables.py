@@ -306,7 +306,8 @@ def csv_text(r: dict[str, Any]) -> str:
   keys = [key.rsplit('.', 1)[-1] for key, _ in r['protocol'].get('select', {}).get('grid', ())]   # chosen on val
   w.writerow(['init', 'best_layer', 'probe_top1', 'knn_top1'] +
              [f'probe{f}_{s}' for f in low for s in ('mean', 'std')] +
-             [f'ft{f}_{s}' for f in fr for s in ('mean', 'std', 'n', *keys)] + [f'{p}_s' for p in parts])
+             [f'ft{f}_{s}' for f in fr for s in ('mean', 'std', 'n', *(f'chosen_{k}' for k in keys))] +
+             [f'{p}_s' for p in parts])
   for row in r['inits']:
     ft = []
     for f in low:

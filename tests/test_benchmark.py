@@ -126,7 +126,8 @@ def test_quick_benchmark_runs_every_part_once_and_a_rerun_skips_them(tfds_dir, t
   assert f"[{scratch[0]:g}, {scratch[1]:g}] |" in next(line for line in md.splitlines() if 'random (scratch)' in line)
   with open(os.path.join(workdir, 'results.csv'), encoding='utf-8') as f:
     table = list(csv.DictReader(f))   # a column per grid key: the values chosen for each fraction
-  assert [(t['ft0.05_backbone_lr_scale'], t['ft0.05_grad_clip_norm']) for t in table if t['init'] == 'random'] == \
+  assert [(t['ft0.05_chosen_backbone_lr_scale'], t['ft0.05_chosen_grad_clip_norm']) for t in table
+          if t['init'] == 'random'] == \
       [(f'{scratch[0]:g}', f'{scratch[1]:g}')]
   # A rerun: nothing trained, extracted or probed again; the same table.
   done = [os.path.join(workdir, 'pretrain', 'rotation', 'final_metrics.json'),
@@ -476,12 +477,17 @@ def test_a_finished_test_cell_must_have_trained_with_the_values_its_selection_ch
   with open(os.path.join(test_cell, 'config.json'), 'w', encoding='utf-8') as f:
     json.dump(trained.to_dict(), f)
   with pytest.raises(benchmark.BenchmarkConfigError, match=r'^finetune/cells/random_f0.05_s0 was trained with '
-                     r'another recipe than the benchmark uses now \(its values were chosen by another grid: no '
-                     r'selection cell of benchmark.select.grid at 0.05 is on disk\)'):
+                     r'another recipe than the benchmark uses now \(its selection at 0.05 is not complete on disk: a '
+                     r'selection cell was deleted, or benchmark.select.grid, select.fractions or select.seed '
+                     r'changed\)'):
     b._cells()   # pylint: disable=protected-access
   for (*_, d), top1 in zip(todo[:4], (0.5, 0.6, 0.4, 0.7)):   # (1, 1) chosen
     _scored(d, top1)
   assert [t[4] for t in b._cells()[0]] == [test_cell]   # pylint: disable=protected-access
+  os.rename(todo[3][4], todo[3][4] + '.away')   # a selection cell deleted: the choice cannot be told
+  with pytest.raises(benchmark.BenchmarkConfigError, match=r'its selection at 0.05 is not complete on disk'):
+    b._cells()   # pylint: disable=protected-access
+  os.rename(todo[3][4] + '.away', todo[3][4])
   _scored(todo[0][4], 0.9)   # now (0.1, 0) is chosen: the cell trained with (1, 1) is not that recipe
   with pytest.raises(benchmark.BenchmarkConfigError, match=r'\(optim.backbone_lr_scale 1.0 -> 0.1; '
                      r'optim.grad_clip_norm 1.0 -> 0.0\)'):
@@ -489,8 +495,13 @@ def test_a_finished_test_cell_must_have_trained_with_the_values_its_selection_ch
   # 100% takes the choice of 5%, which is not in this run's fractions: 5%'s selection cells train first.
   c.benchmark.fractions = (1.0,)
   other = benchmark.Benchmark(c, str(tmp_path / 'other'))
-  assert [(t[1], t[3]) for t in other._cells()[0]] == [   # pylint: disable=protected-access
+  cells, alone, _, _ = other._cells()   # pylint: disable=protected-access
+  assert [(t[1], t[3]) for t in cells] == [
       (0.05, (0.1, 0.0)), (0.05, (0.1, 1.0)), (0.05, (1.0, 0.0)), (0.05, (1.0, 1.0)), (1.0, None)]
+  # ... sized as its own test cells would be (the batch no larger than the stratified subset).
+  c.benchmark.fractions = (0.05, 1.0)
+  beside = benchmark.Benchmark(c, str(tmp_path / 'beside'))._cells()[1]   # pylint: disable=protected-access
+  assert alone('random', 0.05, 0, (0.1, 0.0), True).to_dict() == beside('random', 0.05, 0, (0.1, 0.0), True).to_dict()
 
 
 def test_kfold_subsets_give_each_seed_a_disjoint_fold_and_skip_the_folds_a_fraction_lacks(tfds_dir, tmp_path):
