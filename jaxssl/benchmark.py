@@ -51,7 +51,7 @@ lowshot probe's beside it), ``pretext_curves.png`` (each pretext run's own task 
 (the first convolution each pretrained backbone learned, one panel per init) and
 ``reconstructions.png`` (the last reconstructions each dense pretext run drew: autoencoder, denoising,
 inpainting) are rewritten from what is on disk; ``timings.json`` and ``cpu_timings.json`` hold the wall and CPU
-seconds of every part (:class:`jaxssl.benchmark_records.Ledger`).
+seconds of every part, a SIGSTOP pause left out (:class:`jaxssl.benchmark_records.Ledger`).
 """
 
 from __future__ import annotations

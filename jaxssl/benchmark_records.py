@@ -8,6 +8,7 @@ import os
 import resource
 import shlex
 import sys
+import threading
 import time
 from typing import Any
 
@@ -17,8 +18,9 @@ from jaxssl.runlog import write_json
 class Ledger:
   """Seconds per part, summed over every call that worked on it: wall (``timings.json``) and CPU
   (``cpu_timings.json``: user + system of this process and its finished children, the grain workers). The wall
-  time counts whatever else the machine did meanwhile, a paused process's pause included; the CPU time does not,
-  so the two together say what a part cost and whether it ran alone (on n cores, CPU ~ n x wall when it did)."""
+  time counts whatever else the machine did meanwhile but not the time the process was stopped (SIGSTOP or
+  Ctrl-Z until SIGCONT: :class:`PauseWatch`); the CPU time counts only this process's work, so the two together say
+  what a part cost and whether it ran alone (on n cores, CPU ~ n x wall when it did)."""
 
   def __init__(self, workdir: str):
     self.path = os.path.join(workdir, 'timings.json')
@@ -27,13 +29,15 @@ class Ledger:
     self.cpu_seconds: dict[str, float | None] = read_json(self.cpu_path) or {}   # None: known only in part
 
   @staticmethod
-  def clock() -> tuple[float, float]:
-    """Now, to pass to :meth:`add` when the part is done: (wall, CPU) seconds."""
-    return time.perf_counter(), _cpu_seconds()
+  def clock() -> tuple[float, float, float]:
+    """Now, to pass to :meth:`add` when the part is done: (wall, CPU, paused) seconds."""
+    return time.perf_counter(), _cpu_seconds(), PauseWatch.shared().paused()
 
-  def add(self, since: tuple[float, float], *parts: str) -> float:
-    """Adds the time since ``since`` (a :meth:`clock`) to each of ``parts``; returns the wall seconds."""
-    wall, cpu = time.perf_counter() - since[0], _cpu_seconds() - since[1]
+  def add(self, since: tuple[float, float, float], *parts: str) -> float:
+    """Adds the time since ``since`` (a :meth:`clock`) to each of ``parts``; returns the wall seconds (pauses
+    left out)."""
+    paused = PauseWatch.shared().paused() - since[2]
+    wall, cpu = max(0.0, time.perf_counter() - since[0] - paused), _cpu_seconds() - since[1]
     for part in parts:
       if part in self.seconds and part not in self.cpu_seconds:
         self.cpu_seconds[part] = None   # wall time from before CPU time was recorded: its CPU total is unknown
@@ -51,6 +55,47 @@ class Ledger:
       self.cpu_seconds.pop(part, None)
     write_json(self.path, self.seconds)
     write_json(self.cpu_path, self.cpu_seconds)
+
+
+class PauseWatch:
+  """The seconds this process was stopped (SIGSTOP or Ctrl-Z, until SIGCONT) since the watch started. A daemon
+  thread sleeps ``tick`` seconds at a time; a stopped process's threads stop with it, so a sleep that ends more
+  than ``gap`` seconds late was a pause, and its lateness is added. A running process's thread
+  wakes within milliseconds of its time even on a loaded machine (Python hands the GIL over every 5 ms and jax's
+  computations release it), so ``gap`` (5 s) is far above any delay that is not a pause; a pause shorter than
+  ``gap`` counts as wall time."""
+
+  _shared: 'PauseWatch | None' = None
+  _shared_lock = threading.Lock()
+
+  def __init__(self, tick: float = 1.0, gap: float = 5.0):
+    self.tick, self.gap = tick, gap
+    self._paused, self._lock = 0.0, threading.Lock()
+    threading.Thread(target=self._watch, name='jaxssl-pause-watch', daemon=True).start()
+
+  @classmethod
+  def shared(cls) -> PauseWatch:
+    """The process's one watch, started on first use."""
+    with cls._shared_lock:
+      if cls._shared is None:
+        cls._shared = cls()
+      return cls._shared
+
+  def paused(self) -> float:
+    """Seconds paused so far."""
+    with self._lock:
+      return self._paused
+
+  def _watch(self) -> None:
+    before = time.monotonic()
+    while True:
+      time.sleep(self.tick)
+      now = time.monotonic()
+      late = now - before - self.tick
+      if late > self.gap:
+        with self._lock:
+          self._paused += late
+      before = now
 
 
 def _cpu_seconds() -> float:

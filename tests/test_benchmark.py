@@ -553,6 +553,51 @@ def test_the_ledger_says_when_a_parts_cpu_time_is_known_only_in_part(tmp_path):
   assert benchmark_records.read_jsonl(str(tmp_path / 'calls.jsonl')) == [{'started': 'a'}, {'started': 'b'}]
 
 
+_PAUSED_CHILD = """
+import sys, time
+from jaxssl import benchmark_records as r
+r.PauseWatch._shared = r.PauseWatch(tick=0.05, gap=0.5)
+ledger = r.Ledger(sys.argv[1])
+since, t0 = ledger.clock(), time.perf_counter()
+print('ready', flush=True)
+sys.stdin.readline()   # the parent stops this process, continues it, then writes a line
+ledger.add(since, 'stopped')
+elapsed = time.perf_counter() - t0
+since = ledger.clock()
+time.sleep(1.0)
+ledger.add(since, 'ran')
+print(elapsed, flush=True)
+"""
+
+
+def test_the_ledgers_wall_time_leaves_out_a_sigstop_pause(tmp_path):
+  """A real SIGSTOP / SIGCONT of a process timing a part (what the benchmark gets when paused for a test run): the
+  part's wall time is the time it ran, not the pause; a part that was not paused keeps its whole wall time."""
+  import signal  # pylint: disable=import-outside-toplevel
+  import time  # pylint: disable=import-outside-toplevel
+  with subprocess.Popen([sys.executable, '-c', _PAUSED_CHILD, str(tmp_path)], stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE, text=True) as child:
+    try:
+      assert child.stdout.readline().strip() == 'ready'
+      time.sleep(0.3)
+      child.send_signal(signal.SIGSTOP)
+      stopped = time.perf_counter()
+      time.sleep(2.0)
+      child.send_signal(signal.SIGCONT)
+      stopped = time.perf_counter() - stopped
+      time.sleep(0.3)
+      child.stdin.write('go\n')
+      child.stdin.flush()
+      elapsed = float(child.stdout.readline())
+      assert child.wait(timeout=60) == 0
+    finally:
+      child.kill()
+  seconds = _json(tmp_path / 'timings.json')
+  assert elapsed > stopped >= 2.0
+  assert abs(seconds['stopped'] - (elapsed - stopped)) < 0.4, (seconds, elapsed, stopped)
+  assert abs(seconds['ran'] - 1.0) < 0.4, seconds
+
+
 def _row(init, probe=None, val=None, finetune=None, select_val=None):
   return {'init': init, 'probe_top1': probe, 'best_layer': 'pool1' if probe else None,
           'probe_layers_val': {'pool1': val} if probe else {}, 'select_val': select_val or {},
