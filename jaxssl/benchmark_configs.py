@@ -149,7 +149,7 @@ def select_grid(select: ml_collections.ConfigDict) -> list[tuple[str, tuple]]:
       raise BenchmarkConfigError(f"benchmark.select.grid: '{pair[0]}' has the choice {odd[0]!r}, which would not name "
                                  'a selection cell unambiguously (no /, comma, = or space): give numbers or words')
     grid.append((pair[0], tuple(pair[1])))
-  names = [key.rsplit('.', 1)[-1] for key, _ in grid]
+  names = [short_key(key) for key, _ in grid]
   clash = sorted({n for n in names if names.count(n) > 1})
   if clash:
     raise BenchmarkConfigError(f'benchmark.select.grid: more than one key ends in {", ".join(clash)} (a selection '
@@ -185,7 +185,13 @@ def choice_label(values) -> str:
 def choice_name(grid: list[tuple[str, tuple]], values) -> str:
   """A selection cell's directory suffix: ``backbone_lr_scale=0.1`` (one key, as before the grid),
   ``backbone_lr_scale=0.1,grad_clip_norm=1``."""
-  return ','.join(f"{key.rsplit('.', 1)[-1]}={show(v)}" for (key, _), v in zip(grid, values))
+  return ','.join(f'{short_key(key)}={show(v)}' for (key, _), v in zip(grid, values))
+
+
+def short_key(key: str) -> str:
+  """A grid key as selection cells and results.csv name it: its last part (``optim.grad_clip_norm`` ->
+  ``grad_clip_norm``; :func:`select_grid` rejects two keys with one last part)."""
+  return key.rsplit('.', 1)[-1]
 
 
 def pretrain_config(config: ml_collections.ConfigDict, spec: str) -> ml_collections.ConfigDict:

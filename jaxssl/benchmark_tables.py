@@ -6,7 +6,7 @@ import csv
 import io
 from typing import Any
 
-from jaxssl.benchmark_configs import show
+from jaxssl.benchmark_configs import short_key, show
 
 
 def duration(seconds: float) -> str:
@@ -303,7 +303,7 @@ def csv_text(r: dict[str, Any]) -> str:
   w = csv.writer(table)
   low = [f for f in fr if float(f) < 1]
   parts = ('pretrain', 'probe', 'knn', 'lowshot', 'finetune')
-  keys = [key.rsplit('.', 1)[-1] for key, _ in r['protocol'].get('select', {}).get('grid', ())]   # chosen on val
+  keys = [short_key(key) for key, _ in r['protocol'].get('select', {}).get('grid', ())]   # chosen on val
   w.writerow(['init', 'best_layer', 'probe_top1', 'knn_top1'] +
              [f'probe{f}_{s}' for f in low for s in ('mean', 'std')] +
              [f'ft{f}_{s}' for f in fr for s in ('mean', 'std', 'n', *(f'chosen_{k}' for k in keys))] +
