@@ -68,7 +68,7 @@ import numpy as np
 
 from jaxssl import benchmark_figures as figures, benchmark_records as records, benchmark_tables as tables
 from jaxssl import cli, study
-from jaxssl.benchmark_configs import (IGNORED_KEYS, BenchmarkConfigError, cell_base, choice_label, choice_name,
+from jaxssl.benchmark_configs import (CELL_IGNORED_KEYS, BenchmarkConfigError, cell_base, choice_label, choice_name,
                                       combination_spec, config_changes, describe_changes, downstream_config,
                                       grid_choices, is_config_spec, load_config, merge, pretrain_config, select_grid,
                                       set_key)
@@ -181,6 +181,11 @@ class Benchmark:
     if stray:
       raise BenchmarkConfigError(f'benchmark.retrain: {", ".join(map(repr, stray))} not an init of this run; its '
                                  f'inits are {", ".join(self.inits)}')
+    given = [name for name in self.b.get('retrain', ()) if not is_config_spec(self.inits[name])]
+    if given:
+      raise BenchmarkConfigError(f'benchmark.retrain: {", ".join(map(repr, given))} not pretrained here (a random '
+                                 'backbone or a given workdir / weights file): its probe and cells are made again '
+                                 'by themselves when their settings change; drop it from benchmark.retrain')
     self.ledger = records.Ledger(self.workdir)
     # The inits trained with labels: references, never combined, not self-supervised.
     self.labelled = set(self.b.get('labelled', ()))
@@ -271,6 +276,7 @@ class Benchmark:
         rel = os.path.relpath(path, self.workdir)
         os.makedirs(os.path.dirname(os.path.join(dest, rel)), exist_ok=True)
         shutil.move(path, os.path.join(dest, rel))
+    parts = [p for p in parts if p in self.ledger.seconds]
     write_json(os.path.join(dest, 'timings.json'), {p: self.ledger.seconds[p] for p in parts})
     write_json(os.path.join(dest, 'cpu_timings.json'), {p: self.ledger.cpu_seconds.get(p) for p in parts})
     self.ledger.forget(parts)
@@ -331,6 +337,15 @@ class Benchmark:
     lowshot_json = os.path.join(out, 'lowshot.json')
     p = self.b.probe
     features = os.path.join(out, f'features_d{p.max_dim}')   # another pooling size is another cache
+    self._check_probe(init, n)
+    knn_settings = {'k': int(self.b.knn.k), 'temperature': float(self.b.knn.temperature)}
+    knn_made = records.read_json(knn_json)
+    if knn_made is not None and 'settings' not in knn_made:   # made before knn.json kept them: taken as today's
+      write_json(knn_json, {**knn_made, 'settings': knn_settings})
+    elif knn_made is not None and knn_made['settings'] != knn_settings:
+      dest = self._move_to_stale(f'knn-{init}', [knn_json], [f'knn/{init}'])
+      said = describe_changes(config_changes(knn_made['settings'], knn_settings, ignored=()))
+      log(f'benchmark {n} knn {init}: made with other settings ({said}); moved to {dest}, measured again')
     settings = self._lowshot_settings()
     lowshot_done = self._lowshot_done(init, settings)
     if not os.path.exists(probe_json) or not os.path.exists(knn_json) or not lowshot_done:
@@ -345,7 +360,8 @@ class Benchmark:
                                     batch_size=self.config.eval_batch_size)
         write_json(os.path.join(out, 'features.json'),
                    {**info, 'max_dim': p.max_dim, 'backbone': self.backbone(init) or 'random', 'layers': layers,
-                    'not_transferred': (exp.init_info or {}).get('not_transferred', [])})
+                    'not_transferred': (exp.init_info or {}).get('not_transferred', []),
+                    'settings': self._probe_settings(init)})
         log(f"  features: {info['seconds']:.0f}s, {sum(info['bytes'].values()) / 1e9:.2f} GB cached")
         summary = cached_probe.probe_all(
             features, out, layers, num_classes=exp.info.num_classes, class_names=list(exp.info.class_names),
@@ -363,7 +379,7 @@ class Benchmark:
         k = self.b.knn
         r = cached_probe.knn_layer(features, best, train_idx, num_classes=exp.info.num_classes,
                                    class_names=list(exp.info.class_names), k=k.k, temperature=k.temperature)
-        write_json(knn_json, r)
+        write_json(knn_json, {**r, 'settings': knn_settings})
         self.ledger.add(t0, f'knn/{init}')
         t0 = self.ledger.clock()
         log(f"benchmark {n} knn {init}: {best} top1={r['test_top1']:.4f} ({r['seconds']:.0f}s)")
@@ -376,6 +392,35 @@ class Benchmark:
             for f, cells in r['fractions'].items()))
     if not p.keep_features:
       cached_probe.remove_cache(features)
+
+  def _probe_settings(self, init: str) -> dict[str, Any]:
+    """What ``init``'s cached features and per-layer probe are made with (features.json keeps it): the backbone
+    (a pretext run by its place in the workdir, which may move), the images, the validation images, the probe's
+    options."""
+    spec = self.inits[init]
+    return json.loads(json.dumps({   # as it reads back from the file (tuples as lists)
+        'backbone': os.path.join('pretrain', init) if is_config_spec(spec) else spec or 'random',
+        'data': {k: self.config.data.get(k) for k in ('name', 'train_limit', 'eval_limit')},
+        'val_fraction': float(self.b.val_fraction), 'val_seed': int(self.b.val_seed),
+        'probe': {k: v for k, v in self.b.probe.to_dict().items() if k != 'keep_features'}}))
+
+  def _check_probe(self, init: str, n: str) -> None:
+    """A probe directory made with other settings (:meth:`_probe_settings`: another backbone for a given workdir
+    or weights file, other images or validation images, other probe options) moves to ``stale/`` with its k-NN and
+    lowshot, and is made again. One made before features.json kept its settings is taken as made with today's
+    (they are written into it)."""
+    from jaxssl.runlog import log  # pylint: disable=import-outside-toplevel
+    out = self.probe_dir(init)
+    path = os.path.join(out, 'features.json')
+    made, wanted = records.read_json(path), self._probe_settings(init)
+    if made is None or made.get('settings') == wanted:
+      return
+    if 'settings' not in made:
+      write_json(path, {**made, 'settings': wanted})
+      return
+    said = describe_changes(config_changes(made['settings'], wanted, ignored=()))
+    dest = self._move_to_stale(f'probe-{init}', [out], [f'{part}/{init}' for part in ('probe', 'knn', 'lowshot')])
+    log(f'benchmark {n} probe {init}: made with other settings ({said}); moved to {dest}, probed again')
 
   def _lowshot_settings(self) -> dict[str, Any] | None:
     """What a lowshot.json was made with (its subsets, the validation images, the probe's options): another
@@ -539,7 +584,6 @@ class Benchmark:
     ``benchmark.retrain_cells``, every cell moves to ``stale/finetune-<UTC time>/`` with its seconds and they are
     trained again."""
     from jaxssl.runlog import log  # pylint: disable=import-outside-toplevel
-    skip = set(IGNORED_KEYS) | {'init_from'}
     for init, fraction, seed, value, cell_dir in cells:
       recorded = records.read_json(os.path.join(cell_dir, 'config.json'))
       if recorded is None:
@@ -553,7 +597,10 @@ class Benchmark:
                   'deleted, or benchmark.select.grid, select.fractions or select.seed changed')
       if said is None:
         wanted = config_for(init, fraction, seed, chosen, value is not None).to_dict()   # a selection cell: holdout
-        changes = [c for c in config_changes(recorded, wanted) if c[0] not in skip]
+        # init_from: a pretext run's checkpoint moves with the workdir (a stale run is set aside with its cells);
+        # a given workdir or weights file is the init itself.
+        ignored = CELL_IGNORED_KEYS + (('init_from',) if is_config_spec(self.inits[init]) else ())
+        changes = config_changes(recorded, wanted, ignored)
         if not changes:
           continue
         said = describe_changes(changes)
@@ -747,6 +794,11 @@ class Benchmark:
             row['select_val'][f'{float(f):g}/{choice_label(values)}'] = float(m[metric])
           elif os.path.exists(os.path.join(self.select_dir(init, float(f), values), DIVERGED)):
             row.setdefault('select_diverged', []).append(f'{float(f):g}/{choice_label(values)}')
+      # Fractions whose selection cells all diverged: their choice (the grid's first) was not a choice.
+      row['chosen_all_diverged'] = [
+          f'{f:g}' for f in sorted(self.b.fractions) if self.select_at(float(f)) is not None and self.grid and
+          all(f'{self.select_at(float(f)):g}/{choice_label(v)}' in row.get('select_diverged', ())
+              for v in grid_choices(self.grid))]
       for fraction in sorted(self.b.fractions):
         vals, diverged = [], 0
         for seed in self.b.seeds:

@@ -229,10 +229,16 @@ IGNORED_KEYS = ('data.data_dir', 'data.source_dir', 'data.decoded_cache', 'data.
                 'eval_batch_size', 'checkpoint_every', 'keep_checkpoints')
 
 
-def config_changes(trained: dict[str, Any], wanted: dict[str, Any]) -> list[tuple[str, Any, Any]]:
-  """(dotted key, trained value, wanted value) where a pretext run's recorded config and the config the benchmark
-  would train now disagree: a task added or removed (``tasks``), or a value both have; a key only one has (added
-  to jaxssl since, at its old behaviour) and :data:`IGNORED_KEYS` do not count."""
+# A fine-tuning cell scores its validation or test images under data.eval_limit: another limit is another result.
+CELL_IGNORED_KEYS = tuple(k for k in IGNORED_KEYS if k != 'data.eval_limit')
+
+
+def config_changes(trained: dict[str, Any], wanted: dict[str, Any],
+                   ignored: tuple[str, ...] = IGNORED_KEYS) -> list[tuple[str, Any, Any]]:
+  """(dotted key, trained value, wanted value) where a run's recorded config and the config the benchmark would
+  train now disagree: a task added or removed (``tasks``), or a value both have; a key only one has (added to
+  jaxssl since, at its old behaviour) and ``ignored`` (a pretext run's :data:`IGNORED_KEYS`, a fine-tuning cell's
+  :data:`CELL_IGNORED_KEYS`) do not count."""
   def flat(d, prefix=''):
     out = {}
     for k, v in d.items():
@@ -245,7 +251,7 @@ def config_changes(trained: dict[str, Any], wanted: dict[str, Any]) -> list[tupl
   if tasks[0] != tasks[1]:
     out.append(('tasks', tasks[0], tasks[1]))
   a, b = flat(trained), flat(wanted)
-  return out + [(k, a[k], b[k]) for k in sorted(set(a) & set(b)) if a[k] != b[k] and k not in IGNORED_KEYS]
+  return out + [(k, a[k], b[k]) for k in sorted(set(a) & set(b)) if a[k] != b[k] and k not in ignored]
 
 
 def describe_changes(changes: list[tuple[str, Any, Any]]) -> str:

@@ -63,13 +63,15 @@ def markdown(r: dict[str, Any]) -> str:
       complete = fraction_complete(row, f, expected)
       if c['n'] and row['init'] != 'random' and scratch.get(f, {}).get('n') and complete and \
           fraction_complete(scratch_row, f, expected):   # else not the same subsets
-        text += f" ({100 * (c['mean'] - scratch[f]['mean']):+.1f})"
+        gain = _gain(r, row, f, scratch[f]['mean'], True)   # over the subsets both scored, where a cell diverged
+        text += '' if gain is None else f' ({100 * gain:+.1f})'
       if not complete:
         text += f" ({_cells_done(row, f)} of {expected[f]} cells" + ('; skipped)' if row.get('error') else ' so far)')
       if c.get('diverged') and c['n']:
         text += f" {{{c['diverged']} of {c['diverged'] + c['n']} diverged}}"
       if row.get('chosen', {}).get(f) is not None:
-        text += f" [{', '.join(show(v) for v in row['chosen'][f])}]"
+        text += f" [{', '.join(show(v) for v in row['chosen'][f])}" + \
+            ('; all diverged]' if f in row.get('chosen_all_diverged', ()) else ']')
       cols.append(text)
     wall = ' / '.join(duration(row['wall_s'][p]) if row['wall_s'][p] else '-'
                       for p in ('pretrain', 'probe', 'knn', 'lowshot', 'finetune'))
@@ -85,9 +87,10 @@ def markdown(r: dict[str, Any]) -> str:
        f"{' x '.join('{' + ', '.join(show(v) for v in choices) + '}' for _, choices in grid)})" if grid else '') +
       ". The "
       "random init's probe and k-NN are of an untrained backbone; its fine-tuning cells are the from-scratch "
-      "baseline. {k of n diverged}: cells that stopped on a non-finite loss, left out of the mean (a selection "
-      "value that diverges loses). (k of n cells so far): a fraction under way, its mean over those cells and no "
-      "difference from scratch (other subsets). Validation images: a class-stratified "
+      "baseline. {k of n diverged}: cells that stopped on a non-finite loss, left out of the mean and of the "
+      "difference from scratch (taken then over the subsets both scored); a selection value that diverges loses "
+      "([...; all diverged]: every value did, the first was taken). (k of n cells so far): a fraction under way, "
+      "its mean over those cells and no difference from scratch (other subsets). Validation images: a class-stratified "
       f"{100 * r['protocol']['val_fraction']:g}% of the training images, the same for every init, never trained "
       "on (by a pretext run, a probe or a fine-tuning cell); the "
       "probe's layer, L2 strength and epoch and the fine-tuning hyper-parameters are chosen on them; the test split "
@@ -192,10 +195,12 @@ _SO_FAR = 'so far (cells to come; differences over the subsets both have): '
 
 
 def _gain(r: dict[str, Any], row: dict[str, Any], f: str, base: float, complete: bool) -> float | None:
-  """``row``'s fine-tuning at ``f`` less scratch's: the means' difference once every cell is done, meanwhile the
-  mean difference over the subsets (seeds) both have (other subsets would not compare); None where they share
-  none."""
-  if complete or not r.get('cells'):
+  """``row``'s fine-tuning at ``f`` less scratch's: the means' difference once every cell is done and none of
+  either diverged, else the mean difference over the subsets (seeds) both scored (other subsets would not
+  compare); None where they share none."""
+  scratch = next((x for x in r['inits'] if x['init'] == 'random'), {'finetune': {}})['finetune'].get(f, {})
+  diverged = row['finetune'][f].get('diverged') or scratch.get('diverged')
+  if (complete and not diverged) or not r.get('cells'):
     return row['finetune'][f]['mean'] - base
   metric = r.get('metric', 'classify/top1')
   by = {(c['init'], c['seed']): c[metric] for c in r['cells'] if f"{c['fraction']:g}" == f and metric in c}

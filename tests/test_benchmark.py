@@ -151,13 +151,27 @@ def test_quick_benchmark_runs_every_part_once_and_a_rerun_skips_them(tfds_dir, t
   assert calls[0]['commit'] is None or len(calls[0]['commit']) == 40
   with open(os.path.join(workdir, 'results.md'), encoding='utf-8') as f:
     assert f"Measured by 2 calls of `{calls[0]['command']}`, the first started {calls[0]['started']}" in f.read()
-  # Another lowshot setting (the probe's L2 grid) makes the lowshot part again, and nothing else.
+  # Another k-NN setting measures the k-NN again, and nothing else; the old one is kept in stale/.
   other = _quick(tfds_dir)
+  other.benchmark.knn.k = int(other.benchmark.knn.k) - 1
+  benchmark.run_benchmark(other, workdir)
+  assert [os.path.getmtime(p) for p in done if 'knn' not in p] == [s for p, s in zip(done, stamps) if 'knn' not in p]
+  assert _json(os.path.join(workdir, 'probe', 'rotation', 'knn.json'))['settings']['k'] == other.benchmark.knn.k
+  assert len([d for d in os.listdir(os.path.join(workdir, 'stale')) if d.startswith('knn-')]) == 2
+  # Another probe setting (its L2 grid) makes each init's features, probe, k-NN and lowshot again (the old ones
+  # moved to stale/), and nothing else.
   other.benchmark.probe.l2 = (1e-3,)
   benchmark.run_benchmark(other, workdir)
-  assert [os.path.getmtime(p) for p in done if 'lowshot' not in p] == [s for p, s in zip(done, stamps)
-                                                                      if 'lowshot' not in p]
+  assert [os.path.getmtime(p) for p in done if 'probe' not in p] == [s for p, s in zip(done, stamps)
+                                                                    if 'probe' not in p]
   assert _json(os.path.join(workdir, 'probe', 'random', 'lowshot.json'))['settings']['probe']['l2'] == [1e-3]
+  assert _json(os.path.join(workdir, 'probe', 'random', 'features.json'))['settings']['probe']['l2'] == [1e-3]
+  assert sorted(d.split('-')[1] for d in os.listdir(os.path.join(workdir, 'stale')) if d.startswith('probe-')) == \
+      ['random', 'rotation']
+  # The random init is not pretrained: benchmark.retrain naming it is one line (it would do nothing).
+  other.benchmark.retrain = ('random',)
+  with pytest.raises(benchmark.BenchmarkConfigError, match=r"^benchmark.retrain: 'random' not pretrained here"):
+    benchmark.Benchmark(other, workdir)
   # A finished pretext run trained with another config than the benchmark's now is one line, not silently kept;
   # benchmark.retrain moves it and every part made from it (with their seconds) to stale/, deleting nothing.
   changed = _quick(tfds_dir)
@@ -484,6 +498,10 @@ def test_a_finished_test_cell_must_have_trained_with_the_values_its_selection_ch
   for (*_, d), top1 in zip(todo[:4], (0.5, 0.6, 0.4, 0.7)):   # (1, 1) chosen
     _scored(d, top1)
   assert [t[4] for t in b._cells()[0]] == [test_cell]   # pylint: disable=protected-access
+  fewer = c.copy_and_resolve_references()   # fewer images scored is another result (not so for a pretext run)
+  fewer.data.eval_limit = int(c.data.eval_limit) - 100
+  with pytest.raises(benchmark.BenchmarkConfigError, match=r'\(data.eval_limit 300 -> 200\)'):
+    benchmark.Benchmark(fewer, str(tmp_path))._cells()   # pylint: disable=protected-access
   os.rename(todo[3][4], todo[3][4] + '.away')   # a selection cell deleted: the choice cannot be told
   with pytest.raises(benchmark.BenchmarkConfigError, match=r'its selection at 0.05 is not complete on disk'):
     b._cells()   # pylint: disable=protected-access
@@ -666,6 +684,31 @@ def test_the_targets_are_judged_by_the_init_the_validation_images_choose():
   assert benchmark_tables.check_targets(r) == [{'target': 'every target', 'met': None,
                                                 'measured': 'no self-supervised init in this run'}]
   assert 'This run: supervised beside scratch only (benchmark.only)' in benchmark_tables.markdown(r)
+
+
+def test_a_diverged_cell_leaves_the_difference_from_scratch_to_the_subsets_both_scored():
+  """A complete fraction where scratch's third subset diverged: the difference is over the two subsets both scored
+  (+9.5), not the init's 3-subset mean less scratch's 2-subset one (+10.0); a choice every selection value of which
+  diverged is marked so, in the table and in the target's line."""
+  from jaxssl import benchmark_tables  # pylint: disable=import-outside-toplevel
+  per_seed = {'a': (0.79, 0.80, 0.81), 'random': (0.69, 0.71)}   # scratch's seed 2 diverged
+  r = {'seeds': [0, 1, 2], 'subsets': 'random', 'fractions': [0.01], 'expected_cells': {'0.01': 3},
+       'timings_s': {}, 'total_wall_s': 0.0, 'total_cpu_s': 0.0,
+       'protocol': {'labelled': [], 'val_fraction': 0.1, 'targets': {'over_scratch': [[0.01, 0.05]]},
+                    'select': {'fractions': [0.01], 'grid': [['optim.backbone_lr_scale', [0.1, 1.0]]]}},
+       'cells': [{'init': i, 'fraction': 0.01, 'seed': seed, 'classify/top1': v}
+                 for i, vals in per_seed.items() for seed, v in enumerate(vals)] +
+                [{'init': 'random', 'fraction': 0.01, 'seed': 2, 'diverged': True}],
+       'inits': [_row('a', 0.9, 0.9, {'0.01': 0.80}, {'0.01/0.1': 0.8}), _row('random', 0.85, 0.85, {'0.01': 0.70})]}
+  r['inits'][1]['finetune']['0.01'].update({'n': 2, 'diverged': 1})
+  for row, chosen in zip(r['inits'], ((0.1,), (0.1,))):
+    row.update({'knn_top1': None, 'chosen': {'0.01': chosen},
+                'wall_s': dict.fromkeys(('pretrain', 'probe', 'knn', 'lowshot', 'finetune'))})
+  r['inits'][1]['chosen_all_diverged'] = ['0.01']
+  rows = {line.split(' | ')[0][2:]: line for line in benchmark_tables.markdown(r).splitlines()[2:4]}
+  assert '| 80.0 +- 0.0 (+9.5) [0.1] |' in rows['a'], rows['a']
+  assert '| 70.0 +- 0.0 {1 of 3 diverged} [0.1; all diverged] |' in rows['random (scratch)'], rows
+  assert '(+9.50; chosen on validation)' in benchmark_tables.check_targets(r)[0]['measured']
 
 
 def test_every_init_has_a_look_of_its_own_in_the_pictures():
