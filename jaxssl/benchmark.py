@@ -70,8 +70,8 @@ from jaxssl import benchmark_figures as figures, benchmark_records as records, b
 from jaxssl import cli, study
 from jaxssl.benchmark_configs import (CELL_IGNORED_KEYS, BenchmarkConfigError, cell_base, choice_label, choice_name,
                                       combination_spec, config_changes, describe_changes, downstream_config,
-                                      grid_choices, is_config_spec, load_config, merge, pretrain_config, select_grid,
-                                      set_key)
+                                      given_path, grid_choices, is_config_spec, load_config, merge, pretrain_config,
+                                      select_grid, set_key)
 from jaxssl.runlog import write_json, write_text
 
 COMBINATION = 'combination'   # the init benchmark.combine adds (Benchmark.choose_combination)
@@ -184,8 +184,9 @@ class Benchmark:
     given = [name for name in self.b.get('retrain', ()) if not is_config_spec(self.inits[name])]
     if given:
       raise BenchmarkConfigError(f'benchmark.retrain: {", ".join(map(repr, given))} not pretrained here (a random '
-                                 'backbone or a given workdir / weights file): its probe and cells are made again '
-                                 'by themselves when their settings change; drop it from benchmark.retrain')
+                                 'backbone or a given workdir / weights file): its probe and k-NN are made again '
+                                 'by themselves when their settings change, its fine-tuning cells with '
+                                 'benchmark.retrain_cells; drop it from benchmark.retrain')
     self.ledger = records.Ledger(self.workdir)
     # The inits trained with labels: references, never combined, not self-supervised.
     self.labelled = set(self.b.get('labelled', ()))
@@ -340,12 +341,13 @@ class Benchmark:
     self._check_probe(init, n)
     knn_settings = {'k': int(self.b.knn.k), 'temperature': float(self.b.knn.temperature)}
     knn_made = records.read_json(knn_json)
-    if knn_made is not None and 'settings' not in knn_made:   # made before knn.json kept them: taken as today's
-      write_json(knn_json, {**knn_made, 'settings': knn_settings})
-    elif knn_made is not None and knn_made['settings'] != knn_settings:
+    changes = config_changes(knn_made.get('settings', {}), knn_settings, ignored=()) if knn_made else []
+    if changes:
       dest = self._move_to_stale(f'knn-{init}', [knn_json], [f'knn/{init}'])
-      said = describe_changes(config_changes(knn_made['settings'], knn_settings, ignored=()))
-      log(f'benchmark {n} knn {init}: made with other settings ({said}); moved to {dest}, measured again')
+      log(f'benchmark {n} knn {init}: made with other settings ({describe_changes(changes)}); moved to {dest}, '
+          'measured again')
+    elif knn_made is not None and knn_made.get('settings') != knn_settings:   # none kept yet: taken as today's
+      write_json(knn_json, {**knn_made, 'settings': knn_settings})
     settings = self._lowshot_settings()
     lowshot_done = self._lowshot_done(init, settings)
     if not os.path.exists(probe_json) or not os.path.exists(knn_json) or not lowshot_done:
@@ -399,7 +401,7 @@ class Benchmark:
     options."""
     spec = self.inits[init]
     return json.loads(json.dumps({   # as it reads back from the file (tuples as lists)
-        'backbone': os.path.join('pretrain', init) if is_config_spec(spec) else spec or 'random',
+        'backbone': os.path.join('pretrain', init) if is_config_spec(spec) else given_path(spec) or 'random',
         'data': {k: self.config.data.get(k) for k in ('name', 'train_limit', 'eval_limit')},
         'val_fraction': float(self.b.val_fraction), 'val_seed': int(self.b.val_seed),
         'probe': {k: v for k, v in self.b.probe.to_dict().items() if k != 'keep_features'}}))
@@ -415,10 +417,11 @@ class Benchmark:
     made, wanted = records.read_json(path), self._probe_settings(init)
     if made is None or made.get('settings') == wanted:
       return
-    if 'settings' not in made:
+    changes = config_changes(made['settings'], wanted, ignored=()) if 'settings' in made else []
+    if not changes:   # a setting added to jaxssl since (at its old behaviour), or none kept yet: adopted
       write_json(path, {**made, 'settings': wanted})
       return
-    said = describe_changes(config_changes(made['settings'], wanted, ignored=()))
+    said = describe_changes(changes)
     dest = self._move_to_stale(f'probe-{init}', [out], [f'{part}/{init}' for part in ('probe', 'knn', 'lowshot')])
     log(f'benchmark {n} probe {init}: made with other settings ({said}); moved to {dest}, probed again')
 
@@ -514,6 +517,15 @@ class Benchmark:
       scores[values] = float('-inf') if m is None else float(m[str(self.b.metric)])   # a diverged value loses
     return max(choices, key=lambda v: scores[v])   # the first of equals: the grid's order
 
+  def _all_diverged(self, init: str, fraction: float) -> bool:
+    """Whether every selection cell ``init``'s test cells at ``fraction`` take their choice from diverged: that
+    choice (the grid's first, :meth:`chosen`) was not a choice."""
+    at = self.select_at(fraction)
+    return at is not None and bool(self.grid) and all(
+        os.path.exists(os.path.join(self.select_dir(init, at, values), DIVERGED)) and
+        not os.path.exists(os.path.join(self.select_dir(init, at, values), 'final_metrics.json'))
+        for values in grid_choices(self.grid))
+
   def _expected_cells(self) -> dict[str, int]:
     """Test cells per init each fraction has when complete: every seed, or with k-fold subsets the seeds below
     the fraction's number of folds (read once from the training labels)."""
@@ -598,9 +610,11 @@ class Benchmark:
       if said is None:
         wanted = config_for(init, fraction, seed, chosen, value is not None).to_dict()   # a selection cell: holdout
         # init_from: a pretext run's checkpoint moves with the workdir (a stale run is set aside with its cells);
-        # a given workdir or weights file is the init itself.
-        ignored = CELL_IGNORED_KEYS + (('init_from',) if is_config_spec(self.inits[init]) else ())
-        changes = config_changes(recorded, wanted, ignored)
+        # a given workdir or weights file is the init itself, however its path is spelt.
+        changes = config_changes(recorded, wanted, CELL_IGNORED_KEYS + ('init_from',))
+        spec = self.inits[init]
+        if not is_config_spec(spec) and given_path(recorded.get('init_from', '')) != given_path(spec):
+          changes.insert(0, ('init_from', recorded.get('init_from', ''), spec))
         if not changes:
           continue
         said = describe_changes(changes)
@@ -686,7 +700,9 @@ class Benchmark:
         c = config_for(init, fraction, seed, value, True)
       what = (f'select {os.path.basename(cell_dir)} (on the validation images)' if value is not None else
               f'cell {study.cell_name(init, fraction, seed)}' +
-              (f' ({choice_name(self.grid, chosen)}, chosen on validation)' if chosen is not None else ''))
+              (f' ({choice_name(self.grid, chosen)}, ' + ('every value diverged on validation: the first)'
+                                                           if self._all_diverged(init, fraction) else
+                                                           'chosen on validation)') if chosen is not None else ''))
       if reused:
         what += f'; trained as {os.path.basename(reused)}, whose training is reused: the test split scored'
         total_steps -= steps[cell_dir]   # nothing to train: the ETA counts the steps left to train
@@ -794,11 +810,7 @@ class Benchmark:
             row['select_val'][f'{float(f):g}/{choice_label(values)}'] = float(m[metric])
           elif os.path.exists(os.path.join(self.select_dir(init, float(f), values), DIVERGED)):
             row.setdefault('select_diverged', []).append(f'{float(f):g}/{choice_label(values)}')
-      # Fractions whose selection cells all diverged: their choice (the grid's first) was not a choice.
-      row['chosen_all_diverged'] = [
-          f'{f:g}' for f in sorted(self.b.fractions) if self.select_at(float(f)) is not None and self.grid and
-          all(f'{self.select_at(float(f)):g}/{choice_label(v)}' in row.get('select_diverged', ())
-              for v in grid_choices(self.grid))]
+      row['chosen_all_diverged'] = [f'{f:g}' for f in sorted(self.b.fractions) if self._all_diverged(init, float(f))]
       for fraction in sorted(self.b.fractions):
         vals, diverged = [], 0
         for seed in self.b.seeds:

@@ -24,6 +24,12 @@ def is_config_spec(spec: str) -> bool:
   return bool(spec) and all(part.partition(':')[0].endswith('.py') for part in spec.split('+'))
 
 
+def given_path(spec: str) -> str:
+  """A given workdir or weights file as one string however it is spelt (relative, absolute, a trailing slash); ''
+  stays '' (a random backbone)."""
+  return os.path.realpath(spec) if spec else ''
+
+
 def load_config(spec: str) -> ml_collections.ConfigDict:
   """``path.py[:arg]`` loaded as ml_collections' config flags load it: the module's ``get_config(arg)`` (or
   ``get_config()`` without an argument). A relative path is looked up from the current folder, then from each

@@ -96,7 +96,8 @@ def label_efficiency(r: dict[str, Any], path: str) -> dict[str, dict[str, list[s
     if under_way:
       ax.set_title('cells under way: their fractions are drawn once all are done', fontsize=8)
     ax.grid(alpha=0.3, which='both')
-    ax.legend(fontsize=6, ncol=2)
+    if ax.get_legend_handles_labels()[0]:   # nothing drawn (every cell diverged, or none done): no legend
+      ax.legend(fontsize=6, ncol=2)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)

@@ -60,17 +60,19 @@ class Ledger:
 class PauseWatch:
   """The seconds this process was stopped (SIGSTOP or Ctrl-Z, until SIGCONT) since the watch started. A daemon
   thread sleeps ``tick`` seconds at a time; a stopped process's threads stop with it, so a sleep that ends more
-  than ``gap`` seconds late was a pause, and its lateness is added. A running process's thread
-  wakes within milliseconds of its time even on a loaded machine (Python hands the GIL over every 5 ms and jax's
-  computations release it), so ``gap`` (5 s) is far above any delay that is not a pause; a pause shorter than
-  ``gap`` counts as wall time."""
+  than ``gap`` seconds late was a pause, and its lateness (the pause, less up to a tick) is added. A running
+  process's thread wakes within milliseconds of its time even on a loaded machine (Python hands the GIL over every
+  5 ms and jax's computations release it), so ``gap`` (5 s) is far above any delay that is not a pause; a pause
+  shorter than ``gap`` counts as wall time. :meth:`paused` counts a pause that has just ended before the thread
+  has woken from it."""
 
   _shared: 'PauseWatch | None' = None
   _shared_lock = threading.Lock()
 
-  def __init__(self, tick: float = 1.0, gap: float = 5.0):
+  def __init__(self, tick: float = 0.25, gap: float = 5.0):
     self.tick, self.gap = tick, gap
     self._paused, self._lock = 0.0, threading.Lock()
+    self._before = time.monotonic()   # when the thread last woke
     threading.Thread(target=self._watch, name='jaxssl-pause-watch', daemon=True).start()
 
   @classmethod
@@ -84,18 +86,19 @@ class PauseWatch:
   def paused(self) -> float:
     """Seconds paused so far."""
     with self._lock:
-      return self._paused
+      return self._paused + self._late(time.monotonic())
+
+  def _late(self, now: float) -> float:
+    late = now - self._before - self.tick
+    return late if late > self.gap else 0.0
 
   def _watch(self) -> None:
-    before = time.monotonic()
     while True:
       time.sleep(self.tick)
-      now = time.monotonic()
-      late = now - before - self.tick
-      if late > self.gap:
-        with self._lock:
-          self._paused += late
-      before = now
+      with self._lock:
+        now = time.monotonic()
+        self._paused += self._late(now)
+        self._before = now
 
 
 def _cpu_seconds() -> float:

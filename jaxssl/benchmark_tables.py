@@ -166,7 +166,7 @@ def check_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     test = max(done, key=lambda row, f=f: row['finetune'][f]['mean'])
     complete = all(fraction_complete(row, f, expected) for row in ssl + [scratch_row])
     gain = _gain(r, val, f, base, complete)
-    out.append({'target': text, 'met': bool(gain >= points - 1e-12) if complete else None,
+    out.append({'target': text, 'met': bool(gain >= points - 1e-12) if complete and gain is not None else None,
                 'measured': ('' if complete else _SO_FAR) +
                             f"scratch {100 * base:.2f}; {val['init']} {100 * val['finetune'][f]['mean']:.2f} "
                             f"({_points(gain)}; {how}); best on test: {test['init']} "
@@ -184,7 +184,7 @@ def check_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     gains = {row['init']: _gain(r, row, f, scratch[f]['mean'], complete) for row in done}
     worst = min(done, key=lambda row, gains=gains: float('inf') if gains[row['init']] is None else gains[row['init']])
     drop = gains[worst['init']]
-    out.append({'target': text, 'met': bool(drop >= -points - 1e-12) if complete else None,
+    out.append({'target': text, 'met': bool(drop >= -points - 1e-12) if complete and drop is not None else None,
                 'measured': ('' if complete else _SO_FAR) +
                             f"scratch {100 * scratch[f]['mean']:.2f}; lowest: {worst['init']} "
                             f"{100 * worst['finetune'][f]['mean']:.2f} ({_points(drop)}; {len(done)} inits)"})

@@ -151,6 +151,18 @@ def test_quick_benchmark_runs_every_part_once_and_a_rerun_skips_them(tfds_dir, t
   assert calls[0]['commit'] is None or len(calls[0]['commit']) == 40
   with open(os.path.join(workdir, 'results.md'), encoding='utf-8') as f:
     assert f"Measured by 2 calls of `{calls[0]['command']}`, the first started {calls[0]['started']}" in f.read()
+  # A probe and a k-NN made before their files kept their settings (as the first full-scale run's) are taken as
+  # made with today's: nothing made again, the settings written in.
+  for name in ('features.json', 'knn.json'):
+    path = os.path.join(workdir, 'probe', 'random', name)
+    made = _json(path)
+    del made['settings']
+    with open(path, 'w', encoding='utf-8') as f:
+      json.dump(made, f)
+  benchmark.run_benchmark(_quick(tfds_dir), workdir)
+  assert [os.path.getmtime(p) for p in done] == stamps
+  assert all('settings' in _json(os.path.join(workdir, 'probe', 'random', name))
+             for name in ('features.json', 'knn.json'))
   # Another k-NN setting measures the k-NN again, and nothing else; the old one is kept in stale/.
   other = _quick(tfds_dir)
   other.benchmark.knn.k = int(other.benchmark.knn.k) - 1
@@ -522,6 +534,36 @@ def test_a_finished_test_cell_must_have_trained_with_the_values_its_selection_ch
   assert alone('random', 0.05, 0, (0.1, 0.0), True).to_dict() == beside('random', 0.05, 0, (0.1, 0.0), True).to_dict()
 
 
+def test_a_given_inits_path_is_one_init_however_it_is_spelt_and_another_path_is_another(tfds_dir, tmp_path):
+  """A given workdir (or weights file) is the init itself: its cells trained from it are kept when the path is spelt
+  otherwise (a trailing slash, relative), and stop the benchmark with one line when it names another; its probe's
+  settings name it the same way."""
+  given = tmp_path / 'given_run'
+  given.mkdir()
+  c = _quick(tfds_dir)
+  c.benchmark.inits = ml_collections.ConfigDict({'given': str(given), 'random': ''})
+  c.benchmark.fractions, c.benchmark.select.fractions = (0.05,), ()
+  b = benchmark.Benchmark(c, str(tmp_path / 'bench'))
+  todo, config_for, _, _ = b._cells()   # pylint: disable=protected-access
+  cell = next(t[4] for t in todo if t[0] == 'given')
+  trained = config_for('given', 0.05, 0, None, False)
+  os.makedirs(cell)
+  for spelt, kept in ((str(given) + '/', True), (os.path.relpath(given), True), (str(tmp_path), False)):
+    trained.init_from = spelt
+    with open(os.path.join(cell, 'config.json'), 'w', encoding='utf-8') as f:
+      json.dump(trained.to_dict(), f)
+    if kept:
+      assert cell in [t[4] for t in b._cells()[0]]   # pylint: disable=protected-access
+    else:
+      with pytest.raises(benchmark.BenchmarkConfigError, match=r'given_f0.05_s0 was trained with another recipe .*'
+                         r'\(init_from '):
+        b._cells()   # pylint: disable=protected-access
+  c.benchmark.inits.given = os.path.relpath(given) + '/'
+  other = benchmark.Benchmark(c, str(tmp_path / 'bench'))
+  assert other._probe_settings('given') == b._probe_settings('given')   # pylint: disable=protected-access
+  assert b._probe_settings('given')['backbone'] == os.path.realpath(given)   # pylint: disable=protected-access
+
+
 def test_kfold_subsets_give_each_seed_a_disjoint_fold_and_skip_the_folds_a_fraction_lacks(tfds_dir, tmp_path):
   """benchmark.subsets='kfold' (seed experiment 003's protocol): each seed's cell trains on its own disjoint
   stratified fold of the training images less the validation images; 100% has one fold, so one cell."""
@@ -688,8 +730,8 @@ def test_the_targets_are_judged_by_the_init_the_validation_images_choose():
 
 def test_a_diverged_cell_leaves_the_difference_from_scratch_to_the_subsets_both_scored():
   """A complete fraction where scratch's third subset diverged: the difference is over the two subsets both scored
-  (+9.5), not the init's 3-subset mean less scratch's 2-subset one (+10.0); a choice every selection value of which
-  diverged is marked so, in the table and in the target's line."""
+  (+9.5), not the init's 3-subset mean less scratch's 2-subset one (+10.0), in the table and the target's line;
+  a choice every selection value of which diverged is marked so; no subset both scored: no difference, not judged."""
   from jaxssl import benchmark_tables  # pylint: disable=import-outside-toplevel
   per_seed = {'a': (0.79, 0.80, 0.81), 'random': (0.69, 0.71)}   # scratch's seed 2 diverged
   r = {'seeds': [0, 1, 2], 'subsets': 'random', 'fractions': [0.01], 'expected_cells': {'0.01': 3},
@@ -709,6 +751,11 @@ def test_a_diverged_cell_leaves_the_difference_from_scratch_to_the_subsets_both_
   assert '| 80.0 +- 0.0 (+9.5) [0.1] |' in rows['a'], rows['a']
   assert '| 70.0 +- 0.0 {1 of 3 diverged} [0.1; all diverged] |' in rows['random (scratch)'], rows
   assert '(+9.50; chosen on validation)' in benchmark_tables.check_targets(r)[0]['measured']
+  r['cells'] = [cell for cell in r['cells'] if cell['init'] != 'a' or cell['seed'] == 2]   # a's 0 and 1 diverged
+  r['inits'][0]['finetune']['0.01'].update({'n': 1, 'diverged': 2})
+  assert '| 80.0 +- 0.0 {2 of 3 diverged} [0.1] |' in benchmark_tables.markdown(r)
+  target = benchmark_tables.check_targets(r)[0]
+  assert target['met'] is None and '(no subset in common yet; chosen on validation)' in target['measured']
 
 
 def test_every_init_has_a_look_of_its_own_in_the_pictures():
@@ -739,7 +786,7 @@ def test_the_label_efficiency_picture_draws_a_fraction_once_its_cells_are_done(t
   assert (tmp_path / 'le.png').stat().st_size > 10_000
 
 
-def test_a_diverging_cell_is_recorded_and_the_benchmark_goes_on(tfds_dir, tmp_path):
+def test_a_diverging_cell_is_recorded_and_the_benchmark_goes_on(tfds_dir, tmp_path, capsys):
   """A fine-tuning cell that diverges is an outcome of its recipe, not a fault: diverged.json records it and the
   benchmark goes on (it used to stop there, idle overnight). A selection value that diverges loses; a test cell that
   diverged is left out of its mean and counted in the table."""
@@ -786,6 +833,16 @@ def test_a_diverging_cell_is_recorded_and_the_benchmark_goes_on(tfds_dir, tmp_pa
   assert os.path.exists(os.path.join(workdir, 'stale', stale, 'finetune', 'cells', 'random_f0.05_s0',
                                     'final_metrics.json'))
   assert not any(p.startswith('finetune') for p in _json(os.path.join(workdir, 'timings.json')))
+  # Every value of the grid diverges: the first is taken, and said to be no choice (log, results, table).
+  c.benchmark.retrain_cells, c.benchmark.seeds = False, (0,)
+  c.benchmark.select.grid = (('optim.backbone_lr_scale', (1e5, 1e6)),)
+  capsys.readouterr()
+  results = benchmark.run_benchmark(c, str(tmp_path / 'all'))
+  assert '(backbone_lr_scale=100000, every value diverged on validation: the first)' in capsys.readouterr().out
+  row = results['inits'][0]
+  assert row['chosen_all_diverged'] == ['0.05'] and row['finetune']['0.05']['n'] == 0
+  with open(tmp_path / 'all' / 'results.md', encoding='utf-8') as f:
+    assert '| diverged [100000; all diverged] |' in f.read()
 
 
 def test_a_signal_during_a_cells_final_evaluation_stops_the_benchmark_before_the_next_part(tfds_dir, tmp_path):
