@@ -108,7 +108,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # part made from it move to <workdir>/stale/ and it is trained again.
   b.retrain = ()
   # The same for the fine-tuning cells: a cell trained with another recipe than the benchmark's now stops it with
-  # one line; True moves every cell to <workdir>/stale/ and trains them again.
+  # one line; True moves every cell (with `only`, its inits') to <workdir>/stale/ and trains them again.
   b.retrain_cells = False
   b.fractions = (0.001, 0.01, 0.1, 1.0)
   b.seeds = (0, 1, 2)

@@ -259,12 +259,15 @@ class Benchmark:
     pretext run moves last: a call stopped midway finds it stale again and moves the rest. (The seconds of
     ``finetune_fraction/*``, summed over inits, keep the moved cells'; ``combination.json``, chosen once, is
     kept.)"""
+    return self._move_to_stale(init, self._cells_of(init) + [self.probe_dir(init), self.pretrain_dir(init)],
+                               [p for p in self.ledger.seconds if p.split('/', 1)[-1] == init])
+
+  def _cells_of(self, init: str) -> list[str]:
+    """``init``'s fine-tuning cells on disk, selection cells included."""
     import re  # pylint: disable=import-outside-toplevel
     mine = re.compile(re.escape(init) + r'_f[^_]+_s\d+(_.*)?$')   # study.cell_name, a selection cell's suffix
-    cells = [path for path in glob.glob(os.path.join(glob.escape(self.workdir), 'finetune', '*', '*'))
-             if mine.match(os.path.basename(path))]
-    return self._move_to_stale(init, cells + [self.probe_dir(init), self.pretrain_dir(init)],
-                               [p for p in self.ledger.seconds if p.split('/', 1)[-1] == init])
+    return [path for path in glob.glob(os.path.join(glob.escape(self.workdir), 'finetune', '*', '*'))
+            if mine.match(os.path.basename(path))]
 
   def _move_to_stale(self, name: str, paths: list[str], parts: list[str]) -> str:
     """Moves ``paths`` (in order; those that exist) into ``stale/<name>-<UTC time>/`` at their places under the
@@ -621,11 +624,16 @@ class Benchmark:
       if not self.b.get('retrain_cells', False):
         raise BenchmarkConfigError(
             f'{os.path.relpath(cell_dir, self.workdir)} was trained with another recipe than the benchmark uses now '
-            f'({said}): add --config.benchmark.retrain_cells=True to move every fine-tuning cell to stale/ and train '
-            'them again, or restore the setting')
-      dest = self._move_to_stale('finetune', [os.path.join(self.workdir, 'finetune')],
-                                 [p for p in self.ledger.seconds if p.startswith(('finetune/', 'finetune_fraction/'))])
-      log(f'benchmark: the fine-tuning recipe changed ({said}); every cell moved to {dest}')
+            f'({said}): add --config.benchmark.retrain_cells=True to move every fine-tuning cell (of this call\'s '
+            'inits, with benchmark.only) to stale/ and train them again, or restore the setting')
+      if self.only:   # this call's inits' cells only: the others' stay for the calls that run them
+        dest = self._move_to_stale('finetune', [d for init in self.inits for d in self._cells_of(init)],
+                                   [f'finetune/{init}' for init in self.inits])
+      else:
+        dest = self._move_to_stale('finetune', [os.path.join(self.workdir, 'finetune')], [
+            p for p in self.ledger.seconds if p.startswith(('finetune/', 'finetune_fraction/'))])
+      log(f'benchmark: the fine-tuning recipe changed ({said}); every cell of {", ".join(self.inits)} moved to '
+          f'{dest}')
       return
 
   def outlook(self) -> str:

@@ -564,6 +564,32 @@ def test_a_given_inits_path_is_one_init_however_it_is_spelt_and_another_path_is_
   assert b._probe_settings('given')['backbone'] == os.path.realpath(given)   # pylint: disable=protected-access
 
 
+def test_retrain_cells_with_only_moves_the_cells_of_that_calls_inits_alone(tfds_dir, tmp_path):
+  """A benchmark.only call in a shared workdir that finds its cells trained with another recipe moves its own
+  inits' cells (scratch's included) to stale/ and leaves the other inits' for the calls that run them."""
+  c = _quick(tfds_dir)
+  c.benchmark.inits = ml_collections.ConfigDict({'a': 'configs/fmnist_rotation.py:quick',
+                                                 'b': 'configs/fmnist_rotation.py:quick', 'random': ''})
+  c.benchmark.fractions, c.benchmark.select.fractions = (0.05,), ()
+  workdir = str(tmp_path / 'bench')
+  todo, config_for, _, _ = benchmark.Benchmark(c, workdir)._cells()   # pylint: disable=protected-access
+  for init, fraction, seed, _, cell in todo:
+    old = config_for(init, fraction, seed, None, False)
+    old.optim.lr = 0.5   # trained with another recipe
+    os.makedirs(cell)
+    with open(os.path.join(cell, 'config.json'), 'w', encoding='utf-8') as f:
+      json.dump(old.to_dict(), f)
+  c.benchmark.only, c.benchmark.retrain_cells = ('a',), True
+  with pytest.raises(benchmark.BenchmarkConfigError, match=r"of this call's inits, with benchmark.only"):
+    benchmark.Benchmark(_with(c, retrain_cells=False), workdir)._cells()   # pylint: disable=protected-access
+  left = benchmark.Benchmark(c, workdir)._cells()[0]   # pylint: disable=protected-access
+  assert sorted(t[0] for t in left) == ['a', 'random']
+  assert os.listdir(os.path.join(workdir, 'finetune', 'cells')) == ['b_f0.05_s0']
+  (stale,) = os.listdir(os.path.join(workdir, 'stale'))
+  assert sorted(os.listdir(os.path.join(workdir, 'stale', stale, 'finetune', 'cells'))) == \
+      ['a_f0.05_s0', 'random_f0.05_s0']
+
+
 def test_kfold_subsets_give_each_seed_a_disjoint_fold_and_skip_the_folds_a_fraction_lacks(tfds_dir, tmp_path):
   """benchmark.subsets='kfold' (seed experiment 003's protocol): each seed's cell trains on its own disjoint
   stratified fold of the training images less the validation images; 100% has one fold, so one cell."""
