@@ -73,13 +73,14 @@ class PauseWatch:
     self.tick, self.gap = tick, gap
     self._paused, self._lock = 0.0, threading.Lock()
     self._before = time.monotonic()   # when the thread last woke
+    self.pid = os.getpid()
     threading.Thread(target=self._watch, name='jaxssl-pause-watch', daemon=True).start()
 
   @classmethod
   def shared(cls) -> PauseWatch:
-    """The process's one watch, started on first use."""
+    """The process's one watch, started on first use (a forked child, whose copy has no thread, starts its own)."""
     with cls._shared_lock:
-      if cls._shared is None:
+      if cls._shared is None or cls._shared.pid != os.getpid():
         cls._shared = cls()
       return cls._shared
 
