@@ -343,14 +343,8 @@ class Benchmark:
     features = os.path.join(out, f'features_d{p.max_dim}')   # another pooling size is another cache
     self._check_probe(init, n)
     knn_settings = {'k': int(self.b.knn.k), 'temperature': float(self.b.knn.temperature)}
-    knn_made = records.read_json(knn_json)
-    changes = config_changes(knn_made.get('settings', {}), knn_settings, ignored=()) if knn_made else []
-    if changes:
-      dest = self._move_to_stale(f'knn-{init}', [knn_json], [f'knn/{init}'])
-      log(f'benchmark {n} knn {init}: made with other settings ({describe_changes(changes)}); moved to {dest}, '
-          'measured again')
-    elif knn_made is not None and knn_made.get('settings') != knn_settings:   # none kept yet: taken as today's
-      write_json(knn_json, {**knn_made, 'settings': knn_settings})
+    self._keep_if_same(knn_json, knn_settings, f'knn-{init}', [knn_json], [f'knn/{init}'],
+                       f'benchmark {n} knn {init}', 'measured again')
     settings = self._lowshot_settings()
     lowshot_done = self._lowshot_done(init, settings)
     if not os.path.exists(probe_json) or not os.path.exists(knn_json) or not lowshot_done:
@@ -412,21 +406,28 @@ class Benchmark:
   def _check_probe(self, init: str, n: str) -> None:
     """A probe directory made with other settings (:meth:`_probe_settings`: another backbone for a given workdir
     or weights file, other images or validation images, other probe options) moves to ``stale/`` with its k-NN and
-    lowshot, and is made again. One made before features.json kept its settings is taken as made with today's
-    (they are written into it)."""
-    from jaxssl.runlog import log  # pylint: disable=import-outside-toplevel
+    lowshot, and is made again (:meth:`_keep_if_same`)."""
     out = self.probe_dir(init)
-    path = os.path.join(out, 'features.json')
-    made, wanted = records.read_json(path), self._probe_settings(init)
+    self._keep_if_same(os.path.join(out, 'features.json'), self._probe_settings(init), f'probe-{init}', [out],
+                       [f'{part}/{init}' for part in ('probe', 'knn', 'lowshot')], f'benchmark {n} probe {init}',
+                       'probed again')
+
+  def _keep_if_same(self, record: str, wanted: dict[str, Any], stale_name: str, paths: list[str], parts: list[str],
+                    what: str, again: str) -> None:
+    """A made part whose ``record`` (a JSON file) kept other ``settings`` than ``wanted`` moves to ``stale/`` (its
+    ``paths``, the ``parts``' seconds) and one line says so: it is made again. Only a setting both name decides: one
+    made before its file kept settings, or before a setting was added to jaxssl (at its old behaviour), is taken as
+    made with today's (they are written into it). Nothing made: nothing to do."""
+    from jaxssl.runlog import log  # pylint: disable=import-outside-toplevel
+    made = records.read_json(record)
     if made is None or made.get('settings') == wanted:
       return
-    changes = config_changes(made['settings'], wanted, ignored=()) if 'settings' in made else []
-    if not changes:   # a setting added to jaxssl since (at its old behaviour), or none kept yet: adopted
-      write_json(path, {**made, 'settings': wanted})
+    changes = config_changes(made.get('settings', {}), wanted, ignored=())
+    if not changes:
+      write_json(record, {**made, 'settings': wanted})
       return
-    said = describe_changes(changes)
-    dest = self._move_to_stale(f'probe-{init}', [out], [f'{part}/{init}' for part in ('probe', 'knn', 'lowshot')])
-    log(f'benchmark {n} probe {init}: made with other settings ({said}); moved to {dest}, probed again')
+    dest = self._move_to_stale(stale_name, paths, parts)
+    log(f'{what}: made with other settings ({describe_changes(changes)}); moved to {dest}, {again}')
 
   def _lowshot_settings(self) -> dict[str, Any] | None:
     """What a lowshot.json was made with (its subsets, the validation images, the probe's options): another
@@ -504,30 +505,33 @@ class Benchmark:
       return None
     return max((f for f in picked if f <= fraction), default=picked[0])
 
-  def chosen(self, init: str, fraction: float) -> tuple | None:
-    """The combination of ``select.grid``'s values (one per key) the validation images chose for ``init`` at
-    ``fraction`` (:meth:`select_at`); None while its selection cells are not all done."""
+  def _selection_scores(self, init: str, fraction: float) -> dict[tuple, float] | None:
+    """The validation score of each combination of ``select.grid``'s values (the grid's order) in ``init``'s
+    selection cells that choose for ``fraction`` (:meth:`select_at`), -inf for one that diverged; None without a
+    grid or while a selection cell is not done."""
     at = self.select_at(fraction)
     if at is None:
       return None
-    choices = grid_choices(self.grid)
     scores = {}
-    for values in choices:
+    for values in grid_choices(self.grid):
       d = self.select_dir(init, at, values)
       m = records.read_json(os.path.join(d, 'final_metrics.json'))
       if m is None and not os.path.exists(os.path.join(d, DIVERGED)):
         return None
       scores[values] = float('-inf') if m is None else float(m[str(self.b.metric)])   # a diverged value loses
-    return max(choices, key=lambda v: scores[v])   # the first of equals: the grid's order
+    return scores
+
+  def chosen(self, init: str, fraction: float) -> tuple | None:
+    """The combination of ``select.grid``'s values (one per key) the validation images chose for ``init`` at
+    ``fraction`` (:meth:`_selection_scores`); None while its selection cells are not all done."""
+    scores = self._selection_scores(init, fraction)
+    return None if scores is None else max(scores, key=scores.__getitem__)   # the first of equals: the grid's order
 
   def _all_diverged(self, init: str, fraction: float) -> bool:
     """Whether every selection cell ``init``'s test cells at ``fraction`` take their choice from diverged: that
     choice (the grid's first, :meth:`chosen`) was not a choice."""
-    at = self.select_at(fraction)
-    return at is not None and bool(self.grid) and all(
-        os.path.exists(os.path.join(self.select_dir(init, at, values), DIVERGED)) and
-        not os.path.exists(os.path.join(self.select_dir(init, at, values), 'final_metrics.json'))
-        for values in grid_choices(self.grid))
+    scores = self._selection_scores(init, fraction)
+    return scores is not None and all(s == float('-inf') for s in scores.values())
 
   def _expected_cells(self) -> dict[str, int]:
     """Test cells per init each fraction has when complete: every seed, or with k-fold subsets the seeds below
