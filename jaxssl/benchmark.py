@@ -322,7 +322,11 @@ class Benchmark:
       log(f'benchmark {n} pretrain {init}: its config changed ({said}); the old run and its parts moved to {moved}')
     elif os.path.exists(os.path.join(run_dir, 'final_metrics.json')):
       return
-    check_config(c)
+    try:
+      check_config(c)
+    except ValueError as e:   # the pretext config with the benchmark's keys: one line naming where to set it
+      raise BenchmarkConfigError(f'pretrain/{init} ({spec}) with the benchmark\'s settings: {e} (a pretext run\'s '
+                                 'key is set with --config.benchmark.pretrain_overrides)') from None
     log(f'benchmark {n} pretrain {init}: {spec} -> {run_dir}')
     t0 = self.ledger.clock()
     result = loop.train_and_evaluate(c, run_dir)
@@ -344,8 +348,12 @@ class Benchmark:
     self._check_probe(init, n)
     knn_settings = {'k': int(self.b.knn.k), 'temperature': float(self.b.knn.temperature)}
     self._keep_if_same(knn_json, knn_settings, f'knn-{init}', [knn_json], [f'knn/{init}'],
-                       f'benchmark {n} knn {init}', 'measured again')
+                       f'benchmark {n} knn {init}', 'measured again',
+                       made_with=lambda made: {k: made[k] for k in ('k', 'temperature') if k in made})
     settings = self._lowshot_settings()
+    if settings is not None:
+      self._keep_if_same(lowshot_json, settings, f'lowshot-{init}', [lowshot_json], [f'lowshot/{init}'],
+                         f'benchmark {n} lowshot {init}', 'fitted again')
     lowshot_done = self._lowshot_done(init, settings)
     if not os.path.exists(probe_json) or not os.path.exists(knn_json) or not lowshot_done:
       t0 = self.ledger.clock()   # the model and any extraction count towards the first part that needs them
@@ -413,16 +421,17 @@ class Benchmark:
                        'probed again')
 
   def _keep_if_same(self, record: str, wanted: dict[str, Any], stale_name: str, paths: list[str], parts: list[str],
-                    what: str, again: str) -> None:
+                    what: str, again: str, made_with=lambda made: {}) -> None:
     """A made part whose ``record`` (a JSON file) kept other ``settings`` than ``wanted`` moves to ``stale/`` (its
     ``paths``, the ``parts``' seconds) and one line says so: it is made again. Only a setting both name decides: one
-    made before its file kept settings, or before a setting was added to jaxssl (at its old behaviour), is taken as
-    made with today's (they are written into it). Nothing made: nothing to do."""
+    made before its file kept settings (then ``made_with(record)`` says what it can), or before a setting was added
+    to jaxssl (at its old behaviour), is taken as made with today's (they are written into it). Nothing made:
+    nothing to do."""
     from jaxssl.runlog import log  # pylint: disable=import-outside-toplevel
-    made = records.read_json(record)
+    made, wanted = records.read_json(record), json.loads(json.dumps(wanted))   # as it reads back (tuples as lists)
     if made is None or made.get('settings') == wanted:
       return
-    changes = config_changes(made.get('settings', {}), wanted, ignored=())
+    changes = config_changes(made['settings'] if 'settings' in made else made_with(made), wanted, ignored=())
     if not changes:
       write_json(record, {**made, 'settings': wanted})
       return
@@ -508,7 +517,7 @@ class Benchmark:
   def _selection_scores(self, init: str, fraction: float) -> dict[tuple, float] | None:
     """The validation score of each combination of ``select.grid``'s values (the grid's order) in ``init``'s
     selection cells that choose for ``fraction`` (:meth:`select_at`), -inf for one that diverged; None without a
-    grid or while a selection cell is not done."""
+    grid or selection fractions, or while a selection cell is not done."""
     at = self.select_at(fraction)
     if at is None:
       return None
@@ -917,9 +926,10 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
 
 
 def run():
-  cli.run_config_command('Benchmark', 'configs/fmnist_benchmark.py[:quick]',
-                         'Benchmark directory: pretrain/, probe/, finetune/, results.*, the plots.', run_benchmark,
-                         BenchmarkConfigError)
+  cli.run_config_command('Benchmark', 'configs/fmnist_benchmark.py[:quick|:resnet18_cifar]',
+                         'Benchmark directory (rerun to resume): pretrain/, probe/, finetune/, stale/ (what a changed '
+                         'setting set aside), results.md/.csv/.json, the plots, timings.json, cpu_timings.json, '
+                         'calls.jsonl, combination.json.', run_benchmark, BenchmarkConfigError)
 
 
 if __name__ == '__main__':

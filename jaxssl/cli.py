@@ -85,8 +85,11 @@ def run_config_command(what: str, example: str, workdir_help: str, body, *more_e
   from absl import logging
 
   def define_flags():
-    return (config_flags.DEFINE_config_file('config', None, f'{what} config, e.g. {example}.', lock_config=True),
+    opts = (config_flags.DEFINE_config_file('config', None, f'{what} config, e.g. {example}.', lock_config=True),
             flags.DEFINE_string('workdir', None, workdir_help))
+    for name in ('config', 'workdir'):   # defined here, shown by the command's --help (absl's key flags of __main__)
+      flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
+    return opts
 
   def main(argv, opts):
     if len(argv) > 1:

@@ -170,6 +170,33 @@ def test_quick_benchmark_runs_every_part_once_and_a_rerun_skips_them(tfds_dir, t
   assert [os.path.getmtime(p) for p in done if 'knn' not in p] == [s for p, s in zip(done, stamps) if 'knn' not in p]
   assert _json(os.path.join(workdir, 'probe', 'rotation', 'knn.json'))['settings']['k'] == other.benchmark.knn.k
   assert len([d for d in os.listdir(os.path.join(workdir, 'stale')) if d.startswith('knn-')]) == 2
+  # A k-NN whose file kept no settings is judged by the k it names (measured with another: measured again); a
+  # lowshot made with other settings (here its validation seed) moves to stale/ with its seconds and is fitted
+  # again; nothing else is made again.
+  def no_settings_other_k(made):
+    del made['settings']
+    return {**made, 'k': 7}
+
+  def other_val_seed(made):
+    return {**made, 'settings': {**made['settings'], 'val_seed': made['settings']['val_seed'] + 1}}
+
+  edits = {os.path.join(workdir, 'probe', 'rotation', 'knn.json'): no_settings_other_k,
+           os.path.join(workdir, 'probe', 'random', 'lowshot.json'): other_val_seed}
+  for path, edit in edits.items():
+    made = edit(_json(path))
+    with open(path, 'w', encoding='utf-8') as f:
+      json.dump(made, f)
+  lowshot_s = _json(os.path.join(workdir, 'timings.json'))['lowshot/random']
+  stamps = [os.path.getmtime(p) for p in done]
+  benchmark.run_benchmark(other, workdir)
+  assert [os.path.getmtime(p) == s for p, s in zip(done, stamps)] == [True, True, False, False, True]
+  assert _json(os.path.join(workdir, 'probe', 'rotation', 'knn.json'))['k'] == other.benchmark.knn.k
+  assert _json(os.path.join(workdir, 'probe', 'random', 'lowshot.json'))['settings']['val_seed'] == \
+      other.benchmark.val_seed
+  assert len([d for d in os.listdir(os.path.join(workdir, 'stale')) if d.startswith('knn-')]) == 3
+  (stale,) = [d for d in os.listdir(os.path.join(workdir, 'stale')) if d.startswith('lowshot-random-')]
+  assert os.path.exists(os.path.join(workdir, 'stale', stale, 'probe', 'random', 'lowshot.json'))
+  assert _json(os.path.join(workdir, 'stale', stale, 'timings.json')) == {'lowshot/random': lowshot_s}
   # Another probe setting (its L2 grid) makes each init's features, probe, k-NN and lowshot again (the old ones
   # moved to stale/), and nothing else.
   other.benchmark.probe.l2 = (1e-3,)
@@ -252,6 +279,15 @@ def test_bad_inits_are_one_line(tmp_path):
                                                            "benchmark.combine adds"):
     benchmark.Benchmark(c, str(tmp_path))
   del c.benchmark.inits['combination']
+  # A pretext run's config that its own check refuses (here through the benchmark's overrides) is one line naming
+  # the run and where its keys are set, before anything trains.
+  c.benchmark.pretrain_overrides = {'checkpoint_every': -5}
+  with pytest.raises(benchmark.BenchmarkConfigError, match=(
+      r"^pretrain/rotation \(configs/fmnist_rotation.py:quick\) with the benchmark's settings: "
+      r"--config.checkpoint_every=-5 must be positive \(a pretext run's key is set with "
+      r"--config.benchmark.pretrain_overrides\)$")):
+    benchmark.Benchmark(c, str(tmp_path)).pretrain('rotation', '[1/2]')
+  assert not os.path.exists(tmp_path / 'pretrain' / 'rotation' / 'checkpoints')
   del c.benchmark.inits['random']
   with pytest.raises(benchmark.BenchmarkConfigError, match="benchmark.inits needs 'random'"):
     benchmark.Benchmark(c, str(tmp_path))
