@@ -7,7 +7,7 @@ against scratch on the same subsets (jaxssl/benchmark.py says what each part doe
 Quick look (two inits, rotation and random, a few minutes on 2 CPU cores: 2,000 training images of which 200 are
 the validation images, 500 test images, a 40-step rotation run, 4 selection + 2 x 2 fine-tuning cells per init):
 
-  python -m jaxssl.benchmark --config configs/fmnist_benchmark.py:quick --workdir /tmp/fmnist_benchmark_quick
+  python -m jaxssl.benchmark --config configs/fmnist_benchmark.py:quick --workdir /tmp/benchmark_quick
 
 Rerunning either command continues where it stopped. The config itself is the fine-tuning recipe of
 configs/fmnist_finetune.py (every layer; the backbone's lr scale, 0.1 or 1, and the gradient's clipping norm, none
@@ -31,8 +31,8 @@ in init_from.json) and its probe stops at pool2. The combination of tasks is cho
 Cost: with each pretext config's own schedule (15-100 epochs) the pretraining alone takes far more than a night
 on 2 CPU cores; ``--config.benchmark.pretrain_epochs=3`` gives every pretext run the same 3 epochs (a warmup
 longer than a fifth of them cut to 0.6: SimCLR's and BYOL's), and
-``--config.benchmark.epochs=5`` halves the 10% and 100% fine-tuning cells (jaxssl/benchmark.py's timings.json and
-the results say what each part cost).
+``--config.benchmark.epochs=5`` halves the 100% fine-tuning cells (the 0.1%, 1% and 10% cells train
+``min_steps``, 200 steps, either way; jaxssl/benchmark.py's timings.json and the results say what each part cost).
 
 ResNet-18 (CIFAR stem: a 3x3 stride-1 first convolution, no max-pool) in every pretext run and every cell:
 
@@ -103,9 +103,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # No pretext run warms up for more than this share of its epochs: SimCLR's and BYOL's 10 warmup epochs (of 100)
   # would be all of a 3-epoch budget, the learning rate still rising at the last step. The others' 0.5 fit.
   b.max_warmup_share = 0.2
-  # Inits whose finished pretext run was trained with another config than the benchmark's now (a changed setting):
-  # the benchmark stops with one line naming the change unless the init is listed here; then the old run and every
-  # part made from it move to <workdir>/stale/ and it is trained again.
+  # Inits whose pretext run (finished or under way) was trained with another config than the benchmark's now (a
+  # changed setting): the benchmark stops with one line naming the change unless the init is listed here; then the
+  # old run and every part made from it move to <workdir>/stale/ and it is trained again.
   b.retrain = ()
   # The same for the fine-tuning cells: a cell trained with another recipe than the benchmark's now stops it with
   # one line; True moves every cell (with `only`, its inits') to <workdir>/stale/ and trains them again.
@@ -126,9 +126,10 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   b.val_seed = 0
   # Fine-tuning hyper-parameters chosen on the validation images, per init and fraction: a cell per combination
   # of the grid's values (pairs of a config key and its choices) on subset select.seed; the fractions not listed
-  # take the choice of the largest listed one below them (100%: 10%'s). The backbone's lr scale and the gradient's
-  # clipping: a SimCLR backbone's 0.1% cell blew up without a clip (55.7% on the validation images, 68.4% with a
-  # norm of 1), while the clip cost scratch's 0.1% cells 1.4-2.5 points there: neither is right for every init.
+  # take the choice of the largest listed one below them (100%: 10%'s), or below every one, the smallest's. The
+  # backbone's lr scale and the gradient's clipping: a SimCLR backbone's 0.1% cell blew up without a clip (55.7% on
+  # the validation images, 68.4% with a norm of 1), while the clip cost scratch's 0.1% cells 1.4-2.5 points there:
+  # neither is right for every init.
   b.select = ml_collections.ConfigDict({
       'grid': (('optim.backbone_lr_scale', (0.1, 1.0)), ('optim.grad_clip_norm', (0.0, 1.0))),
       'fractions': (0.001, 0.01, 0.1), 'seed': 0})

@@ -15,8 +15,8 @@ trained workdir / weights file used as it is), in this order:
    split scored once (jaxssl/eval/cached_probe.py); ``probe/<init>/probe.json`` (per layer:
    ``probe_<layer>.json``, skipped when there). ``benchmark.probe.keep_features=False`` deletes the cache once the
    probe and the k-NN are written.
-3. **knn**: weighted k-NN (200-NN, T = 0.07) of the test split among the probe's training part, on the cached
-   features of the layer the probe chose on validation; ``probe/<init>/knn.json``. **lowshot**
+3. **knn**: weighted k-NN (``benchmark.knn``: 200-NN, T = 0.07 by default) of the test split among the probe's training
+   part, on the cached features of the layer the probe chose on validation; ``probe/<init>/knn.json``. **lowshot**
    (``benchmark.lowshot``): that layer's probe fitted again on the labels of each fine-tuning subset only (every
    fraction below 1 x seed: :func:`lowshot_indices`, the very images of part 4's cells), its L2 strength and epoch
    chosen on the validation images; ``probe/<init>/lowshot.json``.
@@ -28,9 +28,11 @@ trained workdir / weights file used as it is), in this order:
    scale, 0.1 or 1, times the gradient's clipping norm, none or 1) on subset ``select.seed``, scored on the
    validation images (``<workdir>/finetune/select/<cell>_<key>=<value>,...``); the test cells
    (``<workdir>/finetune/cells/<init>_f<fraction>_s<seed>/``) then train with the values chosen there (a fraction
-   not selected at takes the largest selected one's below it). The test cell on subset ``select.seed`` would
-   train exactly what the chosen selection cell trained, so it takes that training (``reused.json``) and only
-   scores the test split. Fractions run smallest first, so an interrupted benchmark has its low-label columns
+   not selected at takes the largest selected one's below it, or below every one the smallest's). At a selected
+   fraction the test cell on subset ``select.seed`` would train exactly what the chosen selection cell trained, so
+   it takes that training (``reused.json``) and only scores the test split. A cell whose loss goes non-finite
+   writes ``diverged.json`` and the benchmark goes on (a selection value that diverged loses; the results count a
+   test cell that did). Fractions run smallest first, so an interrupted benchmark has its low-label columns
    complete first.
 
 The validation images (``benchmark.val_fraction`` of the training images, class-stratified, ``val_seed``) are
@@ -40,18 +42,27 @@ and every choice (probe layer, L2, epoch; the fine-tuning hyper-parameters) is m
 scored once per cell, by the chosen model only.
 
 Every part is skipped when its result file exists: rerunning the command continues where it stopped. At the start
-and after each init's parts it logs what is left and a rough time for it (:meth:`Benchmark.outlook`); each run
-and the fine-tuning cells log their own step-based ETA. After each
-part, ``results.md``, ``results.csv``, ``results.json`` (one row per init: best layer's probe, k-NN, fine-tuning
-at each fraction as mean +- std over seeds; wall time per part from ``timings.json``; then
-``benchmark.targets`` checked against them, the frozen-feature table of the lowshot part, and what measured it:
-every call's date, command, commit and machine, appended to ``calls.jsonl``), ``probe_layers.png`` (per-layer
-test top-1 of every init), ``label_efficiency.png`` (every init's curve with error bars: fine-tuned, and the
-lowshot probe's beside it), ``pretext_curves.png`` (each pretext run's own task over its epochs), ``filters.png``
-(the first convolution each pretrained backbone learned, one panel per init) and
-``reconstructions.png`` (the last reconstructions each dense pretext run drew: autoencoder, denoising,
-inpainting) are rewritten from what is on disk; ``timings.json`` and ``cpu_timings.json`` hold the wall and CPU
-seconds of every part, a SIGSTOP pause left out (:class:`jaxssl.benchmark_records.Ledger`).
+and after each init's parts it logs what is left and a rough time for it (:meth:`Benchmark.outlook`); each run and the
+fine-tuning cells log their own step-based ETA. After each init's parts 1-3, after each fraction's fine-tuning column,
+at the end and on a stop signal, ``results.md``, ``results.csv``, ``results.json`` (one row per init: best layer's
+probe, k-NN, fine-tuning at each fraction as mean +- std over seeds; wall time per part from ``timings.json``; then
+``benchmark.targets`` checked against them, the frozen-feature table of the lowshot part, and what measured it: every
+call's date, command, commit and machine, appended to ``calls.jsonl``), ``probe_layers.png`` (per-layer test top-1 of
+every init), ``label_efficiency.png`` (every init's curve with error bars: fine-tuned, and the lowshot probe's beside
+it), ``pretext_curves.png`` (each pretext run's own task over its epochs), ``filters.png`` (the first convolution each
+pretrained backbone learned, one panel per init) and ``reconstructions.png`` (the last reconstructions each dense
+pretext run drew: autoencoder, denoising, inpainting) are rewritten from what is on disk; ``timings.json`` and
+``cpu_timings.json`` hold the wall and CPU seconds of every part, a SIGSTOP pause left out
+(:class:`jaxssl.benchmark_records.Ledger`).
+
+Nothing made is kept under another recipe, and nothing is deleted: a pretext run (finished or under way) trained
+with another config than the benchmark's now, or a fine-tuning cell trained with another recipe, stops the benchmark
+with one line naming the change; ``benchmark.retrain=('<init>',)`` moves that run and every part made from it, and
+``benchmark.retrain_cells=True`` every cell, to ``<workdir>/stale/<name>-<UTC time>/`` with their seconds, and they
+are made again. A probe, k-NN or lowshot made with other settings moves there by itself (minutes to redo).
+``benchmark.only=('<init>',)`` runs the named inits alone beside scratch; ``benchmark.combine`` adds the init
+``combination`` (the best self-supervised inits on validation whose backbones share a shape, trained together;
+``combination.json`` keeps the choice).
 """
 
 from __future__ import annotations
@@ -743,7 +754,7 @@ class Benchmark:
         log(f"benchmark: {os.path.basename(cell_dir)} diverged at step {result.get('diverged_at', result['step'])}: "
             f'recorded in {DIVERGED} '
             f'({"this value loses the selection" if value is not None else "the results count it as diverged"}); '
-            'delete that file to train it again' +
+            'move the cell\'s directory away to train it again from its start' +
             (" (a selection cell: before its fraction's test cells train, or they are found stale)"
              if value is not None else ''))
       elif not result['finished']:
