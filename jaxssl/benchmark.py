@@ -156,6 +156,21 @@ def reuse_selection(cell: ml_collections.ConfigDict, selection: ml_collections.C
 # ------------------------------------------------------------------------------------------------ parts
 
 
+
+def settings_changes(record: str, wanted: dict[str, Any] | None, made_with=lambda made: {}):
+  """``(made, wanted, changes)``: ``record``'s JSON (None when not made), ``wanted`` as it reads back from a file
+  (tuples as lists), and the settings both it and the record name that differ (:func:`config_changes`). A record
+  without ``settings`` (made before its file kept them) is judged by what ``made_with(record)`` can say."""
+  made, wanted = records.read_json(record), json.loads(json.dumps(wanted))
+  if made is None or made.get('settings') == wanted:
+    return made, wanted, []
+  return made, wanted, config_changes(made['settings'] if 'settings' in made else made_with(made), wanted, ignored=())
+
+
+def knn_made_with(made: dict[str, Any]) -> dict[str, Any]:
+  """The settings a knn.json made before it kept them names at its top (jaxssl/eval/cached_probe.py:knn_layer)."""
+  return {k: made[k] for k in ('k', 'temperature') if k in made}
+
 class Benchmark:
   """The parts of one benchmark directory (module docstring); each method skips what is done."""
 
@@ -357,10 +372,9 @@ class Benchmark:
     p = self.b.probe
     features = os.path.join(out, f'features_d{p.max_dim}')   # another pooling size is another cache
     self._check_probe(init, n)
-    knn_settings = {'k': int(self.b.knn.k), 'temperature': float(self.b.knn.temperature)}
+    knn_settings = self._knn_settings()
     self._keep_if_same(knn_json, knn_settings, f'knn-{init}', [knn_json], [f'knn/{init}'],
-                       f'benchmark {n} knn {init}', 'measured again',
-                       made_with=lambda made: {k: made[k] for k in ('k', 'temperature') if k in made})
+                       f'benchmark {n} knn {init}', 'measured again', made_with=knn_made_with)
     settings = self._lowshot_settings()
     if settings is not None:
       self._keep_if_same(lowshot_json, settings, f'lowshot-{init}', [lowshot_json], [f'lowshot/{init}'],
@@ -439,15 +453,18 @@ class Benchmark:
     to jaxssl (at its old behaviour), is taken as made with today's (they are written into it). Nothing made:
     nothing to do."""
     from jaxssl.runlog import log  # pylint: disable=import-outside-toplevel
-    made, wanted = records.read_json(record), json.loads(json.dumps(wanted))   # as it reads back (tuples as lists)
+    made, wanted, changes = settings_changes(record, wanted, made_with)
     if made is None or made.get('settings') == wanted:
       return
-    changes = config_changes(made['settings'] if 'settings' in made else made_with(made), wanted, ignored=())
     if not changes:
       write_json(record, {**made, 'settings': wanted})
       return
     dest = self._move_to_stale(stale_name, paths, parts)
     log(f'{what}: made with other settings ({describe_changes(changes)}); moved to {dest}, {again}')
+
+  def _knn_settings(self) -> dict[str, Any]:
+    """What a knn.json is made with."""
+    return {'k': int(self.b.knn.k), 'temperature': float(self.b.knn.temperature)}
 
   def _lowshot_settings(self) -> dict[str, Any] | None:
     """What a lowshot.json was made with (its subsets, the validation images, the probe's options): another
@@ -663,7 +680,8 @@ class Benchmark:
   def outlook(self) -> str:
     """One line: the parts left and a rough time for them, at the mean wall time of this workdir's finished
     parts of each kind (its pretext runs, its probe + k-NN + lowshot, its fine-tuning steps); 'time unknown' for a
-    kind none of whose parts is done yet. A pretext run that will be found stale counts as done."""
+    kind none of whose parts is done yet. A pretext run that will be found stale counts as done; a probe, k-NN or
+    lowshot that will be made again (other settings) counts as a probe + k-NN + lowshot left."""
     live = [init for init in self.inits if init not in self.errors]
     pretext = [init for init in live if is_config_spec(self.inits[init])]
     if self.b.combine.top >= 2 and self.combination is None and not self.only:
@@ -672,10 +690,14 @@ class Benchmark:
     pre_done = [i for i in pretext if os.path.exists(os.path.join(self.pretrain_dir(i), 'final_metrics.json'))]
     settings = self._lowshot_settings()
 
-    def evaluated(init):
+    knn_settings = self._knn_settings()
+
+    def evaluated(init):   # made, and with today's settings (else it is made again)
       out = self.probe_dir(init)
-      return all(os.path.exists(os.path.join(out, f)) for f in ('probe.json', 'knn.json')) and \
-          self._lowshot_done(init, settings)
+      made = [settings_changes(os.path.join(out, 'features.json'), self._probe_settings(init)),
+              settings_changes(os.path.join(out, 'knn.json'), knn_settings, knn_made_with)] + \
+          ([settings_changes(os.path.join(out, 'lowshot.json'), settings)] if settings is not None else [])
+      return os.path.exists(os.path.join(out, 'probe.json')) and all(m is not None and not c for m, _, c in made)
 
     eval_done = [i for i in live if evaluated(i)]   # the combination not chosen yet has no probe: never done
     todo, _, selected, steps = self._cells()

@@ -166,7 +166,10 @@ def test_quick_benchmark_runs_every_part_once_and_a_rerun_skips_them(tfds_dir, t
   # Another k-NN setting measures the k-NN again, and nothing else; the old one is kept in stale/.
   other = _quick(tfds_dir)
   other.benchmark.knn.k = int(other.benchmark.knn.k) - 1
+  capsys.readouterr()
   benchmark.run_benchmark(other, workdir)
+  said = [line for line in capsys.readouterr().out.splitlines() if line.startswith('benchmark left')]
+  assert said[0].startswith('benchmark left: 2 probes + k-NN + lowshot ('), said   # what is made again: left
   assert [os.path.getmtime(p) for p in done if 'knn' not in p] == [s for p, s in zip(done, stamps) if 'knn' not in p]
   assert _json(os.path.join(workdir, 'probe', 'rotation', 'knn.json'))['settings']['k'] == other.benchmark.knn.k
   assert len([d for d in os.listdir(os.path.join(workdir, 'stale')) if d.startswith('knn-')]) == 2
