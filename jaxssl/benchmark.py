@@ -41,11 +41,12 @@ never contain them,
 and every choice (probe layer, L2, epoch; the fine-tuning hyper-parameters) is made on them. The test split is
 scored once per cell, by the chosen model only.
 
-Every part is skipped when its result file exists: rerunning the command continues where it stopped. At the start
-and after each init's parts it logs what is left and a rough time for it (:meth:`Benchmark.outlook`); each run and the
+Every part is skipped when its result file exists: rerunning the command continues where it stopped. At the start and
+after each init's parts it logs what is left and a rough time for it (:meth:`Benchmark.outlook`); each run and the
 fine-tuning cells log their own step-based ETA. After each init's parts 1-3, after each fraction's fine-tuning column,
-at the end and on a stop signal, ``results.md``, ``results.csv``, ``results.json`` (one row per init: best layer's
-probe, k-NN, fine-tuning at each fraction as mean +- std over seeds; wall time per part from ``timings.json``; then
+at the end, and on a stop signal that comes during a run's final evaluation (one during training stops at once: the next
+call writes them), ``results.md``, ``results.csv``, ``results.json`` (one row per init: best layer's probe, k-NN,
+fine-tuning at each fraction as mean +- std over seeds; wall time per part from ``timings.json``; then
 ``benchmark.targets`` checked against them, the frozen-feature table of the lowshot part, and what measured it: every
 call's date, command, commit and machine, appended to ``calls.jsonl``), ``probe_layers.png`` (per-layer test top-1 of
 every init), ``label_efficiency.png`` (every init's curve with error bars: fine-tuned, and the lowshot probe's beside
@@ -55,11 +56,12 @@ pretext run drew: autoencoder, denoising, inpainting) are rewritten from what is
 ``cpu_timings.json`` hold the wall and CPU seconds of every part, a SIGSTOP pause left out
 (:class:`jaxssl.benchmark_records.Ledger`).
 
-Nothing made is kept under another recipe, and nothing is deleted: a pretext run (finished or under way) trained
-with another config than the benchmark's now, or a fine-tuning cell trained with another recipe, stops the benchmark
-with one line naming the change; ``benchmark.retrain=('<init>',)`` moves that run and every part made from it, and
-``benchmark.retrain_cells=True`` every cell, to ``<workdir>/stale/<name>-<UTC time>/`` with their seconds, and they
-are made again. A probe, k-NN or lowshot made with other settings moves there by itself (minutes to redo).
+Nothing made is kept under another recipe (a record from before its file kept its settings is taken as made with today's
+where it cannot tell), and nothing is deleted: a pretext run (finished or under way) trained with another config than
+the benchmark's now, or a fine-tuning cell trained with another recipe, stops the benchmark with one line naming the
+change; ``benchmark.retrain=('<init>',)`` moves that run and every part made from it, and
+``benchmark.retrain_cells=True`` every cell, to ``<workdir>/stale/<name>-<UTC time>/`` with their seconds, and they are
+made again. A probe, k-NN or lowshot made with other settings moves there by itself (minutes to redo).
 ``benchmark.only=('<init>',)`` runs the named inits alone beside scratch; ``benchmark.combine`` adds the init
 ``combination`` (the best self-supervised inits on validation whose backbones share a shape, trained together;
 ``combination.json`` keeps the choice).
@@ -337,6 +339,15 @@ class Benchmark:
     changes = list(dict.fromkeys(
         change for path in sorted(glob.glob(os.path.join(glob.escape(run_dir), 'config*.json')))
         for change in config_changes(records.read_json(path) or {}, c.to_dict())))
+    if not changes and os.path.exists(os.path.join(run_dir, 'final_metrics.json')):
+      return
+    try:   # before anything moves to stale/
+      check_config(c)
+    except cli.one_line_errors():
+      raise
+    except ValueError as e:   # the pretext config with the benchmark's keys: one line naming where to set it
+      raise BenchmarkConfigError(f'pretrain/{init} ({spec}) with the benchmark\'s settings: {e} (a pretext run\'s '
+                                 'key is set with --config.benchmark.pretrain_overrides)') from e
     if changes:
       said = describe_changes(changes)
       if init not in self.b.get('retrain', ()):
@@ -346,13 +357,6 @@ class Benchmark:
             'it again, or restore the setting')
       moved = self.set_aside(init)
       log(f'benchmark {n} pretrain {init}: its config changed ({said}); the old run and its parts moved to {moved}')
-    elif os.path.exists(os.path.join(run_dir, 'final_metrics.json')):
-      return
-    try:
-      check_config(c)
-    except ValueError as e:   # the pretext config with the benchmark's keys: one line naming where to set it
-      raise BenchmarkConfigError(f'pretrain/{init} ({spec}) with the benchmark\'s settings: {e} (a pretext run\'s '
-                                 'key is set with --config.benchmark.pretrain_overrides)') from None
     log(f'benchmark {n} pretrain {init}: {spec} -> {run_dir}')
     t0 = self.ledger.clock()
     result = loop.train_and_evaluate(c, run_dir)
@@ -371,14 +375,9 @@ class Benchmark:
     lowshot_json = os.path.join(out, 'lowshot.json')
     p = self.b.probe
     features = os.path.join(out, f'features_d{p.max_dim}')   # another pooling size is another cache
-    self._check_probe(init, n)
-    knn_settings = self._knn_settings()
-    self._keep_if_same(knn_json, knn_settings, f'knn-{init}', [knn_json], [f'knn/{init}'],
-                       f'benchmark {n} knn {init}', 'measured again', made_with=knn_made_with)
-    settings = self._lowshot_settings()
-    if settings is not None:
-      self._keep_if_same(lowshot_json, settings, f'lowshot-{init}', [lowshot_json], [f'lowshot/{init}'],
-                         f'benchmark {n} lowshot {init}', 'fitted again')
+    for made in self._made_records(init, n):   # the probe first: its move takes the k-NN and lowshot with it
+      self._keep_if_same(**made)
+    knn_settings, settings = self._knn_settings(), self._lowshot_settings()
     lowshot_done = self._lowshot_done(init, settings)
     if not os.path.exists(probe_json) or not os.path.exists(knn_json) or not lowshot_done:
       t0 = self.ledger.clock()   # the model and any extraction count towards the first part that needs them
@@ -436,14 +435,23 @@ class Benchmark:
         'val_fraction': float(self.b.val_fraction), 'val_seed': int(self.b.val_seed),
         'probe': {k: v for k, v in self.b.probe.to_dict().items() if k != 'keep_features'}}))
 
-  def _check_probe(self, init: str, n: str) -> None:
-    """A probe directory made with other settings (:meth:`_probe_settings`: another backbone for a given workdir
-    or weights file, other images or validation images, other probe options) moves to ``stale/`` with its k-NN and
-    lowshot, and is made again (:meth:`_keep_if_same`)."""
+  def _made_records(self, init: str, n: str = '') -> list[dict[str, Any]]:
+    """The records of ``init``'s evaluation parts that keep their settings, for :meth:`_keep_if_same`: the probe
+    (features.json, :meth:`_probe_settings`: another backbone for a given workdir or weights file, other images or
+    validation images, other probe options; it moves with its k-NN and lowshot), the k-NN (knn.json) and the
+    lowshot (lowshot.json, where the part is on; one from before it kept settings used another standardization)."""
     out = self.probe_dir(init)
-    self._keep_if_same(os.path.join(out, 'features.json'), self._probe_settings(init), f'probe-{init}', [out],
-                       [f'{part}/{init}' for part in ('probe', 'knn', 'lowshot')], f'benchmark {n} probe {init}',
-                       'probed again')
+    knn, lowshot = os.path.join(out, 'knn.json'), os.path.join(out, 'lowshot.json')
+    made = [dict(record=os.path.join(out, 'features.json'), wanted=self._probe_settings(init),
+                 stale_name=f'probe-{init}', paths=[out], parts=[f'{p}/{init}' for p in ('probe', 'knn', 'lowshot')],
+                 what=f'benchmark {n} probe {init}', again='probed again'),
+            dict(record=knn, wanted=self._knn_settings(), made_with=knn_made_with, stale_name=f'knn-{init}',
+                 paths=[knn], parts=[f'knn/{init}'], what=f'benchmark {n} knn {init}', again='measured again')]
+    if self._lowshot_settings() is not None:
+      made.append(dict(record=lowshot, wanted=self._lowshot_settings(), made_with=lambda _: {'standardized_by': None},
+                       stale_name=f'lowshot-{init}', paths=[lowshot], parts=[f'lowshot/{init}'],
+                       what=f'benchmark {n} lowshot {init}', again='fitted again'))
+    return made
 
   def _keep_if_same(self, record: str, wanted: dict[str, Any], stale_name: str, paths: list[str], parts: list[str],
                     what: str, again: str, made_with=lambda made: {}) -> None:
@@ -688,16 +696,14 @@ class Benchmark:
       pretext.append(COMBINATION)   # chosen once every init is probed
       live.append(COMBINATION)
     pre_done = [i for i in pretext if os.path.exists(os.path.join(self.pretrain_dir(i), 'final_metrics.json'))]
-    settings = self._lowshot_settings()
 
-    knn_settings = self._knn_settings()
-
-    def evaluated(init):   # made, and with today's settings (else it is made again)
-      out = self.probe_dir(init)
-      made = [settings_changes(os.path.join(out, 'features.json'), self._probe_settings(init)),
-              settings_changes(os.path.join(out, 'knn.json'), knn_settings, knn_made_with)] + \
-          ([settings_changes(os.path.join(out, 'lowshot.json'), settings)] if settings is not None else [])
-      return os.path.exists(os.path.join(out, 'probe.json')) and all(m is not None and not c for m, _, c in made)
+    def evaluated(init):   # made, and with today's settings (else it is made again: probe_and_knn)
+      if init not in self.inits:   # the combination, not chosen yet
+        return False
+      made = self._made_records(init)
+      return all(os.path.exists(p) for p in [os.path.join(self.probe_dir(init), 'probe.json')] +
+                 [m['record'] for m in made[1:]]) and \
+          not any(settings_changes(m['record'], m['wanted'], m.get('made_with', lambda _: {}))[2] for m in made)
 
     eval_done = [i for i in live if evaluated(i)]   # the combination not chosen yet has no probe: never done
     todo, _, selected, steps = self._cells()

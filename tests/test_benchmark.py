@@ -183,8 +183,13 @@ def test_quick_benchmark_runs_every_part_once_and_a_rerun_skips_them(tfds_dir, t
   def other_val_seed(made):
     return {**made, 'settings': {**made['settings'], 'val_seed': made['settings']['val_seed'] + 1}}
 
+  def no_settings(made):   # a lowshot from before it kept them was standardized otherwise: fitted again
+    del made['settings']
+    return made
+
   edits = {os.path.join(workdir, 'probe', 'rotation', 'knn.json'): no_settings_other_k,
-           os.path.join(workdir, 'probe', 'random', 'lowshot.json'): other_val_seed}
+           os.path.join(workdir, 'probe', 'random', 'lowshot.json'): other_val_seed,
+           os.path.join(workdir, 'probe', 'rotation', 'lowshot.json'): no_settings}
   for path, edit in edits.items():
     made = edit(_json(path))
     with open(path, 'w', encoding='utf-8') as f:
@@ -200,6 +205,8 @@ def test_quick_benchmark_runs_every_part_once_and_a_rerun_skips_them(tfds_dir, t
   (stale,) = [d for d in os.listdir(os.path.join(workdir, 'stale')) if d.startswith('lowshot-random-')]
   assert os.path.exists(os.path.join(workdir, 'stale', stale, 'probe', 'random', 'lowshot.json'))
   assert _json(os.path.join(workdir, 'stale', stale, 'timings.json')) == {'lowshot/random': lowshot_s}
+  assert [d for d in os.listdir(os.path.join(workdir, 'stale')) if d.startswith('lowshot-rotation-')]
+  assert 'settings' in _json(os.path.join(workdir, 'probe', 'rotation', 'lowshot.json'))
   # Another probe setting (its L2 grid) makes each init's features, probe, k-NN and lowshot again (the old ones
   # moved to stale/), and nothing else.
   other.benchmark.probe.l2 = (1e-3,)
@@ -290,7 +297,6 @@ def test_bad_inits_are_one_line(tmp_path):
       r"--config.checkpoint_every=-5 must be positive \(a pretext run's key is set with "
       r"--config.benchmark.pretrain_overrides\)$")):
     benchmark.Benchmark(c, str(tmp_path)).pretrain('rotation', '[1/2]')
-  assert not os.path.exists(tmp_path / 'pretrain' / 'rotation' / 'checkpoints')
   del c.benchmark.inits['random']
   with pytest.raises(benchmark.BenchmarkConfigError, match="benchmark.inits needs 'random'"):
     benchmark.Benchmark(c, str(tmp_path))
@@ -301,8 +307,13 @@ def test_only_runs_the_inits_it_names_and_scratch_beside_them(tmp_path):
   the other inits' parts; the random init always runs (every comparison's reference); a name not among the inits is
   one line."""
   c = fmnist_benchmark.get_config()
-  assert list(benchmark.Benchmark(c, str(tmp_path / 'all')).inits)[-1] == 'random'
-  assert len(benchmark.Benchmark(c, str(tmp_path / 'all')).inits) == len(fmnist_benchmark.INITS)
+  everything = benchmark.Benchmark(c, str(tmp_path / 'all'))
+  assert list(everything.inits)[-1] == 'random' and len(everything.inits) == len(fmnist_benchmark.INITS)
+  # The full benchmark's outlook in a new workdir counts every init and the combination to come (not chosen yet):
+  # every init but random pretrains.
+  n = len(fmnist_benchmark.INITS)
+  assert everything.outlook().startswith(f'benchmark left: {n} pretext runs (time unknown until one is done), '
+                                         f'{n + 1} probes + k-NN + lowshot'), everything.outlook()
   c.benchmark.only = ('simclr', 'byol')
   workdir = tmp_path / 'two'
   two = benchmark.Benchmark(c, str(workdir))
