@@ -212,3 +212,36 @@ def test_a_signal_during_a_cells_final_evaluation_stops_the_study_before_the_nex
                          timeout=300, check=False, env={**os.environ, 'JAXSSL_TEST_SIGNALLED': '1'})   # no signal
   assert again.returncode == 0 and 'study done' in again.stdout, again.stdout + again.stderr
   assert (workdir / 'cells' / 'scratch_f0.5_s1' / 'final_metrics.json').exists()
+
+
+def test_a_studys_runs_share_one_compilation_cache_which_the_user_may_move_or_turn_off(tfds_dir, tmp_path):
+  """The study and benchmark commands keep XLA's compiled steps in $JAXSSL_CACHE_DIR/xla: a second study of the
+  same shapes in a new process compiles nothing new (every step found there); JAX_COMPILATION_CACHE_DIR set, even
+  empty (off), is the user's choice and is kept."""
+  script = (
+      'import sys; sys.path.insert(0, %r)\n'
+      'import ml_collections\n'
+      'from conftest import small_config\n'
+      'from jaxssl import cli, study\n'
+      'print("cache:", cli.use_compilation_cache())\n'
+      'if sys.argv[1] != "-":\n'
+      '  c = small_config(%r, **{"data.train_limit": 256, "data.eval_limit": 64})\n'
+      '  c.study = ml_collections.ConfigDict({"fractions": (0.5,), "seeds": (0,), "subsets": "random",\n'
+      '      "inits": {"scratch": ""}, "epochs": 0.0, "min_steps": 2, "metric": "classify/top1"})\n'
+      '  study.run_study(c, sys.argv[1])\n') % (str(REPO / 'tests'), tfds_dir)
+  env = {k: v for k, v in os.environ.items() if k != 'JAX_COMPILATION_CACHE_DIR'}   # the session's own cache
+  env['JAXSSL_CACHE_DIR'] = str(tmp_path / 'jaxssl_cache')
+  xla = tmp_path / 'jaxssl_cache' / 'xla'
+
+  def run(workdir, **more):
+    done = subprocess.run([sys.executable, '-c', script, workdir], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, check=False, env={**env, **more})
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+  assert f'cache: {xla}' in run(str(tmp_path / 'first'))
+  compiled = sorted(os.listdir(xla))
+  assert any('step' in name for name in compiled), compiled   # the train and eval steps among them
+  run(str(tmp_path / 'second'))
+  assert sorted(os.listdir(xla)) == compiled   # nothing compiled anew: all of it read from the cache
+  assert 'cache: None' in run('-', JAX_COMPILATION_CACHE_DIR='')
