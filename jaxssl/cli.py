@@ -72,21 +72,26 @@ def use_compilation_cache() -> str | None:
   """XLA's persistent compilation cache for a command of many short runs in one process (a study's or the
   benchmark's cells compile the same steps again, each its own closure: ~4 s of a fine-tuning cell's ~12 s outside
   its steps on 2 CPU cores, measured 2026-12-01), kept in ``$JAXSSL_CACHE_DIR/xla`` (default
-  ``~/.cache/jaxssl/xla``, the folder's owner checked as for the oneDNN library: an executable found there runs in
-  the process; small entries, kilobytes to a few MB each, which may be deleted at any time).
-  ``JAX_COMPILATION_CACHE_DIR`` set, even empty (off), is the user's choice and is kept. Returns the folder, or None
-  where the cache is off."""
+  ``~/.cache/jaxssl/xla``), a private folder refused as the oneDNN library's is (an executable found there runs in
+  the process). ``JAX_COMPILATION_CACHE_DIR`` names another folder; ``JAX_ENABLE_COMPILATION_CACHE=false`` turns it
+  off. Every compile is cached unless ``JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS`` says otherwise (a cell's many
+  small ones add up). A folder that cannot be used leaves the cache off with one line saying why. Returns the
+  folder in use, or None."""
   # pylint: disable=import-outside-toplevel  # jax and the cache folder: when a command runs
   import jax
   from jaxssl.ops import onednn
-  if 'JAX_COMPILATION_CACHE_DIR' in os.environ:   # jax has read it itself
-    return os.environ['JAX_COMPILATION_CACHE_DIR'] or None
+  if not jax.config.values['jax_enable_compilation_cache']:   # JAX_ENABLE_COMPILATION_CACHE=false
+    return None
+  if 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS' not in os.environ:
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+  if os.environ.get('JAX_COMPILATION_CACHE_DIR'):   # the user's folder: jax has read it itself
+    return os.environ['JAX_COMPILATION_CACHE_DIR']
   try:
-    path = str(onednn.cache_dir() / 'xla')
-  except RuntimeError:   # a folder another user could write to: no cache (the oneDNN build says why, in one line)
+    path = str(onednn.private_dir(onednn.cache_dir() / 'xla', 'the XLA compilation cache', 'a compiled program'))
+  except (RuntimeError, OSError) as e:
+    print(f'warning: no XLA compilation cache (each run compiles its steps anew): {e}', file=sys.stderr)
     return None
   jax.config.update('jax_compilation_cache_dir', path)
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)   # a cell's many small compiles add up
   return path
 
 

@@ -229,6 +229,15 @@ def test_quick_benchmark_runs_every_part_once_and_a_rerun_skips_them(tfds_dir, t
       r"^pretrain/rotation was trained with another config than the benchmark trains now \(optim.lr 0.02 -> 0.5\): "
       r"add --config.benchmark.retrain=\"\('rotation',\)\" to move it")):
     benchmark.run_benchmark(changed, workdir)
+  # A retrain whose new config the run's own check refuses stops before anything moves to stale/.
+  refused = _with(changed, retrain=('rotation',))
+  refused.benchmark.pretrain_overrides.checkpoint_every = -5
+  stale_before = sorted(os.listdir(os.path.join(workdir, 'stale')))
+  with pytest.raises(benchmark.BenchmarkConfigError, match=r"^pretrain/rotation \(.*\) with the benchmark's settings: "
+                                                           r"--config.checkpoint_every=-5 must be positive"):
+    benchmark.run_benchmark(refused, workdir)
+  assert sorted(os.listdir(os.path.join(workdir, 'stale'))) == stale_before
+  assert os.path.exists(os.path.join(workdir, 'pretrain', 'rotation', 'final_metrics.json'))
   b = benchmark.Benchmark(changed, workdir)
   seconds = {p: s for p, s in b.ledger.seconds.items() if p.endswith('/rotation')}
   dest = b.set_aside('rotation')
@@ -297,6 +306,7 @@ def test_bad_inits_are_one_line(tmp_path):
       r"--config.checkpoint_every=-5 must be positive \(a pretext run's key is set with "
       r"--config.benchmark.pretrain_overrides\)$")):
     benchmark.Benchmark(c, str(tmp_path)).pretrain('rotation', '[1/2]')
+  assert not os.path.exists(tmp_path / 'pretrain' / 'rotation' / 'checkpoints')   # nothing trained
   del c.benchmark.inits['random']
   with pytest.raises(benchmark.BenchmarkConfigError, match="benchmark.inits needs 'random'"):
     benchmark.Benchmark(c, str(tmp_path))

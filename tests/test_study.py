@@ -4,6 +4,8 @@ import csv
 import json
 import os
 import pathlib
+import shutil
+import stat
 import subprocess
 import sys
 
@@ -214,34 +216,57 @@ def test_a_signal_during_a_cells_final_evaluation_stops_the_study_before_the_nex
   assert (workdir / 'cells' / 'scratch_f0.5_s1' / 'final_metrics.json').exists()
 
 
-def test_a_studys_runs_share_one_compilation_cache_which_the_user_may_move_or_turn_off(tfds_dir, tmp_path):
-  """The study and benchmark commands keep XLA's compiled steps in $JAXSSL_CACHE_DIR/xla: a second study of the
-  same shapes in a new process compiles nothing new (every step found there); JAX_COMPILATION_CACHE_DIR set, even
-  empty (off), is the user's choice and is kept."""
+def test_the_study_command_compiles_into_a_private_cache_that_a_second_process_reads(tfds_dir, tmp_path):
+  """The study and benchmark commands keep XLA's compiled programs in $JAXSSL_CACHE_DIR/xla, a private folder: a
+  second process running a study of the same shapes compiles nothing (every program a cache hit, as jax's own
+  monitoring events count them); JAX_ENABLE_COMPILATION_CACHE=false turns it off and a folder that cannot be used
+  is one line, the command going on without it."""
+  cache = tmp_path / 'jaxssl_cache'
+  cache.mkdir(mode=0o700)
+  for lib in pathlib.Path(os.environ['JAXSSL_CACHE_DIR']).glob('libjaxssl_onednn_conv-*'):   # not built again
+    shutil.copy2(lib, cache / lib.name)
+  env = {k: v for k, v in os.environ.items() if k != 'JAX_COMPILATION_CACHE_DIR'}   # not the session's cache
+  env['JAXSSL_CACHE_DIR'] = str(cache)
+  xla = cache / 'xla'
+  # The command turns it on: a study that stops at its first cell (an init with no checkpoint, one line) has
+  # compiled the model's initialization into the folder by then.
+  done = subprocess.run([sys.executable, '-m', 'jaxssl.study', '--config', 'configs/fmnist_label_efficiency.py',
+                         '--workdir', str(tmp_path / 'command'), f'--config.data.data_dir={tfds_dir}',
+                         f'--config.study.inits.rotation={tmp_path / "nowhere"}'], cwd=REPO, capture_output=True,
+                        text=True, timeout=300, check=False, env=env)
+  assert done.returncode != 0 and 'no checkpoint in' in done.stderr.splitlines()[-1], done.stdout + done.stderr
+  assert stat.S_IMODE(xla.stat().st_mode) == 0o700 and list(xla.iterdir())
   script = (
       'import sys; sys.path.insert(0, %r)\n'
-      'import ml_collections\n'
+      'import collections, jax, ml_collections\n'
       'from conftest import small_config\n'
       'from jaxssl import cli, study\n'
+      'events = collections.Counter()\n'
+      'jax.monitoring.register_event_listener(lambda event, **_: events.update([event.split("/")[-1]]))\n'
       'print("cache:", cli.use_compilation_cache())\n'
-      'if sys.argv[1] != "-":\n'
-      '  c = small_config(%r, **{"data.train_limit": 256, "data.eval_limit": 64})\n'
-      '  c.study = ml_collections.ConfigDict({"fractions": (0.5,), "seeds": (0,), "subsets": "random",\n'
-      '      "inits": {"scratch": ""}, "epochs": 0.0, "min_steps": 2, "metric": "classify/top1"})\n'
-      '  study.run_study(c, sys.argv[1])\n') % (str(REPO / 'tests'), tfds_dir)
-  env = {k: v for k, v in os.environ.items() if k != 'JAX_COMPILATION_CACHE_DIR'}   # the session's own cache
-  env['JAXSSL_CACHE_DIR'] = str(tmp_path / 'jaxssl_cache')
-  xla = tmp_path / 'jaxssl_cache' / 'xla'
+      'if sys.argv[1] == "-": sys.exit(0)\n'
+      'c = small_config(%r, **{"data.train_limit": 256, "data.eval_limit": 64})\n'
+      'c.study = ml_collections.ConfigDict({"fractions": (0.5,), "seeds": (0,), "subsets": "random",\n'
+      '    "inits": {"scratch": ""}, "epochs": 0.0, "min_steps": 2, "metric": "classify/top1"})\n'
+      'study.run_study(c, sys.argv[1])\n'
+      'print("hits", events["cache_hits"], "misses", events["cache_misses"])\n') % (str(REPO / 'tests'), tfds_dir)
 
-  def run(workdir, **more):
+  def run(workdir):
     done = subprocess.run([sys.executable, '-c', script, workdir], cwd=REPO, capture_output=True, text=True,
-                          timeout=300, check=False, env={**env, **more})
+                          timeout=300, check=False, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
+    return done.stdout.splitlines()[0], [int(n) for n in done.stdout.splitlines()[-1].split()[1::2]]
 
-  assert f'cache: {xla}' in run(str(tmp_path / 'first'))
-  compiled = sorted(os.listdir(xla))
-  assert any('step' in name for name in compiled), compiled   # the train and eval steps among them
-  run(str(tmp_path / 'second'))
-  assert sorted(os.listdir(xla)) == compiled   # nothing compiled anew: all of it read from the cache
-  assert 'cache: None' in run('-', JAX_COMPILATION_CACHE_DIR='')
+  said, (hits, misses) = run(str(tmp_path / 'first'))
+  assert said == f'cache: {xla}' and misses > 0
+  said, (hits, misses) = run(str(tmp_path / 'second'))
+  assert (hits, misses) == (hits, 0) and hits > 0   # every program read from the cache, none compiled anew
+  off = subprocess.run([sys.executable, '-c', script, '-'], cwd=REPO, capture_output=True, text=True, timeout=300,
+                       check=True, env={**env, 'JAX_ENABLE_COMPILATION_CACHE': 'false'})
+  assert off.stdout == 'cache: None\n', off.stdout + off.stderr
+  xla.chmod(0o777)   # others could plant a program there: refused in one line, the command goes on without it
+  done = subprocess.run([sys.executable, '-c', script, '-'], cwd=REPO, capture_output=True, text=True, timeout=300,
+                        check=False, env=env)
+  assert done.returncode == 0 and done.stdout == 'cache: None\n', done.stdout + done.stderr
+  assert f'warning: no XLA compilation cache (each run compiles its steps anew): refusing the XLA compilation ' \
+         f'cache {xla}: its mode 777 lets other users write to it' in done.stderr, done.stderr

@@ -78,19 +78,28 @@ def cache_dir() -> pathlib.Path:
   """``$JAXSSL_CACHE_DIR`` (default ``~/.cache/jaxssl``), created private; refused unless this user owns it and no
   one else can write to it, since a library found there is loaded into the process: one planted there would run
   inside a training run."""
-  cache = pathlib.Path(os.environ.get('JAXSSL_CACHE_DIR') or pathlib.Path.home() / '.cache' / 'jaxssl')
-  cache.mkdir(mode=0o700, parents=True, exist_ok=True)
-  st = cache.stat()
+  return private_dir(pathlib.Path(os.environ.get('JAXSSL_CACHE_DIR') or pathlib.Path.home() / '.cache' / 'jaxssl'),
+                     'the oneDNN library cache', 'a library')
+
+
+def private_dir(path: pathlib.Path, what: str, planted: str) -> pathlib.Path:
+  """``path`` created private (0700, parents as needed) and returned; RuntimeError (one line) where it is not this
+  user's own: a link, another owner, or writable by others, since ``planted`` (code) found there would run inside
+  this process."""
+  path.mkdir(mode=0o700, parents=True, exist_ok=True)
+  st = path.lstat()
   problems = []
+  if stat.S_ISLNK(st.st_mode):
+    problems.append('it is a symbolic link')
   if st.st_uid != os.getuid():
     problems.append(f'it is owned by uid {st.st_uid}, not by you (uid {os.getuid()})')
   if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
     problems.append(f'its mode {stat.S_IMODE(st.st_mode):o} lets other users write to it')
   if problems:
-    raise RuntimeError(f'refusing the oneDNN library cache {cache}: {" and ".join(problems)}, so a library another '
-                       'user planted there would run inside this process; set JAXSSL_CACHE_DIR to a directory of '
-                       f'your own, or make this one yours with `chown $USER {cache}; chmod go-w {cache}`')
-  return cache
+    raise RuntimeError(f'refusing {what} {path}: {" and ".join(problems)}, so {planted} another user planted there '
+                       'would run inside this process; set JAXSSL_CACHE_DIR to a directory of your own, or make this '
+                       f'one yours with `chown $USER {path}; chmod go-w {path}`')
+  return path
 
 
 def _cache_key(cxx: str, include: pathlib.Path, lib: pathlib.Path, jax_include: pathlib.Path) -> str:
