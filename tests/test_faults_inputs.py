@@ -366,3 +366,16 @@ def test_a_cache_other_users_can_write_to_is_refused(cache):
     os.chown(cache, 65534, 65534)
     with pytest.raises(RuntimeError, match=f'{cache}: it is owned by uid 65534, not by you'):
       onednn.library_path()
+
+
+def test_a_cache_folder_linked_by_its_user_is_followed_and_its_target_checked(tmp_path):
+  """A user's own symbolic link to a private folder (a cache moved to a bigger disk) is that folder: accepted; one
+  to a folder others can write to is refused, as that folder would be (the link's own mode, 777, says nothing)."""
+  target = tmp_path / 'disk' / 'jaxssl'
+  target.mkdir(parents=True, mode=0o700)
+  link = tmp_path / 'cache'
+  link.symlink_to(target)
+  assert onednn.private_dir(link, 'the test cache', 'a library') == link
+  target.chmod(0o777)
+  with pytest.raises(RuntimeError, match=r'its mode 777 lets other users write to it'):
+    onednn.private_dir(link, 'the test cache', 'a library')

@@ -84,13 +84,13 @@ def cache_dir() -> pathlib.Path:
 
 def private_dir(path: pathlib.Path, what: str, planted: str) -> pathlib.Path:
   """``path`` created private (0700, parents as needed) and returned; RuntimeError (one line) where it is not this
-  user's own: a link, another owner, or writable by others, since ``planted`` (code) found there would run inside
-  this process."""
+  user's own: another user's symbolic link, a folder of another owner, or one others can write to, since
+  ``planted`` (code) found there would run inside this process. A link of the user's own is followed."""
   path.mkdir(mode=0o700, parents=True, exist_ok=True)
-  st = path.lstat()
+  link, st = path.lstat(), path.stat()
   problems = []
-  if stat.S_ISLNK(st.st_mode):
-    problems.append('it is a symbolic link')
+  if stat.S_ISLNK(link.st_mode) and link.st_uid != os.getuid():
+    problems.append(f'it is a symbolic link of uid {link.st_uid}, not yours (uid {os.getuid()})')
   if st.st_uid != os.getuid():
     problems.append(f'it is owned by uid {st.st_uid}, not by you (uid {os.getuid()})')
   if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
