@@ -17,9 +17,11 @@ trained workdir / weights file used as it is), in this order:
    probe and the k-NN are written.
 3. **knn**: weighted k-NN (``benchmark.knn``: 200-NN, T = 0.07 by default) of the test split among the probe's training
    part, on the cached features of the layer the probe chose on validation; ``probe/<init>/knn.json``. **lowshot**
-   (``benchmark.lowshot``): that layer's probe fitted again on the labels of each fine-tuning subset only (every
-   fraction below 1 x seed: :func:`lowshot_indices`, the very images of part 4's cells), its L2 strength and epoch
-   chosen on the validation images; ``probe/<init>/lowshot.json``.
+   (``benchmark.lowshot``): the linear probe fitted again on the labels of each fine-tuning subset only (every
+   fraction below 1 x seed: :func:`lowshot_indices`, the very images of part 4's cells) at every layer of
+   ``benchmark.lowshot_layers`` (() all the probed ones), its layer, L2 strength and epoch chosen on the
+   validation images for each subset (few labels favour smaller layers than every label does);
+   ``probe/<init>/lowshot.json``.
 4. **finetune**: jaxssl/study.py's cells (the config's fine-tuning recipe from that init), ``benchmark.fractions``
    x ``benchmark.seeds``, the same class-stratified subsets for every init, drawn from the training images less
    the validation images (``data.holdout_fraction``); the random init's cells are the from-scratch baseline. Per
@@ -161,17 +163,26 @@ def reuse_selection(cell: ml_collections.ConfigDict, selection: ml_collections.C
 
 def settings_changes(record: str, wanted: dict[str, Any] | None, made_with=lambda made: {}):
   """``(made, wanted, changes)``: ``record``'s JSON (None when not made), ``wanted`` as it reads back from a file
-  (tuples as lists), and the settings both it and the record name that differ (:func:`config_changes`). A record
-  without ``settings`` (made before its file kept them) is judged by what ``made_with(record)`` can say."""
+  (tuples as lists), and the settings both it and the record name that differ (:func:`config_changes`). What its
+  ``settings`` do not name (made before its file kept them, or before a setting was added) is judged by what
+  ``made_with(record)`` can say."""
   made, wanted = records.read_json(record), json.loads(json.dumps(wanted))
   if made is None or made.get('settings') == wanted:
     return made, wanted, []
-  return made, wanted, config_changes(made['settings'] if 'settings' in made else made_with(made), wanted, ignored=())
+  return made, wanted, config_changes({**made_with(made), **made.get('settings', {})}, wanted, ignored=())
 
 
 def knn_made_with(made: dict[str, Any]) -> dict[str, Any]:
   """The settings a knn.json made before it kept them names at its top (jaxssl/eval/cached_probe.py:knn_layer)."""
   return {k: made[k] for k in ('k', 'temperature') if k in made}
+
+
+def lowshot_made_with(made: dict[str, Any]) -> dict[str, Any]:
+  """What a lowshot.json says of how it was made besides its settings: one from before they were kept was
+  standardized otherwise; one from before the layer was chosen per subset fitted the all-label probe's best."""
+  return {'standardized_by': None, **({'layers': f"the all-label probe's best ({made['layer']})"}
+                                      if 'layer' in made else {})}
+
 
 class Benchmark:
   """The parts of one benchmark directory (module docstring); each method skips what is done."""
@@ -366,7 +377,7 @@ class Benchmark:
     self._stop_if_asked(f'pretraining {init}', result)
 
   def probe_and_knn(self, init: str, n: str) -> None:
-    """Feature extraction (cached), the per-layer probe, the k-NN and the lowshot probes of the best layer; what
+    """Feature extraction (cached), the per-layer probe, the k-NN of the best layer and the lowshot probes; what
     exists is skipped."""
     from jaxssl.eval import cached_probe  # pylint: disable=import-outside-toplevel
     from jaxssl.runlog import log  # pylint: disable=import-outside-toplevel
@@ -376,6 +387,8 @@ class Benchmark:
     p = self.b.probe
     features = os.path.join(out, f'features_d{p.max_dim}')   # another pooling size is another cache
     for made in self._made_records(init, n):   # the probe first: its move takes the k-NN and lowshot with it
+      if made['record'] == lowshot_json and os.path.exists(probe_json):   # a layer misnamed: one line, nothing moved
+        self._lowshot_layers(init, list(records.read_json(probe_json)['layers']))
       self._keep_if_same(**made)
     knn_settings, settings = self._knn_settings(), self._lowshot_settings()
     lowshot_done = self._lowshot_done(init, settings)
@@ -402,8 +415,9 @@ class Benchmark:
         t0 = self.ledger.clock()
         log(f"  best layer on val: {summary['best_layer']}")
       best = records.read_json(probe_json)['best_layer']
-      cached_probe.extract(exp.eval_context(out), state, features, [best], max_dim=p.max_dim,
-                           batch_size=self.config.eval_batch_size)   # nothing to do unless the cache was removed
+      low_layers = [] if lowshot_done else self._lowshot_layers(init, layers)
+      cached_probe.extract(exp.eval_context(out), state, features, list(dict.fromkeys([best, *low_layers])),
+                           max_dim=p.max_dim, batch_size=self.config.eval_batch_size)   # there unless removed
       train_idx, val_idx = cached_probe.val_split(cached_probe.load(features, 'train', 'labels'),
                                                   self.b.val_fraction, self.b.val_seed)
       if not os.path.exists(knn_json):
@@ -415,12 +429,12 @@ class Benchmark:
         t0 = self.ledger.clock()
         log(f"benchmark {n} knn {init}: {best} top1={r['test_top1']:.4f} ({r['seconds']:.0f}s)")
       if not lowshot_done:
-        r = {**self._lowshot(features, best, train_idx, val_idx, exp.info), 'settings': settings}
+        r = {**self._lowshot(features, low_layers, train_idx, val_idx, exp.info), 'settings': settings}
         write_json(lowshot_json, r)
         self.ledger.add(t0, f'lowshot/{init}')
-        log(f"benchmark {n} lowshot {init}: {best} " + ', '.join(
-            f"{100 * float(f):g}% {100 * np.mean([c['test_top1'] for c in cells.values()]):.1f}"
-            for f, cells in r['fractions'].items()))
+        log(f"benchmark {n} lowshot {init}: " + ', '.join(
+            f"{100 * float(f):g}% {100 * np.mean([c['test_top1'] for c in cells.values()]):.1f} "
+            f"({tables.layers_text([c['layer'] for c in cells.values()])})" for f, cells in r['fractions'].items()))
     if not p.keep_features:
       cached_probe.remove_cache(features)
 
@@ -448,7 +462,7 @@ class Benchmark:
             dict(record=knn, wanted=self._knn_settings(), made_with=knn_made_with, stale_name=f'knn-{init}',
                  paths=[knn], parts=[f'knn/{init}'], what=f'benchmark {n} knn {init}', again='measured again')]
     if self._lowshot_settings() is not None:
-      made.append(dict(record=lowshot, wanted=self._lowshot_settings(), made_with=lambda _: {'standardized_by': None},
+      made.append(dict(record=lowshot, wanted=self._lowshot_settings(), made_with=lowshot_made_with,
                        stale_name=f'lowshot-{init}', paths=[lowshot], parts=[f'lowshot/{init}'],
                        what=f'benchmark {n} lowshot {init}', again='fitted again'))
     return made
@@ -456,10 +470,10 @@ class Benchmark:
   def _keep_if_same(self, record: str, wanted: dict[str, Any], stale_name: str, paths: list[str], parts: list[str],
                     what: str, again: str, made_with=lambda made: {}) -> None:
     """A made part whose ``record`` (a JSON file) kept other ``settings`` than ``wanted`` moves to ``stale/`` (its
-    ``paths``, the ``parts``' seconds) and one line says so: it is made again. Only a setting both name decides: one
-    made before its file kept settings (then ``made_with(record)`` says what it can), or before a setting was added
-    to jaxssl (at its old behaviour), is taken as made with today's (they are written into it). Nothing made:
-    nothing to do."""
+    ``paths``, the ``parts``' seconds) and one line says so: it is made again. Only a setting both name decides
+    (``made_with(record)`` says what the record's settings do not: one made before its file kept them, or before a
+    setting was added to jaxssl): what neither names is taken as made with today's (written into it). Nothing
+    made: nothing to do."""
     from jaxssl.runlog import log  # pylint: disable=import-outside-toplevel
     made, wanted, changes = settings_changes(record, wanted, made_with)
     if made is None or made.get('settings') == wanted:
@@ -481,9 +495,21 @@ class Benchmark:
       return None
     return json.loads(json.dumps({   # as it reads back from the file (tuples as lists)
         'fractions': self._lowshot_fractions(), 'seeds': [int(s) for s in self.b.seeds],
+        'layers': [str(name) for name in self.b.get('lowshot_layers', ())],   # [] every probed layer
         'subsets': str(self.b.subsets), 'val_fraction': float(self.b.val_fraction), 'val_seed': int(self.b.val_seed),
         'probe': {k: v for k, v in self.b.probe.to_dict().items() if k != 'keep_features'},
         'standardized_by': 'the training images less the validation images (their features, not labels)'}))
+
+  def _lowshot_layers(self, init: str, probed: list[str]) -> list[str]:
+    """The layers the lowshot probe chooses among: ``benchmark.lowshot_layers`` (() every probed layer) of those
+    ``init``'s probe measured (jigsaw's stops at pool2); none of them there is one line naming the option."""
+    wanted = [str(name) for name in self.b.get('lowshot_layers', ())]
+    layers = [name for name in probed if name in wanted] if wanted else list(probed)
+    if not layers:
+      raise BenchmarkConfigError(
+          f"benchmark.lowshot_layers={tuple(wanted)}: none of them is among {init}'s probed layers "
+          f"({', '.join(probed)}); name some of those, or () for every one")
+    return layers
 
   def _lowshot_done(self, init: str, settings: dict[str, Any] | None) -> bool:
     """Whether ``init``'s lowshot.json was made with ``settings`` (:meth:`_lowshot_settings`; None: the part is
@@ -495,32 +521,30 @@ class Benchmark:
     """The labelled fractions below 1 the frozen-feature probe is fitted at (none unless ``benchmark.lowshot``)."""
     return sorted(float(f) for f in self.b.fractions if float(f) < 1) if self.b.get('lowshot', False) else []
 
-  def _lowshot(self, features: str, layer: str, train_idx, val_idx, info) -> dict[str, Any]:
-    """The linear probe of ``layer``'s cached features fitted on each fine-tuning subset's labels only (the very
-    records of the cells ``finetune/cells/<init>_f<fraction>_s<seed>`` train on: :func:`lowshot_indices`), its L2
-    strength and epoch chosen on the validation images, the test split scored once per subset."""
+  def _lowshot(self, features: str, layers: list[str], train_idx, val_idx, info) -> dict[str, Any]:
+    """The linear probe fitted on each fine-tuning subset's labels only (the very records of the cells
+    ``finetune/cells/<init>_f<fraction>_s<seed>`` train on: :func:`lowshot_indices`) at each of ``layers``; per
+    subset the layer, L2 strength and epoch chosen on the validation images, the test split scored once
+    (:func:`jaxssl.eval.cached_probe.probe_subsets`)."""
     from jaxssl.data import subsets  # pylint: disable=import-outside-toplevel
     from jaxssl.eval import cached_probe  # pylint: disable=import-outside-toplevel
     p, mode = self.b.probe, str(self.b.subsets)
     labels = cached_probe.load(features, 'train', 'labels')
-    # Standardized as the full probe is, by the features of every training image the subsets are drawn from
-    # (no label used): 50 labelled images would give each of 9,216 dims an unstable mean and scale.
-    stats = cached_probe.train_statistics(cached_probe.load(features, 'train', layer), rows=train_idx)
-    out: dict[str, Any] = {'layer': layer, 'subsets': mode, 'fractions': {}}
+    cells = {}   # (fraction, seed) -> its subset's indices
     for fraction in self._lowshot_fractions():
       folds = subsets.num_folds(labels[train_idx], fraction) if mode == 'kfold' else None
-      cells = {}
       for seed in self.b.seeds:
-        if folds is not None and int(seed) >= folds:
-          continue
-        idx = lowshot_indices(labels, train_idx, fraction, int(seed), mode)
-        r = cached_probe.probe_layer(features, layer, idx, val_idx, num_classes=info.num_classes,
-                                     class_names=list(info.class_names), l2_grid=tuple(p.l2), epochs=p.epochs,
-                                     batch_size=p.batch_size, lr=p.lr, min_steps=p.min_steps, seed=p.seed,
-                                     stats=stats)
-        cells[str(int(seed))] = {k: r[k] for k in ('test_top1', 'test_top5', 'val_top1', 'l2', 'epoch',
-                                                   'train_count', 'seconds')}
-      out['fractions'][f'{fraction:g}'] = cells
+        if folds is None or int(seed) < folds:
+          cells[f'{fraction:g}', str(int(seed))] = lowshot_indices(labels, train_idx, fraction, int(seed), mode)
+    # Standardized by every training image's features, as the full probe: 50 would give 9,216 dims unstable stats.
+    fits = cached_probe.probe_subsets(
+        features, layers, cells, val_idx, stats_rows=train_idx, num_classes=info.num_classes,
+        class_names=list(info.class_names), l2_grid=tuple(p.l2), epochs=p.epochs, batch_size=p.batch_size, lr=p.lr,
+        min_steps=p.min_steps, seed=p.seed)
+    out: dict[str, Any] = {'layers': list(layers), 'subsets': mode,
+                           'fractions': {f'{f:g}': {} for f in self._lowshot_fractions()}}
+    for (fraction, seed), r in fits.items():
+      out['fractions'][fraction][seed] = r
     return out
 
   def _feature_model(self, init: str):
@@ -857,7 +881,8 @@ class Benchmark:
              'wall_s': {part: self.ledger.seconds.get(f'{part}/{init}') for part in
                         ('pretrain', 'probe', 'knn', 'lowshot', 'finetune')}}
       lowshot = records.read_json(os.path.join(self.probe_dir(init), 'lowshot.json'))
-      row['lowshot'] = {f: tables.mean_std([c['test_top1'] for c in per_seed.values()])
+      row['lowshot'] = {f: {**tables.mean_std([c['test_top1'] for c in per_seed.values()]),
+                            'layers': [c['layer'] for c in per_seed.values()]}   # chosen per subset on val
                         for f, per_seed in (lowshot or {}).get('fractions', {}).items() if per_seed}
       if init in self.errors:
         row['error'] = self.errors[init]

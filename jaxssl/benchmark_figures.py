@@ -64,7 +64,7 @@ def label_efficiency(r: dict[str, Any], path: str) -> dict[str, dict[str, list[s
   plt = plots.plt
   panels = [(key, title) for key, title in
             (('finetune', f"fine-tuned: {r['metric']} (%)"),
-             ('lowshot', 'frozen features: linear probe of the best layer (%)'))
+             ('lowshot', 'frozen features: linear probe, its layer chosen on val (%)'))
             if any(row.get(key) for row in r['inits'])]
   drawn: dict[str, dict[str, list[str]]] = {}
   if not panels:

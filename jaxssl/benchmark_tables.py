@@ -23,6 +23,13 @@ def mean_std(vals: list[float]) -> dict[str, float]:
   return {'mean': mean, 'std': std, 'n': len(vals)}
 
 
+def layers_text(layers: list[str]) -> str:
+  """The layers chosen for a fraction's subsets: one name where they agree, else each with its count (``fc1 x2,
+  pool2``) in the order first chosen."""
+  counts = {name: layers.count(name) for name in layers}
+  return ', '.join(name if k == 1 else f'{name} x{k}' for name, k in counts.items())
+
+
 def num(x, digits: int = 4) -> str:
   return '' if x is None else f'{x:.{digits}f}'
 
@@ -273,13 +280,14 @@ def measured_by(r: dict[str, Any]) -> list[str]:
 
 
 def lowshot_table(r: dict[str, Any]) -> list[str]:
-  """The frozen-feature table: per init, the linear probe of its best layer fitted on each fine-tuning subset's
-  labels only, mean +- std over the subsets, with the difference from the random backbone's; [] when none ran."""
+  """The frozen-feature table: per init, the linear probe fitted on each fine-tuning subset's labels only, its
+  layer chosen on validation per subset, mean +- std over the subsets, with the difference from the random
+  backbone's and the layers chosen; [] when none ran."""
   low = sorted({f for row in r['inits'] for f in row.get('lowshot', {})}, key=float)
   if not low:
     return []
   random = next((row['lowshot'] for row in r['inits'] if row['init'] == 'random'), {})
-  head = ['init (its best layer)'] + [f'probe on {100 * float(f):g}% of the labels' for f in low]
+  head = ['init'] + [f'probe on {100 * float(f):g}% of the labels [layer]' for f in low]
   lines = ['', '| ' + ' | '.join(head) + ' |', '|' + ' --- |' * len(head)]
   for row in r['inits']:
     if not row.get('lowshot'):
@@ -290,14 +298,16 @@ def lowshot_table(r: dict[str, Any]) -> list[str]:
       text = '-' if c is None else f"{100 * c['mean']:.1f} +- {100 * c['std']:.1f}"
       if c is not None and row['init'] != 'random' and f in random:
         text += f" ({100 * (c['mean'] - random[f]['mean']):+.1f})"
+      if c is not None and c.get('layers'):
+        text += f" [{layers_text(c['layers'])}]"
       cols.append(text)
-    name = f"{row['init']} (untrained)" if row['init'] == 'random' else row['init']
-    lines.append('| ' + ' | '.join([f"{name} ({row['best_layer']})"] + cols) + ' |')
-  return lines + ['', 'Few labels, frozen features: the linear probe of each init\'s best layer (chosen on the '
-                  'validation images with every label) fitted on the labels of each fine-tuning subset only (the '
-                  'same images as its fine-tuning cells), its L2 strength and epoch chosen on the validation images; '
-                  'test top-1 (%), mean +- std over the subsets, in brackets the difference from the untrained '
-                  'backbone\'s.', '']
+    lines.append('| ' + ' | '.join([f"{row['init']} (untrained)" if row['init'] == 'random' else row['init']] + cols)
+                 + ' |')
+  return lines + ['', 'Few labels, frozen features: a linear probe of the backbone\'s layers fitted on the labels of '
+                  'each fine-tuning subset only (the same images as its fine-tuning cells), its layer, L2 strength '
+                  'and epoch chosen on the validation images for each subset; test top-1 (%), mean +- std over the '
+                  'subsets, in round brackets the difference from the untrained backbone\'s, in square brackets the '
+                  'layers chosen.', '']
 
 
 def csv_text(r: dict[str, Any]) -> str:
@@ -310,14 +320,14 @@ def csv_text(r: dict[str, Any]) -> str:
   parts = ('pretrain', 'probe', 'knn', 'lowshot', 'finetune')
   keys = [short_key(key) for key, _ in r['protocol'].get('select', {}).get('grid', ())]   # chosen on val
   w.writerow(['init', 'best_layer', 'probe_top1', 'knn_top1'] +
-             [f'probe{f}_{s}' for f in low for s in ('mean', 'std')] +
+             [f'probe{f}_{s}' for f in low for s in ('mean', 'std', 'layers')] +
              [f'ft{f}_{s}' for f in fr for s in ('mean', 'std', 'n', *(f'chosen_{k}' for k in keys))] +
              [f'{p}_s' for p in parts])
   for row in r['inits']:
     ft = []
     for f in low:
       c = row['lowshot'].get(f, {})
-      ft += [num(c.get('mean')), num(c.get('std'))]
+      ft += [num(c.get('mean')), num(c.get('std')), ' '.join(c.get('layers', []))]
     for f in fr:
       c = row['finetune'].get(f, {})
       chosen = row['chosen'].get(f)

@@ -84,16 +84,21 @@ def test_quick_benchmark_runs_every_part_once_and_a_rerun_skips_them(tfds_dir, t
               c['optim']['grad_clip_norm'], c['data']['train_fraction'], c['data']['subset_seed']) == \
           ('test', 0.1, *chosen, float(f), 0)
       assert c['init_from'] == ('' if init == 'random' else os.path.join(workdir, 'pretrain', 'rotation'))
-  # Few labels, frozen features: the best layer's probe fitted on each fine-tuning subset, the very images of the
-  # cell (the subset drawn from the training images less the validation ones, as the trainer draws it).
+  # Few labels, frozen features: a probe fitted on each fine-tuning subset, the very images of the cell (the subset
+  # drawn from the training images less the validation ones, as the trainer draws it), at each probed layer of
+  # benchmark.lowshot_layers (the config's pool1, pool2, fc1, fc2; this test probes pool2 and fc1), the layer chosen
+  # on validation.
   c = _quick(tfds_dir)
   info = datasets.get_dataset(c.data.name, c.data)
   train, _ = subsets.load_sources(info, benchmark.cell_base(c).data)
   for init in ('rotation', 'random'):
     low = _json(os.path.join(workdir, 'probe', init, 'lowshot.json'))
-    assert low['layer'] == rows[init]['best_layer'] and list(low['fractions']) == ['0.05']
+    assert low['layers'] == list(LAYERS) and list(low['fractions']) == ['0.05']
     cell = low['fractions']['0.05']['0']
+    assert set(cell['val_by_layer']) == set(LAYERS) and cell['val_top1'] == cell['val_by_layer'][cell['layer']]
+    assert cell['layer'] == max(LAYERS, key=cell['val_by_layer'].get)
     assert 0.1 < cell['test_top1'] <= 1 and rows[init]['lowshot']['0.05']['n'] == 1
+    assert rows[init]['lowshot']['0.05']['layers'] == [cell['layer']]
     features = os.path.join(workdir, 'probe', init, f"features_d{c.benchmark.probe.max_dim}")
     labels = cached_probe.load(features, 'train', 'labels')
     kept, _ = cached_probe.val_split(labels, 0.1, 0)
@@ -207,6 +212,27 @@ def test_quick_benchmark_runs_every_part_once_and_a_rerun_skips_them(tfds_dir, t
   assert _json(os.path.join(workdir, 'stale', stale, 'timings.json')) == {'lowshot/random': lowshot_s}
   assert [d for d in os.listdir(os.path.join(workdir, 'stale')) if d.startswith('lowshot-rotation-')]
   assert 'settings' in _json(os.path.join(workdir, 'probe', 'rotation', 'lowshot.json'))
+  # A lowshot from before its layer was chosen per subset (its settings name no layers; it names the one it fitted)
+  # is fitted again. A lowshot layer that no probed layer is: one line, before anything moves.
+  path = os.path.join(workdir, 'probe', 'random', 'lowshot.json')
+  made = _json(path)
+  del made['settings']['layers'], made['layers']
+  made['layer'] = 'fc1'
+  with open(path, 'w', encoding='utf-8') as f:
+    json.dump(made, f)
+  misnamed = other.copy_and_resolve_references()
+  misnamed.benchmark.lowshot_layers = ('fc3',)
+  rotation_low = os.path.join(workdir, 'probe', 'rotation', 'lowshot.json')
+  stamp = os.path.getmtime(rotation_low)
+  with pytest.raises(benchmark.BenchmarkConfigError, match=(
+      r"^benchmark.lowshot_layers=\('fc3',\): none of them is among rotation's probed layers \(pool2, fc1\); name")):
+    benchmark.run_benchmark(misnamed, workdir)
+  assert _json(path) == made and os.path.getmtime(rotation_low) == stamp
+  capsys.readouterr()
+  benchmark.run_benchmark(other, workdir)
+  assert 'lowshot random: made with other settings (layers "the all-label probe\'s best (fc1)" -> [\'pool1\', ' \
+      "'pool2', 'fc1', 'fc2'])" in capsys.readouterr().out
+  assert _json(path)['layers'] == list(LAYERS) and os.path.getmtime(rotation_low) == stamp
   # Another probe setting (its L2 grid) makes each init's features, probe, k-NN and lowshot again (the old ones
   # moved to stale/), and nothing else.
   other.benchmark.probe.l2 = (1e-3,)

@@ -53,6 +53,23 @@ def test_a_separable_feature_set_is_fit_perfectly():
   assert cached_probe.score(fit, sx, sy)['top1'] == 1.0
 
 
+def test_epochs_fitted_together_between_evaluations_train_as_one_by_one():
+  """fit_probe trains the epochs between two evaluations in one call: the probe at an evaluated epoch is the same
+  whether every epoch was evaluated (a call each) or every fourth (the val scores there equal)."""
+  rng = np.random.default_rng(1)
+  centres = rng.normal(size=(4, 32))
+  y = rng.integers(0, 4, 90)
+  x = (centres[y] + 1.5 * rng.normal(size=(90, 32))).astype(np.float16)
+  vy = rng.integers(0, 4, 400)
+  vx = (centres[vy] + 1.5 * rng.normal(size=(400, 32))).astype(np.float16)
+  fits = [cached_probe.fit_probe(x, y, vx, vy, num_classes=4, l2_grid=(1e-3, 1e-1), epochs=1, batch_size=40,
+                                 min_steps=22, max_evals=evals, lr=3e-2) for evals in (11, 3)]
+  assert list(fits[0]['val_history']) == list(range(1, 12)) and list(fits[1]['val_history']) == [3, 6, 9, 11]
+  assert len({tuple(v) for v in fits[0]['val_history'].values()}) > 3   # the probe moves between evaluations
+  for epoch, scores in fits[1]['val_history'].items():
+    assert scores == fits[0]['val_history'][epoch], epoch
+
+
 @pytest.fixture(scope='module')
 def backbones(tfds_dir, tmp_path_factory):
   """A supervised run of 250 steps (Adam, no augmentation: about 8 epochs) on 2,048 real training images, and the
