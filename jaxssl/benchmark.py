@@ -161,29 +161,6 @@ def reuse_selection(cell: ml_collections.ConfigDict, selection: ml_collections.C
 
 
 
-def settings_changes(record: str, wanted: dict[str, Any] | None, made_with=lambda made: {}):
-  """``(made, wanted, changes)``: ``record``'s JSON (None when not made), ``wanted`` as it reads back from a file
-  (tuples as lists), and the settings both it and the record name that differ (:func:`config_changes`). What its
-  ``settings`` do not name (made before its file kept them, or before a setting was added) is judged by what
-  ``made_with(record)`` can say."""
-  made, wanted = records.read_json(record), json.loads(json.dumps(wanted))
-  if made is None or made.get('settings') == wanted:
-    return made, wanted, []
-  return made, wanted, config_changes({**made_with(made), **made.get('settings', {})}, wanted, ignored=())
-
-
-def knn_made_with(made: dict[str, Any]) -> dict[str, Any]:
-  """The settings a knn.json made before it kept them names at its top (jaxssl/eval/cached_probe.py:knn_layer)."""
-  return {k: made[k] for k in ('k', 'temperature') if k in made}
-
-
-def lowshot_made_with(made: dict[str, Any]) -> dict[str, Any]:
-  """What a lowshot.json says of how it was made besides its settings: one from before they were kept was
-  standardized otherwise; one from before the layer was chosen per subset fitted the all-label probe's best."""
-  return {'standardized_by': None, **({'layers': f"the all-label probe's best ({made['layer']})"}
-                                      if 'layer' in made else {})}
-
-
 class Benchmark:
   """The parts of one benchmark directory (module docstring); each method skips what is done."""
 
@@ -459,10 +436,10 @@ class Benchmark:
     made = [dict(record=os.path.join(out, 'features.json'), wanted=self._probe_settings(init),
                  stale_name=f'probe-{init}', paths=[out], parts=[f'{p}/{init}' for p in ('probe', 'knn', 'lowshot')],
                  what=f'benchmark {n} probe {init}', again='probed again'),
-            dict(record=knn, wanted=self._knn_settings(), made_with=knn_made_with, stale_name=f'knn-{init}',
+            dict(record=knn, wanted=self._knn_settings(), made_with=records.knn_made_with, stale_name=f'knn-{init}',
                  paths=[knn], parts=[f'knn/{init}'], what=f'benchmark {n} knn {init}', again='measured again')]
     if self._lowshot_settings() is not None:
-      made.append(dict(record=lowshot, wanted=self._lowshot_settings(), made_with=lowshot_made_with,
+      made.append(dict(record=lowshot, wanted=self._lowshot_settings(), made_with=records.lowshot_made_with,
                        stale_name=f'lowshot-{init}', paths=[lowshot], parts=[f'lowshot/{init}'],
                        what=f'benchmark {n} lowshot {init}', again='fitted again'))
     return made
@@ -475,7 +452,7 @@ class Benchmark:
     setting was added to jaxssl): what neither names is taken as made with today's (written into it). Nothing
     made: nothing to do."""
     from jaxssl.runlog import log  # pylint: disable=import-outside-toplevel
-    made, wanted, changes = settings_changes(record, wanted, made_with)
+    made, wanted, changes = records.settings_changes(record, wanted, made_with)
     if made is None or made.get('settings') == wanted:
       return
     if not changes:
@@ -711,9 +688,10 @@ class Benchmark:
 
   def outlook(self) -> str:
     """One line: the parts left and a rough time for them, at the mean wall time of this workdir's finished
-    parts of each kind (its pretext runs, its probe + k-NN + lowshot, its fine-tuning steps); 'time unknown' for a
-    kind none of whose parts is done yet. A pretext run that will be found stale counts as done; a probe, k-NN or
-    lowshot that will be made again (other settings) counts as a probe + k-NN + lowshot left."""
+    parts of each kind (its pretext runs, its probe + k-NN + lowshot, a k-NN or a lowshot alone, its fine-tuning
+    steps); 'time unknown' for a kind none of whose parts is done yet. A pretext run that will be found stale counts
+    as done; a probe made again (other settings) counts with its k-NN and lowshot, a k-NN or lowshot alone as
+    itself."""
     live = [init for init in self.inits if init not in self.errors]
     pretext = [init for init in live if is_config_spec(self.inits[init])]
     if self.b.combine.top >= 2 and self.combination is None and not self.only:
@@ -721,15 +699,18 @@ class Benchmark:
       live.append(COMBINATION)
     pre_done = [i for i in pretext if os.path.exists(os.path.join(self.pretrain_dir(i), 'final_metrics.json'))]
 
-    def evaluated(init):   # made, and with today's settings (else it is made again: probe_and_knn)
+    def to_make(init):   # the parts not made, or made with other settings (made again: probe_and_knn)
       if init not in self.inits:   # the combination, not chosen yet
-        return False
-      made = self._made_records(init)
-      return all(os.path.exists(p) for p in [os.path.join(self.probe_dir(init), 'probe.json')] +
-                 [m['record'] for m in made[1:]]) and \
-          not any(settings_changes(m['record'], m['wanted'], m.get('made_with', lambda _: {}))[2] for m in made)
+        return ['probe']
+      probe, knn, *low = [not os.path.exists(m['record']) or
+                          records.settings_changes(m['record'], m['wanted'], m.get('made_with', lambda _: {}))[2]
+                          for m in self._made_records(init)]
+      if probe or not os.path.exists(os.path.join(self.probe_dir(init), 'probe.json')):
+        return ['probe']   # its k-NN and lowshot with it
+      return [part for part, again in (('knn', knn), ('lowshot', any(low))) if again]
 
-    eval_done = [i for i in live if evaluated(i)]   # the combination not chosen yet has no probe: never done
+    left_parts = {init: to_make(init) for init in live}
+    eval_done = [i for i in live if not left_parts[i]]
     todo, _, selected, steps = self._cells()
     trained_steps, trained_s = 0, sum(v for k, v in self.ledger.seconds.items() if k.startswith('finetune/'))
     for d in glob.glob(os.path.join(self.workdir, 'finetune', '*', '*', 'final_metrics.json')):
@@ -746,7 +727,10 @@ class Benchmark:
                      if not (value is None and f in selected and seed == int(sel.seed)))
     left = [(n, each, what) for n, each, what in (
         (len(pretext) - len(pre_done), mean((pre_done, ('pretrain',))), 'pretext runs'),
-        (len(live) - len(eval_done), mean((eval_done, ('probe', 'knn', 'lowshot'))), 'probes + k-NN + lowshot'),
+        (sum(parts == ['probe'] for parts in left_parts.values()), mean((eval_done, ('probe', 'knn', 'lowshot'))),
+         'probes + k-NN + lowshot'),
+        *((sum(parts != ['probe'] and part in parts for parts in left_parts.values()), mean((live, (part,))), what)
+          for part, what in (('knn', 'k-NN'), ('lowshot', 'lowshot probes'))),   # at their last making's time
         (cell_steps, trained_s / trained_steps if trained_steps else None, f'fine-tuning steps in {len(todo)} cells' +
          (" (and the combination's)" if COMBINATION in pretext and COMBINATION not in self.inits else ''))) if n]
     if not left:

@@ -1,5 +1,6 @@
 """The benchmark's records (jaxssl/benchmark.py): the seconds each part took (:class:`Ledger`), what measured it
-(:func:`provenance`, one row of calls.jsonl per call), and the JSON files it reads back."""
+(:func:`provenance`, one row of calls.jsonl per call), the JSON files it reads back, and whether a made part's
+settings are today's (:func:`settings_changes`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import threading
 import time
 from typing import Any
 
+from jaxssl.benchmark_configs import config_changes
 from jaxssl.runlog import write_json
 
 
@@ -167,3 +169,26 @@ def read_json(path: str):
     return None
   with open(path, encoding='utf-8') as f:
     return json.load(f)
+
+
+def settings_changes(record: str, wanted: dict[str, Any] | None, made_with=lambda made: {}):
+  """``(made, wanted, changes)``: ``record``'s JSON (None when not made), ``wanted`` as it reads back from a file
+  (tuples as lists), and the settings both it and the record name that differ (:func:`config_changes`). What its
+  ``settings`` do not name (made before its file kept them, or before a setting was added) is judged by what
+  ``made_with(record)`` can say."""
+  made, wanted = read_json(record), json.loads(json.dumps(wanted))
+  if made is None or made.get('settings') == wanted:
+    return made, wanted, []
+  return made, wanted, config_changes({**made_with(made), **made.get('settings', {})}, wanted, ignored=())
+
+
+def knn_made_with(made: dict[str, Any]) -> dict[str, Any]:
+  """The settings a knn.json made before it kept them names at its top (jaxssl/eval/cached_probe.py:knn_layer)."""
+  return {k: made[k] for k in ('k', 'temperature') if k in made}
+
+
+def lowshot_made_with(made: dict[str, Any]) -> dict[str, Any]:
+  """What a lowshot.json says of how it was made besides its settings: one from before they were kept was
+  standardized otherwise; one from before the layer was chosen per subset fitted the all-label probe's best."""
+  return {'standardized_by': None, **({'layers': f"the all-label probe's best ({made['layer']})"}
+                                      if 'layer' in made else {})}

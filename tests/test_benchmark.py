@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -174,7 +175,7 @@ def test_quick_benchmark_runs_every_part_once_and_a_rerun_skips_them(tfds_dir, t
   capsys.readouterr()
   benchmark.run_benchmark(other, workdir)
   said = [line for line in capsys.readouterr().out.splitlines() if line.startswith('benchmark left')]
-  assert said[0].startswith('benchmark left: 2 probes + k-NN + lowshot ('), said   # what is made again: left
+  assert re.match(r'benchmark left: 2 k-NN \(~\d+s each\) -> ~\d+s', said[0]), said   # what is made again: left
   assert [os.path.getmtime(p) for p in done if 'knn' not in p] == [s for p, s in zip(done, stamps) if 'knn' not in p]
   assert _json(os.path.join(workdir, 'probe', 'rotation', 'knn.json'))['settings']['k'] == other.benchmark.knn.k
   assert len([d for d in os.listdir(os.path.join(workdir, 'stale')) if d.startswith('knn-')]) == 2
@@ -220,6 +221,8 @@ def test_quick_benchmark_runs_every_part_once_and_a_rerun_skips_them(tfds_dir, t
   made['layer'] = 'fc1'
   with open(path, 'w', encoding='utf-8') as f:
     json.dump(made, f)
+  assert re.match(r'benchmark left: 1 lowshot probes \(~\d+s each\) -> ~\d+s',
+                  benchmark.Benchmark(other, workdir).outlook())   # alone: not a probe + k-NN + lowshot
   misnamed = other.copy_and_resolve_references()
   misnamed.benchmark.lowshot_layers = ('fc3',)
   rotation_low = os.path.join(workdir, 'probe', 'rotation', 'lowshot.json')
