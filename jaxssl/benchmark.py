@@ -406,6 +406,8 @@ class Benchmark:
         t0 = self.ledger.clock()
         log(f"benchmark {n} knn {init}: {best} top1={r['test_top1']:.4f} ({r['seconds']:.0f}s)")
       if not lowshot_done:
+        log(f'benchmark {n} lowshot {init}: a probe per fine-tuning subset at {", ".join(low_layers)}, the layer '
+            'chosen on the validation images')
         r = {**self._lowshot(features, low_layers, train_idx, val_idx, exp.info), 'settings': settings}
         write_json(lowshot_json, r)
         self.ledger.add(t0, f'lowshot/{init}')
