@@ -16,9 +16,9 @@ protocol. Expected, full scale with ``pretrain_epochs=3 epochs=5`` (2026-12-01, 
 scale chosen alone, before the grid had the clip): every init's best-layer probe 90.7-91.5% (untrained 91.1%);
 fine-tuned at 0.1 / 1 / 10% of the labels scratch 65.3 / 79.9 / 83.4%, the best self-supervised init (on validation)
 +1.5 / -0.1 / -2.1, supervised +17.3 / +7.1 / +5.4; SimCLR at ``pretrain_epochs=30`` (``benchmark.only``) +2.3 at 1%
-and +2.4 at 10%; 100% under way. :quick (measured 2026-12-01 12:16 UTC, 2-core CPU, 4m32s, its step 1.6x slower that
-day than docs/benchmarks.md's; a rerun does nothing): best-layer probe rotation 86.4% (conv1) / random 86.2%
-(conv2), k-NN 80.6% / 79.6%, the same layers' probe on the 5% subsets' labels only 72.4 +- 0.3% / 73.2 +- 0.8%,
+and +2.4 at 10%; 100% under way. :quick (measured 2026-12-01 21:52 UTC, 2-core CPU, 2m40s; a rerun does nothing):
+best-layer probe rotation 86.4% (conv1) / random 86.2% (conv2), k-NN 80.6% / 79.6%, the probe on the 5% subsets'
+labels only (its layer chosen on validation: pool2 and pool1 / pool2 and fc1) 73.7 +- 0.1% / 72.6 +- 1.7%,
 fine-tuned at 5% 64.0 +- 0.0% / 60.9 +- 1.8%, at 100% 63.8 +- 0.6% / 63.5 +- 1.6%; rotation chose lr scale 1 with
 the clip, random 0.1 without (at lr scale 1 without the clip both collapsed on the validation images: 23% / 27%).
 500 test images, 10-16 steps a cell: a look at the machinery, not a result.
