@@ -363,17 +363,18 @@ class Benchmark:
     lowshot_json = os.path.join(out, 'lowshot.json')
     p = self.b.probe
     features = os.path.join(out, f'features_d{p.max_dim}')   # another pooling size is another cache
+    to_make = self._parts_to_make(init)
+    if to_make:   # the model first: a lowshot layer misnamed is one line before any record moves
+      t0 = self.ledger.clock()   # the model and any extraction count towards the first part that needs them
+      exp, state = self._feature_model(init)
+      names = list(self._feature_names(exp, state))
+      layers = transferred_layers(names, list(p.layers), (exp.init_info or {}).get('not_transferred', []))
+      low_layers = self._lowshot_layers(init, names, layers) if self._lowshot_fractions() else []
     for made in self._made_records(init, n):   # the probe first: its move takes the k-NN and lowshot with it
-      if made['record'] == lowshot_json and os.path.exists(probe_json):   # a layer misnamed: one line, nothing moved
-        self._lowshot_layers(init, list(records.read_json(probe_json)['layers']))
       self._keep_if_same(**made)
     knn_settings, settings = self._knn_settings(), self._lowshot_settings()
     lowshot_done = self._lowshot_done(init, settings)
-    if not os.path.exists(probe_json) or not os.path.exists(knn_json) or not lowshot_done:
-      t0 = self.ledger.clock()   # the model and any extraction count towards the first part that needs them
-      exp, state = self._feature_model(init)
-      layers = transferred_layers(list(self._feature_names(exp, state)), list(p.layers),
-                                  (exp.init_info or {}).get('not_transferred', []))
+    if to_make:
       if not os.path.exists(probe_json):
         log(f'benchmark {n} probe {init}: extracting {", ".join(layers)} (pooled to <= {p.max_dim} dims) -> '
             f'{features}')
@@ -392,7 +393,7 @@ class Benchmark:
         t0 = self.ledger.clock()
         log(f"  best layer on val: {summary['best_layer']}")
       best = records.read_json(probe_json)['best_layer']
-      low_layers = [] if lowshot_done else self._lowshot_layers(init, layers)
+      low_layers = [] if lowshot_done else low_layers
       cached_probe.extract(exp.eval_context(out), state, features, list(dict.fromkeys([best, *low_layers])),
                            max_dim=p.max_dim, batch_size=self.config.eval_batch_size)   # there unless removed
       train_idx, val_idx = cached_probe.val_split(cached_probe.load(features, 'train', 'labels'),
@@ -479,16 +480,36 @@ class Benchmark:
         'probe': {k: v for k, v in self.b.probe.to_dict().items() if k != 'keep_features'},
         'standardized_by': 'the training images less the validation images (their features, not labels)'}))
 
-  def _lowshot_layers(self, init: str, probed: list[str]) -> list[str]:
-    """The layers the lowshot probe chooses among: ``benchmark.lowshot_layers`` (() every probed layer) of those
-    ``init``'s probe measured (jigsaw's stops at pool2); none of them there is one line naming the option."""
+  def _parts_to_make(self, init: str) -> list[str]:
+    """``init``'s evaluation parts not made, or made with other settings (made again): ['probe'] (its k-NN and
+    lowshot with it), else 'knn' and/or 'lowshot' alone, or none."""
+    if init not in self.inits:   # the combination, not chosen yet
+      return ['probe']
+    def stale(m):   # made with other settings
+      return bool(records.settings_changes(m['record'], m['wanted'], m.get('made_with', lambda _: {}))[2])
+
+    probe, knn, *low = self._made_records(init)
+    if stale(probe) or not os.path.exists(os.path.join(self.probe_dir(init), 'probe.json')):
+      return ['probe']
+    return [part for part, made in (('knn', [knn]), ('lowshot', low))
+            if any(not os.path.exists(m['record']) or stale(m) for m in made)]
+
+  def _lowshot_layers(self, init: str, names: list[str], probed: list[str]) -> list[str]:
+    """The layers the lowshot probe chooses among: those of ``benchmark.lowshot_layers`` (() every one) that
+    ``init``'s probe measures; where it measures none of them (jigsaw's stops at pool2), every probed layer. A name
+    that is no layer of the backbone (``names``) is one line naming the option."""
+    from jaxssl.runlog import log  # pylint: disable=import-outside-toplevel
     wanted = [str(name) for name in self.b.get('lowshot_layers', ())]
+    unknown = [name for name in wanted if name not in names]
+    if unknown:
+      raise BenchmarkConfigError(
+          f"benchmark.lowshot_layers: {', '.join(map(repr, unknown))} no layer of {init}'s backbone "
+          f"({', '.join(names)}); name some of those, or () for every probed one")
     layers = [name for name in probed if name in wanted] if wanted else list(probed)
     if not layers:
-      raise BenchmarkConfigError(
-          f"benchmark.lowshot_layers={tuple(wanted)}: none of them is among {init}'s probed layers "
-          f"({', '.join(probed)}); name some of those, or () for every one")
-    return layers
+      log(f"benchmark lowshot {init}: its probe measures none of benchmark.lowshot_layers ({', '.join(wanted)}); "
+          f"every probed layer instead ({', '.join(probed)})")
+    return layers or list(probed)
 
   def _lowshot_done(self, init: str, settings: dict[str, Any] | None) -> bool:
     """Whether ``init``'s lowshot.json was made with ``settings`` (:meth:`_lowshot_settings`; None: the part is
@@ -701,17 +722,7 @@ class Benchmark:
       live.append(COMBINATION)
     pre_done = [i for i in pretext if os.path.exists(os.path.join(self.pretrain_dir(i), 'final_metrics.json'))]
 
-    def to_make(init):   # the parts not made, or made with other settings (made again: probe_and_knn)
-      if init not in self.inits:   # the combination, not chosen yet
-        return ['probe']
-      probe, knn, *low = [not os.path.exists(m['record']) or
-                          records.settings_changes(m['record'], m['wanted'], m.get('made_with', lambda _: {}))[2]
-                          for m in self._made_records(init)]
-      if probe or not os.path.exists(os.path.join(self.probe_dir(init), 'probe.json')):
-        return ['probe']   # its k-NN and lowshot with it
-      return [part for part, again in (('knn', knn), ('lowshot', any(low))) if again]
-
-    left_parts = {init: to_make(init) for init in live}
+    left_parts = {init: self._parts_to_make(init) for init in live}
     eval_done = [i for i in live if not left_parts[i]]
     todo, _, selected, steps = self._cells()
     trained_steps, trained_s = 0, sum(v for k, v in self.ledger.seconds.items() if k.startswith('finetune/'))
@@ -868,8 +879,10 @@ class Benchmark:
                         ('pretrain', 'probe', 'knn', 'lowshot', 'finetune')}}
       lowshot = records.read_json(os.path.join(self.probe_dir(init), 'lowshot.json'))
       row['lowshot'] = {f: {**tables.mean_std([c['test_top1'] for c in per_seed.values()]),
-                            'layers': [c['layer'] for c in per_seed.values()]}   # chosen per subset on val
+                            'layers': [c.get('layer') for c in per_seed.values()]}   # chosen per subset on val
                         for f, per_seed in (lowshot or {}).get('fractions', {}).items() if per_seed}
+      for f, c in row['lowshot'].items():   # one from before the layer was chosen per subset: its one layer
+        c['layers'] = [name or lowshot.get('layer') for name in c['layers']]
       if init in self.errors:
         row['error'] = self.errors[init]
       row['chosen'] = {f'{f:g}': self.chosen(init, float(f)) for f in sorted(self.b.fractions)}

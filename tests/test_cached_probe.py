@@ -62,12 +62,15 @@ def test_epochs_fitted_together_between_evaluations_train_as_one_by_one():
   x = (centres[y] + 1.5 * rng.normal(size=(90, 32))).astype(np.float16)
   vy = rng.integers(0, 4, 400)
   vx = (centres[vy] + 1.5 * rng.normal(size=(400, 32))).astype(np.float16)
-  fits = [cached_probe.fit_probe(x, y, vx, vy, num_classes=4, l2_grid=(1e-3, 1e-1), epochs=1, batch_size=40,
-                                 min_steps=22, max_evals=evals, lr=3e-2) for evals in (11, 3)]
-  assert list(fits[0]['val_history']) == list(range(1, 12)) and list(fits[1]['val_history']) == [3, 6, 9, 11]
-  assert len({tuple(v) for v in fits[0]['val_history'].values()}) > 3   # the probe moves between evaluations
-  for epoch, scores in fits[1]['val_history'].items():
-    assert scores == fits[0]['val_history'][epoch], epoch
+  # Two minibatches an epoch, and one (a 50-image subset's: its epochs were scans of one step).
+  for batch, evals, evaluated in ((40, 3, [3, 6, 9, 11]), (90, 4, [5, 10, 15, 20, 22])):
+    fits = [cached_probe.fit_probe(x, y, vx, vy, num_classes=4, l2_grid=(1e-3, 1e-1), epochs=1, batch_size=batch,
+                                   min_steps=22, max_evals=n, lr=3e-2) for n in (22, evals)]
+    assert list(fits[0]['val_history']) == list(range(1, len(fits[0]['val_history']) + 1))
+    assert list(fits[1]['val_history']) == evaluated
+    assert len({tuple(v) for v in fits[0]['val_history'].values()}) > 3   # the probe moves between evaluations
+    for epoch, scores in fits[1]['val_history'].items():
+      assert scores == fits[0]['val_history'][epoch], (batch, epoch)
 
 
 @pytest.fixture(scope='module')
