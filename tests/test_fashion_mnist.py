@@ -31,10 +31,9 @@ def arrays():
 
 
 @pytest.fixture(scope='module')
-def prepared(tmp_path_factory):
-  data_dir = tmp_path_factory.mktemp('tfds')
-  fm.data_source('train', data_dir=str(data_dir), source_dir=str(REAL))
-  return data_dir
+def prepared(tfds_dir):
+  """The session's data_dir, prepared from the real files by the same call (tests/conftest.py): not again here."""
+  return pathlib.Path(tfds_dir)
 
 
 @needs_real

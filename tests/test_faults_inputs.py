@@ -297,10 +297,14 @@ def cache(monkeypatch, tmp_path) -> pathlib.Path:
 
 @pytest.fixture(scope='module')
 def good_library(tmp_path_factory) -> pathlib.Path:
-  """One library built in a cache of its own (copied by the tests that damage one)."""
-  with pytest.MonkeyPatch.context() as mp:
-    mp.setenv('JAXSSL_CACHE_DIR', str(tmp_path_factory.mktemp('built') / 'cache'))
-    return onednn._build()  # pylint: disable=protected-access
+  """An intact library, copied by the tests that damage one: the session's (tests/conftest.py seeds its cache from
+  the user's; built there if not), copied into a folder of this module's own."""
+  lib = onednn._build()  # pylint: disable=protected-access  # the session's cache: an intact one is not rebuilt
+  _assert_intact(lib)
+  own = tmp_path_factory.mktemp('built')
+  for f in (lib, lib.with_name(lib.name + '.sha256')):
+    shutil.copy2(f, own / f.name)
+  return own / lib.name
 
 
 def _assert_intact(path: pathlib.Path):
