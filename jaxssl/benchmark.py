@@ -45,14 +45,15 @@ scored once per cell, by the chosen model only.
 
 Every part is skipped when its result file exists: rerunning the command continues where it stopped. At the start and
 after each init's parts it logs what is left and a rough time for it (:meth:`Benchmark.outlook`); each run and the
-fine-tuning cells log their own step-based ETA. After each init's parts 1-3, after each fraction's fine-tuning column,
-at the end, and on a stop signal that comes during a run's final evaluation (one during training stops at once: the next
-call writes them), ``results.md``, ``results.csv``, ``results.json`` (one row per init: best layer's probe, k-NN,
-fine-tuning at each fraction as mean +- std over seeds; wall time per part from ``timings.json``; then
-``benchmark.targets`` checked against them, the frozen-feature table of the lowshot part, and what measured it: every
-call's date, command, commit and machine, appended to ``calls.jsonl``), ``probe_layers.png`` (per-layer test top-1 of
-every init), ``label_efficiency.png`` (every init's curve with error bars: fine-tuned, and the lowshot probe's beside
-it), ``pretext_curves.png`` (each pretext run's own task over its epochs), ``filters.png`` (the first convolution each
+fine-tuning cells log their own step-based ETA. After each init's parts 1-3 where any was made, before the fine-tuning
+(if nothing was made before it in this call), after each fraction's fine-tuning column, at the end, and on a stop signal
+that comes during a run's final evaluation (one during training stops at once: the next call writes them),
+``results.md``, ``results.csv``, ``results.json`` (one row per init: best layer's probe, k-NN, fine-tuning at each
+fraction as mean +- std over seeds; wall time per part from ``timings.json``; then ``benchmark.targets`` checked against
+them, the frozen-feature table of the lowshot part, and what measured it: every call's date, command, commit and
+machine, appended to ``calls.jsonl``), ``probe_layers.png`` (per-layer test top-1 of every init),
+``label_efficiency.png`` (every init's curve with error bars: fine-tuned, and the lowshot probe's beside it),
+``pretext_curves.png`` (each pretext run's own task over its epochs), ``filters.png`` (the first convolution each
 pretrained backbone learned, one panel per init) and ``reconstructions.png`` (the last reconstructions each dense
 pretext run drew: autoencoder, denoising, inpainting) are rewritten from what is on disk; ``timings.json`` and
 ``cpu_timings.json`` hold the wall and CPU seconds of every part, a SIGSTOP pause left out
@@ -87,6 +88,7 @@ from jaxssl.benchmark_configs import (CELL_IGNORED_KEYS, BenchmarkConfigError, c
                                       combination_spec, config_changes, describe_changes, downstream_config,
                                       given_path, grid_choices, is_config_spec, load_config, merge, pretrain_config,
                                       select_grid, set_key)
+from jaxssl.benchmark_records import reuse_selection
 from jaxssl.runlog import write_json, write_text
 
 COMBINATION = 'combination'   # the init benchmark.combine adds (Benchmark.choose_combination)
@@ -117,44 +119,6 @@ def lowshot_indices(labels, train_idx, fraction: float, seed: int, mode: str) ->
 def loop_train(c: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   from jaxssl.train import loop  # pylint: disable=import-outside-toplevel
   return loop.train_and_evaluate(c, workdir)
-
-
-def reuse_selection(cell: ml_collections.ConfigDict, selection: ml_collections.ConfigDict, select_dir: str,
-                    cell_dir: str) -> str | None:
-  """The test cell on subset ``select.seed`` trains exactly what the selection cell of the chosen values trained
-  (one config but the split it is scored on; the run is deterministic), so it starts from that cell's finished
-  training: its checkpoints, its training rows of metrics.jsonl and init_from.json are copied into ``cell_dir``
-  (``reused.json`` says from where) and the trainer, resuming at the last step, only scores the test split.
-  Returns ``select_dir``, or None where the configs differ, the selection cell is not finished, or ``cell_dir``
-  already holds a run (it then resumes or trains as any cell)."""
-  import shutil  # pylint: disable=import-outside-toplevel
-  scored_on = selection.copy_and_resolve_references()
-  with scored_on.unlocked():
-    scored_on.data.eval_split = cell.data.eval_split
-  if scored_on.to_dict() != cell.to_dict():
-    return None
-  done = records.read_json(os.path.join(select_dir, 'final_metrics.json'))
-  source = os.path.join(select_dir, 'checkpoints')
-  if done is None or not os.path.isdir(source) or os.path.exists(os.path.join(cell_dir, 'checkpoints')):
-    return None
-  os.makedirs(cell_dir, exist_ok=True)
-  for stale in os.listdir(cell_dir):   # a copy a stopped call left half done
-    if stale.startswith('checkpoints.partial.'):
-      shutil.rmtree(os.path.join(cell_dir, stale), ignore_errors=True)
-  if os.path.exists(os.path.join(select_dir, 'init_from.json')):
-    shutil.copy2(os.path.join(select_dir, 'init_from.json'), os.path.join(cell_dir, 'init_from.json'))
-  with open(os.path.join(select_dir, 'metrics.jsonl'), encoding='utf-8') as f:
-    rows = [line for line in f if json.loads(line).get('split') == 'train']
-  write_text(os.path.join(cell_dir, 'metrics.jsonl'), ''.join(rows))
-  partial = os.path.join(cell_dir, f'checkpoints.partial.{os.getpid()}')
-  shutil.rmtree(partial, ignore_errors=True)
-  shutil.copytree(source, partial)
-  os.replace(partial, os.path.join(cell_dir, 'checkpoints'))   # whole or absent: a stop mid-copy leaves no half
-  # Last: a cell stopped before this point trains as any cell on the next call (and says nothing of reuse).
-  write_json(os.path.join(cell_dir, 'reused.json'),
-             {'trained_by': select_dir, 'step': int(done['step']),
-              'why': 'the same config but the split it is scored on: the same training, scored on the test split'})
-  return select_dir
 
 
 # ------------------------------------------------------------------------------------------------ parts
@@ -828,13 +792,17 @@ class Benchmark:
       self.errors[init] = ' '.join(str(e).split())
       log(f'benchmark: {init} skipped from here on: {self.errors[init]}')
 
-  def backbone_parts(self, init: str, n: str) -> None:
+  def backbone_parts(self, init: str, n: str) -> bool:
     """Parts 1-3 of ``init`` (pretrain, probe, k-NN, lowshot; what is done is skipped), then the results
-    rewritten."""
+    rewritten if any was made (or moved, or the init skipped). Returns whether they were."""
+    before = (dict(self.ledger.seconds), dict(self.errors))
     self._guarded(init, self.pretrain, n)
     if init not in self.errors:
       self._guarded(init, self.probe_and_knn, n)
+    if (self.ledger.seconds, self.errors) == before:
+      return False
     self.write_results()
+    return True
 
   def run(self) -> dict[str, Any]:
     from jaxssl.runlog import log  # pylint: disable=import-outside-toplevel
@@ -843,15 +811,17 @@ class Benchmark:
       f.write(json.dumps(records.provenance()) + '\n')   # results.md says what measured it
     log(self.outlook())
     names = [name for name in self.inits if name != COMBINATION]
+    wrote = False
     for i, init in enumerate(names):
-      before = dict(self.ledger.seconds)
-      self.backbone_parts(init, f'[{i + 1}/{len(names)}]')
-      if self.ledger.seconds != before:   # some part of it was made: the outlook has moved
+      if self.backbone_parts(init, f'[{i + 1}/{len(names)}]'):   # some part of it was made: the outlook has moved
+        wrote = True
         log(self.outlook())
     self.choose_combination()
     if COMBINATION in self.inits:
-      self.backbone_parts(COMBINATION, f'[{len(names) + 1}/{len(names) + 1}]')
+      wrote = self.backbone_parts(COMBINATION, f'[{len(names) + 1}/{len(names) + 1}]') or wrote
       log(self.outlook())
+    if not wrote:   # what an earlier call finished after its last write (cells of a column begun), on record now
+      self.write_results()
     self.finetune()
     results = self.write_results()
     log(f'benchmark done ({tables.duration(time.perf_counter() - t0)} in this call) -> '

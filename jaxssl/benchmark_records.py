@@ -1,6 +1,7 @@
 """The benchmark's records (jaxssl/benchmark.py): the seconds each part took (:class:`Ledger`), what measured it
 (:func:`provenance`, one row of calls.jsonl per call), the JSON files it reads back, and whether a made part's
-settings are today's (:func:`settings_changes`)."""
+settings are today's (:func:`settings_changes`), and a test cell started from its selection cell's finished
+training (:func:`reuse_selection`)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ import threading
 import time
 from typing import Any
 
+import ml_collections
+
 from jaxssl.benchmark_configs import config_changes
-from jaxssl.runlog import write_json
+from jaxssl.runlog import write_json, write_text
 
 
 class Ledger:
@@ -192,3 +195,41 @@ def lowshot_made_with(made: dict[str, Any]) -> dict[str, Any]:
   standardized otherwise; one from before the layer was chosen per subset fitted the all-label probe's best."""
   return {'standardized_by': None, **({'layers': f"the all-label probe's best ({made['layer']})"}
                                       if 'layer' in made else {})}
+
+
+def reuse_selection(cell: ml_collections.ConfigDict, selection: ml_collections.ConfigDict, select_dir: str,
+                    cell_dir: str) -> str | None:
+  """The test cell on subset ``select.seed`` trains exactly what the selection cell of the chosen values trained
+  (one config but the split it is scored on; the run is deterministic), so it starts from that cell's finished
+  training: its checkpoints, its training rows of metrics.jsonl and init_from.json are copied into ``cell_dir``
+  (``reused.json`` says from where) and the trainer, resuming at the last step, only scores the test split.
+  Returns ``select_dir``, or None where the configs differ, the selection cell is not finished, or ``cell_dir``
+  already holds a run (it then resumes or trains as any cell)."""
+  import shutil  # pylint: disable=import-outside-toplevel
+  scored_on = selection.copy_and_resolve_references()
+  with scored_on.unlocked():
+    scored_on.data.eval_split = cell.data.eval_split
+  if scored_on.to_dict() != cell.to_dict():
+    return None
+  done = read_json(os.path.join(select_dir, 'final_metrics.json'))
+  source = os.path.join(select_dir, 'checkpoints')
+  if done is None or not os.path.isdir(source) or os.path.exists(os.path.join(cell_dir, 'checkpoints')):
+    return None
+  os.makedirs(cell_dir, exist_ok=True)
+  for stale in os.listdir(cell_dir):   # a copy a stopped call left half done
+    if stale.startswith('checkpoints.partial.'):
+      shutil.rmtree(os.path.join(cell_dir, stale), ignore_errors=True)
+  if os.path.exists(os.path.join(select_dir, 'init_from.json')):
+    shutil.copy2(os.path.join(select_dir, 'init_from.json'), os.path.join(cell_dir, 'init_from.json'))
+  with open(os.path.join(select_dir, 'metrics.jsonl'), encoding='utf-8') as f:
+    rows = [line for line in f if json.loads(line).get('split') == 'train']
+  write_text(os.path.join(cell_dir, 'metrics.jsonl'), ''.join(rows))
+  partial = os.path.join(cell_dir, f'checkpoints.partial.{os.getpid()}')
+  shutil.rmtree(partial, ignore_errors=True)
+  shutil.copytree(source, partial)
+  os.replace(partial, os.path.join(cell_dir, 'checkpoints'))   # whole or absent: a stop mid-copy leaves no half
+  # Last: a cell stopped before this point trains as any cell on the next call (and says nothing of reuse).
+  write_json(os.path.join(cell_dir, 'reused.json'),
+             {'trained_by': select_dir, 'step': int(done['step']),
+              'why': 'the same config but the split it is scored on: the same training, scored on the test split'})
+  return select_dir
