@@ -45,9 +45,9 @@ scored once per cell, by the chosen model only.
 
 Every part is skipped when its result file exists: rerunning the command continues where it stopped. At the start and
 after each init's parts it logs what is left and a rough time for it (:meth:`Benchmark.outlook`); each run and the
-fine-tuning cells log their own step-based ETA. After each init's parts 1-3 where any was made, before the fine-tuning
-(if nothing was made before it in this call), after each fraction's fine-tuning column, at the end, and on a stop signal
-that comes during a run's final evaluation (one during training stops at once: the next call writes them),
+fine-tuning cells log their own step-based ETA. At the start, after each init's parts 1-3 where any was made, after each
+fraction's fine-tuning column, at the end, and on a stop signal that comes during a run's final evaluation (one during
+training stops at once: the next call writes them at its start),
 ``results.md``, ``results.csv``, ``results.json`` (one row per init: best layer's probe, k-NN, fine-tuning at each
 fraction as mean +- std over seeds; wall time per part from ``timings.json``; then ``benchmark.targets`` checked against
 them, the frozen-feature table of the lowshot part, and what measured it: every call's date, command, commit and
@@ -810,18 +810,15 @@ class Benchmark:
     with open(os.path.join(self.workdir, 'calls.jsonl'), 'a', encoding='utf-8') as f:
       f.write(json.dumps(records.provenance()) + '\n')   # results.md says what measured it
     log(self.outlook())
+    self.write_results()   # what an earlier call finished after its last write (a stop during training), on record
     names = [name for name in self.inits if name != COMBINATION]
-    wrote = False
     for i, init in enumerate(names):
       if self.backbone_parts(init, f'[{i + 1}/{len(names)}]'):   # some part of it was made: the outlook has moved
-        wrote = True
         log(self.outlook())
     self.choose_combination()
     if COMBINATION in self.inits:
-      wrote = self.backbone_parts(COMBINATION, f'[{len(names) + 1}/{len(names) + 1}]') or wrote
+      self.backbone_parts(COMBINATION, f'[{len(names) + 1}/{len(names) + 1}]')
       log(self.outlook())
-    if not wrote:   # what an earlier call finished after its last write (cells of a column begun), on record now
-      self.write_results()
     self.finetune()
     results = self.write_results()
     log(f'benchmark done ({tables.duration(time.perf_counter() - t0)} in this call) -> '
