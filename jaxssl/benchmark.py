@@ -88,7 +88,6 @@ from jaxssl.benchmark_configs import (CELL_IGNORED_KEYS, BenchmarkConfigError, c
                                       combination_spec, config_changes, describe_changes, downstream_config,
                                       given_path, grid_choices, is_config_spec, load_config, merge, pretrain_config,
                                       select_grid, set_key)
-from jaxssl.benchmark_records import reuse_selection
 from jaxssl.runlog import write_json, write_text
 
 COMBINATION = 'combination'   # the init benchmark.combine adds (Benchmark.choose_combination)
@@ -739,8 +738,8 @@ class Benchmark:
         chosen = self.chosen(init, fraction)
         c = config_for(init, fraction, seed, chosen, False)
         if fraction in selected and seed == int(sel.seed) and chosen is not None:
-          reused = reuse_selection(c, config_for(init, fraction, seed, chosen, True),
-                                        self.select_dir(init, fraction, chosen), cell_dir)
+          reused = records.reuse_selection(c, config_for(init, fraction, seed, chosen, True),
+                                           self.select_dir(init, fraction, chosen), cell_dir)
       else:
         c = config_for(init, fraction, seed, value, True)
       what = (f'select {os.path.basename(cell_dir)} (on the validation images)' if value is not None else

@@ -9,6 +9,7 @@ import json
 import os
 import resource
 import shlex
+import shutil
 import sys
 import threading
 import time
@@ -205,7 +206,6 @@ def reuse_selection(cell: ml_collections.ConfigDict, selection: ml_collections.C
   (``reused.json`` says from where) and the trainer, resuming at the last step, only scores the test split.
   Returns ``select_dir``, or None where the configs differ, the selection cell is not finished, or ``cell_dir``
   already holds a run (it then resumes or trains as any cell)."""
-  import shutil  # pylint: disable=import-outside-toplevel
   scored_on = selection.copy_and_resolve_references()
   with scored_on.unlocked():
     scored_on.data.eval_split = cell.data.eval_split

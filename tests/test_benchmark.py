@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from configs import fmnist_benchmark
-from jaxssl import benchmark, benchmark_configs, benchmark_tables
+from jaxssl import benchmark, benchmark_configs, benchmark_records as records, benchmark_tables
 from jaxssl.config_check import check_config
 from jaxssl.data import datasets, subsets
 from jaxssl.data.sources import read_records
@@ -44,6 +44,18 @@ def _quick(tfds_dir):
 def _json(path):
   with open(path, encoding='utf-8') as f:
     return json.load(f)
+
+
+def _counting_writes(bench):
+  """`bench`, its results writes counted: (bench, the list each write appends its return to)."""
+  writes = []
+
+  def write_results():
+    writes.append(benchmark.Benchmark.write_results(bench))
+    return writes[-1]
+
+  bench.write_results = write_results
+  return bench, writes
 
 
 def test_quick_benchmark_runs_every_part_once_and_a_rerun_skips_them(tfds_dir, tmp_path, capsys):
@@ -148,9 +160,7 @@ def test_quick_benchmark_runs_every_part_once_and_a_rerun_skips_them(tfds_dir, t
   timings = _json(os.path.join(workdir, 'timings.json'))
   extractions = cached_probe.STATS['extractions']
   capsys.readouterr()
-  rerun = benchmark.Benchmark(_quick(tfds_dir), workdir)
-  writes = []
-  rerun.write_results = lambda: writes.append(benchmark.Benchmark.write_results(rerun)) or writes[-1]
+  rerun, writes = _counting_writes(benchmark.Benchmark(_quick(tfds_dir), workdir))
   again = rerun.run()
   assert 'benchmark: nothing left to do' in capsys.readouterr().out
   assert len(writes) == 2   # nothing made: once at the start and once at the end, not after each init
@@ -180,9 +190,7 @@ def test_quick_benchmark_runs_every_part_once_and_a_rerun_skips_them(tfds_dir, t
   other = _quick(tfds_dir)
   other.benchmark.knn.k = int(other.benchmark.knn.k) - 1
   capsys.readouterr()
-  rerun = benchmark.Benchmark(other, workdir)
-  writes.clear()
-  rerun.write_results = lambda: writes.append(benchmark.Benchmark.write_results(rerun)) or writes[-1]
+  rerun, writes = _counting_writes(benchmark.Benchmark(other, workdir))
   rerun.run()
   assert len(writes) == 4   # at the start, after each init's k-NN made again, at the end
   said = [line for line in capsys.readouterr().out.splitlines() if line.startswith('benchmark left')]
@@ -560,17 +568,17 @@ def test_a_test_cell_takes_the_selection_cells_training_only_when_their_configs_
                                         '{"step": 10, "split": "holdout", "loss": 2.0}\n')
   selection = ml_collections.ConfigDict({'data': {'eval_split': 'holdout'}, 'optim': {'lr': 0.1}})
   test = ml_collections.ConfigDict({'data': {'eval_split': 'test'}, 'optim': {'lr': 0.2}})
-  assert benchmark.reuse_selection(test, selection, str(select), str(cell)) is None
+  assert records.reuse_selection(test, selection, str(select), str(cell)) is None
   assert not cell.exists()
   test.optim.lr = 0.1
   (cell / 'checkpoints.partial.999').mkdir(parents=True)   # what a call stopped mid-copy leaves
-  assert benchmark.reuse_selection(test, selection, str(select), str(cell)) == str(select)
+  assert records.reuse_selection(test, selection, str(select), str(cell)) == str(select)
   assert sorted(os.listdir(cell)) == ['checkpoints', 'init_from.json', 'metrics.jsonl', 'reused.json']
   assert (cell / 'checkpoints' / '10' / 'state').read_text() == 'weights'
   assert (cell / 'metrics.jsonl').read_text() == '{"step": 10, "split": "train", "loss": 1.0}\n'
   assert _json(cell / 'reused.json')['trained_by'] == str(select)
   # A cell that holds a run already resumes as any cell: nothing is copied over it.
-  assert benchmark.reuse_selection(test, selection, str(select), str(cell)) is None
+  assert records.reuse_selection(test, selection, str(select), str(cell)) is None
 
 
 def test_the_selection_grid_is_every_combination_of_its_keys_and_a_bad_grid_is_one_line():
@@ -712,6 +720,7 @@ def test_kfold_subsets_give_each_seed_a_disjoint_fold_and_skip_the_folds_a_fract
   c.benchmark.inits = ml_collections.ConfigDict({'random': ''})
   c.benchmark.subsets, c.benchmark.seeds, c.benchmark.fractions = 'kfold', (0, 1), (0.25, 1.0)
   c.benchmark.select.fractions = ()   # the folds are the point here: no selection cells
+  c.benchmark.probe.layers = ('pool2',)   # the probe's layers are not (its lowshot is: its only kfold subsets)
   c.data.train_limit = 600
   workdir = str(tmp_path / 'kfold')
   results = benchmark.run_benchmark(c, workdir)
@@ -779,15 +788,16 @@ def test_a_diverging_cell_is_recorded_and_the_benchmark_goes_on(tfds_dir, tmp_pa
   assert os.path.exists(os.path.join(workdir, 'stale', stale, 'finetune', 'cells', 'random_f0.05_s0',
                                     'final_metrics.json'))
   assert not any(p.startswith('finetune') for p in _json(os.path.join(workdir, 'timings.json')))
-  # Every value of the grid diverges: the first is taken, and said to be no choice (log, results, table).
+  # Every value of the grid diverges: the first is taken, and said to be no choice (log, results, table). (Its
+  # fine-tuning from scratch: the cells above are in stale/, the probe is kept.)
   c.benchmark.retrain_cells, c.benchmark.seeds = False, (0,)
   c.benchmark.select.grid = (('optim.backbone_lr_scale', (1e5, 1e6)),)
   capsys.readouterr()
-  results = benchmark.run_benchmark(c, str(tmp_path / 'all'))
+  results = benchmark.run_benchmark(c, workdir)
   assert '(backbone_lr_scale=100000, every value diverged on validation: the first)' in capsys.readouterr().out
   row = results['inits'][0]
   assert row['chosen_all_diverged'] == ['0.05'] and row['finetune']['0.05']['n'] == 0
-  with open(tmp_path / 'all' / 'results.md', encoding='utf-8') as f:
+  with open(os.path.join(workdir, 'results.md'), encoding='utf-8') as f:
     assert '| diverged [100000; all diverged] |' in f.read()
 
 
