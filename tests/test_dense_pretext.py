@@ -347,15 +347,18 @@ def test_a_few_steps_lower_both_colorization_losses(photos):
                              batch[t.name])[0] for t in tasks}
     return sum(losses.values()), losses
 
-  grad_fn = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   tx = optax.adam(2e-3)
-  opt = tx.init(params)
-  (_, first), _ = grad_fn(params)
-  for _ in range(8):
-    _, grads = grad_fn(params)
+
+  @jax.jit
+  def step(params, opt):
+    (_, losses), grads = grad_fn(params)
     updates, opt = tx.update(grads, opt)
-    params = optax.apply_updates(params, updates)
-  (_, last), _ = grad_fn(params)
+    return optax.apply_updates(params, updates), opt, losses
+
+  params, opt, first = step(params, tx.init(params))   # the losses before any update
+  for _ in range(8):
+    params, opt, last = step(params, opt)   # the last: after 8 updates
   assert float(last['colorization']) < 0.8 * float(first['colorization']), (first, last)
   assert float(last['regression']) < 0.95 * float(first['regression']), (first, last)
 

@@ -355,6 +355,7 @@ def test_rotation_learns_well_above_chance_in_a_short_run(tfds_dir, tmp_path):
   config.data.train_limit, config.data.eval_limit = 2048, 300
   config.update({'batch_size': 32, 'eval_batch_size': 250, 'total_steps': 40, 'eval_every': 0,
                  'checkpoint_every': 40, 'log_every': 10})
+  config.online_probe.enabled = False   # its probe and k-NN: test_online_probe.py (they change no rotation figure)
   summary = loop.train_and_evaluate(config, str(tmp_path))
   assert summary['finished'] and summary['step'] == 40
   assert summary['eval']['rotation/acc'] > 0.6, summary['eval']
