@@ -42,9 +42,10 @@ def test_same_parameters_at_every_input_size():
 
 
 def test_small_forward_train_and_eval():
-  # One model (initializing is most of the cost on CPU); 'lrn' is checked against its formula below.
-  model = build_backbone('alexnet', input_shape=(72, 72, 3), rngs=nnx.Rngs(0), norm='batch', width=0.25,
-                         fc_width=32)
+  # One model, initialized in one compiled function (eagerly, each operation compiles: most of the cost on a CPU);
+  # 'lrn' is checked against its formula below.
+  model = nnx.jit(lambda: build_backbone('alexnet', input_shape=(72, 72, 3), rngs=nnx.Rngs(0), norm='batch',
+                                         width=0.25, fc_width=32))()
   x = jax.random.normal(jax.random.key(0), (2, 72, 72, 3))
   # One compiled function for both modes (compiling is most of this test's time on a CPU).
   train, test = nnx.jit(lambda m, x: (m(x, train=True, rng=jax.random.key(1)), m(x, train=False)))(model, x)
@@ -52,8 +53,8 @@ def test_small_forward_train_and_eval():
   for k in model.feature_names:
     assert test[k].shape == (2, *shapes[k]) and np.all(np.isfinite(test[k]))
   assert not np.allclose(train['fc7'], test['fc7'])   # dropout (and batch statistics) act in training only
-  with pytest.raises(ValueError, match='needs rng'):
-    model(x, train=True)
+  with pytest.raises(ValueError, match='needs rng'):   # said as it is traced
+    nnx.jit(lambda m, x: m(x, train=True))(model, x)
 
 
 def test_adaptive_pool_and_lrn_match_their_definitions():

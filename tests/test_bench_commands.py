@@ -87,7 +87,8 @@ def test_python_m_jaxssl_bench_prints_its_figures_without_torch(generated_tfds_d
   path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get('PYTHONPATH', '')) if p)
   out = _run('jaxssl.bench', '--config', CONFIG, f'--config.data.data_dir={generated_tfds_dir}',
              '--config.batch_size=8', '--config.data.train_limit=64', '--config.model.conv_impl=xla', '--steps=2',
-             '--warmup=0', '--pipeline_batches=1', env={'PYTHONPATH': path})
+             '--warmup=0', '--pipeline_batches=1', '--pipeline_workers=none', '--stage_batches=0',
+             env={'PYTHONPATH': path})   # the pipeline by worker count and stage: test_input_bench.py
   (line,) = [x for x in out.splitlines() if x.startswith('{')]
   row = json.loads(line)
   assert row['model'] == 'cifarnet' and row['batch_size'] == 8 and row['conv_impl'] == 'xla'
