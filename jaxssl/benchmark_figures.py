@@ -9,8 +9,7 @@ from typing import Any
 
 from jaxssl import benchmark_tables as tables
 
-# The pretext metric pretext_curves.png draws per run: the first of these endings among its task's metrics.
-PRETEXT_METRICS = ('/acc', '/top1', '/exact', '/cos', '/psnr')
+PRETEXT_METRICS = tables.PRETEXT_METRICS   # the metric pretext_curves.png draws per run
 
 
 def styles(inits: list[str], labelled=()) -> dict[str, dict[str, Any]]:

@@ -9,6 +9,10 @@ from typing import Any
 from jaxssl.benchmark_configs import short_key, show
 
 
+# A pretext run's figure on its own task (tables, pretext_curves.png): the first of these endings among its metrics.
+PRETEXT_METRICS = ('/acc', '/top1', '/exact', '/cos', '/psnr')
+
+
 def duration(seconds: float) -> str:
   """``1h02m``, ``3m05s`` or ``42s``."""
   seconds = int(round(seconds))
@@ -111,7 +115,8 @@ def markdown(r: dict[str, Any]) -> str:
   if combination.get('spec'):
     notes[-1:-1] = ['', f"combination: {' + '.join(combination['inits'])} ({combination['rule']}; "
                         f"{combination['spec']})."]
-  return '\n'.join(lines + notes + targets_table(r) + lowshot_table(r) + measured_by(r))
+  return '\n'.join(lines + notes + targets_table(r) + paired_table(r) + lowshot_table(r) + probe_layers_table(r) +
+                   measured_by(r))
 
 
 def _self_supervised(r: dict[str, Any]) -> list[dict[str, Any]]:
@@ -277,6 +282,73 @@ def measured_by(r: dict[str, Any]) -> list[str]:
           f"{' / '.join(f'`{cmd}`' for cmd in distinct('command'))}, the first started {calls[0]['started']}, the "
           f"last {calls[-1]['started']}; results written {r.get('written', '?')}. Machine: {'; '.join(machines)}. "
           f"Code: jaxssl {', '.join(commits)} (calls.jsonl has each call's).", '']
+
+
+def paired_table(r: dict[str, Any]) -> list[str]:
+  """Each init's fine-tuning less scratch's on the same subset (the subsets are the same for every init, so the
+  differences pair: the subset's own difficulty cancels), per fraction: their mean and each subset's; [] without
+  cells. A subset not scored by both (under way, or a cell that diverged) is '-' and left out of the mean."""
+  metric = r.get('metric', 'classify/top1')
+  scores: dict[tuple[str, str], dict[Any, float | None]] = {}
+  for c in r.get('cells') or ():
+    scores.setdefault((c['init'], f"{c['fraction']:g}"), {})[c['seed']] = c.get(metric)
+  fractions = [f'{f:g}' for f in r.get('fractions', ()) if any(
+      (row['init'], f'{f:g}') in scores for row in r['inits'] if row['init'] != 'random')]
+  if not fractions:
+    return []
+  seeds = list(r.get('seeds', ()))
+  head = ['init'] + [f'fine-tuned on {100 * float(f):g}%: mean (per subset)' for f in fractions]
+  lines = ['', '| ' + ' | '.join(head) + ' |', '|' + ' --- |' * len(head)]
+  for row in r['inits']:
+    if row['init'] == 'random':
+      continue
+    cols = []
+    for f in fractions:
+      mine, base = scores.get((row['init'], f)), scores.get(('random', f), {})
+      if not mine:
+        cols.append('-')
+        continue
+      diffs = [None if mine.get(s) is None or base.get(s) is None else mine[s] - base[s] for s in seeds]
+      both = [d for d in diffs if d is not None]
+      cols.append('-' if not both else f"{100 * sum(both) / len(both):+.1f} (" +
+                  ', '.join('-' if d is None else f'{100 * d:+.1f}' for d in diffs) + ')')
+    lines.append('| ' + ' | '.join([row['init']] + cols) + ' |')
+  return lines + ['', f"Fine-tuned, less scratch on the same subset: test top-1 points, the mean over the subsets "
+                  f"both scored and, in round brackets, each subset's (seeds {', '.join(map(str, seeds))}); -: a "
+                  "subset not scored by both (under way, or a cell that diverged).", '']
+
+
+def pretext_metrics(pretext: dict[str, Any] | None) -> dict[str, float]:
+  """A pretext run's held-out figure on each of its own tasks: per task (a metric's prefix; not the in-run k-NN)
+  the first of :data:`PRETEXT_METRICS`' endings it has."""
+  pretext = pretext or {}
+  out = {}
+  for task in dict.fromkeys(k.split('/')[0] for k in pretext if '/' in k and not k.startswith('knn/')):
+    end = next((e for e in PRETEXT_METRICS if f'{task}{e}' in pretext), None)
+    if end is not None:
+      out[f'{task}{end}'] = pretext[f'{task}{end}']
+  return out
+
+
+def probe_layers_table(r: dict[str, Any]) -> list[str]:
+  """The per-layer linear probe of every init (test top-1; probe_layers.png's figures), beside its pretext run's
+  figure on its own task, the layer the validation images chose and the k-NN on it; [] before any probe."""
+  layers = list(dict.fromkeys(layer for row in r['inits'] for layer in row.get('probe_layers') or {}))
+  if not layers:
+    return []
+  head = ['init', 'pretext (held-out, own task)', *layers, 'chosen on val', 'k-NN']
+  lines = ['', '| ' + ' | '.join(head) + ' |', '|' + ' --- |' * len(head)]
+  for row in r['inits']:
+    got = row.get('probe_layers') or {}
+    pretext = ', '.join(f'{k} {v:.3f}' for k, v in pretext_metrics(row.get('pretext')).items()) or '-'
+    chosen = f"{row['best_layer']} {100 * row['probe_top1']:.2f}" if row.get('probe_top1') is not None else '-'
+    knn = f"{100 * row['knn_top1']:.1f}" if row.get('knn_top1') is not None else '-'
+    lines.append('| ' + ' | '.join([f"{row['init']} (untrained)" if row['init'] == 'random' else row['init'],
+                                    pretext, *(f'{100 * got[l]:.1f}' if l in got else '-' for l in layers),
+                                    chosen, knn]) + ' |')
+  return lines + ['', 'Linear probe per layer: test top-1 (%), its L2 strength and epoch chosen on the validation '
+                  'images; the layer they chose, and the weighted k-NN on it. Pretext: the run\'s last held-out '
+                  'evaluation on its own task.', '']
 
 
 def lowshot_table(r: dict[str, Any]) -> list[str]:

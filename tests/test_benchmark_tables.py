@@ -179,6 +179,38 @@ def test_a_diverged_cell_leaves_the_difference_from_scratch_to_the_subsets_both_
   assert target['met'] is None and '(no subset in common yet; chosen on validation)' in target['measured']
 
 
+def test_the_paired_table_takes_each_subset_against_scratchs_same_subset_and_the_probe_table_every_layer():
+  """results.md's paired table: per init and fraction each subset's difference from scratch's same subset and
+  their mean over the subsets both scored ('-' where one is missing: under way or diverged; scratch has no row);
+  the per-layer probe table: every layer any init probed ('-' where an init has not that layer), each pretext
+  task's own figure (a combination's two; not the in-run k-NN), the layer chosen on validation and the k-NN."""
+  per_seed = {('a', 0.01): (0.80, 0.75, 0.90), ('random', 0.01): (0.70, 0.78, None), ('a', 0.1): (0.91,),
+              ('random', 0.1): (0.90, 0.92)}
+  r = {'seeds': [0, 1, 2], 'fractions': [0.01, 0.1, 1.0],
+       'cells': [{'init': i, 'fraction': f, 'seed': seed, **({'classify/top1': v} if v is not None else
+                                                              {'diverged': True})}
+                 for (i, f), vals in per_seed.items() for seed, v in enumerate(vals)],
+       'inits': [{'init': 'a', 'probe_layers': {'conv1': 0.9, 'pool2': 0.8}, 'best_layer': 'conv1',
+                  'probe_top1': 0.9, 'knn_top1': 0.85,
+                  'pretext': {'step': 10, 'loss': 1.0, 'rotation/acc': 0.5, 'rotation/acc_0': 0.9,
+                              'autoencoder/mse': 0.01, 'autoencoder/psnr': 20.0, 'knn/top1': 0.7}},
+                 {'init': 'b', 'probe_layers': {'conv1': 0.91}, 'best_layer': 'conv1', 'probe_top1': 0.91,
+                  'knn_top1': None, 'pretext': {'jigsaw/exact': 0.25, 'jigsaw/solved': 0.1}},
+                 {'init': 'random', 'probe_layers': {'conv1': 0.88, 'pool2': 0.87}, 'best_layer': 'pool2',
+                  'probe_top1': 0.87, 'knn_top1': 0.8, 'pretext': None}]}
+  lines = benchmark_tables.paired_table(r)
+  assert lines[1] == '| init | fine-tuned on 1%: mean (per subset) | fine-tuned on 10%: mean (per subset) |'
+  assert lines[3] == '| a | +3.5 (+10.0, -3.0, -) | +1.0 (+1.0, -, -) |'   # (10 - 3) / 2 over seeds 0 and 1
+  assert lines[4] == '| b | - | - |' and not any(line.startswith('| random') for line in lines)
+  assert not benchmark_tables.paired_table({**r, 'cells': []})
+  lines = benchmark_tables.probe_layers_table(r)
+  assert lines[1] == '| init | pretext (held-out, own task) | conv1 | pool2 | chosen on val | k-NN |'
+  assert lines[3] == '| a | rotation/acc 0.500, autoencoder/psnr 20.000 | 90.0 | 80.0 | conv1 90.00 | 85.0 |'
+  assert lines[4] == '| b | jigsaw/exact 0.250 | 91.0 | - | conv1 91.00 | - |'
+  assert lines[5] == '| random (untrained) | - | 88.0 | 87.0 | pool2 87.00 | 80.0 |'
+  assert not benchmark_tables.probe_layers_table({'inits': [{'init': 'a'}]})
+
+
 def test_every_init_has_a_look_of_its_own_in_the_pictures():
   """probe_layers.png and label_efficiency.png draw every init of the full benchmark (13) with its own colour and
   marker (matplotlib's default cycle repeats after 10); the references apart: random black and dashed, a labelled
