@@ -11,6 +11,7 @@ from jaxssl.benchmark_configs import short_key, show
 
 # A pretext run's figure on its own task (tables, pretext_curves.png): the first of these endings among its metrics.
 PRETEXT_METRICS = ('/acc', '/top1', '/exact', '/cos', '/psnr')
+IN_RUN_PROBES = ('knn', 'probe')   # a run's labelled probes (online_knn, the online_probe switch): not its task
 
 
 def duration(seconds: float) -> str:
@@ -287,7 +288,8 @@ def measured_by(r: dict[str, Any]) -> list[str]:
 def paired_table(r: dict[str, Any]) -> list[str]:
   """Each init's fine-tuning less scratch's on the same subset (the subsets are the same for every init, so the
   differences pair: the subset's own difficulty cancels), per fraction: their mean and each subset's; [] without
-  cells. A subset not scored by both (under way, or a cell that diverged) is '-' and left out of the mean."""
+  cells. A subset not scored by both this init and scratch (under way, or a cell that diverged) is '-' and left out
+  of the mean; a k-fold fraction shows the folds some init has (a large fraction has fewer than the seeds)."""
   metric = r.get('metric', 'classify/top1')
   scores: dict[tuple[str, str], dict[Any, float | None]] = {}
   for c in r.get('cells') or ():
@@ -296,8 +298,9 @@ def paired_table(r: dict[str, Any]) -> list[str]:
       (row['init'], f'{f:g}') in scores for row in r['inits'] if row['init'] != 'random')]
   if not fractions:
     return []
-  seeds = list(r.get('seeds', ()))
-  head = ['init'] + [f'fine-tuned on {100 * float(f):g}%: mean (per subset)' for f in fractions]
+  kfold = r.get('subsets') == 'kfold'
+  head = ['init'] + [f'fine-tuned on {100 * float(f):g}%: mean (per {"fold" if kfold else "subset"})'
+                     for f in fractions]
   lines = ['', '| ' + ' | '.join(head) + ' |', '|' + ' --- |' * len(head)]
   for row in r['inits']:
     if row['init'] == 'random':
@@ -305,25 +308,29 @@ def paired_table(r: dict[str, Any]) -> list[str]:
     cols = []
     for f in fractions:
       mine, base = scores.get((row['init'], f)), scores.get(('random', f), {})
-      if not mine:
-        cols.append('-')
-        continue
-      diffs = [None if mine.get(s) is None or base.get(s) is None else mine[s] - base[s] for s in seeds]
+      seeds = sorted({seed for (_, g), got in scores.items() if g == f for seed in got}) if kfold else r['seeds']
+      diffs = [None if not mine or mine.get(s) is None or base.get(s) is None else mine[s] - base[s] for s in seeds]
       both = [d for d in diffs if d is not None]
-      cols.append('-' if not both else f"{100 * sum(both) / len(both):+.1f} (" +
-                  ', '.join('-' if d is None else f'{100 * d:+.1f}' for d in diffs) + ')')
+      cols.append('-' if not both else f'{_signed(sum(both) / len(both))} (' +
+                  ', '.join('-' if d is None else _signed(d) for d in diffs) + ')')
     lines.append('| ' + ' | '.join([row['init']] + cols) + ' |')
-  return lines + ['', f"Fine-tuned, less scratch on the same subset: test top-1 points, the mean over the subsets "
-                  f"both scored and, in round brackets, each subset's (seeds {', '.join(map(str, seeds))}); -: a "
-                  "subset not scored by both (under way, or a cell that diverged).", '']
+  what = 'fold' if kfold else 'subset'
+  return lines + ['', f'Fine-tuned, less scratch on the same {what}: test top-1 points, the mean over the {what}s '
+                  f"both scored and, in round brackets, each {what}'s (in seed order); -: a {what} not scored by "
+                  'both (under way, or a cell that diverged).', '']
+
+
+def _signed(x: float) -> str:
+  """A difference in points, one decimal, signed; one that rounds to zero is +0.0 (not -0.0)."""
+  return f'{round(100 * x, 1) + 0.0:+.1f}'
 
 
 def pretext_metrics(pretext: dict[str, Any] | None) -> dict[str, float]:
-  """A pretext run's held-out figure on each of its own tasks: per task (a metric's prefix; not the in-run k-NN)
+  """A pretext run's held-out figure on each of its own tasks: per task (a metric's prefix; not an in-run probe's)
   the first of :data:`PRETEXT_METRICS`' endings it has."""
   pretext = pretext or {}
   out = {}
-  for task in dict.fromkeys(k.split('/')[0] for k in pretext if '/' in k and not k.startswith('knn/')):
+  for task in dict.fromkeys(k.split('/')[0] for k in pretext if '/' in k and k.split('/')[0] not in IN_RUN_PROBES):
     end = next((e for e in PRETEXT_METRICS if f'{task}{e}' in pretext), None)
     if end is not None:
       out[f'{task}{end}'] = pretext[f'{task}{end}']
@@ -347,8 +354,9 @@ def probe_layers_table(r: dict[str, Any]) -> list[str]:
                                     pretext, *(f'{100 * got[l]:.1f}' if l in got else '-' for l in layers),
                                     chosen, knn]) + ' |')
   return lines + ['', 'Linear probe per layer: test top-1 (%), its L2 strength and epoch chosen on the validation '
-                  'images; the layer they chose, and the weighted k-NN on it. Pretext: the run\'s last held-out '
-                  'evaluation on its own task.', '']
+                  'images; the layer they chose (its test top-1 to two decimals), and the weighted k-NN on it (%). '
+                  'Pretext: the run\'s last held-out evaluation on its own task, in that metric\'s units (accuracy as '
+                  'a fraction, PSNR in dB).', '']
 
 
 def lowshot_table(r: dict[str, Any]) -> list[str]:

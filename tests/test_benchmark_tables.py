@@ -183,7 +183,8 @@ def test_the_paired_table_takes_each_subset_against_scratchs_same_subset_and_the
   """results.md's paired table: per init and fraction each subset's difference from scratch's same subset and
   their mean over the subsets both scored ('-' where one is missing: under way or diverged; scratch has no row);
   the per-layer probe table: every layer any init probed ('-' where an init has not that layer), each pretext
-  task's own figure (a combination's two; not the in-run k-NN), the layer chosen on validation and the k-NN."""
+  task's own figure (a combination's two; not the in-run k-NN's or online probe's), the layer chosen on validation
+  and the k-NN."""
   per_seed = {('a', 0.01): (0.80, 0.75, 0.90), ('random', 0.01): (0.70, 0.78, None), ('a', 0.1): (0.91,),
               ('random', 0.1): (0.90, 0.92)}
   r = {'seeds': [0, 1, 2], 'fractions': [0.01, 0.1, 1.0],
@@ -193,7 +194,8 @@ def test_the_paired_table_takes_each_subset_against_scratchs_same_subset_and_the
        'inits': [{'init': 'a', 'probe_layers': {'conv1': 0.9, 'pool2': 0.8}, 'best_layer': 'conv1',
                   'probe_top1': 0.9, 'knn_top1': 0.85,
                   'pretext': {'step': 10, 'loss': 1.0, 'rotation/acc': 0.5, 'rotation/acc_0': 0.9,
-                              'autoencoder/mse': 0.01, 'autoencoder/psnr': 20.0, 'knn/top1': 0.7}},
+                              'autoencoder/mse': 0.01, 'autoencoder/psnr': 20.0, 'knn/top1': 0.7,
+                              'probe/top1': 0.6}},
                  {'init': 'b', 'probe_layers': {'conv1': 0.91}, 'best_layer': 'conv1', 'probe_top1': 0.91,
                   'knn_top1': None, 'pretext': {'jigsaw/exact': 0.25, 'jigsaw/solved': 0.1}},
                  {'init': 'random', 'probe_layers': {'conv1': 0.88, 'pool2': 0.87}, 'best_layer': 'pool2',
@@ -203,6 +205,14 @@ def test_the_paired_table_takes_each_subset_against_scratchs_same_subset_and_the
   assert lines[3] == '| a | +3.5 (+10.0, -3.0, -) | +1.0 (+1.0, -, -) |'   # (10 - 3) / 2 over seeds 0 and 1
   assert lines[4] == '| b | - | - |' and not any(line.startswith('| random') for line in lines)
   assert not benchmark_tables.paired_table({**r, 'cells': []})
+  # k-fold: a fraction has the folds it has (one at 100%), not a '-' for each fold it cannot have; a difference
+  # that rounds to zero is +0.0.
+  folds = {('a', 0.25): (0.8, 0.7), ('random', 0.25): (0.7, 0.7004), ('a', 1.0): (0.9,), ('random', 1.0): (0.89,)}
+  lines = benchmark_tables.paired_table({**r, 'subsets': 'kfold', 'seeds': [0, 1], 'fractions': [0.25, 1.0],
+                                         'cells': [{'init': i, 'fraction': f, 'seed': seed, 'classify/top1': v}
+                                                   for (i, f), vals in folds.items() for seed, v in enumerate(vals)]})
+  assert lines[1] == '| init | fine-tuned on 25%: mean (per fold) | fine-tuned on 100%: mean (per fold) |'
+  assert lines[3] == '| a | +5.0 (+10.0, +0.0) | +1.0 (+1.0) |' and 'on the same fold' in lines[-2]
   lines = benchmark_tables.probe_layers_table(r)
   assert lines[1] == '| init | pretext (held-out, own task) | conv1 | pool2 | chosen on val | k-NN |'
   assert lines[3] == '| a | rotation/acc 0.500, autoencoder/psnr 20.000 | 90.0 | 80.0 | conv1 90.00 | 85.0 |'

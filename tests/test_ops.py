@@ -31,8 +31,9 @@ needs_onednn = pytest.mark.skipif(ONEDNN_REASON is not None, reason=str(ONEDNN_R
 NHWC = conv_ops.NHWC
 
 
-# The im2col path branches on the kernel (1x1 or not), the stride (1 or not) and the sign of the flipped padding
-# (conv.py); it runs one case of each (True), oneDNN every case (its layouts and primitives vary with the shapes).
+# The im2col path branches on the kernel (1x1 or not), the stride (1 or not) and, for a stride-1 input gradient, the
+# sign of the flipped padding (conv.py); it runs one case of each (True), oneDNN every case (its layouts and
+# primitives vary with the shapes).
 CONV_CASES = [
     ((8, 9, 3, 5, 3, 1, 'SAME'), True),             # k x k, stride 1: forward, input and kernel gradients gathered
     ((6, 14, 8, 4, 5, 1, 'SAME'), False),           # CifarNet's conv2 shape family
@@ -47,6 +48,7 @@ CONV_CASES = [
     ((2, 6, 3, 80, 3, 1, 'SAME'), False),           # wide output
     ((2, 11, 3, 4, 3, 3, ((0, 2), (1, 0))), True),  # stride 3, odd size, lopsided padding, an unused padded row
     ((2, 9, 4, 3, 1, 3, ((0, 0), (1, 1))), True),   # strided 1x1 whose input gradient is spread out, padded
+    ((2, 6, 3, 4, 3, 1, ((3, 0), (0, 3))), True),   # a pad over k - 1: a negative flipped pad, input gradient by XLA
 ]
 
 
