@@ -215,10 +215,19 @@ def _gain(r: dict[str, Any], row: dict[str, Any], f: str, base: float, complete:
   diverged = row['finetune'][f].get('diverged') or scratch.get('diverged')
   if (complete and not diverged) or not r.get('cells'):
     return row['finetune'][f]['mean'] - base
-  metric = r.get('metric', 'classify/top1')
-  by = {(c['init'], c['seed']): c[metric] for c in r['cells'] if f"{c['fraction']:g}" == f and metric in c}
-  diffs = [v - by[('random', seed)] for (init, seed), v in by.items() if init == row['init'] and ('random', seed) in by]
+  scores = cell_scores(r)
+  mine, base = scores.get((row['init'], f), {}), scores.get(('random', f), {})
+  diffs = [v - base[seed] for seed, v in mine.items() if v is not None and base.get(seed) is not None]
   return sum(diffs) / len(diffs) if diffs else None
+
+
+def cell_scores(r: dict[str, Any]) -> dict[tuple[str, str], dict[Any, float | None]]:
+  """The test cells' scores by (init, fraction as '0.01') and seed; None for a cell that diverged."""
+  metric = r.get('metric', 'classify/top1')
+  scores: dict[tuple[str, str], dict[Any, float | None]] = {}
+  for c in r.get('cells') or ():
+    scores.setdefault((c['init'], f"{c['fraction']:g}"), {})[c['seed']] = c.get(metric)
+  return scores
 
 
 def _points(gain: float | None) -> str:
@@ -290,10 +299,7 @@ def paired_table(r: dict[str, Any]) -> list[str]:
   differences pair: the subset's own difficulty cancels), per fraction: their mean and each subset's; [] without
   cells. A subset not scored by both this init and scratch (under way, or a cell that diverged) is '-' and left out
   of the mean; a k-fold fraction shows the folds some init has (a large fraction has fewer than the seeds)."""
-  metric = r.get('metric', 'classify/top1')
-  scores: dict[tuple[str, str], dict[Any, float | None]] = {}
-  for c in r.get('cells') or ():
-    scores.setdefault((c['init'], f"{c['fraction']:g}"), {})[c['seed']] = c.get(metric)
+  scores = cell_scores(r)
   fractions = [f'{f:g}' for f in r.get('fractions', ()) if any(
       (row['init'], f'{f:g}') in scores for row in r['inits'] if row['init'] != 'random')]
   if not fractions:
