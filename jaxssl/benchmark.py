@@ -50,7 +50,8 @@ fraction's fine-tuning column, at the end, and on a stop signal that comes durin
 training stops at once: the next call writes them at its start),
 ``results.md``, ``results.csv``, ``results.json`` (one row per init: best layer's probe, k-NN, fine-tuning at each
 fraction as mean +- std over seeds; wall time per part from ``timings.json``; then ``benchmark.targets`` checked against
-them, the frozen-feature table of the lowshot part, and what measured it: every call's date, command, commit and
+them, each init's fine-tuning less scratch's per subset, the frozen-feature table of the lowshot part, the probe at
+every layer beside each pretext run's own-task figure, and what measured it: every call's date, command, commit and
 machine, appended to ``calls.jsonl``), ``probe_layers.png`` (per-layer test top-1 of every init),
 ``label_efficiency.png`` (every init's curve with error bars: fine-tuned, and the lowshot probe's beside it),
 ``pretext_curves.png`` (each pretext run's own task over its epochs), ``filters.png`` (the first convolution each

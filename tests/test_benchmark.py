@@ -509,8 +509,10 @@ def test_the_benchmark_pretrains_the_combination_it_chose_on_validation_and_keep
   bench = benchmark.Benchmark(c, workdir)
   val = {'rotation': 0.80, 'autoencoder': 0.85, 'supervised': 0.95}
   for init in ('rotation', 'autoencoder', 'supervised'):
-    if init != 'supervised':   # never joined: not even read. The choice reads the backbone's shapes: its initial
-      ckpt = Checkpointer(os.path.join(bench.pretrain_dir(init), 'checkpoints'), async_save=False)   # state
+    # The choice reads only the backbones' shapes: each joined init's initial state, saved as its pretext run's
+    # step-0 checkpoint (the supervised one is never joined: not even read).
+    if init != 'supervised':
+      ckpt = Checkpointer(os.path.join(bench.pretrain_dir(init), 'checkpoints'), async_save=False)
       ckpt.save(0, experiment.build_experiment(benchmark.pretrain_config(c, c.benchmark.inits[init])).state)
       ckpt.close()
     os.makedirs(bench.probe_dir(init))   # the probe's result, as the choice reads it (its figures given here)
