@@ -23,15 +23,50 @@ def add_config_import_path(argv):
       return
 
 
+def fail(message: str) -> None:
+  """Ends the command with one line on stderr, ``error: <message>``, and exit code 2 (every bad input's)."""
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
+def _fail_if_a_config_did_not_load() -> None:
+  """One line for a config flag whose file could not be loaded: ml_collections keeps that error for the config's
+  first use, a traceback deep in the command."""
+  from ml_collections.config_flags import config_flags  # pylint: disable=import-outside-toplevel
+  error_config = getattr(config_flags, '_ErrorConfig', None)
+  for name in flags.FLAGS:
+    flag = flags.FLAGS[name]
+    if error_config is not None and isinstance(flag.value, error_config):
+      why = [line.strip() for line in str(object.__getattribute__(flag.value, '_error')).splitlines() if line.strip()]
+      fail(f'--{name}={getattr(flag, "config_filename", "")}: cannot load the config file '
+           f'({why[-1] if why else "it cannot be read"})')
+
+
 def parse_flags(argv):
-  """absl's parser, plus one clean line for a config override naming a field that does not exist."""
+  """absl's parser, each error one line (:func:`fail`): a bad flag or override, a config field that does not exist,
+  a config file that cannot be loaded, a config argument the config refuses (its ValueError; another exception in
+  a config file is a bug there, shown with its traceback)."""
   try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    sys.exit(f'FATAL Flags parsing error: {e}\nPass --helpfull to see help on flags.')
-  except (AttributeError, KeyError) as e:  # ml_collections: unknown field, with a suggestion
-    msg = str(e).strip('\'"').replace('\\n', ' ').replace('\\\'', "'")
-    sys.exit(f'FATAL Flags parsing error: no such config field: {msg}')
+    rest = flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, OSError) as e:
+    _fail_if_a_config_did_not_load()   # its overrides fail on it: the file is the problem
+    if isinstance(e, OSError):   # an override applied to a config file that did not load
+      if 'failure to load' not in str(e):
+        raise
+      fail(f'cannot load the config file ({[line.strip() for line in str(e).splitlines() if line.strip()][-1]})')
+    if not isinstance(e, flags.Error):   # ml_collections: unknown field, with a suggestion
+      fail('no such config field: ' + str(e).strip('\'"').replace('\\n', ' ').replace('\\\'', "'"))
+    text = str(e)
+    head, sep, trace = text.partition(': Error whilst parsing config file:')
+    last = next((line for line in reversed(trace.splitlines()) if line.strip()), '')
+    if sep and last.startswith('ValueError: '):
+      fail(f'{head.removeprefix("flag ")}: {last.removeprefix("ValueError: ")}')
+    if sep:
+      print(text, file=sys.stderr)
+      fail(f'{head.removeprefix("flag ")}: the config file raised {last or "an error"} (its traceback above)')
+    fail(f'{text} (--helpfull lists the flags)')
+  _fail_if_a_config_did_not_load()
+  return rest
 
 
 def one_line_errors() -> tuple[type[Exception], ...]:
@@ -121,7 +156,7 @@ def run_config_command(what: str, example: str, workdir_help: str, body, *more_e
 
   def main(argv, opts):
     if len(argv) > 1:
-      raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+      raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}', exitcode=2)
     if not flags.FLAGS['verbosity'].present:
       logging.set_verbosity(logging.WARNING)
     from jaxssl.config_check import check_config
@@ -129,7 +164,7 @@ def run_config_command(what: str, example: str, workdir_help: str, body, *more_e
     try:
       check_config(config)
     except ValueError as e:
-      sys.exit(f'error: bad config: {e}')
+      fail(f'bad config: {e}')
     use_compilation_cache()
     with errors_as_one_line(*more_errors):
       body(config, workdir)

@@ -34,7 +34,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}', exitcode=2)
   if not flags.FLAGS['verbosity'].present:  # orbax/tfds INFO lines drown the progress; --verbosity=0 shows them
     logging.set_verbosity(logging.WARNING)
   config = _CONFIG.value
@@ -46,7 +46,7 @@ def main(argv):
   try:
     check_config(config)
   except ValueError as e:
-    sys.exit(f'error: bad config: {e}')
+    cli.fail(f'bad config: {e}')
 
   import jax  # pylint: disable=import-outside-toplevel
   if _MULTIHOST.value:
@@ -54,7 +54,7 @@ def main(argv):
       jax.distributed.initialize()
     except (ValueError, RuntimeError) as e:  # no cluster found, or the coordinator did not answer
       why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-      sys.exit(f'error: --multihost: jax.distributed.initialize() failed ({why}); '
+      cli.fail(f'--multihost: jax.distributed.initialize() failed ({why}); '
                'run it under Slurm (srun), on every host of a TPU pod, or with launch/local.sh N on one machine')
 
   from jaxssl import modes  # pylint: disable=import-outside-toplevel

@@ -310,7 +310,8 @@ def write_chart(rows, path: str) -> str | None:
 
 
 def report(paths, out_dir: str | None = None, metric: str = '', filters: bool = False) -> dict[str, Any]:
-  """Rows of every run found in ``paths``; writes summary.md|csv|png into ``out_dir``."""
+  """Rows of every run found in ``paths``; writes summary.md|csv|png into ``out_dir`` (nothing when no run is
+  found or none can be read: ``rows`` is then empty)."""
   runs, skipped = find_runs(paths)
   if out_dir is None:
     parents = [files.dirname(files.abspath(r)) for r in runs] or [files.abspath(p) for p in paths]
@@ -318,7 +319,6 @@ def report(paths, out_dir: str | None = None, metric: str = '', filters: bool = 
       out_dir = files.commonpath(parents) if parents else '.'
     except ValueError:  # runs on this disk and in a bucket, or in two kinds of store: no common parent
       out_dir = '.'
-  files.makedirs(out_dir)
   rows = []
   for run_dir, name in zip(runs, short_names(runs)):
     row, why = run_row(run_dir, metric)
@@ -333,6 +333,9 @@ def report(paths, out_dir: str | None = None, metric: str = '', filters: bool = 
       elif why:
         print(f'{name}: no filters picture: {why}', file=sys.stderr)
     rows.append(row)
+  if not rows:
+    return {'rows': rows, 'skipped': skipped, 'out': out_dir}
+  files.makedirs(out_dir)
   write_csv(rows, files.join(out_dir, 'summary.csv'))
   write_markdown(rows, skipped, files.join(out_dir, 'summary.md'), out_dir)
   write_chart(rows, files.join(out_dir, 'summary.png'))
@@ -391,9 +394,13 @@ def main(argv=None) -> int:
     return 2
   for path, why in result['skipped']:
     print(f'skipped {path}: {why}', file=sys.stderr)
+  if not result['rows']:
+    print(f'error: no run to report in {" ".join(args.runs)} (a run is a workdir of python -m jaxssl.main, with '
+          'its config.json and metrics); nothing written', file=sys.stderr)
+    return 2
   out = result['out']
   print(f"{len(result['rows'])} run(s) -> {files.join(out, 'summary.md')}, summary.csv, summary.png")
-  return 0 if result['rows'] else 1
+  return 0
 
 
 if __name__ == '__main__':

@@ -465,7 +465,7 @@ def test_the_command_says_a_bad_init_in_one_line(tmp_path):
   done = subprocess.run([sys.executable, '-m', 'jaxssl.benchmark', '--config', config,
                          '--workdir', str(tmp_path / 'b'), '--config.data.holdout_fraction=1.5'],
                         cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
-  assert done.returncode == 1 and 'error: bad config: --config.data.holdout_fraction=1.5 must be in [0, 1)' in \
+  assert done.returncode == 2 and 'error: bad config: --config.data.holdout_fraction=1.5 must be in [0, 1)' in \
       done.stderr, done.stderr[-2000:]
 
 

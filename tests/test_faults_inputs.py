@@ -267,7 +267,7 @@ def test_the_command_refuses_a_negative_step_count_before_writing_anything(tmp_p
                          '--workdir', str(tmp_path / 'run'), '--config.total_steps=-5'],
                         cwd=REPO, env={**os.environ, 'JAX_PLATFORMS': 'cpu'}, capture_output=True, text=True,
                         timeout=300, check=False)
-  assert done.returncode != 0
+  assert done.returncode == 2
   assert done.stderr.strip().splitlines()[-1] == (
       'error: bad config: --config.total_steps=-5 must be >= 0 (0 = from num_epochs)')
   assert not (tmp_path / 'run').exists()

@@ -115,7 +115,7 @@ def _eval(step, top1, split='test'):
           'classify/top5': 0.99}
 
 
-def test_report_table_from_run_folders(tmp_path):
+def test_report_table_from_run_folders(tmp_path, capsys):
   runs = tmp_path / 'runs'
   sup = fmnist_supervised.get_config()
   sup.total_steps = 30
@@ -177,6 +177,13 @@ def test_report_table_from_run_folders(tmp_path):
   assert report.main([str(runs / 'supervised'), str(runs / 'knn'), '--metric', 'knn_test/top1', '--out', out]) == 0
   with open(os.path.join(out, 'summary.csv'), encoding='utf-8') as f:
     assert [(r['run'], r['value']) for r in csv.DictReader(f)] == [('supervised', ''), ('knn', '0.81')]
+  # No run to report (a started run that never evaluated, a folder of notes, a typo): one line, exit 2, nothing
+  # written.
+  empty = str(tmp_path / 'empty_report')
+  assert report.main([str(runs / 'starting'), str(tmp_path / 'notes'), str(tmp_path / 'typo'), '--out', empty]) == 2
+  assert not os.path.exists(empty)
+  assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
+      f"error: no run to report in {runs / 'starting'} {tmp_path / 'notes'} {tmp_path / 'typo'} (a run is a workdir")
 
 
 def test_probe_pictures_knn_embedding_and_report_filters_of_a_checkpoint(tfds_dir, tmp_path):

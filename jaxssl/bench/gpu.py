@@ -157,9 +157,10 @@ def torch_times(dtype: str, source_batch: int, *, steps: int, warmup: int,
 
 def main(argv, *, opts: types.SimpleNamespace):
   if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}', exitcode=2)
   if bool(opts.make_batch.value) == bool(opts.batch_dir.value):
-    raise app.UsageError('give one of --make_batch=FOLDER (on a machine with the data) or --batch_dir=FOLDER')
+    raise app.UsageError('give one of --make_batch=FOLDER (on a machine with the data) or --batch_dir=FOLDER',
+                         exitcode=2)
   if opts.make_batch.value:
     make_batch(opts.make_batch.value, opts.source_batch.value)
     print(f'wrote {opts.make_batch.value}/batch.npz and info.json; time it with --batch_dir={opts.make_batch.value}')

@@ -172,10 +172,10 @@ def measure_torch(n: int, hw: int, cin: int, cout: int, k: int, stride: int, *, 
 
 def main(argv, *, opts: types.SimpleNamespace):
   if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}', exitcode=2)
   unknown = [name for name in opts.layers.value if name not in LAYERS]
   if unknown:
-    raise app.UsageError(f'unknown layer(s) {", ".join(unknown)}; choose from: {", ".join(LAYERS)}')
+    raise app.UsageError(f'unknown layer(s) {", ".join(unknown)}; choose from: {", ".join(LAYERS)}', exitcode=2)
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
   import jax  # pylint: disable=import-outside-toplevel

@@ -277,7 +277,7 @@ def _simclr_options(config, info):
 
 def main(argv, *, opts: types.SimpleNamespace):
   if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}', exitcode=2)
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
   from jaxssl.config_check import check_config  # pylint: disable=import-outside-toplevel
@@ -317,7 +317,7 @@ def _worker_counts(flag: list[str] | None) -> list[int]:
   try:
     return sorted({int(w) for w in flag})
   except ValueError:
-    raise app.UsageError(f'--pipeline_workers takes worker counts or none, not {",".join(flag)}') from None
+    raise app.UsageError(f'--pipeline_workers takes worker counts or none, not {",".join(flag)}', exitcode=2) from None
 
 
 def input_summary(r: dict) -> str:
