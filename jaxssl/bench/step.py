@@ -23,9 +23,9 @@ one jaxssl step then one PyTorch step per round, so both see the same machine (o
 by 10-40% over minutes); --torch_timing=blocks runs all of jaxssl's steps, then all of PyTorch's, each framework
 alone while it runs. The two processes share the kernel's page allocator: each step allocates and frees its
 temporaries (over a GB for ResNet-18) and faults them in anew, and on a VM that hands freed memory back to its
-host those faults cost more after the other process's step (README, "Benchmark"). Earlier versions timed
-PyTorch's steps after jaxssl's in the same process, which slowed PyTorch by up to 1.5x and overstated jaxssl's
-ratio accordingly.
+host those faults cost more after the other process's step (README, "Speed"; docs/benchmarks.md). Earlier
+versions timed PyTorch's steps after jaxssl's in the same process, which slowed PyTorch by up to 1.5x and
+overstated jaxssl's ratio accordingly.
 Models with a PyTorch twin: cifarnet, resnet20, resnet18_cifar; tasks: rotation, classify, and simclr (cifarnet):
 jaxssl's whole SimCLR step, fed the very batch of views jaxssl's pipeline made, with the same projector, NT-Xent
 and temperature, and LARS written out in PyTorch as optax.lars computes it (torch_twin.LARS; at a constant lr,

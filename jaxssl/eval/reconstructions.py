@@ -9,8 +9,8 @@ target colours and the colourized result). Columns are images.
 
 Files: ``reconstructions_<split>_step<N>.png`` at each evaluation and at the end, where ``reconstructions.png`` is
 also written (the latest, beside ``filters.png`` and ``curves.png``). Only process 0 writes; every process takes
-part in the forward pass. TensorBoard gets no image: jaxssl/runlog.py's MetricWriter writes scalars only, and an
-evaluator does not hold it; the PNGs are the pictures.
+part in the forward pass. The same grid goes to TensorBoard, ``reconstructions/<split>`` (runlog.write_image: a
+writer of its own, since an evaluator does not hold the trainer's).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ than concatenating k*k strided slices. 1x1 convolutions are matmuls already and 
 one's input gradient, which XLA computes as a convolution of the zero-dilated gradient: here one matmul spread
 out by zeros (1.7x faster). A strided k x k layer's input gradient stays XLA's (its stride phases as one stride-1
 convolution were no faster). ``python -m jaxssl.bench.ops`` times every pass of every CifarNet and ResNet-18
-layer both ways, beside PyTorch's (README, "Benchmark").
+layer both ways, beside PyTorch's (README, "Speed"; docs/benchmarks.md).
 
 Numerics are those of a float32 dot with float32 accumulation: values and gradients equal XLA's to float32
 rounding (tests/test_ops.py). The step stays a pure, jittable function.

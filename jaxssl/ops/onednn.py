@@ -4,7 +4,7 @@
 Why. oneDNN's convolutions (the kernels PyTorch runs on the CPU) read their windows straight from the NHWC
 input. On the 2-core machine jaxssl is developed on, XLA's CPU convolutions were 1.5-2.7x slower than oneDNN's
 on CifarNet's and ResNet-18's layers (forward; up to 17x for kernel gradients), and the gathered-window matmuls
-of conv.py, which write a copy of the input per kernel tap, 1.5-2.2x slower (README, "Benchmark").
+of conv.py, which write a copy of the input per kernel tap, 1.5-2.2x slower (README, "Speed"; docs/benchmarks.md).
 
 How. The first use compiles csrc/onednn_conv.cc (a few seconds, C++17) against the oneDNN the environment has:
 the ``onednn-cpu-gomp`` / ``onednn-devel-cpu-gomp`` wheels (jaxssl's ``cpu`` extra, Linux x86-64), the directory
