@@ -4,6 +4,7 @@ It defines no flags itself: the study and the benches define theirs when they ru
 imports in one process beside jaxssl.main (which defines its flags on import).
 """
 
+import ast
 import contextlib
 import functools
 import os
@@ -12,15 +13,66 @@ import sys
 from absl import app, flags
 
 
+def _config_specs(argv) -> list[str]:
+  """The values of --config on a command line."""
+  return [arg.split('=', 1)[1] if arg.startswith('--config=') else argv[i + 1]
+          for i, arg in enumerate(argv) if arg.startswith('--config=') or (arg == '--config' and i + 1 < len(argv))]
+
+
 def add_config_import_path(argv):
   """Config files may import their siblings (`from configs import x`): make the folder above importable."""
-  for i, arg in enumerate(argv):
-    path = arg.split('=', 1)[1] if arg.startswith('--config=') else argv[i + 1] if arg == '--config' and \
-        i + 1 < len(argv) else None
-    if path:
-      configs_dir = os.path.dirname(os.path.abspath(path.split(':', 1)[0]))
-      sys.path.insert(0, os.path.dirname(configs_dir))
-      return
+  for path in _config_specs(argv)[:1]:
+    configs_dir = os.path.dirname(os.path.abspath(path.split(':', 1)[0]))
+    sys.path.insert(0, os.path.dirname(configs_dir))
+
+
+# Config blocks whose keys are open: an override may set a key the config file leaves out (a task option at its
+# default, a model option, an evaluator, a study's or the benchmark's init), and what reads the block checks it
+# (jaxssl.config_check: each task's and evaluator's options, the backbone's keyword arguments). A new key anywhere
+# else is a typo: one line naming it, what its block has and the nearest name.
+OPEN_BLOCKS = ('tasks', 'model.options', 'evals', 'study.inits', 'benchmark.inits', 'benchmark.feature_map',
+               'benchmark.scratch_overrides', 'benchmark.pretrain_overrides')
+
+
+def config_file_flag(help_text: str, flag_values: flags.FlagValues = flags.FLAGS, argv=None):
+  """A ``--config FILE[:arg]`` flag with ``--config.<key>=value`` overrides. Overrides may add keys under
+  :data:`OPEN_BLOCKS` (parsed as Python literals, else strings); :func:`parse_flags` refuses new keys elsewhere and
+  then locks the config (a key set by mistake in code raises)."""
+  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+  return config_flags.DEFINE_config_file('config', None, help_text, flag_values=flag_values, lock_config=False,
+                                         accept_new_attributes=True, sys_argv=argv)
+
+
+def _base_config(spec: str):
+  """The config as its file makes it, without the command line's overrides."""
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  path, _, arg = spec.partition(':')
+  module_spec = importlib.util.spec_from_file_location('jaxssl_cli_base_config', path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def _check_new_keys(flag) -> None:
+  """:func:`fail` on an override that adds a key outside :data:`OPEN_BLOCKS`; then the config is locked."""
+  import difflib  # pylint: disable=import-outside-toplevel
+  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+  overrides = config_flags.get_override_values(flag)
+  new = [k for k in overrides if not any(k.startswith(f'{b}.') for b in OPEN_BLOCKS)]
+  if new:
+    base = _base_config(flag.config_filename)
+    for key in new:
+      parts, node = key.split('.'), base
+      for i, part in enumerate(parts):
+        has = list(node.keys()) if hasattr(node, 'keys') else []
+        if part not in has:
+          where = '.'.join(parts[:i]) or 'the config'
+          near = difflib.get_close_matches(part, has, n=1)
+          fail(f'no such config field: {key}' + (f' (did you mean {".".join(parts[:i] + near)}?)' if near else '') +
+               (f'; {where} has: {", ".join(sorted(has))}' if has else f'; {where} is not a block of keys'))
+        node = node[part]
+  if hasattr(flag.value, 'lock'):
+    flag.value.lock()
 
 
 def fail(message: str) -> None:
@@ -42,10 +94,37 @@ def _fail_if_a_config_did_not_load() -> None:
            f'({why[-1] if why else "it cannot be read"})')
 
 
+def _fail_on_a_missing_block(argv, missing: str) -> None:
+  """One line for an override under a block that is not there: in an open block (a task, an evaluator), how to add
+  it whole; elsewhere, the override's full name."""
+  for arg in argv:
+    name, _, value = arg.partition('=')
+    parts = name.removeprefix('--config.').split('.')
+    if name.startswith('--config.') and missing in parts[:-1]:
+      block = '.'.join(parts[:parts.index(missing) + 1])
+      key = name.removeprefix('--config.')
+      if any(block.startswith(f'{b}.') for b in OPEN_BLOCKS):
+        try:
+          ast.literal_eval(value)
+        except (SyntaxError, ValueError):
+          value = repr(value)
+        fail(f'no such config field: {key}: the config has no {block} to set {parts[-1]} in; add it whole, e.g. '
+             f'--config.{block}="{{\'{parts[-1]}\': {value}}}"')
+      fail(f'no such config field: {key} (the config has no {block})')
+
+
 def parse_flags(argv):
   """absl's parser, each error one line (:func:`fail`): a bad flag or override, a config field that does not exist,
   a config file that cannot be loaded, a config argument the config refuses (its ValueError; another exception in
   a config file is a bug there, shown with its traceback)."""
+  specs = _config_specs(argv)
+  if len(specs) > 1:
+    fail(f'--config is given {len(specs)} times ({", ".join(specs)}): give it once')
+  for spec in specs:
+    path = spec.split(':', 1)[0]
+    if not path.endswith('.py'):
+      fail(f'--config={spec}: a config is a Python file whose get_config() returns it, e.g. '
+           'configs/fmnist_supervised.py (a run\'s config.json records the keys it ran with; it is not one)')
   try:
     rest = flags.FLAGS(argv)
   except (flags.Error, AttributeError, KeyError, OSError) as e:
@@ -54,8 +133,13 @@ def parse_flags(argv):
       if 'failure to load' not in str(e):
         raise
       fail(f'cannot load the config file ({[line.strip() for line in str(e).splitlines() if line.strip()][-1]})')
-    if not isinstance(e, flags.Error):   # ml_collections: unknown field, with a suggestion
-      fail('no such config field: ' + str(e).strip('\'"').replace('\\n', ' ').replace('\\\'', "'"))
+    if not isinstance(e, flags.Error):   # ml_collections: unknown field (a block that is not there), or a suggestion
+      missing = str(e).strip('\'"').replace('\\n', ' ').replace('\\\'', "'")
+      if "has no attribute 'get_config" in missing:
+        fail(f'--config={_config_specs(argv)[-1]}: the file has no get_config(), which a config file defines to '
+             'return its config (configs/fmnist_supervised.py is one)')
+      _fail_on_a_missing_block(argv, missing)
+      fail(f'no such config field: {missing}')
     text = str(e)
     head, sep, trace = text.partition(': Error whilst parsing config file:')
     last = next((line for line in reversed(trace.splitlines()) if line.strip()), '')
@@ -66,6 +150,9 @@ def parse_flags(argv):
       fail(f'{head.removeprefix("flag ")}: the config file raised {last or "an error"} (its traceback above)')
     fail(f'{text} (--helpfull lists the flags)')
   _fail_if_a_config_did_not_load()
+  for name in flags.FLAGS:
+    if hasattr(flags.FLAGS[name], 'config_filename') and flags.FLAGS[name].value is not None:
+      _check_new_keys(flags.FLAGS[name])
   return rest
 
 
@@ -143,12 +230,10 @@ def run_config_command(what: str, example: str, workdir_help: str, body, *more_e
   absl's log at WARNING unless --verbosity is given, the config checked (one line if bad), then
   ``body(config, workdir)`` with :func:`errors_as_one_line` (and ``more_errors``), XLA's compilation cache on
   (:func:`use_compilation_cache`)."""
-  # pylint: disable=import-outside-toplevel  # flag definitions and the check: when the command runs only
-  from ml_collections import config_flags
-  from absl import logging
+  from absl import logging  # pylint: disable=import-outside-toplevel
 
   def define_flags():
-    opts = (config_flags.DEFINE_config_file('config', None, f'{what} config, e.g. {example}.', lock_config=True),
+    opts = (config_file_flag(f'{what} config, e.g. {example}.'),
             flags.DEFINE_string('workdir', None, workdir_help))
     for name in ('config', 'workdir'):   # defined here, shown by the command's --help (absl's key flags of __main__)
       flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
@@ -159,7 +244,7 @@ def run_config_command(what: str, example: str, workdir_help: str, body, *more_e
       raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}', exitcode=2)
     if not flags.FLAGS['verbosity'].present:
       logging.set_verbosity(logging.WARNING)
-    from jaxssl.config_check import check_config
+    from jaxssl.config_check import check_config  # pylint: disable=import-outside-toplevel
     config, workdir = opts[0].value, opts[1].value
     try:
       check_config(config)

@@ -19,12 +19,10 @@ the same command to resume).
 import sys
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 from jaxssl import cli
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/fmnist_supervised.py[:arg].',
-                                          lock_config=True)
+_CONFIG = cli.config_file_flag('Config file, e.g. configs/fmnist_supervised.py[:arg].')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, metrics, plots.')
 _MODE = flags.DEFINE_string('mode', None, 'Overrides config.mode: train, eval, knn or predict.')
 _MULTIHOST = flags.DEFINE_bool('multihost', False, 'Call jax.distributed.initialize() first (TPU pods, Slurm, '

@@ -338,7 +338,8 @@ def test_a_workdir_of_another_model_is_one_line(trained, generated_tfds_dir, tmp
   message = str(err.value)
   assert "holds a run of another config: model.name ('cifarnet' there, 'resnet20' here)" in message
   assert "model.options.dropout (0.0 there, 'unset' here)" in message
-  assert 'Use another --workdir for this config, or rerun with the config in' in message and '\n' not in message
+  assert 'Use another --workdir for this config, or rerun with the config file and overrides that wrote' in message \
+      and '\n' not in message
   assert _listing(workdir) == before
   with pytest.raises(ckpt_lib.StateMismatchError, match='holds a run of another config: model.name'):
     modes.evaluate_checkpoint(config, workdir)

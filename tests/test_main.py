@@ -16,9 +16,14 @@ CONFIG = str(REPO / 'configs/fmnist_supervised.py')
                                      'fashion_mnist'),
     (['--mode=serve'], "unknown mode 'serve'; choose one of: train, eval, knn, predict"),
     (['--mode=predict'], "needs a task of kind 'category_attributes'"),
-    (['--config.optim.lrr=0.1'], 'lrr'),                       # typo: ml_collections suggests 'lr'
     (['--config.batch_size=big'], 'batch_size'),               # ill-typed override
-    (['--config.tasks.classify.crop=2'], 'no such config field: crop'),
+    (['--config.tasks.classify.crop=2'], "task 'classify' (Classification) has no option(s) ['crop']; its "
+                                         "options are: ['crop_padding', 'feature', 'flip', 'freeze_backbone'"),
+    (['--config.optim.lrr=0.1'], 'no such config field: optim.lrr (did you mean optim.lr?); optim has: b1, b2'),
+    (['--config.evals.knn.k=50'], "the config has no evals.knn to set k in; add it whole, e.g. "
+                                  "--config.evals.knn=\"{'k': 50}\""),
+    (['--config', 'runs/x/config.json'], 'a config is a Python file whose get_config() returns it'),
+    (['--config', str(REPO / 'configs/common.py')], 'the file has no get_config()'),
     (['--config.model.conv_impl=fast'], "unknown conv impl 'fast'; choose one of: auto, xla, im2col"),
     (['--config.model.name=resnet20'], "model 'resnet20' does not take the option(s) ['dropout']"),
     (['--config.optim.skip_nonfinite_steps=-1'], 'skip_nonfinite_steps must be >= 0'),
@@ -27,18 +32,45 @@ CONFIG = str(REPO / 'configs/fmnist_supervised.py')
     (['--config', 'configs/nope.py', '--config.batch_size=8'], "cannot load the config file ([Errno 2] No such file"),
     (['--config', f'{CONFIG}:bogus'], "unknown config argument 'bogus'; it knows: quick"),
     (['--bogus=1'], "Unknown command line flag 'bogus' (--helpfull lists the flags)"),
-], ids=['model', 'dataset', 'mode', 'predict', 'typo', 'type', 'task-option', 'conv-impl', 'model-option',
-        'skip-nonfinite', 'no-config-file', 'no-config-file-override', 'config-argument', 'flag'])
+    (['--config', CONFIG, '--config', f'{CONFIG}:quick'], '--config is given 2 times'),
+], ids=['model', 'dataset', 'mode', 'predict', 'type', 'task-option', 'typo', 'missing-block', 'json-config',
+        'no-get-config', 'conv-impl', 'model-option', 'skip-nonfinite', 'no-config-file', 'no-config-file-override',
+        'config-argument', 'flag', 'two-configs'])
 def test_bad_input_is_one_clear_error_and_writes_nothing(tmp_path, args, message):
-  """One line on stderr, `error: ...` naming the problem, exit code 2; nothing written. (A later --config
-  replaces the first.)"""
+  """One line on stderr, `error: ...` naming the problem, exit code 2; nothing written. (Cases that give
+  --config give the run's.)"""
   workdir = tmp_path / 'run'
-  out = subprocess.run([sys.executable, '-m', 'jaxssl.main', '--config', CONFIG, '--workdir', str(workdir), *args],
+  config = [] if '--config' in args else ['--config', CONFIG]
+  out = subprocess.run([sys.executable, '-m', 'jaxssl.main', *config, '--workdir', str(workdir), *args],
                        cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
   assert out.returncode == 2, out.stderr[-2000:]
   lines = out.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith('error: ') and message in lines[0], out.stderr[-2000:]
   assert not workdir.exists()
+
+
+def test_overrides_may_set_options_the_config_leaves_out_then_the_config_is_locked():
+  """A task option, a model option, a new evaluator (whole) and a new task (whole), none in the config file: set
+  from the command line as the README says, checked by the config check, and the parsed config locked."""
+  code = ('import json, sys\n'
+          'from absl import flags\n'
+          'from jaxssl import cli, main\n'
+          'from jaxssl.config_check import check_config\n'
+          'cli.parse_flags(sys.argv)\n'
+          'c = flags.FLAGS["config"].value\n'
+          'check_config(c)\n'
+          'try:\n'
+          '  c.optim.lrr = 1\n'
+          'except AttributeError:\n'
+          '  locked = True\n'
+          'print(json.dumps([c.tasks.classify.label_smoothing, c.model.options.dtype, c.evals.knn.k, c.tasks.rot.kind, '
+          'locked]))\n')
+  out = subprocess.run([sys.executable, '-c', code, '--config', CONFIG, '--workdir', '/nonexistent',
+                        '--config.tasks.classify.label_smoothing=0.1', '--config.model.options.dtype=bfloat16',
+                        "--config.evals.knn={'k': 50, 'feature': 'pool2'}", "--config.tasks.rot={'kind': 'rotation'}"],
+                       cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.strip().splitlines()[-1] == '[0.1, "bfloat16", 50, "rotation", true]'
 
 
 def test_eval_without_checkpoints_says_what_to_do(tmp_path):

@@ -40,7 +40,6 @@ import time
 import types
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 from jaxssl import cli
 from jaxssl.bench import common
@@ -49,8 +48,8 @@ from jaxssl.bench import common
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS, argv=None) -> types.SimpleNamespace:
   """The command's flags, defined when it runs (not at import: the other commands define --config too)."""
   ns = types.SimpleNamespace(
-      config=config_flags.DEFINE_config_file('config', None, 'A benchmark config (configs/fmnist_benchmark.py).',
-                                             flag_values=flag_values, lock_config=True, sys_argv=argv),
+      config=cli.config_file_flag('A benchmark config (configs/fmnist_benchmark.py).', flag_values=flag_values,
+                                  argv=argv),
       fractions=flags.DEFINE_list('fractions', None, "Labelled fractions to measure (default: the config's "
                                   'benchmark.fractions at most 0.01).', flag_values=flag_values),
       models=flags.DEFINE_integer('models', 0, 'Cells in one vmapped group (0: the number of benchmark.seeds).',

@@ -44,7 +44,6 @@ import time
 import types
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 from jaxssl import cli
 
@@ -56,8 +55,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS, argv=None) -> type
   some of the same names (--config, --torch, --json), and tests import them all in one process. ``argv`` (default
   sys.argv) is the command line whose --config.* overrides become flags: ml_collections reads them at definition."""
   ns = types.SimpleNamespace(
-      config=config_flags.DEFINE_config_file('config', None, 'Config file to measure.', flag_values=flag_values,
-                                             lock_config=True, sys_argv=argv),
+      config=cli.config_file_flag('Config file to measure.', flag_values=flag_values, argv=argv),
       steps=flags.DEFINE_integer('steps', 20, 'Timed train steps (after warm-up).', flag_values=flag_values),
       warmup=flags.DEFINE_integer('warmup', 3, 'Untimed steps after compilation.', flag_values=flag_values),
       pipeline_batches=flags.DEFINE_integer('pipeline_batches', 30, 'Batches drawn to time the input pipeline.',

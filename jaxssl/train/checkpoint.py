@@ -428,4 +428,4 @@ def config_mismatch(err: StateMismatchError, workdir: str, config) -> StateMisma
   return StateMismatchError(
       f'{workdir} holds a run of another config: {shown or "no key differs"}{more} (against {path}); its '
       f'checkpoint does not fit this model ({err.detail}). Use another --workdir for this config, or rerun with '
-      f'the config in {path}', err.path, err.detail)
+      f'the config file and overrides that wrote {path} (it lists every key the run had)', err.path, err.detail)
