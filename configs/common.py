@@ -11,6 +11,7 @@ another experiment's config.
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 import ml_collections
@@ -345,6 +346,12 @@ def parse_arg(arg: str | None, **spec: Any) -> ml_collections.ConfigDict:
     elif token in by_word:
       key, value = by_word[token], token
     elif free:
+      # Any word is the Word argument's value (a layer name), but one a letter or two from a word the config
+      # knows is a typo of it, not a layer: said now, not when the backbone is built.
+      near = difflib.get_close_matches(token, [*by_word, *(k for k, v in spec.items() if isinstance(v, bool))], n=1,
+                                       cutoff=0.8)
+      if near:
+        raise ValueError(f"{unknown(token)} (did you mean '{near[0]}'? another word is taken as {free[0]})")
       key, value = free[0], token
     else:
       raise unknown(token)

@@ -85,11 +85,11 @@ import numpy as np
 
 from jaxssl import benchmark_figures as figures, benchmark_records as records, benchmark_tables as tables
 from jaxssl import cli, study
-from jaxssl.benchmark_configs import (CELL_IGNORED_KEYS, BenchmarkConfigError, cell_base, choice_label, choice_name,
-                                      combination_spec, config_changes, describe_changes, downstream_config,
-                                      given_path, grid_choices, is_config_spec, load_config, merge, pretrain_config,
-                                      select_grid, set_key)
-from jaxssl.runlog import write_json, write_text
+from jaxssl.benchmark_configs import (CELL_IGNORED_KEYS, BenchmarkConfigError, cell_base, check_fractions,
+                                      choice_label, choice_name, combination_spec, config_changes, describe_changes,
+                                      downstream_config, given_path, grid_choices, is_config_spec, load_config, merge,
+                                      pretrain_config, select_grid, set_key)
+from jaxssl.runlog import write_json, write_text, writing
 
 COMBINATION = 'combination'   # the init benchmark.combine adds (Benchmark.choose_combination)
 DIVERGED = 'diverged.json'    # in a fine-tuning cell that diverged: done, with no score (Benchmark.finetune)
@@ -132,6 +132,7 @@ class Benchmark:
     self.config, self.workdir = config, os.path.abspath(workdir)
     self.b = config.benchmark
     self.grid = select_grid(self.b.select)   # [(key, choices)]: the fine-tuning hyper-parameters chosen on val
+    check_fractions(self.b)
     # ml_collections iterates keys in name order; the random init (scratch) goes last, as the table's reference.
     self.inits = {k: v for k, v in self.b.inits.items() if k != 'random'}
     if COMBINATION in self.b.inits:
@@ -141,7 +142,8 @@ class Benchmark:
       raise BenchmarkConfigError("benchmark.inits needs 'random' (''): its fine-tuning cells are the from-scratch "
                                  'baseline every other init is compared with')
     self.inits['random'] = self.b.inits['random']
-    os.makedirs(self.workdir, exist_ok=True)
+    with writing(self.workdir, self.workdir):   # a file there, or a folder it may not write: one line
+      os.makedirs(self.workdir, exist_ok=True)
     self.combination = records.read_json(os.path.join(self.workdir, 'combination.json'))
     chosen = bool(self.combination and self.combination.get('spec'))
     # benchmark.only: these inits alone, and the random init (scratch, the reference of every comparison); no

@@ -131,6 +131,17 @@ DERIVED_KEYS = ('init_from', 'seed', 'batch_size', 'total_steps', 'eval_every', 
                 'data.holdout_fraction', 'data.holdout_seed')
 
 
+def check_fractions(b: ml_collections.ConfigDict) -> None:
+  """``benchmark.fractions`` and ``benchmark.select.fractions``: labelled fractions in (0, 1], at least one to fine-tune
+  at; checked when the benchmark starts, not when its fine-tuning does (after every pretext run and probe)."""
+  for key, fractions, least in (('fractions', b.fractions, 1), ('select.fractions', b.select.get('fractions', ()), 0)):
+    bad = [f for f in fractions if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1]
+    if bad or len(fractions) < least:
+      raise BenchmarkConfigError(f'benchmark.{key}={tuple(fractions)!r}: ' + (
+          f'{", ".join(map(repr, bad))} not a labelled fraction in (0, 1]' if bad else 'give at least one') +
+          f', e.g. --config.benchmark.{key}="(0.01, 0.1, 1.0)"')
+
+
 def select_grid(select: ml_collections.ConfigDict) -> list[tuple[str, tuple]]:
   """``benchmark.select.grid`` checked, as ``[(key, choices)]``: the fine-tuning hyper-parameters chosen on the
   validation images, every combination of their choices tried (:func:`grid_choices`); empty: none. Each

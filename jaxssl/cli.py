@@ -9,6 +9,7 @@ import contextlib
 import functools
 import os
 import sys
+from typing import NoReturn
 
 from absl import app, flags
 
@@ -75,7 +76,7 @@ def _check_new_keys(flag) -> None:
     flag.value.lock()
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
   """Ends the command with one line on stderr, ``error: <message>``, and exit code 2 (every bad input's)."""
   print(f'error: {message}', file=sys.stderr)
   sys.exit(2)
@@ -159,13 +160,14 @@ def parse_flags(argv):
 def one_line_errors() -> tuple[type[Exception], ...]:
   """The errors every command reports as one line, ``error: <the problem and the fix>``, exit code 2: missing or
   corrupt data, a checkpoint that does not fit or cannot be read, a workdir in use or not writable, a remote
-  workdir whose client libraries are missing."""
+  workdir whose client libraries are missing, an evaluator's layer the backbone lacks."""
   # pylint: disable=import-outside-toplevel  # imported when a command runs, after its config is checked
   from jaxssl.data.deepfashion import DataNotFoundError as DeepFashionNotFound
   from jaxssl.data.deepfashion_layouts import AnnotationError
   from jaxssl.data.fashion_mnist import ChecksumError, DataNotFoundError
   from jaxssl.data.datasets import NoLabelsError
   from jaxssl.data.tfds_any import TfdsError
+  from jaxssl.eval.features import FeatureError
   from jaxssl.files import RemotePathError
   from jaxssl.runlog import WriteError
   from jaxssl.train.checkpoint import CheckpointError
@@ -176,7 +178,7 @@ def one_line_errors() -> tuple[type[Exception], ...]:
   # pylint: enable=import-outside-toplevel
   return (DataNotFoundError, ChecksumError, FileNotFoundError, TransferError, DeepFashionNotFound, AnnotationError,
           LockError, CheckpointError, WriteError, RemotePathError, MeshError, DatasetMismatchError, TfdsError,
-          NoLabelsError)
+          NoLabelsError, FeatureError)
 
 
 @contextlib.contextmanager
@@ -241,11 +243,13 @@ def run_config_command(what: str, example: str, workdir_help: str, body, *more_e
 
   def main(argv, opts):
     if len(argv) > 1:
-      raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}', exitcode=2)
+      fail(f'unexpected arguments: {" ".join(argv[1:])} (flags are --name=value; --help lists them)')
     if not flags.FLAGS['verbosity'].present:
       logging.set_verbosity(logging.WARNING)
     from jaxssl.config_check import check_config  # pylint: disable=import-outside-toplevel
     config, workdir = opts[0].value, opts[1].value
+    if not workdir.strip():
+      fail('--workdir is empty (an unset shell variable?): give the folder of the run')
     try:
       check_config(config)
     except ValueError as e:

@@ -32,7 +32,9 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}', exitcode=2)
+    cli.fail(f'unexpected arguments: {" ".join(argv[1:])} (flags are --name=value; --help lists them)')
+  if not _WORKDIR.value.strip():
+    cli.fail('--workdir is empty (an unset shell variable?): give the folder of the run')
   if not flags.FLAGS['verbosity'].present:  # orbax/tfds INFO lines drown the progress; --verbosity=0 shows them
     logging.set_verbosity(logging.WARNING)
   config = _CONFIG.value

@@ -392,6 +392,11 @@ def main(argv=None) -> int:
   except files.RemotePathError as e:  # a gs:// run folder without the [gcs] extra
     print(f'error: {e}', file=sys.stderr)
     return 2
+  except OSError as e:  # the report's folder: a file, or not writable
+    where = e.filename or args.out or 'the runs\' common parent'
+    print(f'error: cannot write the report into {where}: {e.strerror or e}; give --out a folder it may write in',
+          file=sys.stderr)
+    return 2
   for path, why in result['skipped']:
     print(f'skipped {path}: {why}', file=sys.stderr)
   if not result['rows']:

@@ -20,6 +20,7 @@ from jaxssl.config_check import check_config
 from jaxssl.data import datasets, subsets
 from jaxssl.data.sources import read_records
 from jaxssl.eval import cached_probe
+from jaxssl.runlog import WriteError
 from jaxssl.train import experiment
 from jaxssl.train.checkpoint import Checkpointer
 
@@ -467,6 +468,24 @@ def test_the_command_says_a_bad_init_in_one_line(tmp_path):
                         cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
   assert done.returncode == 2 and 'error: bad config: --config.data.holdout_fraction=1.5 must be in [0, 1)' in \
       done.stderr, done.stderr[-2000:]
+
+
+def test_bad_fractions_and_a_file_for_workdir_stop_the_benchmark_before_it_writes(tmp_path):
+  """Checked when the benchmark starts (not when fine-tuning does, after every pretext run and probe)."""
+  config = fmnist_benchmark.get_config('quick')
+  for key, value, message in (('fractions', (0.05, 1.5), r'benchmark.fractions=\(0.05, 1.5\): 1.5 not a labelled '
+                                                         r'fraction in \(0, 1\]'),
+                              ('fractions', (), r'benchmark.fractions=\(\): give at least one'),
+                              ('select.fractions', (0.0,), r'benchmark.select.fractions=\(0.0,\): 0.0 not a')):
+    bad = config.copy_and_resolve_references()
+    benchmark_configs.set_key(bad.benchmark, key, value, 'test')
+    with pytest.raises(benchmark_configs.BenchmarkConfigError, match=message):
+      benchmark.Benchmark(bad, str(tmp_path / 'b'))
+  assert not (tmp_path / 'b').exists()
+  (tmp_path / 'a_file').write_text('mine')
+  with pytest.raises(WriteError, match='a_file: File exists .* a file stands where a folder is needed'):
+    benchmark.Benchmark(config, str(tmp_path / 'a_file'))
+  assert (tmp_path / 'a_file').read_text() == 'mine'
 
 
 ROT, AE, DENOISE, JIG = ('configs/fmnist_rotation.py:quick', 'configs/fmnist_autoencoder.py:quick',

@@ -184,6 +184,10 @@ def test_parse_arg_types_and_bare_words():
   a = common.parse_arg('variant=a,quick=false,lr=2,layer=pool2', **spec)
   assert (a.variant, a.quick, a.lr, a.layer) == ('a', False, 2.0, 'pool2') and isinstance(a.lr, float)
   assert common.parse_arg(None, quick=False).quick is False
+  # A word a letter or two from one the config knows is its typo, not a layer name.
+  for typo, meant in (('quik', 'quick'), ('a,quic', 'quick')):
+    with pytest.raises(ValueError, match=re.escape(f"(did you mean '{meant}'? another word is taken as layer)")):
+      common.parse_arg(typo, **spec)
 
 
 @pytest.mark.parametrize('arg,message', [

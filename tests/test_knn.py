@@ -4,9 +4,10 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 from conftest import small_config
-from jaxssl import modes
+from jaxssl import cli, modes
 from jaxssl.eval import knn
 from jaxssl.train import experiment
 from jaxssl.train.checkpoint import Checkpointer
@@ -46,7 +47,7 @@ def test_separable_features_score_100_percent():
   assert set(report['per_class_top1'].values()) == {1.0}
 
 
-def test_knn_mode_on_a_checkpoint(tfds_dir, tmp_path):
+def test_knn_mode_on_a_checkpoint(tfds_dir, tmp_path, capsys):
   """A (randomly initialized) CifarNet's checkpoint, probed from its own workdir and from another one via
   init_from: the same backbone gives the same report, figure for figure, far above chance on real images; another
   layer (conv2, average-pooled) gives its own."""
@@ -71,3 +72,10 @@ def test_knn_mode_on_a_checkpoint(tfds_dir, tmp_path):
   conv2 = modes.evaluate_knn(config, str(tmp_path / 'conv2'))
   assert conv2['feature'] == 'conv2' and conv2['pool'] == 'avg' and conv2['dim'] == 64
   assert conv2['count'] == 250 and 0.3 < conv2['top1'] <= conv2['top5'] <= 1.0
+  # A layer the backbone lacks: the one line every command prints for it (exit code 2), before any feature.
+  config.knn.feature = 'pool9'
+  with pytest.raises(SystemExit) as stop, cli.errors_as_one_line():
+    modes.evaluate_knn(config, str(tmp_path / 'typo'))
+  assert stop.value.code == 2
+  assert capsys.readouterr().err.strip().splitlines() == [
+      "error: knn.feature 'pool9' is not a feature of cifarnet; it has: conv1, pool1, conv2, pool2, fc1, fc2"]

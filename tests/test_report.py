@@ -184,6 +184,12 @@ def test_report_table_from_run_folders(tmp_path, capsys):
   assert not os.path.exists(empty)
   assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
       f"error: no run to report in {runs / 'starting'} {tmp_path / 'notes'} {tmp_path / 'typo'} (a run is a workdir")
+  # --out a file: one line, exit 2, the file as it was.
+  (tmp_path / 'a_file').write_text('mine')
+  assert report.main([str(runs / 'supervised'), '--out', str(tmp_path / 'a_file')]) == 2
+  assert capsys.readouterr().err.strip().splitlines()[-1] == (
+      f"error: cannot write the report into {tmp_path / 'a_file'}: File exists; give --out a folder it may write in")
+  assert (tmp_path / 'a_file').read_text() == 'mine'
 
 
 def test_probe_pictures_knn_embedding_and_report_filters_of_a_checkpoint(tfds_dir, tmp_path):

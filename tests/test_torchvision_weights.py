@@ -167,6 +167,10 @@ def test_every_mismatch_is_named_in_one_error(nets, tmp_path):
   (tmp_path / 'cut.safetensors').write_bytes(path.read_bytes()[:1000])
   with pytest.raises(transfer.TransferError, match='cannot read .*cut.safetensors as safetensors'):
     transfer.load_init(model, str(tmp_path / 'cut.safetensors'))
+  (tmp_path / 'junk.pth').write_bytes(bytes(range(256)))   # no pickle: torch's reason, not its weights_only advice
+  with pytest.raises(transfer.TransferError, match=r'cannot read .*junk.pth as a PyTorch state dict \(Unpickling') as e:
+    transfer.load_init(model, str(tmp_path / 'junk.pth'))
+  assert 'weights_only' not in str(e.value) and '\n' not in str(e.value)
   with pytest.raises(ValueError, match="fit the models resnet18, resnet50, alexnet, not 'cifarnet'"):
     tvw.check_weights_config(str(path), -1, 'cifarnet', {})
   with pytest.raises(ValueError, match='options.arch=torchvision .this config has arch=paper'):

@@ -39,7 +39,7 @@ import tempfile
 import time
 import types
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from jaxssl import cli
 from jaxssl.bench import common
@@ -54,8 +54,10 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS, argv=None) -> type
                                   'benchmark.fractions at most 0.01).', flag_values=flag_values),
       models=flags.DEFINE_integer('models', 0, 'Cells in one vmapped group (0: the number of benchmark.seeds).',
                                   flag_values=flag_values),
-      steps=flags.DEFINE_integer('steps', 20, 'Timed rounds of each way (after warm-up).', flag_values=flag_values),
-      warmup=flags.DEFINE_integer('warmup', 2, 'Untimed rounds after compilation.', flag_values=flag_values),
+      steps=flags.DEFINE_integer('steps', 20, 'Timed rounds of each way (after warm-up).', lower_bound=1,
+                                 flag_values=flag_values),
+      warmup=flags.DEFINE_integer('warmup', 2, 'Untimed rounds after compilation.', lower_bound=0,
+                                  flag_values=flag_values),
       check_steps=flags.DEFINE_integer('check_steps', 3, 'Steps compared between the vmapped and the one-by-one '
                                        'training.', flag_values=flag_values),
       cell=flags.DEFINE_bool('cell', True, 'Also train one cell end to end, as the benchmark does, for its '
@@ -177,18 +179,17 @@ def summary(row: dict) -> str:
 
 def main(argv, *, opts: types.SimpleNamespace):
   if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}', exitcode=2)
+    cli.fail(f'unexpected arguments: {" ".join(argv[1:])} (flags are --name=value; --help lists them)')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
   config = opts.config.value
   if 'benchmark' not in config:
-    raise SystemExit('error: --config must be a benchmark config (one with a benchmark block, e.g. '
-                     'configs/fmnist_benchmark.py)')
+    cli.fail('--config must be a benchmark config (one with a benchmark block, e.g. configs/fmnist_benchmark.py)')
   fractions = ([float(f) for f in opts.fractions.value] if opts.fractions.value else
                [float(f) for f in config.benchmark.fractions if float(f) <= 0.01])
   models = opts.models.value or len(config.benchmark.seeds)
   if models < 2 or not fractions:
-    raise SystemExit(f'error: nothing to measure: --models={models} (at least 2) and fractions {fractions}')
+    cli.fail(f'nothing to measure: --models={models} (at least 2) and fractions {fractions}')
   rows = []
   with cli.errors_as_one_line():
     for fraction in fractions:

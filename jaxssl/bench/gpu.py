@@ -27,7 +27,7 @@ import statistics
 import time
 import types
 
-from absl import app, flags
+from absl import flags
 
 from jaxssl import cli
 from jaxssl.bench import common
@@ -46,7 +46,8 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> types.SimpleNam
                                         flag_values=fv),
       dtypes=flags.DEFINE_list('dtypes', ['bfloat16', 'float32'], 'Compute dtypes to time.', flag_values=fv),
       repeat=flags.DEFINE_integer('repeat', 1, 'Tile the batch this many times.', flag_values=fv),
-      timed_steps=flags.DEFINE_integer('timed_steps', 30, 'Timed steps per framework and dtype.', flag_values=fv),
+      timed_steps=flags.DEFINE_integer('timed_steps', 30, 'Timed steps per framework and dtype.', lower_bound=1,
+                                       flag_values=fv),
       warmup_steps=flags.DEFINE_integer('warmup_steps', 5, 'Untimed steps first.', flag_values=fv),
       cudnn_benchmark=flags.DEFINE_bool('cudnn_benchmark', True, "PyTorch's torch.backends.cudnn.benchmark.",
                                         flag_values=fv),
@@ -157,15 +158,17 @@ def torch_times(dtype: str, source_batch: int, *, steps: int, warmup: int,
 
 def main(argv, *, opts: types.SimpleNamespace):
   if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}', exitcode=2)
+    cli.fail(f'unexpected arguments: {" ".join(argv[1:])} (flags are --name=value; --help lists them)')
   if bool(opts.make_batch.value) == bool(opts.batch_dir.value):
-    raise app.UsageError('give one of --make_batch=FOLDER (on a machine with the data) or --batch_dir=FOLDER',
-                         exitcode=2)
+    cli.fail('give one of --make_batch=FOLDER (on a machine with the data) or --batch_dir=FOLDER')
   if opts.make_batch.value:
     make_batch(opts.make_batch.value, opts.source_batch.value)
     print(f'wrote {opts.make_batch.value}/batch.npz and info.json; time it with --batch_dir={opts.make_batch.value}')
     return
   import jax  # pylint: disable=import-outside-toplevel
+  if not os.path.isfile(os.path.join(opts.batch_dir.value, 'batch.npz')):
+    cli.fail(f'--batch_dir={opts.batch_dir.value} holds no batch.npz: make one with --make_batch=FOLDER (on a '
+             'machine with the data) and copy that folder here')
   batch_np, info = _load_batch(opts.batch_dir.value, opts.repeat.value)
   source = len(jax.tree.leaves(batch_np)[0])
   images = sum(x.size for x in jax.tree.leaves(batch_np) if x.ndim >= 4) // (32 * 32)

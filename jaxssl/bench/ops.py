@@ -22,7 +22,7 @@ import multiprocessing
 import time
 import types
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from jaxssl import cli
 from jaxssl.bench import common
@@ -172,10 +172,10 @@ def measure_torch(n: int, hw: int, cin: int, cout: int, k: int, stride: int, *, 
 
 def main(argv, *, opts: types.SimpleNamespace):
   if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}', exitcode=2)
+    cli.fail(f'unexpected arguments: {" ".join(argv[1:])} (flags are --name=value; --help lists them)')
   unknown = [name for name in opts.layers.value if name not in LAYERS]
   if unknown:
-    raise app.UsageError(f'unknown layer(s) {", ".join(unknown)}; choose from: {", ".join(LAYERS)}', exitcode=2)
+    cli.fail(f'unknown layer(s) {", ".join(unknown)}; choose from: {", ".join(LAYERS)}')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
   import jax  # pylint: disable=import-outside-toplevel

@@ -43,7 +43,7 @@ import sys
 import time
 import types
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from jaxssl import cli
 
@@ -56,15 +56,17 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS, argv=None) -> type
   sys.argv) is the command line whose --config.* overrides become flags: ml_collections reads them at definition."""
   ns = types.SimpleNamespace(
       config=cli.config_file_flag('Config file to measure.', flag_values=flag_values, argv=argv),
-      steps=flags.DEFINE_integer('steps', 20, 'Timed train steps (after warm-up).', flag_values=flag_values),
-      warmup=flags.DEFINE_integer('warmup', 3, 'Untimed steps after compilation.', flag_values=flag_values),
+      steps=flags.DEFINE_integer('steps', 20, 'Timed train steps (after warm-up).', lower_bound=1,
+                                 flag_values=flag_values),
+      warmup=flags.DEFINE_integer('warmup', 3, 'Untimed steps after compilation.', lower_bound=0,
+                                  flag_values=flag_values),
       pipeline_batches=flags.DEFINE_integer('pipeline_batches', 30, 'Batches drawn to time the input pipeline.',
-                                            flag_values=flag_values),
+                                            lower_bound=1, flag_values=flag_values),
       pipeline_workers=flags.DEFINE_list('pipeline_workers', None, 'Worker process counts to time the pipeline '
                                          'with (default: 0, 1, 2, 4, ... up to the cores; "none": skip).',
                                          flag_values=flag_values),
       stage_batches=flags.DEFINE_integer('stage_batches', 10, 'Batches on which each stage of the pipeline is '
-                                         'timed apart (0: skip).', flag_values=flag_values),
+                                         'timed apart (0: skip).', lower_bound=0, flag_values=flag_values),
       peak_gflops=flags.DEFINE_float('peak_gflops', 166.0, 'Peak GFLOP/s of the device, for the utilization '
                                      'figure.', flag_values=flag_values),
       torch=flags.DEFINE_bool('torch', True, 'Also time PyTorch beside jaxssl (its twin of the model and task), '
@@ -275,7 +277,7 @@ def _simclr_options(config, info):
 
 def main(argv, *, opts: types.SimpleNamespace):
   if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}', exitcode=2)
+    cli.fail(f'unexpected arguments: {" ".join(argv[1:])} (flags are --name=value; --help lists them)')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
   from jaxssl.config_check import check_config  # pylint: disable=import-outside-toplevel
@@ -315,7 +317,7 @@ def _worker_counts(flag: list[str] | None) -> list[int]:
   try:
     return sorted({int(w) for w in flag})
   except ValueError:
-    raise app.UsageError(f'--pipeline_workers takes worker counts or none, not {",".join(flag)}', exitcode=2) from None
+    cli.fail(f'--pipeline_workers takes worker counts or none, not {",".join(flag)}')
 
 
 def input_summary(r: dict) -> str:

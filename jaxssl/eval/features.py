@@ -9,12 +9,17 @@ from jaxssl.data import datasets
 from jaxssl.tasks.base import POOLS, normalize, pool_feature
 
 
+class FeatureError(ValueError):
+  """An evaluator's feature the backbone lacks, or an unknown pool: found when the backbone is built (the k-NN
+  probe's ``knn.feature``, an evaluator's ``feature``), reported as one line."""
+
+
 def check_feature(backbone_names, feature: str, pool: str, model_name: str, what: str) -> None:
   """One line for a feature the backbone lacks or an unknown pool (``what``: the option's name)."""
   if feature not in backbone_names:
-    raise ValueError(f"{what} '{feature}' is not a feature of {model_name}; it has: {', '.join(backbone_names)}")
+    raise FeatureError(f"{what} '{feature}' is not a feature of {model_name}; it has: {', '.join(backbone_names)}")
   if pool not in POOLS:
-    raise ValueError(f"unknown pool '{pool}' for {what}; choose one of: {', '.join(POOLS)}")
+    raise FeatureError(f"unknown pool '{pool}' for {what}; choose one of: {', '.join(POOLS)}")
 
 
 def make_feature_fn(ctx, feature: str, pool: str):

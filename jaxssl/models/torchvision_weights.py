@@ -127,8 +127,14 @@ def read_state_dict(path: str) -> tuple[dict[str, np.ndarray], str]:
   try:
     loaded = torch.load(io.BytesIO(data), map_location='cpu', weights_only=True)
   except Exception as e:  # pylint: disable=broad-exception-caught  # pickle and torch errors alike
-    raise WeightsError(f'cannot read {path} with torch.load(weights_only=True) ({type(e).__name__}: '
-                       f"{' '.join(str(e).split())[:200]})") from None
+    text = str(e)
+    # torch's refusal of a pickle it will not run names the cause after 'WeightsUnpickler error:', and advises
+    # weights_only=False (running the file's code), which jaxssl never does.
+    why = text.split('WeightsUnpickler error:', 1)[1].split('Check the documentation')[0] if \
+        'WeightsUnpickler error:' in text else text
+    raise WeightsError(f"cannot read {path} as a PyTorch state dict ({type(e).__name__}: {' '.join(why.split())[:200]})"
+                       '; is it a complete .pth of tensors only (torch.save(model.state_dict(), path))? jaxssl '
+                       'loads weights only, never the code a pickle may hold') from None
   if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
     raise WeightsError(f'{path} is not a plain state dict (name -> tensor) as torchvision saves them; save '
                        "model.state_dict() (or the checkpoint's 'state_dict' entry) on its own")
