@@ -1,12 +1,14 @@
 """Label-efficiency study on Fashion-MNIST: fine-tuning CifarNet from a pretext backbone vs. from scratch, on
 1, 2, 5, 10, 20, 50 and 100% of the labelled training images (class-stratified), 5 seeds each. Each cell is
 configs/fmnist_finetune.py's recipe trained for ``study.epochs`` epochs of its subset, at least
-``study.min_steps`` steps; the scratch cells have no init_from.
+``study.min_steps`` steps; the scratch cells have no init_from. The rotation init is the RotNet run that
+configs/fmnist_rotation.py trains: make it first (the study checks every init before its first cell trains):
 
+  python -m jaxssl.main --config configs/fmnist_rotation.py --workdir runs/fmnist_rotation
   python -m jaxssl.study --config configs/fmnist_label_efficiency.py --workdir runs/fmnist_label_efficiency \\
       --config.study.inits.rotation=runs/fmnist_rotation
 
-More inits (``--config.study.inits.supervised=...``) override a missing field, so add them here. Expected: full
+More inits: ``--config.study.inits.supervised=DIR`` (study.inits takes new names), or add them here. Expected: full
 scale to be measured (70 runs); reduced scale (1% / 5%, 2 seeds, 400-step rotation backbone) rotation init 75.1 /
 76.3%, scratch 77.8 / 80.8% test top-1 (measured 2026-11-22, 2-core CPU); see docs/config_history.md.
 

@@ -2,12 +2,17 @@
 training images), from a RotNet backbone (configs/folder_rotation.py) and from scratch, each volume's subsets being
 disjoint stratified folds (``study.subsets='kfold'``: 3 folds per volume where the volume allows, 2 at 50%, 1 at
 100%; the cells beyond are listed in results.json). The val split (10% held out of the folder) scores every cell.
+The rotation init is configs/folder_rotation.py's run: make it first (the study checks every init before its first
+cell trains):
 
+  python -m jaxssl.main --config configs/folder_rotation.py --workdir runs/catsdogs_rotation \\
+      --config.data.source_dir=DIR
   python -m jaxssl.study --config configs/folder_label_volumes.py --workdir runs/catsdogs_volumes \\
       --config.data.source_dir=DIR --config.study.inits.rotation=runs/catsdogs_rotation
 
-Quick look on the generated sample folder (configs/folder_rotation.py shows the pretraining command first):
+Quick look on the generated sample folder, its rotation init first:
 
+  python -m jaxssl.main --config configs/folder_rotation.py:sample,quick --workdir /tmp/folder_rotation
   python -m jaxssl.study --config configs/folder_label_volumes.py:sample,quick --workdir /tmp/folder_volumes \\
       --config.study.inits.rotation=/tmp/folder_rotation
 

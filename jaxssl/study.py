@@ -9,7 +9,8 @@ labelled subset is class-stratified and depends only on (fraction, seed): every 
 ``study.subsets='kfold'`` makes the seeds disjoint stratified folds instead of random subsets (seed experiment
 003's protocol; a fraction has only so many folds, e.g. 2 at 0.5: its cells beyond them are skipped and listed).
 Writes ``results.csv`` (one row per cell), ``results.json`` (mean and std over seeds per init and fraction)
-and ``label_efficiency.png``.
+and ``label_efficiency.png``. Bad input stops it early, in one line: the study block's values before anything is
+built, every init's backbone before the first cell trains, ``study.metric`` once the first cell is done.
 """
 
 from __future__ import annotations
@@ -22,6 +23,65 @@ from typing import Any
 
 
 from jaxssl import cli, files
+
+
+class StudyError(ValueError):
+  """The study cannot go on as configured: an init whose backbone is not there, a metric its cells do not have.
+  The message names the ``--config.study`` key to set; ``python -m jaxssl.study`` reports it as one line."""
+
+
+def check_study(config) -> None:
+  """The study block's values, before anything is built or written: ValueError with the key and what it may be
+  (``python -m jaxssl.study`` reports it as ``error: bad config: ...``)."""
+  s = config.study
+  for key, meaning in (('fractions', 'the labelled fractions, each in (0, 1], e.g. (0.01, 0.1, 1.0)'),
+                       ('seeds', 'the subset seeds, e.g. (0, 1, 2)')):
+    if not isinstance(s[key], (tuple, list)) or not s[key]:
+      raise ValueError(f'--config.study.{key}={s[key]!r} must list at least one value: {meaning}')
+  bad = [f for f in s.fractions if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1]
+  if bad:
+    raise ValueError(f'--config.study.fractions={tuple(s.fractions)!r}: each must be in (0, 1], a share of the '
+                     f'labelled training images (1.0 = all of them), not {", ".join(map(repr, bad))}')
+  if not s.inits:
+    raise ValueError("--config.study.inits is empty: name at least one init, e.g. --config.study.inits.scratch=''")
+
+
+def check_inits(config) -> None:
+  """Every init of ``study.inits`` resolves to a backbone as its cells will load it (a run's checkpoint: the
+  same resolution and read; a weights file: the same checks), before the first cell trains: a later init's
+  missing run used to stop the study only after the earlier cells' hours. StudyError naming
+  ``--config.study.inits.<name>``, which the study sets as each cell's ``init_from``."""
+  # pylint: disable=import-outside-toplevel  # jax and orbax: when the study runs
+  from jaxssl.models import torchvision_weights
+  from jaxssl.train import transfer
+  # pylint: enable=import-outside-toplevel
+  for name, init_from in config.study.inits.items():
+    if not init_from:   # scratch
+      continue
+    try:
+      if torchvision_weights.is_weights_file(init_from):
+        torchvision_weights.check_weights_config(init_from, config.init_step, config.model.name,
+                                                 dict(config.model.options))
+      else:
+        transfer.read_backbone(transfer.resolve_checkpoint(init_from, config.init_step))
+    except (FileNotFoundError, ValueError) as e:   # TransferError and WeightsError are ValueErrors
+      key = f'--config.study.inits.{name}'
+      # The cells' message, its fix said of the study's key: each cell's init_from is study.inits' value.
+      first = "train that run first (the study config's docstring names the command that makes it) or "
+      why = str(e).replace(f'init_from={init_from}', f'{key}={init_from}').replace(
+          'point --config.init_from at', f'{first}point {key}=DIR at').replace('--config.init_from', key)
+      raise StudyError(why if why.startswith(key) else f'{key}={init_from}: {why}') from None
+
+
+def check_metric(metric: str, row: dict[str, Any], cell: str) -> None:
+  """``study.metric`` is one of the numbers a cell's final_metrics.json has (known only once a cell is done: the
+  evaluators name them); StudyError listing them."""
+  if metric not in row:
+    have = sorted(k for k in row if k not in ('init', 'fraction', 'seed', 'step'))
+    raise StudyError(f'--config.study.metric={metric!r} is not a metric of the cells (cell {cell} has: '
+                     f'{", ".join(have) or "none"}): set --config.study.metric to one of them and rerun the same '
+                     'command (finished cells are kept, not trained again)')
+
 
 def cell_name(init: str, fraction: float, seed: int) -> str:
   return f'{init}_f{fraction:g}_s{seed}'
@@ -63,6 +123,8 @@ def run_study(config, workdir: str) -> list[dict[str, Any]]:
   from jaxssl.train import loop  # pylint: disable=import-outside-toplevel
   from jaxssl.runlog import log  # pylint: disable=import-outside-toplevel
   from jaxssl.data import subsets  # pylint: disable=import-outside-toplevel
+  check_study(config)
+  check_inits(config)   # before the data is read and any cell trains
   info = datasets.get_dataset(config.data.name, config.data)
   train = datasets.load_split(info, config.data.train_split, config.data, config.data.train_limit)
   num_records = len(train)
@@ -103,6 +165,8 @@ def run_study(config, workdir: str) -> list[dict[str, Any]]:
     metrics = json.loads(files.read_text(final))
     rows.append({'init': init, 'fraction': float(fraction), 'seed': int(seed), 'step': metrics['step'],
                  **{k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k != 'step'}})
+    if len(rows) == 1:   # the metrics' names are known once a cell is done: a typo stops here, not after every cell
+      check_metric(str(config.study.metric), rows[0], cell_name(init, fraction, seed))
   if jax.process_index() == 0:
     write_results(rows, workdir, config.study.metric, skipped=skipped, subsets_mode=mode)
   return rows
@@ -121,7 +185,7 @@ def summarize(rows, metric: str) -> list[dict[str, Any]]:
 
 def write_results(rows, workdir: str, metric: str, *, skipped=(), subsets_mode: str = 'random') -> None:
   """results.csv (one row per cell), results.json (mean and std per init and fraction, the cells skipped) and
-  their plot."""
+  their plot. A cell without ``metric``: results.csv written, then StudyError listing what the cells have."""
   from jaxssl.runlog import write_json, write_text, writing  # pylint: disable=import-outside-toplevel
   keys = list(dict.fromkeys(k for r in rows for k in r))
   table = io.StringIO(newline='')
@@ -129,6 +193,8 @@ def write_results(rows, workdir: str, metric: str, *, skipped=(), subsets_mode: 
   w.writeheader()
   w.writerows(rows)
   write_text(files.join(workdir, 'results.csv'), table.getvalue())
+  for r in rows:
+    check_metric(metric, r, cell_name(r['init'], r['fraction'], r['seed']))
   summary = summarize(rows, metric)
   write_json(files.join(workdir, 'results.json'), {'metric': metric, 'subsets': subsets_mode, 'cells': summary,
                                                    'skipped': list(skipped)})
@@ -156,6 +222,10 @@ def write_results(rows, workdir: str, metric: str, *, skipped=(), subsets_mode: 
 
 def _main(config, workdir: str) -> None:
   from jaxssl.runlog import writing  # pylint: disable=import-outside-toplevel
+  try:
+    check_study(config)
+  except ValueError as e:   # as the config check's: nothing built or written yet
+    cli.fail(f'bad config: {e}')
   with writing(workdir, workdir):
     files.makedirs(workdir)
   run_study(config, workdir)
@@ -163,7 +233,7 @@ def _main(config, workdir: str) -> None:
 
 def run():
   cli.run_config_command('Study', 'configs/fmnist_label_efficiency.py',
-                         'Study directory: cells/, results.csv, results.json, the plot.', _main)
+                         'Study directory: cells/, results.csv, results.json, the plot.', _main, StudyError)
 
 
 if __name__ == '__main__':

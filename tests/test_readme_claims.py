@@ -307,6 +307,8 @@ def test_init_from_a_checkpoint_folder_or_init_step(short_run, tfds_dir):
   with pytest.raises(FileNotFoundError, match=re.escape('no checkpoint at step 2') + '.*' +
                      re.escape('available steps: [4, 6]')):
     transfer.resolve_checkpoint(workdir, 2)   # saved, then dropped by keep_checkpoints=2
+  with pytest.raises(FileNotFoundError, match=re.escape(f'no such checkpoint; {ckpts} holds the steps [4, 6]')):
+    transfer.resolve_checkpoint(os.path.join(ckpts, '99'))
 
   step4, step6 = (transfer.read_backbone(os.path.join(ckpts, s)) for s in ('4', '6'))
   loaded = {}

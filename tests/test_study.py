@@ -4,6 +4,7 @@ import csv
 import json
 import os
 import pathlib
+import re
 import shutil
 import stat
 import subprocess
@@ -20,6 +21,34 @@ from jaxssl.train import experiment, loop
 from jaxssl.train.checkpoint import Checkpointer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _backbone_run(workdir, kernel_shape=(3, 3, 1, 2)) -> str:
+  """A run's checkpoint with a one-array backbone (a pretext run as init_from resolves and reads it), in a second."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(os.path.join(workdir, 'checkpoints', '0', 'state'),
+               {'params': {'backbone': {'conv1': {'kernel': np.ones(kernel_shape, np.float32)}}}})
+  return str(workdir)
+
+
+def _study_config(data_dir, **study_keys):
+  c = small_config(data_dir, **{'data.train_limit': 256, 'data.eval_limit': 64})
+  c.study = ml_collections.ConfigDict({'fractions': (0.5,), 'seeds': (0,), 'subsets': 'random',
+                                       'inits': {'scratch': ''}, 'epochs': 0.0, 'min_steps': 2,
+                                       'metric': 'classify/top1', **study_keys})
+  return c
+
+
+def _no_training(monkeypatch):
+  def train(*_):
+    raise AssertionError('a cell trained')
+  monkeypatch.setattr(loop, 'train_and_evaluate', train)
+
+
+def _study_command(*args, timeout=300):
+  return subprocess.run([sys.executable, '-m', 'jaxssl.study', '--config', 'configs/fmnist_label_efficiency.py',
+                         *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def test_stratified_subset_keeps_class_proportions_and_is_reproducible():
@@ -231,13 +260,14 @@ def test_the_study_command_compiles_into_a_private_cache_that_a_second_process_r
          if k not in ('JAX_COMPILATION_CACHE_DIR', 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS')}
   env['JAXSSL_CACHE_DIR'] = str(cache)
   xla = cache / 'xla'
-  # The command turns it on: a study that stops at its first cell (an init with no checkpoint, one line) has
-  # compiled the model's initialization into the folder by then.
+  # The command turns it on: a study that stops at its first cell (an init whose backbone is another model's, one
+  # line when the cell loads it) has compiled the model's initialization into the folder by then.
+  other = _backbone_run(tmp_path / 'other_model')
   done = subprocess.run([sys.executable, '-m', 'jaxssl.study', '--config', 'configs/fmnist_label_efficiency.py',
                          '--workdir', str(tmp_path / 'command'), f'--config.data.data_dir={tfds_dir}',
-                         f'--config.study.inits.rotation={tmp_path / "nowhere"}'], cwd=REPO, capture_output=True,
+                         f'--config.study.inits.rotation={other}'], cwd=REPO, capture_output=True,
                         text=True, timeout=300, check=False, env=env)
-  assert done.returncode != 0 and 'no checkpoint in' in done.stderr.splitlines()[-1], done.stdout + done.stderr
+  assert done.returncode != 0 and 'error: backbone mismatch' in done.stderr.splitlines()[-1], done.stdout + done.stderr
   assert stat.S_IMODE(xla.stat().st_mode) == 0o700 and list(xla.iterdir())
   script = (
       'import sys; sys.path.insert(0, %r)\n'
@@ -273,3 +303,102 @@ def test_the_study_command_compiles_into_a_private_cache_that_a_second_process_r
   assert done.returncode == 0 and done.stdout == 'cache: None\n', done.stdout + done.stderr
   assert f'warning: no XLA compilation cache (each run compiles its steps anew): refusing the XLA compilation ' \
          f'cache {xla}: its mode 777 lets other users write to it' in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize('key,value,message', [
+    ('fractions', (1.5,), r'--config.study.fractions=\(1.5,\): each must be in \(0, 1\], .* not 1.5$'),
+    ('fractions', (0.0, 0.1, -2), r'--config.study.fractions=\(0.0, 0.1, -2\): each must be in .* not 0.0, -2$'),
+    ('fractions', (), r'--config.study.fractions=\(\) must list at least one value'),
+    ('seeds', (), r'--config.study.seeds=\(\) must list at least one value'),
+    ('inits', {}, r'--config.study.inits is empty'),
+], ids=['above_1', 'zero_and_negative', 'no_fraction', 'no_seed', 'no_init'])
+def test_bad_study_values_are_refused_before_anything_is_read_or_written(tmp_path, monkeypatch, key, value,
+                                                                          message):
+  _no_training(monkeypatch)
+  c = _study_config(str(tmp_path / 'no_data'), **{key: value})
+  with pytest.raises(ValueError, match=message):
+    study.check_study(c)
+  with pytest.raises(ValueError, match=message):   # the data (not there) is never reached
+    study.run_study(c, str(tmp_path / 'study'))
+  assert not (tmp_path / 'study').exists()
+
+
+def test_every_init_is_checked_before_the_first_cell_trains(tmp_path, monkeypatch):
+  """A missing init listed after others used to stop the study only when its cells came, hours in, with advice to
+  set --config.init_from, which the study overwrites per cell."""
+  _no_training(monkeypatch)
+  good = _backbone_run(tmp_path / 'pretext')
+  c = _study_config(str(tmp_path / 'no_data'), inits={'pretext': good, 'scratch': ''})
+  study.check_inits(c)   # resolves and reads as the cells will
+  for inits, message in (
+      ({'pretext': good, 'scratch': '', 'later': str(tmp_path / 'nowhere')},
+       rf'^--config.study.inits.later={re.escape(str(tmp_path))}/nowhere: no checkpoint in '
+       rf'{re.escape(str(tmp_path))}/nowhere/checkpoints; train that run first '
+       r"\(the study config's docstring names the command that makes it\) or point "
+       r'--config.study.inits.later=DIR at a trained workdir or one of its checkpoints/<step> folders$'),
+      ({'scratch': '', 'tv': str(tmp_path / 'w.safetensors')},
+       r'^--config.study.inits.tv=.*w.safetensors: no such weights file'),
+      ({'empty': str(tmp_path)}, r'^--config.study.inits.empty=.*: no checkpoint in')):
+    c = _study_config(str(tmp_path / 'no_data'), inits=inits)
+    with pytest.raises(study.StudyError, match=message) as e:
+      study.run_study(c, str(tmp_path / 'study'))
+    assert 'config.init_from' not in str(e.value)
+  c.init_step = 3   # the cells' init_step: a step the run does not have
+  c.study.inits = {'pretext': good}
+  with pytest.raises(study.StudyError, match=r'^--config.study.inits.pretext=.*: no checkpoint at step 3 .*\[0\]'):
+    study.check_inits(c)
+  assert not (tmp_path / 'study').exists()
+
+
+def test_the_study_command_says_a_bad_init_or_fraction_in_one_line_before_any_cell(tmp_path):
+  """The command line: an init added by an override (study.inits is an open block) and missing is one line naming
+  its key, exit 2, the earlier init's cells not trained; a bad fraction is a bad config, nothing written."""
+  good = _backbone_run(tmp_path / 'pretext')
+  done = _study_command('--workdir', str(tmp_path / 'study'), f'--config.study.inits.rotation={good}',
+                        f'--config.study.inits.supervised={tmp_path / "nowhere"}')
+  assert done.returncode == 2, done.stdout + done.stderr
+  assert done.stderr.splitlines()[-1].startswith(
+      f'error: --config.study.inits.supervised={tmp_path / "nowhere"}: no checkpoint in '), done.stderr
+  assert 'train that run first' in done.stderr and '--config.init_from' not in done.stderr, done.stderr
+  assert not (tmp_path / 'study' / 'cells').exists()
+  done = _study_command('--workdir', str(tmp_path / 'study2'), '--config.study.fractions=(0.1, 1.5)')
+  assert (done.returncode, done.stderr) == (2, 'error: bad config: --config.study.fractions=(0.1, 1.5): each must '
+                                            'be in (0, 1], a share of the labelled training images (1.0 = all of '
+                                            'them), not 1.5\n'), done.stderr
+  assert not (tmp_path / 'study2').exists()
+
+
+def test_a_metric_the_cells_lack_stops_the_study_after_its_first_cell_listing_theirs(generated_tfds_dir, tmp_path,
+                                                                                      monkeypatch):
+  """study.metric's names are the evaluators', known once a cell is done: a typo used to be a KeyError after every
+  cell had trained. Now the first finished cell stops it, kept; the rerun with the right name trains the rest."""
+  trained = []
+
+  def train(c, workdir):
+    trained.append(os.path.basename(workdir))
+    os.makedirs(workdir)
+    with open(os.path.join(workdir, 'final_metrics.json'), 'w', encoding='utf-8') as f:
+      json.dump({'step': c.total_steps, 'split': 'test', 'classify/top1': 0.5, 'classify/loss': 1.5}, f)
+    return {'finished': True, 'exit_code': 0, 'stop_asked': False}
+  monkeypatch.setattr(loop, 'train_and_evaluate', train)
+  c = _study_config(generated_tfds_dir, seeds=(0, 1), metric='classify/top_1')
+  workdir = str(tmp_path / 'study')
+  with pytest.raises(study.StudyError, match=re.escape(
+      "--config.study.metric='classify/top_1' is not a metric of the cells (cell scratch_f0.5_s0 has: "
+      'classify/loss, classify/top1): set --config.study.metric to one of them and rerun the same command')):
+    study.run_study(c, workdir)
+  assert trained == ['scratch_f0.5_s0']
+  c.study.metric = 'classify/top1'
+  assert [r['seed'] for r in study.run_study(c, workdir)] == [0, 1] and trained[1:] == ['scratch_f0.5_s1']
+  assert os.path.exists(os.path.join(workdir, 'results.json'))
+
+
+def test_results_with_a_cell_lacking_the_metric_keep_the_table_and_say_which_metrics_there_are(tmp_path):
+  rows = [{'init': 'a', 'fraction': 0.1, 'seed': 0, 'step': 2, 'classify/top1': 0.5},
+          {'init': 'a', 'fraction': 0.1, 'seed': 1, 'step': 2, 'knn/top1': 0.4}]
+  with pytest.raises(study.StudyError, match=r"metric='classify/top1' is not a metric of the cells \(cell a_f0.1_s1 "
+                                             r'has: knn/top1\)'):
+    study.write_results(rows, str(tmp_path), 'classify/top1')
+  with open(tmp_path / 'results.csv', encoding='utf-8') as f:
+    assert len(list(csv.DictReader(f))) == 2
+  assert not (tmp_path / 'results.json').exists()

@@ -37,6 +37,10 @@ def resolve_checkpoint(init_from: str, init_step: int = -1) -> str:
       raise TransferError(f'init_from={init_from} is the checkpoint of step {files.basename(path)}, but '
                        f'init_step={init_step}; give the workdir instead, or init_step=-1')
     return path
+  parent = files.dirname(path)
+  if files.basename(parent) == 'checkpoints' and not files.isdir(path):   # <run>/checkpoints/<a step it lacks>
+    steps = sorted(int(d) for d in files.listdir(parent) if d.isdigit()) if files.isdir(parent) else []
+    raise FileNotFoundError(f'init_from={init_from}: no such checkpoint; {parent} holds the steps {steps or "none"}')
   ckpt_dir = path if files.basename(path) == 'checkpoints' else files.join(path, 'checkpoints')
   steps = sorted(int(d) for d in files.listdir(ckpt_dir) if d.isdigit()) if files.isdir(ckpt_dir) else []
   # Only finished saves: orbax writes into a temporary folder and renames it when committed.
