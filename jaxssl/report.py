@@ -403,6 +403,10 @@ def main(argv=None) -> int:
     print(f'error: no run to report in {" ".join(args.runs)} (a run is a workdir of python -m jaxssl.main, with '
           'its config.json and metrics); nothing written', file=sys.stderr)
     return 2
+  if args.metric and not any(_is_number(r.get('value')) for r in result['rows']):
+    names = sorted({k for r in result['rows'] for k, v in r['results'].items() if _is_number(v)})
+    print(f"warning: no run has --metric {args.metric}; their metrics: {', '.join(names) or 'none'}",
+          file=sys.stderr)
   out = result['out']
   print(f"{len(result['rows'])} run(s) -> {files.join(out, 'summary.md')}, summary.csv, summary.png")
   return 0

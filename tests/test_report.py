@@ -177,6 +177,10 @@ def test_report_table_from_run_folders(tmp_path, capsys):
   assert report.main([str(runs / 'supervised'), str(runs / 'knn'), '--metric', 'knn_test/top1', '--out', out]) == 0
   with open(os.path.join(out, 'summary.csv'), encoding='utf-8') as f:
     assert [(r['run'], r['value']) for r in csv.DictReader(f)] == [('supervised', ''), ('knn', '0.81')]
+  # A --metric no run has: the report as it is, and a warning listing what they have.
+  assert report.main([str(runs / 'supervised'), '--metric', 'classify/top_1', '--out', out]) == 0
+  assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
+      'warning: no run has --metric classify/top_1; their metrics: classify/loss, classify/top1')
   # No run to report (a started run that never evaluated, a folder of notes, a typo): one line, exit 2, nothing
   # written.
   empty = str(tmp_path / 'empty_report')
