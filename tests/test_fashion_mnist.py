@@ -187,3 +187,32 @@ def test_pad_to_32_centres_the_real_images(tfds_dir, arrays):
     assert rec['image'].sum() == x[i].astype(np.int64).sum()  # the border is zeros
   with pytest.raises(ValueError, match='pad_to=20.*at least 28'):
     datasets.get_dataset('fashion_mnist', ml_collections.ConfigDict({'pad_to': 20}))
+
+
+def test_a_given_folder_that_is_not_there_is_one_warning_naming_the_copy_used(generated_fmnist, monkeypatch,
+                                                                              tmp_path, capsys, caplog):
+  """README, Data: the files come from the folder given, else Debian's, else the download. A folder given that
+  does not exist (or lacks a file) is passed over, no longer in silence: one line of warning names it, why, and the
+  copy used instead. The first preparation logs no tfds 'Variant folder ... has no dataset_info.json' line."""
+  from conftest import checked_as_official  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(fm, 'DEBIAN_DIR', generated_fmnist.folder)   # stands in for Debian's copy
+  monkeypatch.delenv(fm.ENV_VAR, raising=False)
+  gone = tmp_path / 'nonexist'
+  with checked_as_official(generated_fmnist), caplog.at_level('INFO'):
+    assert len(fm.data_source('test', data_dir=str(tmp_path / 'tfds'), source_dir=str(gone))) == 256
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"warning: --config.data.source_dir={gone}: no such directory; using Debian's copy "
+                   f'{generated_fmnist.folder} instead (the same files, checked by their sha256): fix or unset '
+                   '--config.data.source_dir to silence this']
+    assert 'dataset_info.json' not in caplog.text
+    (tmp_path / 'half').mkdir()
+    monkeypatch.setenv(fm.ENV_VAR, str(tmp_path / 'half'))
+    assert fm.find_source_dir() == generated_fmnist.folder
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f'warning: {fm.ENV_VAR}={tmp_path / "half"}: missing {", ".join(FILES)}; using Debian\'s copy '
+        f'{generated_fmnist.folder} instead (the same files, checked by their sha256): fix or unset {fm.ENV_VAR} to '
+        'silence this']
+    monkeypatch.delenv(fm.ENV_VAR)
+    assert fm.find_source_dir() == generated_fmnist.folder     # nothing given: Debian's copy, no warning
+    assert fm.find_source_dir(str(generated_fmnist.folder)) == generated_fmnist.folder
+    assert not capsys.readouterr().err

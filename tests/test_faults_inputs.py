@@ -228,6 +228,8 @@ def _config(**changes):
     ({'data.train_split': 'tran'}, "dataset 'fashion_mnist' has no split 'tran'"),
     ({'data.name': 'deepfashion_attr', 'data.eval_split': 'testing'},
      "dataset 'deepfashion_attr' has no split 'testing'; it has: train, val, test"),
+    ({'data.pad_to': 20}, '--config.data.pad_to=20: Fashion-MNIST images are 28x28 and can only be padded; give a '
+                          'size of at least 28'),   # was a traceback from deep in the run
 ])
 def test_bad_values_are_one_line_before_anything_is_built(changes, message):
   with pytest.raises(ValueError) as e:
@@ -260,6 +262,29 @@ def test_a_split_the_dataset_files_lack_is_an_error_the_command_reports_in_one_l
     datasets.load_split(info, 'val', ml_collections.ConfigDict())
   assert isinstance(e.value, datasets.MissingSplitError)
   assert _one_line(str(e.value)).startswith("dataset 'image_csv' has no split 'val'; it has: train, test")
+
+
+def test_a_data_dir_that_cannot_hold_prepared_data_names_its_setting(generated_fmnist, monkeypatch, tmp_path):
+  """A file where the prepared data would go: one line naming the data folder's setting (the config's data_dir,
+  else $TFDS_DATA_DIR), not the workdir's; what was there is left as it was."""
+  from conftest import checked_as_official  # pylint: disable=import-outside-toplevel
+  from jaxssl.runlog import WriteError  # pylint: disable=import-outside-toplevel
+  blocker = tmp_path / 'afile'
+  blocker.write_text('mine')
+  cfg = ml_collections.ConfigDict({'data_dir': str(blocker), 'source_dir': str(generated_fmnist.folder)})
+  info = datasets.get_dataset('fashion_mnist', cfg)
+  with checked_as_official(generated_fmnist):
+    with pytest.raises(WriteError) as e:
+      datasets.load_split(info, 'test', cfg)
+    assert _one_line(str(e.value)) == (
+        f'{blocker}: Not a directory (ENOTDIR); datasets are prepared under --config.data.data_dir={blocker}: a '
+        'file stands where a folder is needed: move it away, or point --config.data.data_dir (or $TFDS_DATA_DIR) '
+        'at another folder')
+    monkeypatch.setenv('TFDS_DATA_DIR', str(blocker / 'sub'))
+    with pytest.raises(WriteError, match=rf'^{blocker}: Not a directory .*prepared under \$TFDS_DATA_DIR='
+                                         rf'{blocker}/sub: a file stands') as e:
+      datasets.load_split(info, 'test', ml_collections.ConfigDict({'source_dir': str(generated_fmnist.folder)}))
+  assert '--workdir' not in str(e.value) and blocker.read_text() == 'mine'
 
 
 def test_the_command_refuses_a_negative_step_count_before_writing_anything(tmp_path):

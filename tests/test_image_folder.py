@@ -4,6 +4,7 @@ errors, a short training run on real photographs (the DeepFashion sample as a Ka
 one-line refusal of a labelled task on a flat folder."""
 
 import json
+import logging
 import pathlib
 import zlib
 
@@ -17,6 +18,7 @@ from jaxssl import cli
 from jaxssl.config_check import check_config
 from jaxssl.data import datasets, image_folder, sample_folder
 from jaxssl.data.sources import read_records
+from jaxssl.tasks import build_tasks
 from jaxssl.train import experiment, loop
 
 
@@ -379,3 +381,104 @@ def test_an_interrupted_sample_folder_is_made_again(deepfashion_sample, tmp_path
   monkeypatch.setattr(sample_folder.shutil, 'copyfile', real_copy)
   files = sample_folder.make_sample_folder(tmp_path / 'kaggle', per_class=3, sample_dir=deepfashion_sample)
   assert len(files) == 9 and all((tmp_path / 'kaggle' / f).is_file() for f in files)
+
+
+# ------------------------------------------------------------------ first preparation, unusable folders (audit)
+
+
+def _classes(root: pathlib.Path, sizes: dict[str, int], corrupt: bool = False) -> pathlib.Path:
+  """Class folders of ``sizes`` PNGs each (``corrupt``: files named .png that are not images)."""
+  for cls, n in sizes.items():
+    for i in range(n):
+      path = root / cls / f'{i}.png'
+      if corrupt:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b'not a png')
+      else:
+        _photo(path, seed=i)
+  return root
+
+
+def test_first_preparation_logs_no_tfds_variant_folder_warning(tmp_path, caplog):
+  """tfds logs 'Variant folder .../1.0.0 has no dataset_info.json' when asked whether a copy not made yet is
+  prepared: a cryptic line before the first preparation (and before any data error). It is dropped; tfds' and
+  jaxssl's other warnings (a skipped image) are not, and the filter does not outlive the call."""
+  root = _classes(tmp_path / 'pets', {'cat': 3, 'dog': 3})
+  (root / 'dog' / 'broken.png').write_bytes(b'not a png')
+  absl_filters = list(logging.getLogger('absl').filters)
+  with caplog.at_level(logging.INFO):
+    image_folder.builder(data_cfg(root, tmp_path / 'tfds'))
+  assert 'dataset_info.json' not in caplog.text
+  assert 'skipped 1 of' in caplog.text and 'broken.png' in caplog.text   # other warnings still come through
+  assert logging.getLogger('absl').filters == absl_filters
+  logging.getLogger('absl').warning('Variant folder %s has no %s', tmp_path / 'other', 'dataset_info.json')
+  assert 'dataset_info.json' in caplog.text              # outside the check, tfds' line would be logged
+
+
+def test_a_folder_of_unreadable_images_is_one_line_and_leaves_no_copy(tmp_path):
+  root = _classes(tmp_path / 'broken', {'cat': 3, 'dog': 3}, corrupt=True)
+  with pytest.raises(image_folder.ImageFolderError) as e:
+    image_folder.builder(data_cfg(root, tmp_path / 'tfds'))
+  message = str(e.value)
+  assert '\n' not in message and isinstance(e.value, cli.one_line_errors())
+  assert message.startswith(f'image folder {root.resolve()}: none of the 2 image(s) of its train split could be '
+                            'read (e.g. cat/')
+  assert 'UnidentifiedImageError' in message and 'replace the unreadable files with images' in message
+  assert not list((tmp_path / 'tfds').glob('jaxssl_image_folder/*/*'))   # no copy, nothing half-written left
+
+
+def test_one_class_folder_is_read_without_labels(tmp_path):
+  """One class folder alone (DIR/photos/*.png) is images without labels: a pretext task trains on it, a task that
+  needs labels stops in one line saying to add the other classes (it used to train a one-class classifier to a
+  loss of 0 and top-1 of 1.0)."""
+  root = _classes(tmp_path / 'one', {'photos': 12})
+  plan = image_folder.scan(root)
+  # pylint: disable-next=use-implicit-booleaness-not-comparison  # == (): exactly no class names
+  assert plan.class_names == () and not plan.labelled and plan.single_class == 'photos'
+  assert any('one class folder only (photos/)' in note for note in plan.notes)
+  assert all(y == -1 for split in plan.splits.values() for _, y in split)
+  # So are split folders of one class.
+  given = _classes(tmp_path / 'given', {'train/photos': 6, 'val/photos': 2})
+  assert image_folder.scan(given).single_class == 'photos' and not image_folder.scan(given).labelled
+  cfg = data_cfg(root, tmp_path / 'tfds')
+  info = datasets.get_dataset('image_folder', cfg)
+  assert info.num_classes == 0 and info.no_labels.startswith(
+      f'image folder {root.resolve()} has one class folder only (photos/), so its images have no labels')
+  assert all('label' not in r for r in read_records(datasets.load_split(info, 'train', cfg), range(4)))
+  config = _run_config(fmnist_supervised.get_config(), root, tmp_path)
+  check_config(config)
+  with pytest.raises(experiment.DatasetMismatchError) as e:
+    experiment.build_experiment(config)
+  assert '\n' not in str(e.value) and isinstance(e.value, cli.one_line_errors())
+  assert 'has one class folder only (photos/)' in str(e.value) and 'add a folder of each other class' in str(e.value)
+  assert "task 'classify'" in str(e.value)
+  config = _run_config(fmnist_rotation.get_config(), root, tmp_path)   # the pretext task needs no labels
+  config.online_probe.enabled = False
+  tasks, _ = build_tasks(config.tasks, info, config.online_probe)     # (the flat folder's test trains its model)
+  assert [t.name for t in tasks] == ['rotation']
+
+
+def test_a_split_too_small_to_hold_out_says_why_and_what_to_do(tmp_path):
+  root = _classes(tmp_path / 'tiny', {'cat': 2, 'dog': 2})
+  cfg = data_cfg(root, tmp_path / 'tfds')
+  info = datasets.get_dataset('image_folder', cfg)
+  assert info.splits == ('train',)
+  for split in ('val', 'test'):
+    with pytest.raises(datasets.MissingSplitError) as e:
+      datasets.load_split(info, split, cfg)
+    message = str(e.value)
+    assert '\n' not in message and isinstance(e.value, cli.one_line_errors())
+    assert message.startswith(f"dataset 'image_folder' has no split '{split}': {root.resolve()} has no {split}/ "
+                              f'folder with images, and holding {split}_fraction=0.1 of each class out of train '
+                              'took no image: its 2 classes have 2 image(s) each')
+    assert message.endswith(f'add images, add a {split}/ folder, or set --config.data.eval_split to a split it '
+                            'has (train)')
+  # A fraction of 0 is the other cause; an unlabelled folder has no classes to count.
+  big = _classes(tmp_path / 'big', {'cat': 5, 'dog': 5})
+  assert image_folder.scan(big, val_fraction=0.0).missing['val'].endswith(
+      'and --config.data.val_fraction=0 holds none of train out: set it above 0 (e.g. 0.1), add a val/ folder, or '
+      'set --config.data.eval_split to a split it has (train, test)')
+  flat = tmp_path / 'flat'
+  for i in range(2):
+    _photo(flat / f'{i}.png', seed=i)
+  assert 'of its images out of train took none: it has too few' in image_folder.scan(flat).missing['test']

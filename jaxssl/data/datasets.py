@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -40,19 +43,28 @@ class DatasetInfo:
   # A dataset without class labels (a flat image folder): why, and what to do; the one-line error of a task that
   # needs labels starts with it.
   no_labels: str = ''
+  # Splits the dataset could have but lacks, each with why and what to do ((split, reason) pairs: an image folder
+  # too small to hold its val or test images out of train); load_split's one-line error gives the reason.
+  missing_splits: tuple[tuple[str, str], ...] = ()
 
   @property
   def num_classes(self) -> int:
     return len(self.class_names)
 
 
-def _fashion_mnist(data_cfg: ml_collections.ConfigDict) -> DatasetInfo:
-  """28x28x1, or zero-padded to ``data.pad_to`` (e.g. 32) pixels."""
-  from jaxssl.data import fashion_mnist as fm  # pylint: disable=import-outside-toplevel
+def _fashion_mnist_size(data_cfg: ml_collections.ConfigDict) -> int:
+  """The side of the images a Fashion-MNIST run sees: 28, or ``data.pad_to`` (ValueError where it would crop)."""
   size = int(data_cfg.get('pad_to', 0) or 28)
   if size < 28:
     raise ValueError(f'--config.data.pad_to={size}: Fashion-MNIST images are 28x28 and can only be padded; '
                      'give a size of at least 28 (32 for the LeNet/CIFAR input size), or 0 for none')
+  return size
+
+
+def _fashion_mnist(data_cfg: ml_collections.ConfigDict) -> DatasetInfo:
+  """28x28x1, or zero-padded to ``data.pad_to`` (e.g. 32) pixels."""
+  from jaxssl.data import fashion_mnist as fm  # pylint: disable=import-outside-toplevel
+  size = _fashion_mnist_size(data_cfg)
 
   def load(split, data_cfg):
     source = fm.data_source(split, data_dir=tfds_data_dir(data_cfg), source_dir=data_cfg.get('source_dir') or None)
@@ -133,7 +145,11 @@ class MissingSplitError(AnnotationError):
 
 
 def check_splits(data_cfg: ml_collections.ConfigDict) -> None:
-  """Part of the config check: ``data.train_split`` and ``data.eval_split`` are splits the dataset can have."""
+  """Part of the config check: ``data.train_split`` and ``data.eval_split`` are splits the dataset can have, and the
+  options only one dataset reads are values it takes (Fashion-MNIST's ``pad_to``), so that a bad one is one line
+  before anything is prepared."""
+  if data_cfg.name == 'fashion_mnist':
+    _fashion_mnist_size(data_cfg)
   if data_cfg.name.startswith('tfds:'):  # any prepared tfds dataset: its own splits (jaxssl/data/tfds_any.py)
     from jaxssl.data import tfds_any  # pylint: disable=import-outside-toplevel
     tfds_any.check_splits(data_cfg)
@@ -158,12 +174,61 @@ def get_dataset(name: str, data_cfg: ml_collections.ConfigDict | None = None) ->
   if name not in DATASETS:
     raise ValueError(f"unknown dataset '{name}'; choose one of: {', '.join(sorted(DATASETS))} "
                      '(set --config.data.name)')
-  return DATASETS[name](data_cfg if data_cfg is not None else ml_collections.ConfigDict())
+  data_cfg = data_cfg if data_cfg is not None else ml_collections.ConfigDict()
+  with data_dir_errors(data_cfg):   # a dataset prepared on first use writes under data_dir
+    return DATASETS[name](data_cfg)
 
 
 def load_split(info: DatasetInfo, split: str, data_cfg: ml_collections.ConfigDict, limit: int = 0):
-  if split.split('[', 1)[0] not in info.splits:  # a tfds slice ('train[:90%]') of a split is read as tfds reads it
-    raise MissingSplitError(f"dataset '{info.name}' has no split '{split}'; it has: {', '.join(info.splits)} "
-                            '(choose one of them, or add the split to the dataset\'s files)')
-  source = info.load(split, data_cfg)
+  base = split.split('[', 1)[0]
+  if base not in info.splits:  # a tfds slice ('train[:90%]') of a split is read as tfds reads it
+    why = dict(info.missing_splits).get(base)
+    raise MissingSplitError(f"dataset '{info.name}' has no split '{split}'" + (
+        f': {why}' if why else f"; it has: {', '.join(info.splits)} (choose one of them, or add the split to the "
+                               "dataset's files)"))
+  with data_dir_errors(data_cfg):   # Fashion-MNIST is prepared when its first split is read
+    source = info.load(split, data_cfg)
   return IndexedSubset(source, range(min(limit, len(source)))) if limit else source  # quick runs, tests
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
+_NOT_A_FOLDER = (errno.ENOTDIR, errno.EEXIST, errno.EISDIR)
+
+
+@contextlib.contextmanager
+def data_dir_errors(data_cfg: ml_collections.ConfigDict):
+  """Inside, a disk's refusal to write under the prepared-data folder (``data.data_dir``, else $TFDS_DATA_DIR,
+  else ~/tensorflow_datasets: a file there, read-only, full) is one line (jaxssl.runlog.WriteError) naming that
+  folder's setting, not the workdir's. Other errors pass unchanged."""
+  try:
+    yield
+  except OSError as e:
+    data_dir = tfds_data_dir(data_cfg)
+    where = e.filename if isinstance(e.filename, str) else ''
+    from jaxssl import files  # pylint: disable=import-outside-toplevel
+    if e.errno not in _DISK_FULL + _READ_ONLY + _NOT_A_FOLDER or not where or not files.is_within(where, data_dir):
+      raise
+    raise _data_dir_error(e.errno, where, data_dir, data_cfg) from e
+
+
+def _data_dir_error(code: int, where: str, data_dir: str, data_cfg: ml_collections.ConfigDict) -> Exception:
+  from jaxssl.runlog import WriteError  # pylint: disable=import-outside-toplevel  # imports jax: only on error
+  setting = (f'--config.data.data_dir={data_cfg.get("data_dir")}' if data_cfg.get('data_dir') else
+             f'$TFDS_DATA_DIR={os.environ["TFDS_DATA_DIR"]}' if os.environ.get('TFDS_DATA_DIR') else
+             f'the default {data_dir}')
+  elsewhere = 'point --config.data.data_dir (or $TFDS_DATA_DIR) at another folder'
+  if code in _DISK_FULL:
+    fix = f'free space there and rerun the same command, or {elsewhere}'
+  elif code in _READ_ONLY:
+    fix = f'this process may not write there: fix its permissions, or {elsewhere}'
+  elif code == errno.EISDIR:
+    fix = f'a folder stands where a file is needed: move it away, or {elsewhere}'
+  else:
+    blocking = where
+    while not os.path.exists(blocking) and os.path.dirname(blocking) != blocking:   # the file in the way
+      blocking = os.path.dirname(blocking)
+    where = blocking if os.path.isfile(blocking) else where
+    fix = f'a file stands where a folder is needed: move it away, or {elsewhere}'
+  return WriteError(f'{where}: {os.strerror(code)} ({errno.errorcode.get(code, code)}); datasets are prepared '
+                    f'under {setting}: {fix}')

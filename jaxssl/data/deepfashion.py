@@ -33,7 +33,7 @@ from PIL import Image
 
 from jaxssl.data import deepfashion_layouts as layouts
 from jaxssl.data.paths import tfds_data_dir
-from jaxssl.data.prepared import RuntimeConfiguredBuilder, prepare_once, write_skipped
+from jaxssl.data.prepared import RuntimeConfiguredBuilder, is_prepared, prepare_once, write_skipped
 from jaxssl.data.prepared import skipped_images  # pylint: disable=unused-import  # this module's API too
 
 ENV_VARS = {'benchmark': 'JAXSSL_DEEPFASHION_DIR', 'attr_challenge': 'JAXSSL_DEEPFASHION_ATTR_DIR', 'csv': None}
@@ -234,7 +234,7 @@ def builder(layout: str, data_cfg) -> DeepFashion:
                              image_format=data_cfg.get('image_format', '') or 'jpeg')
   b = DeepFashion(config=config, data_dir=tfds_data_dir(data_cfg), workers=int(data_cfg.get('prepare_workers', 0)))
   # is_prepared needs the final version folder: an interrupted prepare is never taken for a finished one.
-  if not b.is_prepared():
+  if not is_prepared(b):
     if not config.source_dir.is_dir():
       raise DataNotFoundError(f'{config.source_dir} (the {layout} folder) does not exist.\n{_HOW_TO[layout]}')
     b, made = prepare_once(b, lambda: DeepFashion(config=config, data_dir=tfds_data_dir(data_cfg)))

@@ -11,13 +11,14 @@ import gzip
 import hashlib
 import os
 import pathlib
+import sys
 import urllib.request
 import zlib
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxssl.data.prepared import prepare_once
+from jaxssl.data.prepared import is_prepared, prepare_once
 from jaxssl.runlog import log
 
 CLASS_NAMES: tuple[str, ...] = (
@@ -124,6 +125,9 @@ def find_source_dir(source_dir: str | None = None, *, download_dir: str | None =
   A complete directory with a corrupt file raises ChecksumError rather than
   silently falling back, so a broken copy never goes unnoticed; only in the
   download folder, jaxssl's own, is a corrupt file deleted and fetched again.
+  A given folder that does not exist or lacks a file is passed over with one
+  line of warning on stderr, naming it and the copy used instead (the same
+  files, by their checksums); where no source works, the error lists them all.
   """
   tried = []
   explicit = source_dir if source_dir is not None else os.environ.get(ENV_VAR)
@@ -132,6 +136,7 @@ def find_source_dir(source_dir: str | None = None, *, download_dir: str | None =
   if not explicit:
     tried.append(f'source_dir argument / ${ENV_VAR}: not set')
   candidates.append((DEBIAN_DIR, 'Debian package dataset-fashion-mnist'))
+  passed_over = ''   # why the folder given was not used
   for d, origin in candidates:
     if not d.is_dir():
       tried.append(f'{d} ({origin}): no such directory')
@@ -140,7 +145,11 @@ def find_source_dir(source_dir: str | None = None, *, download_dir: str | None =
     else:
       for f in _FILES:
         _verify(d / (f + '.gz'))
+      if passed_over:
+        _warn_passed_over(source_dir, passed_over, f"Debian's copy {d}")
       return d
+    if explicit and not passed_over:
+      passed_over = tried[-1].split('): ', 1)[1]
 
   dl = pathlib.Path(download_dir) if download_dir else _default_download_dir()
   try:
@@ -153,7 +162,18 @@ def find_source_dir(source_dir: str | None = None, *, download_dir: str | None =
     tried.append(f'download from {URL} into {dl}: {type(e).__name__}: {e}')
     raise DataNotFoundError(
         'Fashion-MNIST files not found. Tried:\n' + ''.join(f'  - {t}\n' for t in tried) + _HOW_TO) from e
+  if passed_over:
+    _warn_passed_over(source_dir, passed_over, f'the download in {dl}')
   return dl
+
+
+def _warn_passed_over(source_dir: str | None, problem: str, used: str) -> None:
+  """One line on stderr: the folder given (``source_dir``, else $JAXSSL_FASHION_MNIST_DIR) was not used, why,
+  and what was used instead."""
+  given = (f'--config.data.source_dir={source_dir}' if source_dir is not None else
+           f'{ENV_VAR}={os.environ.get(ENV_VAR)}')
+  print(f'warning: {given}: {problem}; using {used} instead (the same files, checked by their sha256): fix or '
+        f'unset {given.split("=", 1)[0]} to silence this', file=sys.stderr)
 
 
 def _fetch_verified(name: str, dl: pathlib.Path) -> None:
@@ -279,7 +299,7 @@ def data_source(split: str, *, data_dir: str, source_dir: str | None = None):
   # is_prepared requires the final version dir with its json files; tfds
   # writes into an 'incomplete.*' dir and renames it only on success, so an
   # interrupted run is never mistaken for a finished one.
-  if not builder.is_prepared():
+  if not is_prepared(builder):
     log(f'preparing Fashion-MNIST once into {data_dir} (about 15 s)')
     builder, _ = prepare_once(builder, lambda: FashionMnist(data_dir=data_dir, source_dir=source_dir))
   return builder.as_data_source(split=split)

@@ -5,7 +5,9 @@ layout is read from DIR itself, in one of three forms:
 
 1. **Class folders** (torchvision's ImageFolder, ImageNet): ``DIR/<class>/**/*.jpg``, or with the splits given,
    ``DIR/train/<class>/...`` beside ``DIR/val/<class>/...`` (``validation/`` counts as val) and
-   ``DIR/test/<class>/...``. The classes are the folder names, sorted.
+   ``DIR/test/<class>/...``. The classes are the folder names, sorted. One class folder alone is read without
+   labels, as a flat folder (a classifier of one class learns nothing): pretext tasks work, and a task or
+   evaluation that needs labels stops with one line saying to add the other classes.
 2. **Labels in file names** (Kaggle's Dogs vs. Cats): ``DIR/train/cat.123.jpg`` or ``DIR/cat.123.jpg``; the
    label is the name before its first dot. Every image must be so named and there must be at least two labels
    (otherwise the folder is read as flat). Kaggle's ``test1/`` folder of unlabelled numbered images, or any split
@@ -25,7 +27,8 @@ training images, per class (stratified), by a fixed rule: the class's files are 
 ``round(val_fraction * n)`` to val (``data.test_fraction``, ``data.val_fraction``, 0.1 each by default; halves
 round up; at least one each when the fraction is positive and the class has three or more images; at least one
 image stays in train). The same files give the same splits on every machine, adding a class does not move the
-others' images, and changing val_fraction leaves test unchanged.
+others' images, and changing val_fraction leaves test unchanged. A split that gets no image so (classes of two
+images or fewer, or a fraction of 0) is left out; asking for it is one line saying why and what to do.
 
 **Images.** Every image is decoded (in threads), turned upright by its EXIF orientation
 (``PIL.ImageOps.exif_transpose``), made RGB (or grey with ``data.channels=1``): transparency (RGBA, LA, palette
@@ -38,7 +41,8 @@ lossless). Large JPEGs are decoded at a reduced scale first (``Image.draft``, ne
 **Prepared once** under ``--config.data.data_dir`` (``$TFDS_DATA_DIR``, ``~/tensorflow_datasets``) in
 ``jaxssl_image_folder/<size>px_<resize>_<channels>ch_<format>_val<v>_test<t>_<hash of DIR>/``, so another folder,
 size or split rule gets its own copy. An unreadable or corrupt file is counted, logged (the first few named) and
-skipped, listed in ``skipped_images.json`` beside the prepared data and in its metadata. The copy is not
+skipped, listed in ``skipped_images.json`` beside the prepared data and in its metadata; a split none of whose
+images can be read is one line naming the folder and the first of them. The copy is not
 refreshed when files are added later: a warning says so when the folder's top levels changed since; delete the
 copy's folder to prepare it again.
 
@@ -66,7 +70,7 @@ from PIL import Image, ImageOps
 from jaxssl.data.deepfashion import FORMATS, JPEG_QUALITY, DataNotFoundError
 from jaxssl.data.deepfashion_layouts import AnnotationError
 from jaxssl.data.paths import tfds_data_dir
-from jaxssl.data.prepared import RuntimeConfiguredBuilder, prepare_once, write_skipped
+from jaxssl.data.prepared import RuntimeConfiguredBuilder, is_prepared, prepare_once, write_skipped
 from jaxssl.data.prepared import skipped_images  # pylint: disable=unused-import  # this module's API too
 from jaxssl.runlog import log
 
@@ -109,6 +113,8 @@ class Plan:
   splits: dict[str, list[tuple[str, int]]]     # split -> [(path relative to root, label or -1)], sorted by path
   given: tuple[str, ...]                       # the splits that came from split folders (the rest were held out)
   notes: tuple[str, ...] = ()
+  missing: dict[str, str] = dataclasses.field(default_factory=dict)   # split -> why it has no images, the fix
+  single_class: str = ''                       # the one class folder of a folder read as unlabelled for it
 
   @property
   def labelled(self) -> bool:
@@ -260,6 +266,7 @@ def scan(root, val_fraction: float = 0.1, test_fraction: float = 0.1) -> Plan:
                            f'{_LAYOUTS_HELP}')
   labelled = train.kind != 'flat'
   class_names = tuple(sorted(train.groups)) if labelled else ()
+  single_class = class_names[0] if len(class_names) == 1 else ''
   for split in [s for s in found if s != 'train']:
     f, folder = found[split], root / split_dirs[split]
     if f.kind == 'empty':
@@ -280,6 +287,10 @@ def scan(root, val_fraction: float = 0.1, test_fraction: float = 0.1) -> Plan:
     del found[split]
   if others:
     notes.append(f'{others} file(s) that are not images ({" ".join(IMAGE_EXTENSIONS)}) ignored')
+  if single_class:   # one class is no labels (a classifier of one class learns nothing): pretext tasks only
+    notes.append(f'{root}: one class folder only ({single_class}/): its images are read without labels, for '
+                 'pretext tasks; a task that needs labels needs two classes or more')
+    labelled, class_names = False, ()
   index = {name: i for i, name in enumerate(class_names)}
 
   def records(f: _Found) -> list[tuple[str, int]]:
@@ -287,15 +298,40 @@ def scan(root, val_fraction: float = 0.1, test_fraction: float = 0.1) -> Plan:
 
   splits = {s: records(f) for s, f in found.items()}
   held = [s for s in ('val', 'test') if s not in splits]
+  missing = {}
   if held:
     fractions = {'val': val_fraction if 'val' in held else 0.0, 'test': test_fraction if 'test' in held else 0.0}
+    sizes = [sum(1 for _, y in splits['train'] if y == label) for label in sorted({y for _, y in splits['train']})]
     parts = hold_out(splits['train'], fractions['val'], fractions['test'], class_names)
     splits.update({s: parts[s] for s in ['train'] + held})
     notes.append(f'{" and ".join(held)} held out of train per class (val_fraction={fractions["val"]:g}, '
                  f'test_fraction={fractions["test"]:g}, seed {SPLIT_SEED})')
+    has = [s for s in SPLITS if splits.get(s)]
+    missing = {s: _why_none_held_out(root, s, fractions[s], sizes if labelled else [], has)
+               for s in held if not splits[s]}
   splits = {s: splits[s] for s in SPLITS if splits.get(s)}
   layout = train.kind
-  return Plan(root, layout, class_names, splits, tuple(s for s in SPLITS if s in found), tuple(notes))
+  return Plan(root, layout, class_names, splits, tuple(s for s in SPLITS if s in found), tuple(notes), missing,
+              single_class)
+
+
+def _why_none_held_out(root: pathlib.Path, split: str, fraction: float, sizes: list[int], has: list[str]) -> str:
+  """Why holding ``split`` out of train gave no image (the fraction is 0, or the classes are too small: ``sizes``,
+  the classes' image counts, [] for unlabelled images), and the fixes: the reason load_split gives for a split the
+  dataset lacks."""
+  given = f'{root} has no {split}/ folder with images'
+  other = f'or set --config.data.eval_split to a split it has ({", ".join(has)})'
+  if fraction <= 0:
+    return (f'{given}, and --config.data.{split}_fraction=0 holds none of train out: set it above 0 (e.g. 0.1), add '
+            f'a {split}/ folder, {other}')
+  if not sizes:   # unlabelled: the folder is one group
+    return (f'{given}, and holding {split}_fraction={fraction:g} of its images out of train took none: it has too '
+            'few (val and test get one image each only from 3 images on, test first, and at least one stays in '
+            f'train): add images, add a {split}/ folder, {other}')
+  counts = f'{min(sizes)}' if min(sizes) == max(sizes) else f'{min(sizes)} to {max(sizes)}'
+  return (f'{given}, and holding {split}_fraction={fraction:g} of each class out of train took no image: its '
+          f'{len(sizes)} classes have {counts} image(s) each (a class gives val and test one image each only from '
+          f'3 images on, test first, and keeps at least one for train): add images, add a {split}/ folder, {other}')
 
 
 def held_out_counts(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int]:
@@ -470,7 +506,8 @@ class ImageFolder(RuntimeConfiguredBuilder):
         'given_splits': list(plan.given), 'notes': list(plan.notes), 'image_size': cfg.image_size,
         'resize': cfg.resize, 'channels': cfg.channels, 'image_format': cfg.image_format,
         'val_fraction': cfg.val_fraction, 'test_fraction': cfg.test_fraction, 'split_seed': SPLIT_SEED,
-        'stamp': folder_stamp(cfg.source_dir), 'splits': {}})
+        'stamp': folder_stamp(cfg.source_dir), 'missing_splits': dict(plan.missing),
+        'single_class': plan.single_class, 'splits': {}})
     return {split: self._generate_examples(split, rows) for split, rows in plan.splits.items()}
 
   def _generate_examples(self, split: str, rows: list[tuple[str, int]]):
@@ -499,6 +536,12 @@ class ImageFolder(RuntimeConfiguredBuilder):
           rate = done / max(last - start, 1e-9)
           log(f'image folder {split}: {done:,} / {len(rows):,} images ({rate:,.0f}/s, about '
               f'{(len(rows) - done) / max(rate, 1e-9):,.0f} s left)')
+    if rows and not written:   # tfds would fail on the empty split with a traceback ("No examples were yielded")
+      examples = '; '.join(f"{s['file_path']} ({s['reason']})" for s in skipped[:2])
+      raise ImageFolderError(
+          f'image folder {cfg.source_dir}: none of the {len(rows)} image(s) of its {split} split could be read '
+          f'(e.g. {examples}): replace the unreadable files with images, or remove them, or point '
+          '--config.data.source_dir at another folder')
     mean = pixel_sum / max(pixels, 1)
     std = np.sqrt(np.maximum(pixel_sq / max(pixels, 1) - np.square(mean), 0.0))
     self.info.metadata['splits'][split] = {
@@ -537,12 +580,13 @@ def builder(data_cfg) -> ImageFolder:
   data_dir, workers = tfds_data_dir(data_cfg), int(data_cfg.get('prepare_workers', 0))
   b = ImageFolder(config=config, data_dir=data_dir, workers=workers)
   # is_prepared needs the final version folder: an interrupted prepare is never taken for a finished one.
-  if b.is_prepared():
+  if is_prepared(b):
     _warn_if_changed(b)
     return b
   plan = scan(config.source_dir, config.val_fraction, config.test_fraction)   # layout errors before any file
   sizes = ', '.join(f'{len(v):,} {s}' for s, v in plan.splits.items())
-  classes = f'{len(plan.class_names)} classes' if plan.labelled else 'no labels'
+  classes = (f'{len(plan.class_names)} classes' if plan.labelled else
+             f'one class ({plan.single_class}): no labels' if plan.single_class else 'no labels')
   log(f'image folder {config.source_dir}: {LAYOUT_WORDS[plan.layout]}, {classes}, {sizes} images; preparing once at '
       f'{config.image_size} px ({config.resize}) into {os.path.join(data_dir, ImageFolder.name, config.name)}')
   for note in plan.notes:
@@ -586,16 +630,29 @@ class _Unlabelled:
     return [self._strip(r) for r in self.source.__getitems__(indices)]
 
 
+def _class_names(meta) -> tuple[str, ...]:
+  """The classes of a prepared copy: none for a flat folder, nor for one class folder alone (read without labels;
+  a copy prepared before that rule still lists its one class)."""
+  names = tuple(meta['class_names'])
+  return names if len(names) >= 2 else ()
+
+
 def data_source(split: str, data_cfg):
   """Random-access records of one split (``len``, ``__getitem__``, ``__getitems__``)."""
   b = builder(data_cfg)
   source = b.as_data_source(split=split)
-  return source if b.info.metadata['class_names'] else _Unlabelled(source)
+  return source if _class_names(b.info.metadata) else _Unlabelled(source)
 
 
 def no_labels_note(meta) -> str:
-  """Why a flat folder has no labels and what to do, to begin the one-line error of a task that needs them."""
+  """Why a flat folder (or one of a single class folder) has no labels and what to do, to begin the one-line error
+  of a task that needs them."""
   d = meta['source_dir']
+  single = meta.get('single_class') or (meta['class_names'][0] if len(meta['class_names']) == 1 else '')
+  if single:
+    return (f'image folder {d} has one class folder only ({single}/), so its images have no labels (a classifier '
+            f'needs two classes or more); for tasks or evaluations that need labels, add a folder of each other '
+            f'class beside {d}/{single}/')
   return (f'image folder {d} has no labels (flat layout: images without class folders); for tasks or evaluations '
           f'that need labels, sort them into {d}/<class>/ folders or name them <label>.<id>.jpg')
 
@@ -605,7 +662,9 @@ def dataset_fields(data_cfg) -> dict:
   meta = builder(data_cfg).info.metadata
   size, channels = int(meta['image_size']), int(meta['channels'])
   stats = meta['splits']['train']
-  return {'name': 'image_folder', 'input_shape': (size, size, channels), 'class_names': tuple(meta['class_names']),
+  class_names = _class_names(meta)
+  return {'name': 'image_folder', 'input_shape': (size, size, channels), 'class_names': class_names,
           'mean': tuple(stats['mean']), 'std': tuple(stats['std']),
           'splits': tuple(s for s in SPLITS if s in meta['splits']), 'load': data_source,
-          'no_labels': '' if meta['class_names'] else no_labels_note(meta)}
+          'no_labels': '' if class_names else no_labels_note(meta),
+          'missing_splits': tuple(sorted(dict(meta.get('missing_splits') or {}).items()))}

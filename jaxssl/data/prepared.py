@@ -3,7 +3,9 @@ image size, a source folder), prepared once into ArrayRecord and read with rando
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 
 import tensorflow_datasets as tfds
@@ -33,17 +35,54 @@ class RuntimeConfiguredBuilder(tfds.core.GeneratorBasedBuilder):
     return cls._configs.get(name)
 
 
+class _NotYetPrepared(logging.Filter):
+  """Drops tfds' ``Variant folder <builder's data_dir> has no dataset_info.json``, which it logs (a cryptic
+  ``W... file_utils.py:394]`` line, in front of the first preparation's log and of any data error) when asked
+  whether a copy that does not exist yet is prepared; every other record passes."""
+
+  def __init__(self, data_dir: str):
+    super().__init__()
+    self._data_dir = data_dir
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    try:
+      message = record.getMessage()
+    except (TypeError, ValueError):   # a record whose arguments do not fit its format: not tfds' message
+      return True
+    return not (message.startswith(f'Variant folder {self._data_dir}')
+                and message.endswith(' has no dataset_info.json'))
+
+
+@contextlib.contextmanager
+def _quiet_until_prepared(builder):
+  """Inside, tfds' "no dataset_info.json" line about ``builder``'s own folder is not logged (absl's logger)."""
+  quiet = _NotYetPrepared(str(builder.data_dir))
+  absl_logger = logging.getLogger('absl')
+  absl_logger.addFilter(quiet)
+  try:
+    yield
+  finally:
+    absl_logger.removeFilter(quiet)
+
+
+def is_prepared(builder) -> bool:
+  """``builder.is_prepared()`` without tfds' warning that the copy not made yet has no dataset_info.json."""
+  with _quiet_until_prepared(builder):
+    return builder.is_prepared()
+
+
 def prepare_once(builder, reopen):
   """Prepares ``builder``; where another process (a host of the same run, a second run) finished the same copy
   first, tfds' final rename fails and ``reopen()``'s builder reads theirs. Returns (builder, whether this process
   wrote the copy). tfds' progress bars are off: jaxssl's builders log their own progress."""
   tfds.disable_progress_bar()
   try:
-    builder.download_and_prepare()
+    with _quiet_until_prepared(builder):
+      builder.download_and_prepare()
     return builder, True
   except FileExistsError:
     builder = reopen()
-    if not builder.is_prepared():
+    if not is_prepared(builder):
       raise
     return builder, False
 
