@@ -38,7 +38,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     cpu_path('onednn')
   choose('optimizer', config.optim.name, OPTIMIZERS, '--config.optim.name')
   choose('schedule', config.optim.schedule, SCHEDULES, '--config.optim.schedule')
-  check_tasks(config.tasks, config.get('online_probe'))
+  check_tasks(config.tasks, config.get('online_probe'), config.batch_size)
   for key in ('batch_size', 'eval_batch_size', 'log_every', 'checkpoint_every', 'keep_checkpoints'):
     if config[key] <= 0:
       raise ValueError(f'--config.{key}={config[key]} must be positive')

@@ -88,3 +88,8 @@ def test_task_options_are_checked_against_the_task_class():
     check_tasks(ml_collections.ConfigDict({'classify': {'crop': 2}}))
   with pytest.raises(ValueError, match="unknown task kind 'rotate'"):
     check_tasks(ml_collections.ConfigDict({'r': {'kind': 'rotate'}}))
+  # SimCLR's negatives are the rest of the batch: one image is loss 0, accuracy 1, and nothing learnt.
+  with pytest.raises(ValueError, match=r"--config.batch_size=1: task 'simclr' \(SimCLR\) needs a batch of at least 2"):
+    check_tasks(ml_collections.ConfigDict({'simclr': {}}), batch_size=1)
+  check_tasks(ml_collections.ConfigDict({'simclr': {}, 'rotation': {}}), batch_size=2)
+  check_tasks(ml_collections.ConfigDict({'rotation': {}}), batch_size=1)

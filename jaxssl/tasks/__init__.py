@@ -93,9 +93,10 @@ def with_online_probe(tasks_cfg, online_probe=None) -> list[tuple[str, Mapping]]
   return entries + [(PROBE, {'kind': 'online_probe', **options})]
 
 
-def check_tasks(tasks_cfg: ml_collections.ConfigDict, online_probe=None) -> None:
+def check_tasks(tasks_cfg: ml_collections.ConfigDict, online_probe=None, batch_size: int | None = None) -> None:
   """Rejects an unknown kind or option, or a bad option value, with one message, before any data or model is
-  built. ``online_probe``: the config's switch (``config.online_probe``), checked as the task it adds."""
+  built. ``online_probe``: the config's switch (``config.online_probe``), checked as the task it adds;
+  ``batch_size``: the global batch, at least each task's ``min_batch``."""
   if not tasks_cfg:
     raise ValueError('config.tasks is empty: name at least one task, e.g. tasks.classify = {}')
   for name, cfg in with_online_probe(tasks_cfg, online_probe):
@@ -105,6 +106,9 @@ def check_tasks(tasks_cfg: ml_collections.ConfigDict, online_probe=None) -> None
     if unknown:
       raise ValueError(f"task '{name}' ({cls.__name__}) has no option(s) {sorted(unknown)}; "
                        f"its options are: {sorted(fields - set(cls.FROM_DATASET) - {'name'})}")
+    if batch_size is not None and batch_size < cls.min_batch:
+      raise ValueError(f"--config.batch_size={batch_size}: task '{name}' ({cls.__name__}) needs a batch of at "
+                       f'least {cls.min_batch} images')
     weight = cfg.get('weight', 1.0)
     if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
       raise ValueError(f"task '{name}': weight={weight!r} must be a number >= 0 (set --config.tasks.{name}.weight)")

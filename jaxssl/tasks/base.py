@@ -50,6 +50,9 @@ class Task:
   # True where the task draws a picture grid at evaluations (jaxssl/eval/reconstructions.py) through
   # :meth:`picture_outputs` and :meth:`pictures`.
   draws_pictures: ClassVar[bool] = False
+  # The smallest global batch the task's loss means something on (SimCLR: an image's negatives are the rest of
+  # the batch, so one image gives loss 0 and accuracy 1); checked with the config, before anything is built.
+  min_batch: ClassVar[int] = 1
 
   def transform(self, batch: Batch, rng: np.random.Generator, *, train: bool) -> Batch:
     """Vectorized numpy over the whole batch; deterministic given ``rng``.

@@ -18,6 +18,7 @@ stays first, so the batch shards like any other; the views are folded into it on
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -154,6 +155,7 @@ class SimCLR(TwoViews):
   """NT-Xent between the projections of two views of every image, the rest of the batch as negatives."""
   name: str = 'simclr'
   temperature: float = 0.5                         # SimCLR's CIFAR-10 setting
+  min_batch: ClassVar[int] = 2                     # the other images of the batch are the negatives
 
   def __post_init__(self):
     super().__post_init__()
