@@ -1,5 +1,6 @@
 """The command line: bad input gets one clear error before anything is compiled or written."""
 
+import re
 import subprocess
 import sys
 
@@ -93,3 +94,12 @@ def test_task_options_are_checked_against_the_task_class():
     check_tasks(ml_collections.ConfigDict({'simclr': {}}), batch_size=1)
   check_tasks(ml_collections.ConfigDict({'simclr': {}, 'rotation': {}}), batch_size=2)
   check_tasks(ml_collections.ConfigDict({'rotation': {}}), batch_size=1)
+  # Option values of the wrong type (the command line gives a key the config leaves out as a literal, else a
+  # string): one line naming each, before anything is built.
+  with pytest.raises(ValueError, match=re.escape("task 'rotation' (Rotation): angles=90 (takes a tuple); "
+                                                 "flip='false' (takes bool)")):
+    check_tasks(ml_collections.ConfigDict({'rotation': {'flip': 'false', 'angles': 90}}))
+  check_tasks(ml_collections.ConfigDict({'classify': {'label_smoothing': 0, 'topk': [1, 2]}}))   # int for float
+  from jaxssl.eval.base import check_evals  # pylint: disable=import-outside-toplevel
+  with pytest.raises(ValueError, match=re.escape("evaluator 'knn' (Knn): k='5' (takes int)")):
+    check_evals(ml_collections.ConfigDict({'evals': {'knn': {'k': '5', 'at': ('final',)}}}))

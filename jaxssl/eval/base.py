@@ -195,6 +195,9 @@ def check_evals(config, tasks=()) -> None:
     if unknown:
       raise ValueError(f"evaluator '{name}' ({cls.__name__}) has no option(s) {sorted(unknown)}; its options are: "
                        f'{sorted(fields)} (set --config.evals.{name}.<option>)')
+    wrong = registry.option_type_errors(cls, {k: v for k, v in options.items() if k != 'type'})
+    if wrong:
+      raise ValueError(f"evaluator '{name}' ({cls.__name__}): {'; '.join(wrong)} (set --config.evals.{name}.<option>)")
     bad = set(options.get('at', ())) - set(PHASES)
     if bad:
       raise ValueError(f"evaluator '{name}': unknown phase(s) {sorted(bad)} in 'at'; choose from: {', '.join(PHASES)}")

@@ -106,6 +106,9 @@ def check_tasks(tasks_cfg: ml_collections.ConfigDict, online_probe=None, batch_s
     if unknown:
       raise ValueError(f"task '{name}' ({cls.__name__}) has no option(s) {sorted(unknown)}; "
                        f"its options are: {sorted(fields - set(cls.FROM_DATASET) - {'name'})}")
+    bad = registry.option_type_errors(cls, {k: v for k, v in cfg.items() if k not in ('kind', 'weight')})
+    if bad:
+      raise ValueError(f"task '{name}' ({cls.__name__}): {'; '.join(bad)} (set --config.tasks.{name}.<option>)")
     if batch_size is not None and batch_size < cls.min_batch:
       raise ValueError(f"--config.batch_size={batch_size}: task '{name}' ({cls.__name__}) needs a batch of at "
                        f'least {cls.min_batch} images')
