@@ -141,6 +141,19 @@ def _mismatch(saved: dict[tuple[str, ...], str], live: dict[tuple[str, ...], str
   return ''
 
 
+def _collect_failed_reads() -> None:
+  """orbax leaves the other reads of a restore that failed as coroutines and callbacks of a closed event loop,
+  which Python reports when it collects them ("Exception ignored in: <coroutine _read_array_index_and_device_put>",
+  "Event loop is closed", pages of tensorstore detail on stderr) at some later moment. Collected now, their reports
+  dropped: the warning line of the unreadable step says what failed."""
+  hook = sys.unraisablehook
+  sys.unraisablehook = lambda _: None
+  try:
+    gc.collect()
+  finally:
+    sys.unraisablehook = hook
+
+
 class Checkpointer:
   """A thin layer over ``ocp.CheckpointManager`` that names the items jaxssl saves."""
 
@@ -250,6 +263,7 @@ class Checkpointer:
     except CheckpointError:
       raise
     except Exception as e:  # pylint: disable=broad-exception-caught  # a truncated file: a bare Exception
+      _collect_failed_reads()
       return None, _first_line(e)
 
   def _restore_iterator(self, step: int, data_iter) -> None:
