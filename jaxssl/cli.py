@@ -54,13 +54,21 @@ def _base_config(spec: str):
   return module.get_config(arg) if arg else module.get_config()
 
 
+# Open blocks whose new keys are names (an init, a run), where a misspelt existing one would add a run silently.
+_NAMED_BLOCKS = ('study.inits', 'benchmark.inits')
+
+
 def _check_new_keys(flag) -> None:
-  """:func:`fail` on an override that adds a key outside :data:`OPEN_BLOCKS`; then the config is locked."""
+  """:func:`fail` on an override that adds a key outside :data:`OPEN_BLOCKS`, or a new name in a block of names a
+  letter or two from one there (``study.inits.rotaton``: a typo, not another init; ``rotation2`` extends the name
+  and is new); then the config is locked."""
   import difflib  # pylint: disable=import-outside-toplevel
   from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
   overrides = config_flags.get_override_values(flag)
   new = [k for k in overrides if not any(k.startswith(f'{b}.') for b in OPEN_BLOCKS)]
-  if new:
+  named = [k for k in overrides if any(k.startswith(f'{b}.') and k.count('.') == b.count('.') + 1
+                                       for b in _NAMED_BLOCKS)]
+  if new or named:
     base = _base_config(flag.config_filename)
     for key in new:
       parts, node = key.split('.'), base
@@ -72,6 +80,13 @@ def _check_new_keys(flag) -> None:
           fail(f'no such config field: {key}' + (f' (did you mean {".".join(parts[:i] + near)}?)' if near else '') +
                (f'; {where} has: {", ".join(sorted(has))}' if has else f'; {where} is not a block of keys'))
         node = node[part]
+    for key in named:
+      block, name = key.rsplit('.', 1)
+      has = list(base[block.split('.')[0]][block.split('.')[1]].keys()) if block.split('.')[0] in base else []
+      near = [n for n in difflib.get_close_matches(name, has, n=1, cutoff=0.8) if not name.startswith(n)]
+      if name not in has and near:
+        fail(f'--config.{key}: did you mean {block}.{near[0]}? ({block} has: {", ".join(has)}; a new name that '
+             f'close to one of them is taken for a typo: name it otherwise, e.g. {near[0]}_2)')
   if hasattr(flag.value, 'lock'):
     flag.value.lock()
 
@@ -99,12 +114,14 @@ def _fail_on_a_missing_block(argv, missing: str) -> None:
   """One line for an override under a block that is not there: in an open block (a task, an evaluator), how to add
   it whole; elsewhere, the override's full name."""
   for arg in argv:
-    name, _, value = arg.partition('=')
+    name, eq, value = arg.partition('=')
     parts = name.removeprefix('--config.').split('.')
     if name.startswith('--config.') and missing in parts[:-1]:
       block = '.'.join(parts[:parts.index(missing) + 1])
       key = name.removeprefix('--config.')
       if any(block.startswith(f'{b}.') for b in OPEN_BLOCKS):
+        if not eq or value in ('true', 'false'):   # a bare --config.x.flag, or absl's spelling of a bool
+          value = 'False' if value == 'false' else 'True'
         try:
           ast.literal_eval(value)
         except (SyntaxError, ValueError):

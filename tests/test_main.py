@@ -34,9 +34,12 @@ CONFIG = str(REPO / 'configs/fmnist_supervised.py')
     (['--config', f'{CONFIG}:bogus'], "unknown config argument 'bogus'; it knows: quick"),
     (['--bogus=1'], "Unknown command line flag 'bogus' (--helpfull lists the flags)"),
     (['--config', CONFIG, '--config', f'{CONFIG}:quick'], '--config is given 2 times'),
+    (['--config', str(REPO / 'configs/fmnist_label_efficiency.py'), '--config.study.inits.rotaton=runs/r'],
+     '--config.study.inits.rotaton: did you mean study.inits.rotation?'),
+    (['--config.tasks.rot.flip=false'], "add it whole, e.g. --config.tasks.rot=\"{'flip': False}\""),
 ], ids=['model', 'dataset', 'mode', 'predict', 'type', 'task-option', 'typo', 'missing-block', 'json-config',
         'no-get-config', 'conv-impl', 'model-option', 'skip-nonfinite', 'no-config-file', 'no-config-file-override',
-        'config-argument', 'flag', 'two-configs'])
+        'config-argument', 'flag', 'two-configs', 'init-typo', 'whole-block-bool'])
 def test_bad_input_is_one_clear_error_and_writes_nothing(tmp_path, args, message):
   """One line on stderr, `error: ...` naming the problem, exit code 2; nothing written. (Cases that give
   --config give the run's.)"""
