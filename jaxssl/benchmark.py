@@ -85,7 +85,7 @@ import numpy as np
 
 from jaxssl import benchmark_figures as figures, benchmark_records as records, benchmark_tables as tables
 from jaxssl import cli, study
-from jaxssl.benchmark_configs import (CELL_IGNORED_KEYS, BenchmarkConfigError, cell_base, check_fractions,
+from jaxssl.benchmark_configs import (CELL_IGNORED_KEYS, BenchmarkConfigError, cell_base, check_values,
                                       choice_label, choice_name, combination_spec, config_changes, describe_changes,
                                       downstream_config, given_path, grid_choices, is_config_spec, load_config, merge,
                                       pretrain_config, select_grid, set_key)
@@ -132,7 +132,7 @@ class Benchmark:
     self.config, self.workdir = config, os.path.abspath(workdir)
     self.b = config.benchmark
     self.grid = select_grid(self.b.select)   # [(key, choices)]: the fine-tuning hyper-parameters chosen on val
-    check_fractions(self.b)
+    check_values(self.b)
     # ml_collections iterates keys in name order; the random init (scratch) goes last, as the table's reference.
     self.inits = {k: v for k, v in self.b.inits.items() if k != 'random'}
     if COMBINATION in self.b.inits:

@@ -131,9 +131,14 @@ DERIVED_KEYS = ('init_from', 'seed', 'batch_size', 'total_steps', 'eval_every', 
                 'data.holdout_fraction', 'data.holdout_seed')
 
 
-def check_fractions(b: ml_collections.ConfigDict) -> None:
-  """``benchmark.fractions`` and ``benchmark.select.fractions``: labelled fractions in (0, 1], at least one to fine-tune
-  at; checked when the benchmark starts, not when its fine-tuning does (after every pretext run and probe)."""
+def check_values(b: ml_collections.ConfigDict) -> None:
+  """``benchmark.inits``, each a string (a config spec, a path, '' for random), and ``benchmark.fractions`` and
+  ``benchmark.select.fractions``, labelled fractions in (0, 1], at least one to fine-tune at: checked when the
+  benchmark starts, not when its part that reads them does (after every pretext run and probe)."""
+  odd = [f'{k}={v!r}' for k, v in b.inits.items() if not isinstance(v, str)]
+  if odd:
+    raise BenchmarkConfigError(f'benchmark.inits: {", ".join(odd)}: an init is a config file (configs/x.py[:arg]), '
+                               "a workdir, a weights file, or '' for a random backbone")
   for key, fractions, least in (('fractions', b.fractions, 1), ('select.fractions', b.select.get('fractions', ()), 0)):
     bad = [f for f in fractions if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1]
     if bad or len(fractions) < least:

@@ -44,19 +44,28 @@ def check_study(config) -> None:
                      f'labelled training images (1.0 = all of them), not {", ".join(map(repr, bad))}')
   if not s.inits:
     raise ValueError("--config.study.inits is empty: name at least one init, e.g. --config.study.inits.scratch=''")
+  odd = [f'{k}={v!r}' for k, v in s.inits.items() if not isinstance(v, str)]
+  if odd:
+    raise ValueError(f'--config.study.inits: {", ".join(odd)}: an init is a path (a run\'s workdir, one of its '
+                     "checkpoints, a weights file) or '' for scratch")
 
 
-def check_inits(config) -> None:
+def check_inits(config, workdir: str | None = None) -> None:
   """Every init of ``study.inits`` resolves to a backbone as its cells will load it (a run's checkpoint: the
   same resolution and read; a weights file: the same checks), before the first cell trains: a later init's
   missing run used to stop the study only after the earlier cells' hours. StudyError naming
-  ``--config.study.inits.<name>``, which the study sets as each cell's ``init_from``."""
+  ``--config.study.inits.<name>``, which the study sets as each cell's ``init_from``. An init whose cells in
+  ``workdir`` are all finished is not checked: a rerun (more seeds, another metric) needs no backbone for them."""
   # pylint: disable=import-outside-toplevel  # jax and orbax: when the study runs
   from jaxssl.models import torchvision_weights
   from jaxssl.train import transfer
   # pylint: enable=import-outside-toplevel
   for name, init_from in config.study.inits.items():
     if not init_from:   # scratch
+      continue
+    if workdir and all(files.exists(files.join(workdir, 'cells', cell_name(name, float(f), int(seed)),
+                                               'final_metrics.json'))
+                       for f in config.study.fractions for seed in config.study.seeds):
       continue
     try:
       if torchvision_weights.is_weights_file(init_from):
@@ -124,7 +133,7 @@ def run_study(config, workdir: str) -> list[dict[str, Any]]:
   from jaxssl.runlog import log  # pylint: disable=import-outside-toplevel
   from jaxssl.data import subsets  # pylint: disable=import-outside-toplevel
   check_study(config)
-  check_inits(config)   # before the data is read and any cell trains
+  check_inits(config, workdir)   # before the data is read and any cell trains
   info = datasets.get_dataset(config.data.name, config.data)
   train = datasets.load_split(info, config.data.train_split, config.data, config.data.train_limit)
   num_records = len(train)

@@ -476,9 +476,13 @@ def test_bad_fractions_and_a_file_for_workdir_stop_the_benchmark_before_it_write
   for key, value, message in (('fractions', (0.05, 1.5), r'benchmark.fractions=\(0.05, 1.5\): 1.5 not a labelled '
                                                          r'fraction in \(0, 1\]'),
                               ('fractions', (), r'benchmark.fractions=\(\): give at least one'),
-                              ('select.fractions', (0.0,), r'benchmark.select.fractions=\(0.0,\): 0.0 not a')):
+                              ('select.fractions', (0.0,), r'benchmark.select.fractions=\(0.0,\): 0.0 not a'),
+                              ('inits.r', 2026, r'benchmark.inits: r=2026: an init is a config file')):
     bad = config.copy_and_resolve_references()
-    benchmark_configs.set_key(bad.benchmark, key, value, 'test')
+    if key.startswith('inits.'):   # a new init, as the command line adds one
+      bad.benchmark.inits[key.split('.')[1]] = value
+    else:
+      benchmark_configs.set_key(bad.benchmark, key, value, 'test')
     with pytest.raises(benchmark_configs.BenchmarkConfigError, match=message):
       benchmark.Benchmark(bad, str(tmp_path / 'b'))
   assert not (tmp_path / 'b').exists()

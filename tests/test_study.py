@@ -311,7 +311,8 @@ def test_the_study_command_compiles_into_a_private_cache_that_a_second_process_r
     ('fractions', (), r'--config.study.fractions=\(\) must list at least one value'),
     ('seeds', (), r'--config.study.seeds=\(\) must list at least one value'),
     ('inits', {}, r'--config.study.inits is empty'),
-], ids=['above_1', 'zero_and_negative', 'no_fraction', 'no_seed', 'no_init'])
+    ('inits', {'scratch': '', 'r': 2026}, r"--config.study.inits: r=2026: an init is a path .* or '' for scratch$"),
+], ids=['above_1', 'zero_and_negative', 'no_fraction', 'no_seed', 'no_init', 'init_not_a_path'])
 def test_bad_study_values_are_refused_before_anything_is_read_or_written(tmp_path, monkeypatch, key, value,
                                                                           message):
   _no_training(monkeypatch)
@@ -348,6 +349,16 @@ def test_every_init_is_checked_before_the_first_cell_trains(tmp_path, monkeypatc
   with pytest.raises(study.StudyError, match=r'^--config.study.inits.pretext=.*: no checkpoint at step 3 .*\[0\]'):
     study.check_inits(c)
   assert not (tmp_path / 'study').exists()
+  # An init whose cells are all finished needs no backbone: a rerun (another metric, the table again) goes on
+  # after its run was moved away; a cell not finished brings the check back.
+  c.init_step, c.study.inits = -1, {'gone': str(tmp_path / 'moved_away')}
+  final = tmp_path / 'study' / 'cells' / study.cell_name('gone', 0.5, 0) / 'final_metrics.json'
+  final.parent.mkdir(parents=True)
+  final.write_text('{}')
+  study.check_inits(c, str(tmp_path / 'study'))
+  c.study.seeds = (0, 1)
+  with pytest.raises(study.StudyError, match=r'^--config.study.inits.gone=.*moved_away: no checkpoint in'):
+    study.check_inits(c, str(tmp_path / 'study'))
 
 
 def test_the_study_command_says_a_bad_init_or_fraction_in_one_line_before_any_cell(tmp_path):
