@@ -9,6 +9,7 @@ import contextlib
 import functools
 import os
 import sys
+import traceback
 from typing import NoReturn
 
 from absl import app, flags
@@ -131,6 +132,19 @@ def _fail_on_a_missing_block(argv, missing: str) -> None:
       fail(f'no such config field: {key} (the config has no {block})')
 
 
+def _raised_by_the_config_file(e: BaseException, specs: list[str]) -> bool:
+  """Whether ``e`` came from the config file's own code (its traceback passes through the file)."""
+  paths = {os.path.abspath(spec.split(':', 1)[0]) for spec in specs}
+  return any(os.path.abspath(frame.filename) in paths for frame in traceback.extract_tb(e.__traceback__))
+
+
+def _fail_on_a_config_bug(e: BaseException, specs: list[str]) -> NoReturn:
+  """A config file that raises while it loads (a bug there): its traceback, then the one line."""
+  traceback.print_exception(e)
+  fail(f'--config={(specs or ["?"])[-1]}: loading it raised {type(e).__name__}: {" ".join(str(e).split())[:200]} '
+       '(a bug in the config file? its traceback is above)')
+
+
 def parse_flags(argv):
   """absl's parser, each error one line (:func:`fail`): a bad flag or override, a config field that does not exist,
   a config file that cannot be loaded, a config argument the config refuses (its ValueError; another exception in
@@ -146,6 +160,8 @@ def parse_flags(argv):
   try:
     rest = flags.FLAGS(argv)
   except (flags.Error, AttributeError, KeyError, OSError) as e:
+    if not isinstance(e, flags.Error) and _raised_by_the_config_file(e, specs):
+      _fail_on_a_config_bug(e, specs)
     _fail_if_a_config_did_not_load()   # its overrides fail on it: the file is the problem
     if isinstance(e, OSError):   # an override applied to a config file that did not load
       if 'failure to load' not in str(e):
@@ -167,6 +183,12 @@ def parse_flags(argv):
       print(text, file=sys.stderr)
       fail(f'{head.removeprefix("flag ")}: the config file raised {last or "an error"} (its traceback above)')
     fail(f'{text} (--helpfull lists the flags)')
+  except Exception as e:  # pylint: disable=broad-exception-caught  # what a config file's own code raises
+    odd = [a.partition('=')[0] for a in argv if a.startswith('--config.') and '-' in a.partition('=')[0][2:]]
+    if isinstance(e, ValueError) and 'malformed node' in str(e) and odd:   # ml_collections parses the key as Python
+      fail(f'no such config field: {odd[0].removeprefix("--config.")}: config keys are Python names (underscores, '
+           'not hyphens)')
+    _fail_on_a_config_bug(e, specs)
   _fail_if_a_config_did_not_load()
   for name in flags.FLAGS:
     if hasattr(flags.FLAGS[name], 'config_filename') and flags.FLAGS[name].value is not None:

@@ -37,9 +37,10 @@ CONFIG = str(REPO / 'configs/fmnist_supervised.py')
     (['--config', str(REPO / 'configs/fmnist_label_efficiency.py'), '--config.study.inits.rotaton=runs/r'],
      '--config.study.inits.rotaton: did you mean study.inits.rotation?'),
     (['--config.tasks.rot.flip=false'], "add it whole, e.g. --config.tasks.rot=\"{'flip': False}\""),
+    (['--config.data.train-limit=5'], 'no such config field: data.train-limit: config keys are Python names'),
 ], ids=['model', 'dataset', 'mode', 'predict', 'type', 'task-option', 'typo', 'missing-block', 'json-config',
         'no-get-config', 'conv-impl', 'model-option', 'skip-nonfinite', 'no-config-file', 'no-config-file-override',
-        'config-argument', 'flag', 'two-configs', 'init-typo', 'whole-block-bool'])
+        'config-argument', 'flag', 'two-configs', 'init-typo', 'whole-block-bool', 'hyphen'])
 def test_bad_input_is_one_clear_error_and_writes_nothing(tmp_path, args, message):
   """One line on stderr, `error: ...` naming the problem, exit code 2; nothing written. (Cases that give
   --config give the run's.)"""
@@ -51,6 +52,21 @@ def test_bad_input_is_one_clear_error_and_writes_nothing(tmp_path, args, message
   lines = out.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith('error: ') and message in lines[0], out.stderr[-2000:]
   assert not workdir.exists()
+
+
+@pytest.mark.parametrize('body, raised', [('return os.environ["JAXSSL_NO_SUCH_VARIABLE"]', "KeyError: 'JAXSSL_NO_SUCH"),
+                                          ('return undefined_name', 'NameError'),
+                                          ('return (', 'SyntaxError')], ids=['key', 'name', 'syntax'])
+def test_a_config_file_that_raises_shows_its_traceback_then_one_line(tmp_path, body, raised):
+  """A bug in a user's config file: its traceback (the line to fix), then the one error line, exit 2; not
+  'no such config field'."""
+  config = tmp_path / 'mine.py'
+  config.write_text(f'import os\n\n\ndef get_config():\n  {body}\n')
+  out = subprocess.run([sys.executable, '-m', 'jaxssl.main', '--config', str(config), '--workdir',
+                        str(tmp_path / 'run')], cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+  assert out.returncode == 2 and 'Traceback' in out.stderr and str(config) in out.stderr, out.stderr[-2000:]
+  assert out.stderr.strip().splitlines()[-1].startswith(f'error: --config={config}: loading it raised {raised}')
+  assert not (tmp_path / 'run').exists()
 
 
 def test_overrides_may_set_options_the_config_leaves_out_then_the_config_is_locked():
