@@ -335,11 +335,19 @@ def report(paths, out_dir: str | None = None, metric: str = '', filters: bool = 
     rows.append(row)
   if not rows:
     return {'rows': rows, 'skipped': skipped, 'out': out_dir}
-  files.makedirs(out_dir)
-  write_csv(rows, files.join(out_dir, 'summary.csv'))
-  write_markdown(rows, skipped, files.join(out_dir, 'summary.md'), out_dir)
-  write_chart(rows, files.join(out_dir, 'summary.png'))
+  try:
+    files.makedirs(out_dir)
+    write_csv(rows, files.join(out_dir, 'summary.csv'))
+    write_markdown(rows, skipped, files.join(out_dir, 'summary.md'), out_dir)
+    write_chart(rows, files.join(out_dir, 'summary.png'))
+  except OSError as e:   # the report's folder: a file, or not writable (a run that cannot be read is skipped)
+    raise ReportWriteError(f'cannot write the report into {e.filename or out_dir}: {e.strerror or e}; give --out '
+                           'a folder it may write in') from e
   return {'rows': rows, 'skipped': skipped, 'out': out_dir}
+
+
+class ReportWriteError(Exception):
+  """The report's own files could not be written: one line."""
 
 
 def checkpoint_filters(run_dir: str) -> tuple[str, Any]:
@@ -392,10 +400,8 @@ def main(argv=None) -> int:
   except files.RemotePathError as e:  # a gs:// run folder without the [gcs] extra
     print(f'error: {e}', file=sys.stderr)
     return 2
-  except OSError as e:  # the report's folder: a file, or not writable
-    where = e.filename or args.out or 'the runs\' common parent'
-    print(f'error: cannot write the report into {where}: {e.strerror or e}; give --out a folder it may write in',
-          file=sys.stderr)
+  except ReportWriteError as e:
+    print(f'error: {e}', file=sys.stderr)
     return 2
   for path, why in result['skipped']:
     print(f'skipped {path}: {why}', file=sys.stderr)
