@@ -437,6 +437,10 @@ def test_one_class_folder_is_read_without_labels(tmp_path):
   assert plan.class_names == () and not plan.labelled and plan.single_class == 'photos'
   assert any('one class folder only (photos/)' in note for note in plan.notes)
   assert all(y == -1 for split in plan.splits.values() for _, y in split)
+  # Its val and test are the files they were when such a folder was read as one labelled class.
+  labelled = image_folder.hold_out([(p, 0) for split in plan.splits.values() for p, _ in split], 0.1, 0.1, ('photos',))
+  assert {s: sorted(p for p, _ in plan.splits[s]) for s in ('val', 'test')} == \
+      {s: sorted(p for p, _ in labelled[s]) for s in ('val', 'test')}
   # So are split folders of one class.
   given = _classes(tmp_path / 'given', {'train/photos': 6, 'val/photos': 2})
   assert image_folder.scan(given).single_class == 'photos' and not image_folder.scan(given).labelled

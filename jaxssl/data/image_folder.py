@@ -53,6 +53,7 @@ dataset's mean and std are the training images' per-channel pixel statistics, co
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
 import hashlib
@@ -301,13 +302,14 @@ def scan(root, val_fraction: float = 0.1, test_fraction: float = 0.1) -> Plan:
   missing = {}
   if held:
     fractions = {'val': val_fraction if 'val' in held else 0.0, 'test': test_fraction if 'test' in held else 0.0}
-    sizes = [sum(1 for _, y in splits['train'] if y == label) for label in sorted({y for _, y in splits['train']})]
-    parts = hold_out(splits['train'], fractions['val'], fractions['test'], class_names)
+    counts = collections.Counter(y for _, y in splits['train'])   # before hold_out: the classes' sizes
+    parts = hold_out(splits['train'], fractions['val'], fractions['test'], class_names, single_class or '')
     splits.update({s: parts[s] for s in ['train'] + held})
     notes.append(f'{" and ".join(held)} held out of train per class (val_fraction={fractions["val"]:g}, '
                  f'test_fraction={fractions["test"]:g}, seed {SPLIT_SEED})')
     has = [s for s in SPLITS if splits.get(s)]
-    missing = {s: _why_none_held_out(root, s, fractions[s], sizes if labelled else [], has)
+    missing = {s: _why_none_held_out(root, s, fractions[s], [counts[y] for y in sorted(counts)] if labelled else [],
+                                     has)
                for s in held if not splits[s]}
   splits = {s: splits[s] for s in SPLITS if splits.get(s)}
   layout = train.kind
@@ -349,14 +351,16 @@ def held_out_counts(n: int, val_fraction: float, test_fraction: float) -> tuple[
 
 
 def hold_out(train: list[tuple[str, int]], val_fraction: float, test_fraction: float,
-             class_names: tuple[str, ...]) -> dict[str, list[tuple[str, int]]]:
-  """train -> {'train', 'val', 'test'} by the stratified rule of the module docstring (fixed seed)."""
+             class_names: tuple[str, ...], unlabelled: str = '') -> dict[str, list[tuple[str, int]]]:
+  """train -> {'train', 'val', 'test'} by the stratified rule of the module docstring (fixed seed, per class
+  name; ``unlabelled`` names the records without a label: a lone class folder's name, so that its split is the
+  one it had when such a folder was read as one labelled class)."""
   by_label: dict[int, list[tuple[str, int]]] = {}
   for record in sorted(train):
     by_label.setdefault(record[1], []).append(record)
   out = {'train': [], 'val': [], 'test': []}
   for label, members in sorted(by_label.items()):
-    name = class_names[label] if label >= 0 else ''
+    name = class_names[label] if label >= 0 else unlabelled
     n_val, n_test = held_out_counts(len(members), val_fraction, test_fraction)
     order = np.random.default_rng([SPLIT_SEED, zlib.crc32(name.encode())]).permutation(len(members))
     out['test'] += [members[i] for i in order[:n_test]]
