@@ -139,12 +139,12 @@ def check_values(b: ml_collections.ConfigDict) -> None:
   if odd:
     raise BenchmarkConfigError(f'benchmark.inits: {", ".join(odd)}: an init is a config file (configs/x.py[:arg]), '
                                "a workdir, a weights file, or '' for a random backbone")
+  from jaxssl.data.subsets import check_fractions  # pylint: disable=import-outside-toplevel
   for key, fractions, least in (('fractions', b.fractions, 1), ('select.fractions', b.select.get('fractions', ()), 0)):
-    bad = [f for f in fractions if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1]
-    if bad or len(fractions) < least:
-      raise BenchmarkConfigError(f'benchmark.{key}={tuple(fractions)!r}: ' + (
-          f'{", ".join(map(repr, bad))} not a labelled fraction in (0, 1]' if bad else 'give at least one') +
-          f', e.g. --config.benchmark.{key}="(0.01, 0.1, 1.0)"')
+    try:
+      check_fractions(fractions, f'--config.benchmark.{key}', least)
+    except ValueError as e:
+      raise BenchmarkConfigError(str(e)) from None
 
 
 def select_grid(select: ml_collections.ConfigDict) -> list[tuple[str, tuple]]:

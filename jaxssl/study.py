@@ -33,15 +33,11 @@ class StudyError(ValueError):
 def check_study(config) -> None:
   """The study block's values, before anything is built or written: ValueError with the key and what it may be
   (``python -m jaxssl.study`` reports it as ``error: bad config: ...``)."""
+  from jaxssl.data.subsets import check_fractions  # pylint: disable=import-outside-toplevel
   s = config.study
-  for key, meaning in (('fractions', 'the labelled fractions, each in (0, 1], e.g. (0.01, 0.1, 1.0)'),
-                       ('seeds', 'the subset seeds, e.g. (0, 1, 2)')):
-    if not isinstance(s[key], (tuple, list)) or not s[key]:
-      raise ValueError(f'--config.study.{key}={s[key]!r} must list at least one value: {meaning}')
-  bad = [f for f in s.fractions if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1]
-  if bad:
-    raise ValueError(f'--config.study.fractions={tuple(s.fractions)!r}: each must be in (0, 1], a share of the '
-                     f'labelled training images (1.0 = all of them), not {", ".join(map(repr, bad))}')
+  check_fractions(s.fractions, '--config.study.fractions')
+  if not isinstance(s.seeds, (tuple, list)) or not s.seeds:
+    raise ValueError(f'--config.study.seeds={s.seeds!r} must list at least one value: the subset seeds, e.g. (0, 1, 2)')
   if not s.inits:
     raise ValueError("--config.study.inits is empty: name at least one init, e.g. --config.study.inits.scratch=''")
   odd = [f'{k}={v!r}' for k, v in s.inits.items() if not isinstance(v, str)]

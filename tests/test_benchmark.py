@@ -473,10 +473,11 @@ def test_the_command_says_a_bad_init_in_one_line(tmp_path):
 def test_bad_fractions_and_a_file_for_workdir_stop_the_benchmark_before_it_writes(tmp_path):
   """Checked when the benchmark starts (not when fine-tuning does, after every pretext run and probe)."""
   config = fmnist_benchmark.get_config('quick')
-  for key, value, message in (('fractions', (0.05, 1.5), r'benchmark.fractions=\(0.05, 1.5\): 1.5 not a labelled '
-                                                         r'fraction in \(0, 1\]'),
-                              ('fractions', (), r'benchmark.fractions=\(\): give at least one'),
-                              ('select.fractions', (0.0,), r'benchmark.select.fractions=\(0.0,\): 0.0 not a'),
+  for key, value, message in (('fractions', (0.05, 1.5), r'--config.benchmark.fractions=\(0.05, 1.5\): each must be '
+                                                         r'in \(0, 1\], .* not 1.5$'),
+                              ('fractions', (), r'--config.benchmark.fractions=\(\) must list at least 1 value'),
+                              ('select.fractions', (0.0,), r'--config.benchmark.select.fractions=\(0.0,\): each must '
+                                                           r'be in \(0, 1\], .* not 0.0$'),
                               ('inits.r', 2026, r'benchmark.inits: r=2026: an init is a config file')):
     bad = config.copy_and_resolve_references()
     if key.startswith('inits.'):   # a new init, as the command line adds one

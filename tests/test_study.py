@@ -308,7 +308,7 @@ def test_the_study_command_compiles_into_a_private_cache_that_a_second_process_r
 @pytest.mark.parametrize('key,value,message', [
     ('fractions', (1.5,), r'--config.study.fractions=\(1.5,\): each must be in \(0, 1\], .* not 1.5$'),
     ('fractions', (0.0, 0.1, -2), r'--config.study.fractions=\(0.0, 0.1, -2\): each must be in .* not 0.0, -2$'),
-    ('fractions', (), r'--config.study.fractions=\(\) must list at least one value'),
+    ('fractions', (), r'--config.study.fractions=\(\) must list at least 1 value'),
     ('seeds', (), r'--config.study.seeds=\(\) must list at least one value'),
     ('inits', {}, r'--config.study.inits is empty'),
     ('inits', {'scratch': '', 'r': 2026}, r"--config.study.inits: r=2026: an init is a path .* or '' for scratch$"),

@@ -34,6 +34,18 @@ def _class_members(labels: np.ndarray):
     yield np.flatnonzero(labels == c)
 
 
+def check_fractions(fractions, flag: str, least: int = 1) -> None:
+  """ValueError naming ``flag`` unless ``fractions`` lists at least ``least`` labelled fractions, each in (0, 1]
+  (a study's or the benchmark's, checked before anything trains)."""
+  if not isinstance(fractions, (tuple, list)) or len(fractions) < least:
+    raise ValueError(f'{flag}={fractions!r} must list at least {least} value(s): the labelled fractions, each in '
+                     '(0, 1], e.g. (0.01, 0.1, 1.0)')
+  bad = [f for f in fractions if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1]
+  if bad:
+    raise ValueError(f'{flag}={tuple(fractions)!r}: each must be in (0, 1], a share of the labelled training images '
+                     f'(1.0 = all of them), not {", ".join(map(repr, bad))}')
+
+
 def stratified_subset(labels, fraction: float, seed: int) -> np.ndarray:
   """Sorted indices of round(fraction x count) records of every class (at least 1 of a class present),
   chosen at random with ``seed``; fraction 1 gives everything."""
