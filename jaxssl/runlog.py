@@ -31,9 +31,13 @@ class WriteError(OSError):
   naming the path, the cause and the fix. What was written before is intact."""
 
 
-def write_error(exc: BaseException, path: str = '', workdir: str = '') -> WriteError | None:
+def write_error(exc: BaseException, path: str = '', workdir: str = '', *, elsewhere: str = 'point --workdir elsewhere',
+                context: str = '') -> WriteError | None:
   """``exc`` as a :class:`WriteError` when it is a disk's refusal, else None. ``path`` names what was being
-  written when ``exc`` does not; ``workdir`` chooses the fix (a path outside it is not the run's to move)."""
+  written when ``exc`` does not; ``workdir`` chooses the fix (a path outside it is not the run's to move);
+  ``elsewhere`` is the other way out (another --workdir; the prepared data's folder for a dataset) and
+  ``context`` what the folder is, put before the fix. A file in the way of a folder is named, not the path
+  below it that could not be made."""
   if isinstance(exc, WriteError):
     return exc
   code = exc.errno if isinstance(exc, OSError) else None
@@ -48,13 +52,17 @@ def write_error(exc: BaseException, path: str = '', workdir: str = '') -> WriteE
   if code in _FULL:
     fix = 'free space there and rerun the same command (what was written before is intact)'
   elif code in _READ_ONLY:
-    fix = ('the run cannot write there: make it writable, or point --workdir elsewhere' if ours or not workdir
+    fix = (f'the run cannot write there: make it writable, or {elsewhere}' if ours or not workdir
            else 'this process may not use that path: check its permissions')
   elif code == errno.EISDIR:
-    fix = 'a folder stands where a file is needed: move it away, or point --workdir elsewhere'
+    fix = f'a folder stands where a file is needed: move it away, or {elsewhere}'
   else:
-    fix = 'a file stands where a folder is needed: move it away, or point --workdir elsewhere'
-  return WriteError(f'{where}: {os.strerror(code)} ({errno.errorcode.get(code, code)}); {fix}')
+    blocking = str(where)
+    while not files.is_remote(blocking) and not os.path.lexists(blocking) and os.path.dirname(blocking) != blocking:
+      blocking = os.path.dirname(blocking)   # up to the file in the way
+    where = blocking if os.path.isfile(blocking) else where
+    fix = f'a file stands where a folder is needed: move it away, or {elsewhere}'
+  return WriteError(f'{where}: {os.strerror(code)} ({errno.errorcode.get(code, code)}); {context}{fix}')
 
 
 @contextlib.contextmanager

@@ -408,7 +408,9 @@ def test_a_workdir_that_is_a_file_is_one_line(generated_tfds_dir, tmp_path):
   with pytest.raises(runlog.WriteError, match=rf'^{re.escape(str(afile))}: File exists \(EEXIST\); a file stands '
                                               'where a folder is needed'):
     loop.train_and_evaluate(_config(generated_tfds_dir), str(afile))
-  with pytest.raises(runlog.WriteError, match=rf'^{re.escape(str(afile))}/sub: Not a directory \(ENOTDIR\)'):
+  # Below it: the file in the way is named (it is what to move), not the folder that could not be made.
+  with pytest.raises(runlog.WriteError, match=rf'^{re.escape(str(afile))}: Not a directory \(ENOTDIR\); a file '
+                                              'stands where a folder is needed'):
     loop.train_and_evaluate(_config(generated_tfds_dir), str(afile / 'sub'))
   line = _one_error_line(_main(afile, f'--config.data.data_dir={generated_tfds_dir}'))
   assert line.startswith(f'error: {afile}: File exists (EEXIST)')

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import os
 from collections.abc import Callable
 from typing import Any
@@ -191,11 +190,6 @@ def load_split(info: DatasetInfo, split: str, data_cfg: ml_collections.ConfigDic
   return IndexedSubset(source, range(min(limit, len(source)))) if limit else source  # quick runs, tests
 
 
-_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-_READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
-_NOT_A_FOLDER = (errno.ENOTDIR, errno.EEXIST, errno.EISDIR)
-
-
 @contextlib.contextmanager
 def data_dir_errors(data_cfg: ml_collections.ConfigDict):
   """Inside, a disk's refusal to write under the prepared-data folder (``data.data_dir``, else $TFDS_DATA_DIR,
@@ -207,28 +201,14 @@ def data_dir_errors(data_cfg: ml_collections.ConfigDict):
     data_dir = tfds_data_dir(data_cfg)
     where = e.filename if isinstance(e.filename, str) else ''
     from jaxssl import files  # pylint: disable=import-outside-toplevel
-    if e.errno not in _DISK_FULL + _READ_ONLY + _NOT_A_FOLDER or not where or not files.is_within(where, data_dir):
+    if not where or not files.is_within(where, data_dir):
       raise
-    raise _data_dir_error(e.errno, where, data_dir, data_cfg) from e
-
-
-def _data_dir_error(code: int, where: str, data_dir: str, data_cfg: ml_collections.ConfigDict) -> Exception:
-  from jaxssl.runlog import WriteError  # pylint: disable=import-outside-toplevel  # imports jax: only on error
-  setting = (f'--config.data.data_dir={data_cfg.get("data_dir")}' if data_cfg.get('data_dir') else
-             f'$TFDS_DATA_DIR={os.environ["TFDS_DATA_DIR"]}' if os.environ.get('TFDS_DATA_DIR') else
-             f'the default {data_dir}')
-  elsewhere = 'point --config.data.data_dir (or $TFDS_DATA_DIR) at another folder'
-  if code in _DISK_FULL:
-    fix = f'free space there and rerun the same command, or {elsewhere}'
-  elif code in _READ_ONLY:
-    fix = f'this process may not write there: fix its permissions, or {elsewhere}'
-  elif code == errno.EISDIR:
-    fix = f'a folder stands where a file is needed: move it away, or {elsewhere}'
-  else:
-    blocking = where
-    while not os.path.exists(blocking) and os.path.dirname(blocking) != blocking:   # the file in the way
-      blocking = os.path.dirname(blocking)
-    where = blocking if os.path.isfile(blocking) else where
-    fix = f'a file stands where a folder is needed: move it away, or {elsewhere}'
-  return WriteError(f'{where}: {os.strerror(code)} ({errno.errorcode.get(code, code)}); datasets are prepared '
-                    f'under {setting}: {fix}')
+    from jaxssl.runlog import write_error  # pylint: disable=import-outside-toplevel  # imports jax: only on error
+    setting = (f'--config.data.data_dir={data_cfg.get("data_dir")}' if data_cfg.get('data_dir') else
+               f'$TFDS_DATA_DIR={os.environ["TFDS_DATA_DIR"]}' if os.environ.get('TFDS_DATA_DIR') else
+               f'the default {data_dir}')
+    err = write_error(e, where, elsewhere='point --config.data.data_dir (or $TFDS_DATA_DIR) at another folder',
+                      context=f'datasets are prepared under {setting}: ')
+    if err is None:
+      raise
+    raise err from e
