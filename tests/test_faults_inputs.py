@@ -239,7 +239,7 @@ def test_bad_values_are_one_line_before_anything_is_built(changes, message):
 
 @pytest.mark.parametrize('options, message', [
     ({'kind': 'rotation', 'angles': [0, 45]}, "task 't': angles must be multiples of 90 degrees, got (0, 45)"),
-    ({'kind': 'rotation', 'angles': 90}, "task 't': angles must be a list of multiples of 90 degrees, got 90"),
+    ({'kind': 'rotation', 'angles': 90}, "task 't' (Rotation): angles=90 (takes a tuple)"),   # its field's type
     ({'kind': 'classify', 'pool': 'max'}, "task 't': unknown pool 'max'; choose one of: flatten, avg"),
     ({'kind': 'multitask', 'pos_weight': 'half'}, "task 't': unknown pos_weight 'half'"),
     ({'kind': 'jigsaw', 'grid': 1}, "task 't': grid must be at least 2, got 1"),
