@@ -170,7 +170,7 @@ def parse_flags(argv):
     if not isinstance(e, flags.Error):   # ml_collections: unknown field (a block that is not there), or a suggestion
       missing = str(e).strip('\'"').replace('\\n', ' ').replace('\\\'', "'")
       if "has no attribute 'get_config" in missing:
-        fail(f'--config={_config_specs(argv)[-1]}: the file has no get_config(), which a config file defines to '
+        fail(f'--config={specs[-1]}: the file has no get_config(), which a config file defines to '
              'return its config (configs/fmnist_supervised.py is one)')
       _fail_on_a_missing_block(argv, missing)
       fail(f'no such config field: {missing}')
