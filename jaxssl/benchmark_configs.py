@@ -4,7 +4,6 @@ what differs between a trained run's recorded config and the one the benchmark w
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 import os
@@ -12,6 +11,8 @@ import sys
 from typing import Any
 
 import ml_collections
+
+from jaxssl import cli
 
 
 class BenchmarkConfigError(ValueError):
@@ -48,11 +49,8 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
   root = os.path.dirname(os.path.dirname(found))   # configs import their siblings: `from configs import common`
   if root not in sys.path:
     sys.path.insert(0, root)
-  name = '_jaxssl_benchmark_' + os.path.splitext(os.path.basename(found))[0]
-  module_spec = importlib.util.spec_from_file_location(name, found)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg) if colon else module.get_config()
+  return cli.load_config_file(found, arg if colon else None,
+                              '_jaxssl_benchmark_' + os.path.splitext(os.path.basename(found))[0])
 
 
 def join_configs(configs: list[ml_collections.ConfigDict], names: list[str]) -> ml_collections.ConfigDict:

@@ -45,14 +45,20 @@ def config_file_flag(help_text: str, flag_values: flags.FlagValues = flags.FLAGS
                                          accept_new_attributes=True, sys_argv=argv)
 
 
-def _base_config(spec: str):
-  """The config as its file makes it, without the command line's overrides."""
+def load_config_file(path: str, arg: str | None = None, module_name: str = 'jaxssl_config_file'):
+  """The config a config file makes, as ml_collections' config flag loads ``path[:arg]``: the file executed as a
+  module of its own, then its ``get_config(arg)`` (``get_config()`` when arg is None: no colon)."""
   import importlib.util  # pylint: disable=import-outside-toplevel
-  path, _, arg = spec.partition(':')
-  module_spec = importlib.util.spec_from_file_location('jaxssl_cli_base_config', path)
+  module_spec = importlib.util.spec_from_file_location(module_name, path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
+  return module.get_config() if arg is None else module.get_config(arg)
+
+
+def _base_config(spec: str):
+  """The config as its file makes it, without the command line's overrides."""
+  path, colon, arg = spec.partition(':')
+  return load_config_file(path, arg if colon else None, 'jaxssl_cli_base_config')
 
 
 # Open blocks whose new keys are names (an init, a run), where a misspelt existing one would add a run silently.
