@@ -183,6 +183,17 @@ def test_greedy_takes_the_farthest_candidate_at_every_step():
   assert claimed == perm_lib.min_hamming_distance(candidates[idx])
 
 
+def test_a_long_selection_says_how_far_it_is(monkeypatch, capsys):
+  perm_lib.hamming_permutations(6, 300, seed=0)
+  assert capsys.readouterr().out == ''   # quick: silent
+  monkeypatch.setattr(perm_lib, 'PROGRESS_EVERY_S', 0.0)   # as if every 256 rows took longer than the interval
+  perms, claimed = perm_lib.hamming_permutations(6, 600, seed=0, return_min_distance=True)
+  lines = capsys.readouterr().out.splitlines()
+  assert [line.split(' chosen')[0] for line in lines] == ['jigsaw permutations: 256/600', 'jigsaw permutations: 512/600']
+  assert all(' of 6 tiles, minimum Hamming distance ' in line and ' | ETA ' in line for line in lines)
+  assert int(lines[-1].split('distance ')[1].split()[0]) >= claimed == perm_lib.min_hamming_distance(perms)
+
+
 def test_permutation_count_is_capped_saved_and_loaded(tmp_path):
   task = JigsawPermutation(**STATS, grid=2, num_permutations=1000)
   assert task.num_outputs == 24 == math.factorial(4)

@@ -10,9 +10,9 @@ seed and saved with the run (``permutations.npy``); :func:`load_permutations` re
 The greedy selection keeps, for every candidate permutation, its minimum Hamming distance to the permutations
 chosen so far; each step takes the candidate whose minimum is largest and updates the vector with one
 vectorized pass over all candidates, so a step costs O(#candidates) (all 9! = 362880 for a 3x3 grid): about
-0.5 s for 100 permutations and 2 s for 1000 on one CPU core (enumeration included). Candidates are visited in
-a seeded random order, which decides the first permutation and breaks ties, so different seeds give different
-sets of the same quality.
+0.5 s for 100 permutations and 2 s for 1000 on one CPU core (enumeration included); a selection that runs longer
+than 10 s says how far it is every 10 s. Candidates are visited in a seeded random order, which decides the first
+permutation and breaks ties, so different seeds give different sets of the same quality.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import time
+from typing import Callable
 
 import numpy as np
 
@@ -27,6 +29,8 @@ import numpy as np
 # random pool of candidates is searched instead.
 MAX_ENUMERATED_TILES = 9
 DEFAULT_POOL_SIZE = 200_000
+# A selection running longer than this many seconds prints how far it is, again after as many more.
+PROGRESS_EVERY_S = 10.0
 
 
 def all_permutations(num_tiles: int) -> np.ndarray:
@@ -66,12 +70,14 @@ def _distance_fn(candidates: np.ndarray):
   return distances
 
 
-def greedy_max_min_hamming(candidates: np.ndarray, num: int) -> tuple[np.ndarray, int]:
+def greedy_max_min_hamming(candidates: np.ndarray, num: int,
+                           progress: Callable[[int, int, int], None] | None = None) -> tuple[np.ndarray, int]:
   """Indices of ``num`` rows of ``candidates`` chosen greedily to maximize the minimum pairwise Hamming
   distance, starting from row 0 (ties go to the earliest row), and that minimum distance.
 
   The returned minimum is what the greedy run measured while selecting: the smallest running-minimum value
-  among the rows it took after the first (``len(row)`` when ``num == 1``).
+  among the rows it took after the first (``len(row)`` when ``num == 1``). ``progress(chosen, num, minimum)`` is
+  called every 256 rows taken.
   """
   n, t = candidates.shape
   if not 1 <= num <= n:
@@ -86,7 +92,28 @@ def greedy_max_min_hamming(candidates: np.ndarray, num: int) -> tuple[np.ndarray
     claimed = min(claimed, int(min_dist[j]))
     chosen[i] = j
     np.minimum(min_dist, distances(j), out=min_dist, casting='unsafe')
+    if progress is not None and i % 256 == 0:
+      progress(i, num, claimed)
   return chosen, claimed
+
+
+class _SelectionProgress:
+  """A line on stdout every :data:`PROGRESS_EVERY_S` seconds of a long selection (tens of thousands of
+  permutations take minutes): how many are chosen, their minimum distance so far and the time left; a short one
+  prints nothing."""
+
+  def __init__(self, num_tiles: int):
+    self.num_tiles, self.every = num_tiles, PROGRESS_EVERY_S
+    self.start = self.last = time.monotonic()
+
+  def __call__(self, chosen: int, num: int, minimum: int) -> None:
+    now = time.monotonic()
+    if now - self.last < self.every:
+      return
+    self.last = now
+    left = (now - self.start) * (num - chosen) / chosen
+    print(f'jigsaw permutations: {chosen}/{num} chosen of {self.num_tiles} tiles, minimum Hamming distance '
+          f'{minimum} so far | ETA {int(left) // 60}m{int(left) % 60:02d}s', flush=True)
 
 
 def hamming_permutations(num_tiles: int, num_perms: int, seed: int, *, pool_size: int = DEFAULT_POOL_SIZE,
@@ -102,7 +129,7 @@ def hamming_permutations(num_tiles: int, num_perms: int, seed: int, *, pool_size
     raise ValueError(f'{num_perms} permutations requested but {num_tiles} tiles have only '
                      f'{math.factorial(num_tiles)}')
   candidates = _candidates(num_tiles, np.random.default_rng(seed), pool_size)
-  idx, min_distance = greedy_max_min_hamming(candidates, num_perms)
+  idx, min_distance = greedy_max_min_hamming(candidates, num_perms, _SelectionProgress(num_tiles))
   perms = candidates[idx].astype(np.int32)
   return (perms, min_distance) if return_min_distance else perms
 
