@@ -230,6 +230,10 @@ def _config(**changes):
      "dataset 'deepfashion_attr' has no split 'testing'; it has: train, val, test"),
     ({'data.pad_to': 20}, '--config.data.pad_to=20: Fashion-MNIST images are 28x28 and can only be padded; give a '
                           'size of at least 28'),   # was a traceback from deep in the run
+    ({'data.image_size': 32}, '--config.data.image_size=32: Fashion-MNIST images are 28x28 and are not resized; '
+                              '--config.data.pad_to=32 zero-pads them to 32x32, leave data.image_size at 0'),
+    ({'data.image_size': 16}, '--config.data.image_size=16: Fashion-MNIST images are 28x28 and are not resized; '
+                              'leave data.image_size at 0'),   # both trained at 28x28 without a word
 ])
 def test_bad_values_are_one_line_before_anything_is_built(changes, message):
   with pytest.raises(ValueError) as e:

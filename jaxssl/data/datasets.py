@@ -52,7 +52,13 @@ class DatasetInfo:
 
 
 def _fashion_mnist_size(data_cfg: ml_collections.ConfigDict) -> int:
-  """The side of the images a Fashion-MNIST run sees: 28, or ``data.pad_to`` (ValueError where it would crop)."""
+  """The side of the images a Fashion-MNIST run sees: 28, or ``data.pad_to`` (ValueError where it would crop, and
+  for a ``data.image_size`` other than 0 or 28: the other datasets' resize, which Fashion-MNIST does not read)."""
+  asked = int(data_cfg.get('image_size', 0) or 0)
+  if asked not in (0, 28):
+    raise ValueError(f'--config.data.image_size={asked}: Fashion-MNIST images are 28x28 and are not resized; '
+                     + (f'--config.data.pad_to={asked} zero-pads them to {asked}x{asked}, ' if asked > 28 else '')
+                     + 'leave data.image_size at 0')
   size = int(data_cfg.get('pad_to', 0) or 28)
   if size < 28:
     raise ValueError(f'--config.data.pad_to={size}: Fashion-MNIST images are 28x28 and can only be padded; '
