@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxssl.data import datasets, deepfashion, deepfashion_layouts, pipeline
+from jaxssl.data import datasets, deepfashion, deepfashion_layouts, pipeline, prepared
 from jaxssl.data.sources import read_records
 
 CATEGORIES = [('Anorak', 1), ('Blazer', 1), ('Jeans', 2), ('Dress', 3)]
@@ -140,9 +140,19 @@ def test_benchmark_count_line_and_missing_rows_are_reported(benchmark, tmp_path)
 GROUP_SIZES = (7, 3, 3, 4, 6, 3)   # texture, sleeve, length, neckline, fabric, fit (SOURCE.md)
 
 
-def test_real_attribute_sample(deepfashion_sample, tmp_path):
+def test_real_attribute_sample(deepfashion_sample, tmp_path, capsys, monkeypatch):
   cfg = data_cfg(deepfashion_sample, tmp_path, image_size=32)
+  monkeypatch.setattr(prepared, 'PROGRESS_S', 0.0)   # a progress line after every chunk of images
   info = datasets.get_dataset('deepfashion_attr', cfg)
+  out = capsys.readouterr().out
+  # jaxssl's lines: what is prepared where, how far each split is, where the copy is; not tfds' "Downloading and
+  # preparing dataset Unknown size ..." (nothing is downloaded).
+  assert f'DeepFashion attr_challenge {deepfashion_sample}: preparing once at 32 px into {tmp_path}' in out
+  for split, n in (('train', 287), ('val', 35), ('test', 35)):
+    assert f'DeepFashion attr_challenge {split}: {n} / {n} images (' in out
+    assert f'DeepFashion attr_challenge {split}: {n} images prepared in ' in out
+  assert f's: {tmp_path}' in out.splitlines()[-1] and 'later runs read it' in out.splitlines()[-1]
+  assert 'Downloading' not in out and 'downloaded' not in out
   # pylint: disable-next=use-implicit-booleaness-not-comparison  # == (): exactly an empty tuple, not any falsy value
   assert info.class_names == () and len(info.attribute_names) == 26 and info.exclusive_groups
   assert info.attribute_names[:3] == ('floral', 'graphic', 'striped') and info.attribute_names[-1] == 'conventional'

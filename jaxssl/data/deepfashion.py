@@ -33,8 +33,9 @@ from PIL import Image
 
 from jaxssl.data import deepfashion_layouts as layouts
 from jaxssl.data.paths import tfds_data_dir
-from jaxssl.data.prepared import RuntimeConfiguredBuilder, is_prepared, prepare_once, write_skipped
+from jaxssl.data.prepared import RuntimeConfiguredBuilder, SplitProgress, is_prepared, prepare_once, write_skipped
 from jaxssl.data.prepared import skipped_images  # pylint: disable=unused-import  # this module's API too
+from jaxssl.runlog import log
 
 ENV_VARS = {'benchmark': 'JAXSSL_DEEPFASHION_DIR', 'attr_challenge': 'JAXSSL_DEEPFASHION_ATTR_DIR', 'csv': None}
 FORMATS = {'jpeg': 'JPEG', 'png': 'PNG'}
@@ -193,6 +194,7 @@ class DeepFashion(RuntimeConfiguredBuilder):
     categories = np.zeros(max(1, len(self.info.metadata['category_names'])), np.int64)
     labelled = 0
     pixel_sum, pixel_sq, pixels = np.zeros(3), np.zeros(3), 0
+    progress = SplitProgress(f'DeepFashion {cfg.layout}', split, len(ann))
     with concurrent.futures.ThreadPoolExecutor(self._workers) as pool:  # PIL releases the GIL while decoding
       for start in range(0, len(ann), _CHUNK):
         rows = range(start, min(len(ann), start + _CHUNK))
@@ -213,6 +215,8 @@ class DeepFashion(RuntimeConfiguredBuilder):
                     'attributes': ann.attributes[i], 'has_attributes': int(ann.has_attributes[i]),
                     'file_path': ann.paths[i], 'index': written}
           written += 1
+        progress.update(rows.stop)
+    progress.finish(written, len(skipped))
     mean = pixel_sum / max(pixels, 1)
     std = np.sqrt(np.maximum(pixel_sq / max(pixels, 1) - np.square(mean), 0.0))
     self.info.metadata['splits'][split] = {
@@ -237,6 +241,8 @@ def builder(layout: str, data_cfg) -> DeepFashion:
   if not is_prepared(b):
     if not config.source_dir.is_dir():
       raise DataNotFoundError(f'{config.source_dir} (the {layout} folder) does not exist.\n{_HOW_TO[layout]}')
+    log(f'DeepFashion {layout} {config.source_dir}: preparing once at {config.image_size} px'
+        f'{" (bounding boxes)" if config.crop_bbox else ""} into {b.data_dir}')
     b, made = prepare_once(b, lambda: DeepFashion(config=config, data_dir=tfds_data_dir(data_cfg)))
     if made:
       write_skipped(b, 'annotated')

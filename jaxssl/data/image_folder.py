@@ -60,7 +60,6 @@ import hashlib
 import io
 import os
 import pathlib
-import time
 import zlib
 
 import numpy as np
@@ -71,7 +70,7 @@ from PIL import Image, ImageOps
 from jaxssl.data.deepfashion import FORMATS, JPEG_QUALITY, DataNotFoundError
 from jaxssl.data.deepfashion_layouts import AnnotationError
 from jaxssl.data.paths import tfds_data_dir
-from jaxssl.data.prepared import RuntimeConfiguredBuilder, is_prepared, prepare_once, write_skipped
+from jaxssl.data.prepared import RuntimeConfiguredBuilder, SplitProgress, is_prepared, prepare_once, write_skipped
 from jaxssl.data.prepared import skipped_images  # pylint: disable=unused-import  # this module's API too
 from jaxssl.runlog import log
 
@@ -87,7 +86,6 @@ SPLIT_SEED = 0
 BACKGROUND = (255, 255, 255)      # transparent pixels become white
 _CHUNK = 256                      # images decoded concurrently, then written in order
 _REPORTED = 5                     # skipped or offending paths named in a message
-_PROGRESS_S = 10.0                # seconds between progress lines while preparing
 
 _LAYOUTS_HELP = ('class folders DIR/<class>/x.jpg (or DIR/train/<class>/..., DIR/val/<class>/...), names with '
                  'labels DIR/train/cat.1.jpg, or flat images DIR/x.jpg (no labels)')
@@ -519,7 +517,7 @@ class ImageFolder(RuntimeConfiguredBuilder):
     skipped, written = [], 0
     counts = np.zeros(max(1, len(self.info.metadata['class_names'])), np.int64)
     pixel_sum, pixel_sq, pixels = np.zeros(cfg.channels), np.zeros(cfg.channels), 0
-    start, last = time.monotonic(), time.monotonic()
+    progress = SplitProgress('image folder', split, len(rows))
     with concurrent.futures.ThreadPoolExecutor(self._workers) as pool:   # PIL releases the GIL while decoding
       for first in range(0, len(rows), _CHUNK):
         chunk = rows[first:first + _CHUNK]
@@ -535,11 +533,7 @@ class ImageFolder(RuntimeConfiguredBuilder):
             counts[label] += 1
           yield written, {'image': encoded, 'label': label, 'file_path': path, 'index': written}
           written += 1
-        if time.monotonic() - last >= _PROGRESS_S:
-          last, done = time.monotonic(), first + len(chunk)
-          rate = done / max(last - start, 1e-9)
-          log(f'image folder {split}: {done:,} / {len(rows):,} images ({rate:,.0f}/s, about '
-              f'{(len(rows) - done) / max(rate, 1e-9):,.0f} s left)')
+        progress.update(first + len(chunk))
     if rows and not written:   # tfds would fail on the empty split with a traceback ("No examples were yielded")
       examples = '; '.join(f"{s['file_path']} ({s['reason']})" for s in skipped[:2])
       raise ImageFolderError(
@@ -551,8 +545,7 @@ class ImageFolder(RuntimeConfiguredBuilder):
     self.info.metadata['splits'][split] = {
         'listed': len(rows), 'written': written, 'skipped': skipped, 'class_counts': counts.tolist(),
         'mean': mean.round(4).tolist(), 'std': std.round(4).tolist()}
-    log(f'image folder {split}: {written:,} images prepared in {time.monotonic() - start:,.1f} s'
-        + (f', {len(skipped)} skipped' if skipped else ''))
+    progress.finish(written, len(skipped))
     if skipped:
       logging.warning('image folder %s: skipped %d of %d images (unreadable), e.g. %s; all are listed in '
                       'skipped_images.json beside the prepared data', split, len(skipped), len(rows),

@@ -7,8 +7,15 @@ import contextlib
 import json
 import logging
 import os
+import time
 
 import tensorflow_datasets as tfds
+
+from jaxssl.runlog import log
+
+# Seconds between the progress lines of a split being prepared (a DeepFashion or image folder of 100,000s of
+# photos takes many minutes).
+PROGRESS_S = 10.0
 
 
 class RuntimeConfiguredBuilder(tfds.core.GeneratorBasedBuilder):
@@ -71,14 +78,41 @@ def is_prepared(builder) -> bool:
     return builder.is_prepared()
 
 
+class SplitProgress:
+  """The lines a split being prepared prints: every :data:`PROGRESS_S` seconds how far it is (``update``), and when
+  it is written how many images it has and how long it took (``finish``)."""
+
+  def __init__(self, what: str, split: str, total: int):
+    self.what, self.split, self.total = what, split, total
+    self.start = self.last = time.monotonic()
+
+  def update(self, done: int) -> None:
+    if time.monotonic() - self.last < PROGRESS_S:
+      return
+    self.last = time.monotonic()
+    rate = done / max(self.last - self.start, 1e-9)
+    log(f'{self.what} {self.split}: {done:,} / {self.total:,} images ({rate:,.0f}/s, about '
+        f'{(self.total - done) / max(rate, 1e-9):,.0f} s left)')
+
+  def finish(self, written: int, skipped: int) -> None:
+    log(f'{self.what} {self.split}: {written:,} images prepared in {time.monotonic() - self.start:,.1f} s'
+        + (f', {skipped} skipped' if skipped else ''))
+
+
 def prepare_once(builder, reopen):
   """Prepares ``builder``; where another process (a host of the same run, a second run) finished the same copy
   first, tfds' final rename fails and ``reopen()``'s builder reads theirs. Returns (builder, whether this process
-  wrote the copy). tfds' progress bars are off: jaxssl's builders log their own progress."""
+  wrote the copy). tfds' progress bars and its two lines ("Downloading and preparing dataset Unknown size ..." and
+  "... downloaded and prepared to ...": nothing is downloaded) are off: jaxssl's builders log their own progress,
+  and this the folder it wrote."""
   tfds.disable_progress_bar()
+  for tfds_line in ('_log_download_bytes', '_log_download_done'):
+    setattr(builder, tfds_line, lambda: None)
+  start = time.monotonic()
   try:
     with _quiet_until_prepared(builder):
       builder.download_and_prepare()
+    log(f'prepared in {time.monotonic() - start:,.1f} s: {builder.data_dir} (later runs read it)')
     return builder, True
   except FileExistsError:
     builder = reopen()
