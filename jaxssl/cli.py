@@ -133,9 +133,28 @@ def _fail_on_a_missing_block(argv, missing: str) -> None:
           ast.literal_eval(value)
         except (SyntaxError, ValueError):
           value = repr(value)
+        whole = _given_whole(argv, block)
+        if whole is not None:   # the block is on the command line too: its keys go in it
+          fail(f'no such config field: {key}: --config.{block} gives that block whole, and its keys cannot be '
+               f'overridden one by one beside it; set {parts[-1]} in it, e.g. --config.{block}="'
+               + '{' + ', '.join([f'{k!r}: {v!r}' for k, v in whole.items() if k != parts[-1]]
+                                 + [f'{parts[-1]!r}: {value}']) + '}"')
         fail(f'no such config field: {key}: the config has no {block} to set {parts[-1]} in; add it whole, e.g. '
              f'--config.{block}="{{\'{parts[-1]}\': {value}}}"')
       fail(f'no such config field: {key} (the config has no {block})')
+
+
+def _given_whole(argv, block: str) -> dict | None:
+  """The dict that ``--config.<block>=...`` on the command line gives the block, or None."""
+  for arg in argv:
+    name, eq, value = arg.partition('=')
+    if eq and name == f'--config.{block}':
+      try:
+        whole = ast.literal_eval(value)
+      except (SyntaxError, ValueError):
+        return None
+      return whole if isinstance(whole, dict) else None
+  return None
 
 
 def _raised_by_the_config_file(e: BaseException, specs: list[str]) -> bool:
