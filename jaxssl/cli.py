@@ -129,19 +129,37 @@ def _fail_on_a_missing_block(argv, missing: str) -> None:
       if any(block.startswith(f'{b}.') for b in OPEN_BLOCKS):
         if not eq or value in ('true', 'false'):   # a bare --config.x.flag, or absl's spelling of a bool
           value = 'False' if value == 'false' else 'True'
-        try:
-          ast.literal_eval(value)
-        except (SyntaxError, ValueError):
-          value = repr(value)
+        leaf = _literal(value, default=value)
+        inner = parts[parts.index(missing) + 1:]   # the key's path below the block: 'k', or 'opts', 'k'
         whole = _given_whole(argv, block)
+        example = _nested(dict(whole or {}), inner, leaf)
         if whole is not None:   # the block is on the command line too: its keys go in it
           fail(f'no such config field: {key}: --config.{block} gives that block whole, and its keys cannot be '
-               f'overridden one by one beside it; set {parts[-1]} in it, e.g. --config.{block}="'
-               + '{' + ', '.join([f'{k!r}: {v!r}' for k, v in whole.items() if k != parts[-1]]
-                                 + [f'{parts[-1]!r}: {value}']) + '}"')
-        fail(f'no such config field: {key}: the config has no {block} to set {parts[-1]} in; add it whole, e.g. '
-             f'--config.{block}="{{\'{parts[-1]}\': {value}}}"')
+               f'overridden one by one beside it; set {".".join(inner)} in it, e.g. --config.{block}="{example!r}"')
+        fail(f'no such config field: {key}: the config has no {block} to set {".".join(inner)} in; add it whole, '
+             f'e.g. --config.{block}="{example!r}"')
       fail(f'no such config field: {key} (the config has no {block})')
+
+
+_NOT_A_LITERAL = (SyntaxError, ValueError, TypeError, MemoryError, RecursionError)   # what ast.literal_eval raises
+
+
+def _literal(text: str, default=None):
+  """``text`` read as a Python literal, or ``default`` where it is none."""
+  try:
+    return ast.literal_eval(text)
+  except _NOT_A_LITERAL:
+    return default
+
+
+def _nested(whole: dict, path: list[str], leaf) -> dict:
+  """``whole`` with ``leaf`` set at ``path`` (dicts made or copied on the way)."""
+  node = whole
+  for name in path[:-1]:
+    node[name] = dict(node[name]) if isinstance(node.get(name), dict) else {}
+    node = node[name]
+  node[path[-1]] = leaf
+  return whole
 
 
 def _given_whole(argv, block: str) -> dict | None:
@@ -149,10 +167,7 @@ def _given_whole(argv, block: str) -> dict | None:
   for arg in argv:
     name, eq, value = arg.partition('=')
     if eq and name == f'--config.{block}':
-      try:
-        whole = ast.literal_eval(value)
-      except (SyntaxError, ValueError):
-        return None
+      whole = _literal(value)
       return whole if isinstance(whole, dict) else None
   return None
 

@@ -25,6 +25,8 @@ from typing import Callable
 
 import numpy as np
 
+from jaxssl.runlog import log
+
 # Above this many tiles (4x4 and larger) enumerating all T! permutations is out of the question; a seeded
 # random pool of candidates is searched instead.
 MAX_ENUMERATED_TILES = 9
@@ -77,7 +79,7 @@ def greedy_max_min_hamming(candidates: np.ndarray, num: int,
 
   The returned minimum is what the greedy run measured while selecting: the smallest running-minimum value
   among the rows it took after the first (``len(row)`` when ``num == 1``). ``progress(chosen, num, minimum)`` is
-  called every 256 rows taken.
+  called after every 256th row taken.
   """
   n, t = candidates.shape
   if not 1 <= num <= n:
@@ -92,13 +94,13 @@ def greedy_max_min_hamming(candidates: np.ndarray, num: int,
     claimed = min(claimed, int(min_dist[j]))
     chosen[i] = j
     np.minimum(min_dist, distances(j), out=min_dist, casting='unsafe')
-    if progress is not None and i % 256 == 0:
-      progress(i, num, claimed)
+    if progress is not None and (i + 1) % 256 == 0:
+      progress(i + 1, num, claimed)
   return chosen, claimed
 
 
 class _SelectionProgress:
-  """A line on stdout every :data:`PROGRESS_EVERY_S` seconds of a long selection (tens of thousands of
+  """A line on stdout (process 0's) every :data:`PROGRESS_EVERY_S` seconds of a long selection (tens of thousands of
   permutations take minutes): how many are chosen, their minimum distance so far and the time left; a short one
   prints nothing."""
 
@@ -112,8 +114,8 @@ class _SelectionProgress:
       return
     self.last = now
     left = (now - self.start) * (num - chosen) / chosen
-    print(f'jigsaw permutations: {chosen}/{num} chosen of {self.num_tiles} tiles, minimum Hamming distance '
-          f'{minimum} so far | ETA {int(left) // 60}m{int(left) % 60:02d}s', flush=True)
+    log(f'jigsaw permutations: {chosen}/{num} chosen of {self.num_tiles} tiles, minimum Hamming distance '
+        f'{minimum} so far | ETA {int(left) // 60}m{int(left) % 60:02d}s')
 
 
 def hamming_permutations(num_tiles: int, num_perms: int, seed: int, *, pool_size: int = DEFAULT_POOL_SIZE,
