@@ -54,11 +54,12 @@ them, each init's fine-tuning less scratch's per subset, the frozen-feature tabl
 every layer beside each pretext run's own-task figure, and what measured it: every call's date, command, commit and
 machine, appended to ``calls.jsonl``), ``probe_layers.png`` (per-layer test top-1 of every init),
 ``label_efficiency.png`` (every init's curve with error bars: fine-tuned, and the lowshot probe's beside it),
-``pretext_curves.png`` (each pretext run's own task over its epochs), ``filters.png`` (the first convolution each
-pretrained backbone learned, one panel per init) and ``reconstructions.png`` (the last reconstructions each dense
-pretext run drew: autoencoder, denoising, inpainting) are rewritten from what is on disk; ``timings.json`` and
-``cpu_timings.json`` hold the wall and CPU seconds of every part, a SIGSTOP pause left out
-(:class:`jaxssl.benchmark_records.Ledger`).
+``gain_over_scratch.png`` (each init's fine-tuning less scratch's on the same subsets, a panel per fraction with the
+targets' lines), ``pretext_curves.png`` (each pretext run's own task over its epochs), ``filters.png`` (the first
+convolution each pretrained backbone learned, one panel per init) and ``reconstructions.png`` (the last
+reconstructions each dense pretext run drew: autoencoder, denoising, inpainting) are rewritten from what is on
+disk; ``timings.json`` and ``cpu_timings.json`` hold the wall and CPU seconds of every part, a SIGSTOP pause left
+out (:class:`jaxssl.benchmark_records.Ledger`).
 
 Nothing made is kept under another recipe (a record from before its file kept its settings is taken as made with today's
 where it cannot tell), and nothing is deleted: a pretext run (finished or under way) trained with another config than
@@ -938,6 +939,7 @@ class Benchmark:
     is done, not after every cell. Returns what those two show."""
     figures.probe_layers(r, os.path.join(self.workdir, 'probe_layers.png'))
     figures.label_efficiency(r, os.path.join(self.workdir, 'label_efficiency.png'))
+    figures.gain_over_scratch(r, os.path.join(self.workdir, 'gain_over_scratch.png'))
     self.pretext_curves()
     backbones = self.trained_backbones()
     drawn = [(init, os.path.join(run, 'reconstructions.png')) for init, run in backbones.items()]

@@ -1,5 +1,6 @@
 """The benchmark's pictures (jaxssl/benchmark.py): each a function of what is on disk, drawn into the benchmark
 directory. probe_layers.png (RotNet's per-layer figure), label_efficiency.png (every init with error bars),
+gain_over_scratch.png (each init's difference from scratch, subset by subset, against the targets),
 pretext_curves.png (each pretext run on its own task), filters.png and reconstructions.png (one panel per init)."""
 
 from __future__ import annotations
@@ -97,6 +98,55 @@ def label_efficiency(r: dict[str, Any], path: str) -> dict[str, dict[str, list[s
     ax.grid(alpha=0.3, which='both')
     if ax.get_legend_handles_labels()[0]:   # nothing drawn (every cell diverged, or none done): no legend
       ax.legend(fontsize=6, ncol=2)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return drawn
+
+
+def gain_over_scratch(r: dict[str, Any], path: str) -> dict[str, list[str]]:
+  """The benchmark's question as one picture: a panel per labelled fraction, a row per init, its fine-tuning less
+  scratch's on each same subset (small dots) and their mean over the subsets both scored (the init's marker), a
+  line at 0 (scratch) and the targets' lines (``benchmark.targets``: over_scratch, below_scratch). Returns the
+  fractions drawn per init (nothing drawn while no init has a difference)."""
+  from jaxssl.eval import plots  # pylint: disable=import-outside-toplevel
+  plt = plots.plt
+  fractions, diffs = tables.paired_differences(r)
+  drawn = {init: [f for f in fractions if any(d is not None for d in by_fraction[f])]
+           for init, by_fraction in diffs.items()}
+  drawn = {init: fs for init, fs in drawn.items() if fs}
+  fractions = [f for f in fractions if any(f in fs for fs in drawn.values())]
+  if not fractions:
+    return {}
+  inits = list(drawn)
+  look = styles([row['init'] for row in r['inits']], r['protocol'].get('labelled', ()))
+  targets = r['protocol'].get('targets') or {}
+  lines = {f'{float(f):g}': (100 * float(p), f'target +{100 * float(p):g}')
+           for f, p in targets.get('over_scratch', ())}
+  lines.update({f'{float(f):g}': (-100 * float(p), f'floor -{100 * float(p):g}')
+                for f, p in targets.get('below_scratch', ())})
+  fig, axes = plt.subplots(1, len(fractions), figsize=(2.9 * len(fractions) + 1.4, 0.32 * len(inits) + 1.5),
+                           sharey=True, squeeze=False)
+  for ax, f in zip(axes[0], fractions):
+    for y, init in enumerate(inits):
+      got = [100 * d for d in diffs[init][f] if d is not None]
+      if not got:
+        continue
+      style = look[init]
+      ax.plot(got, [y] * len(got), 'o', ms=3, color=style['color'], alpha=0.45, mfc='none')
+      ax.plot([sum(got) / len(got)], [y], style['marker'], ms=7, color=style['color'])
+    ax.axvline(0.0, color='black', ls='--', lw=1)
+    if f in lines:
+      ax.axvline(lines[f][0], color='tab:red', ls=':', lw=1.5)
+      ax.text(lines[f][0], -0.75, lines[f][1], color='tab:red', fontsize=7, ha='center', va='top')
+    ax.set_title(f'{100 * float(f):g}% of the labels', fontsize=9)
+    ax.set_xlabel('points over scratch (same subset)', fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.3, axis='x')
+  axes[0][0].set_yticks(range(len(inits)), inits)
+  axes[0][0].set_ylim(len(inits) - 0.4, -1.0)   # the first init on top, room above for the targets' labels
+  fig.suptitle(f"fine-tuned {r['metric']}, less scratch's on the same subset: each subset (dots) and the mean",
+               fontsize=9)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)

@@ -294,32 +294,45 @@ def measured_by(r: dict[str, Any]) -> list[str]:
           f"Code: jaxssl {', '.join(commits)} (calls.jsonl has each call's).", '']
 
 
-def paired_table(r: dict[str, Any]) -> list[str]:
+def paired_differences(r: dict[str, Any]) -> tuple[list[str], dict[str, dict[str, list[float | None]]]]:
   """Each init's fine-tuning less scratch's on the same subset (the subsets are the same for every init, so the
-  differences pair: the subset's own difficulty cancels), per fraction: their mean and each subset's; [] without
-  cells. A subset not scored by both this init and scratch (under way, or a cell that diverged) is '-' and left out
-  of the mean; a k-fold fraction shows the folds some init has (a large fraction has fewer than the seeds)."""
+  differences pair: the subset's own difficulty cancels): the fractions ('0.01') some init other than scratch has a
+  cell at, and per init (not scratch) and fraction the difference of each subset in seed order, None where this
+  init or scratch did not score it (under way, or a cell that diverged). A k-fold fraction has the folds some init
+  has (a large fraction has fewer than the seeds)."""
   scores = cell_scores(r)
   fractions = [f'{f:g}' for f in r.get('fractions', ()) if any(
       (row['init'], f'{f:g}') in scores for row in r['inits'] if row['init'] != 'random')]
+  kfold = r.get('subsets') == 'kfold'
+  out: dict[str, dict[str, list[float | None]]] = {}
+  for row in r['inits']:
+    if row['init'] == 'random':
+      continue
+    for f in fractions:
+      mine, base = scores.get((row['init'], f)), scores.get(('random', f), {})
+      seeds = sorted({seed for (_, g), got in scores.items() if g == f for seed in got}) if kfold else r['seeds']
+      out.setdefault(row['init'], {})[f] = [
+          None if not mine or mine.get(s) is None or base.get(s) is None else mine[s] - base[s] for s in seeds]
+  return fractions, out
+
+
+def paired_table(r: dict[str, Any]) -> list[str]:
+  """:func:`paired_differences` as a table, per fraction their mean over the subsets both scored and each
+  subset's ('-': not scored by both); [] without cells."""
+  fractions, diffs = paired_differences(r)
   if not fractions:
     return []
   kfold = r.get('subsets') == 'kfold'
   head = ['init'] + [f'fine-tuned on {100 * float(f):g}%: mean (per {"fold" if kfold else "subset"})'
                      for f in fractions]
   lines = ['', '| ' + ' | '.join(head) + ' |', '|' + ' --- |' * len(head)]
-  for row in r['inits']:
-    if row['init'] == 'random':
-      continue
+  for init, by_fraction in diffs.items():
     cols = []
     for f in fractions:
-      mine, base = scores.get((row['init'], f)), scores.get(('random', f), {})
-      seeds = sorted({seed for (_, g), got in scores.items() if g == f for seed in got}) if kfold else r['seeds']
-      diffs = [None if not mine or mine.get(s) is None or base.get(s) is None else mine[s] - base[s] for s in seeds]
-      both = [d for d in diffs if d is not None]
+      both = [d for d in by_fraction[f] if d is not None]
       cols.append('-' if not both else f'{_signed(sum(both) / len(both))} (' +
-                  ', '.join('-' if d is None else _signed(d) for d in diffs) + ')')
-    lines.append('| ' + ' | '.join([row['init']] + cols) + ' |')
+                  ', '.join('-' if d is None else _signed(d) for d in by_fraction[f]) + ')')
+    lines.append('| ' + ' | '.join([init] + cols) + ' |')
   what = 'fold' if kfold else 'subset'
   return lines + ['', f'Fine-tuned, less scratch on the same {what}: test top-1 points, the mean over the {what}s '
                   f"both scored and, in round brackets, each {what}'s (in seed order); -: a {what} not scored by "

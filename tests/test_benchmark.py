@@ -134,7 +134,7 @@ def test_quick_benchmark_runs_every_part_once_and_a_rerun_skips_them(tfds_dir, t
   assert _json(os.path.join(cell, 'final_metrics.json')) == _json(os.path.join(fresh, 'final_metrics.json'))
   assert not os.path.exists(os.path.join(workdir, 'finetune', 'cells', 'rotation_f1_s0', 'reused.json'))
   for name in ('results.md', 'results.csv', 'results.json', 'probe_layers.png', 'label_efficiency.png',
-               'filters.png', 'pretext_curves.png', 'timings.json', 'cpu_timings.json'):
+               'gain_over_scratch.png', 'filters.png', 'pretext_curves.png', 'timings.json', 'cpu_timings.json'):
     assert os.path.getsize(os.path.join(workdir, name)) > 0, name
   # pretext_curves.png draws each pretext run (the random init has none) on its own task's metric.
   assert benchmark.Benchmark(_quick(tfds_dir), workdir).pretext_curves() == [('rotation', 'rotation/acc')]

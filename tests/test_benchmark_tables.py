@@ -245,3 +245,26 @@ def test_the_label_efficiency_picture_draws_a_fraction_once_its_cells_are_done(t
   assert drawn == {'finetune': {'rotation': ['0.01'], 'random': ['0.01', '1']},
                    'lowshot': {'rotation': ['0.01'], 'random': ['0.01']}}
   assert (tmp_path / 'le.png').stat().st_size > 10_000
+
+
+def test_the_gain_picture_draws_each_init_at_the_fractions_it_shares_a_subset_with_scratch(tmp_path):
+  """gain_over_scratch.png: a panel per fraction some init has a difference from scratch at (a subset both scored),
+  a row per init; an init whose only cell there diverged, and scratch itself, have no point in it; no cells: no
+  picture."""
+  per_seed = {('a', 0.001): (0.70, 0.66, 0.69), ('random', 0.001): (0.65, 0.64, 0.66), ('a', 0.01): (0.81, None),
+              ('b', 0.01): (None,), ('random', 0.01): (0.80, 0.79)}
+  r = {'metric': 'classify/top1', 'seeds': [0, 1, 2], 'fractions': [0.001, 0.01, 1.0],
+       'protocol': {'labelled': [], 'targets': {'over_scratch': [[0.001, 0.1], [0.01, 0.05]],
+                                                'below_scratch': [[1.0, 0.003]]}},
+       'cells': [{'init': i, 'fraction': f, 'seed': seed, **({'classify/top1': v} if v is not None else
+                                                              {'diverged': True})}
+                 for (i, f), vals in per_seed.items() for seed, v in enumerate(vals)],
+       'inits': [{'init': name} for name in ('a', 'b', 'random')]}
+  fractions, diffs = benchmark_tables.paired_differences(r)
+  assert fractions == ['0.001', '0.01'] and set(diffs) == {'a', 'b'}
+  assert [round(d, 6) for d in diffs['a']['0.001']] == [0.05, 0.02, 0.03] and diffs['b']['0.01'][0] is None
+  path = tmp_path / 'gain.png'
+  assert benchmark_figures.gain_over_scratch(r, str(path)) == {'a': ['0.001', '0.01']}
+  assert path.stat().st_size > 10_000
+  assert benchmark_figures.gain_over_scratch({**r, 'cells': []}, str(tmp_path / 'none.png')) == {}
+  assert not (tmp_path / 'none.png').exists()
