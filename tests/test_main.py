@@ -41,9 +41,12 @@ CONFIG = str(REPO / 'configs/fmnist_supervised.py')
     (['--config.evals.knn2.k=5', "--config.evals.knn2={'kind': 'knn'}"],   # the advice was to add it whole
      "--config.evals.knn2 gives that block whole, and its keys cannot be overridden one by one beside it; set k in "
      "it, e.g. --config.evals.knn2=\"{'kind': 'knn', 'k': 5}\""),
+    (['--config.evals.knn2.opts.k=5', '--config.evals.knn2={[1]: 2}'],   # no dict given: add it whole, nested
+     "the config has no evals.knn2 to set opts.k in; add it whole, e.g. --config.evals.knn2=\"{'opts': {'k': 5}}\""),
 ], ids=['model', 'dataset', 'mode', 'predict', 'type', 'task-option', 'typo', 'missing-block', 'json-config',
         'no-get-config', 'conv-impl', 'model-option', 'skip-nonfinite', 'no-config-file', 'no-config-file-override',
-        'config-argument', 'flag', 'two-configs', 'init-typo', 'whole-block-bool', 'hyphen', 'given-whole'])
+        'config-argument', 'flag', 'two-configs', 'init-typo', 'whole-block-bool', 'hyphen', 'given-whole',
+        'nested-not-a-dict'])
 def test_bad_input_is_one_clear_error_and_writes_nothing(tmp_path, args, message):
   """One line on stderr, `error: ...` naming the problem, exit code 2; nothing written. (Cases that give
   --config give the run's.)"""
