@@ -8,9 +8,11 @@ rerunning the command resumes the study (and a cell interrupted mid-run resumes 
 labelled subset is class-stratified and depends only on (fraction, seed): every init sees the same images.
 ``study.subsets='kfold'`` makes the seeds disjoint stratified folds instead of random subsets (seed experiment
 003's protocol; a fraction has only so many folds, e.g. 2 at 0.5: its cells beyond them are skipped and listed).
-Writes ``results.csv`` (one row per cell), ``results.json`` (mean and std over seeds per init and fraction)
-and ``label_efficiency.png``. Bad input stops it early, in one line: the study block's values before anything is
-built, every init's backbone before the first cell trains, ``study.metric`` once the first cell is done.
+Writes ``results.csv`` (one row per cell), ``results.json`` (mean and std over seeds per init and fraction, and
+each init's differences from the scratch init's cells on the same subsets), ``results.md`` (the table) and
+``label_efficiency.png`` (the curves, and the differences beside them). Bad input stops it early, in one line: the
+study block's values before anything is built, every init's backbone before the first cell trains,
+``study.metric`` once the first cell is done.
 """
 
 from __future__ import annotations
@@ -173,7 +175,8 @@ def run_study(config, workdir: str) -> list[dict[str, Any]]:
     if len(rows) == 1:   # the metrics' names are known once a cell is done: a typo stops here, not after every cell
       check_metric(str(config.study.metric), rows[0], cell_name(init, fraction, seed))
   if jax.process_index() == 0:
-    write_results(rows, workdir, config.study.metric, skipped=skipped, subsets_mode=mode)
+    write_results(rows, workdir, config.study.metric, skipped=skipped, subsets_mode=mode,
+                  reference=next((init for init, spec in config.study.inits.items() if not spec), None))
   return rows
 
 
@@ -188,9 +191,62 @@ def summarize(rows, metric: str) -> list[dict[str, Any]]:
   return out
 
 
-def write_results(rows, workdir: str, metric: str, *, skipped=(), subsets_mode: str = 'random') -> None:
-  """results.csv (one row per cell), results.json (mean and std per init and fraction, the cells skipped) and
-  their plot. A cell without ``metric``: results.csv written, then StudyError listing what the cells have."""
+def paired(rows, metric: str, reference: str) -> list[dict[str, Any]]:
+  """Each init's cells less ``reference``'s (scratch) on the same (fraction, seed): the subset is the same for
+  every init, so its own difficulty cancels. Per init and fraction: the difference of every seed both have, their
+  mean and std (``n`` seeds); the fractions where they share no seed are left out."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  base = {(r['fraction'], r['seed']): r[metric] for r in rows if r['init'] == reference}
+  out = []
+  for init in dict.fromkeys(r['init'] for r in rows if r['init'] != reference):
+    for fraction in sorted({r['fraction'] for r in rows if r['init'] == init}):
+      diffs = {r['seed']: r[metric] - base[fraction, r['seed']] for r in rows
+               if r['init'] == init and r['fraction'] == fraction and (fraction, r['seed']) in base}
+      if diffs:
+        vals = list(diffs.values())
+        out.append({'init': init, 'fraction': fraction, 'n': len(vals), 'mean': float(np.mean(vals)),
+                    'std': float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0,
+                    'per_seed': {str(seed): diffs[seed] for seed in sorted(diffs)}})
+  return out
+
+
+def _as_percent(summary) -> bool:
+  """Whether the metric is a fraction (top-1, accuracy): shown in % and its differences in points."""
+  return all(0.0 <= s['mean'] <= 1.0 for s in summary)
+
+
+def _markdown(summary, pairs, metric: str, reference: str | None, subsets_mode: str) -> str:
+  """results.md: a row per init, a column per fraction, mean +- std over the seeds and, in round brackets, the
+  mean paired difference from the reference's cells."""
+  k, d = (100, 1) if _as_percent(summary) else (1, 3)   # scale and decimals
+  fractions = sorted({s['fraction'] for s in summary})
+  by = {(s['init'], s['fraction']): s for s in summary}
+  vs = {(p['init'], p['fraction']): p for p in pairs}
+  lines = ['| init | ' + ' | '.join(f'{100 * f:g}%' for f in fractions) + ' |', '|' + ' --- |' * (len(fractions) + 1)]
+  for init in dict.fromkeys(s['init'] for s in summary):
+    cells = []
+    for f in fractions:
+      s = by.get((init, f))
+      p = vs.get((init, f))
+      cells.append('-' if s is None else f"{k * s['mean']:.{d}f} +- {k * s['std']:.{d}f}"
+                   + (f" ({k * p['mean']:+.{d}f})" if p else '')
+                   + (f" [n={s['n']}]" if s['n'] < max(x['n'] for x in summary) else ''))
+    lines.append(f'| {init} | ' + ' | '.join(cells) + ' |')
+  what = 'folds' if subsets_mode == 'kfold' else 'subsets'
+  unit = ('%', 'points') if k == 100 else ('as logged', 'its units')
+  lines += ['', f'{metric} ({unit[0]}, test split): mean +- std over the {what} (seeds), the same images for every '
+            'init' + (f'; in round brackets the mean difference from {reference} on the same {what}, in {unit[1]} '
+                      f'(results.json: each seed\'s)' if reference else '') + '; [n=k]: a fraction with fewer cells.',
+            '']
+  return '\n'.join(lines)
+
+
+def write_results(rows, workdir: str, metric: str, *, skipped=(), subsets_mode: str = 'random',
+                  reference: str | None = None) -> None:
+  """results.csv (one row per cell), results.json (mean and std per init and fraction, each init's paired
+  differences from ``reference``'s cells (the scratch init) where there is one, the cells skipped), results.md
+  (the table) and their plot (with a panel of the differences). A cell without ``metric``: results.csv written,
+  then StudyError listing what the cells have."""
   from jaxssl.runlog import write_json, write_text, writing  # pylint: disable=import-outside-toplevel
   keys = list(dict.fromkeys(k for r in rows for k in r))
   table = io.StringIO(newline='')
@@ -201,24 +257,37 @@ def write_results(rows, workdir: str, metric: str, *, skipped=(), subsets_mode: 
   for r in rows:
     check_metric(metric, r, cell_name(r['init'], r['fraction'], r['seed']))
   summary = summarize(rows, metric)
-  write_json(files.join(workdir, 'results.json'), {'metric': metric, 'subsets': subsets_mode, 'cells': summary,
-                                                   'skipped': list(skipped)})
+  pairs = paired(rows, metric, reference) if reference in {r['init'] for r in rows} else []
+  write_json(files.join(workdir, 'results.json'), {
+      'metric': metric, 'subsets': subsets_mode, 'cells': summary,
+      'paired': {'reference': reference, 'cells': pairs} if pairs else None, 'skipped': list(skipped)})
+  write_text(files.join(workdir, 'results.md'), _markdown(summary, pairs, metric, reference if pairs else None,
+                                                          subsets_mode))
   from jaxssl.eval import plots  # pylint: disable=import-outside-toplevel  # Agg backend
   plt = plots.plt
-  fig, ax = plt.subplots(figsize=(5.5, 3.8))
-  for init in dict.fromkeys(s['init'] for s in summary):
-    pts = [s for s in summary if s['init'] == init]
-    ax.errorbar([100 * s['fraction'] for s in pts], [s['mean'] for s in pts], yerr=[s['std'] for s in pts],
-                marker='o', ms=3, capsize=3, label=init)
-  ax.set_xscale('log')
+  fig, axes = plt.subplots(1, 2 if pairs else 1, figsize=(11 if pairs else 5.5, 3.8), squeeze=False)
   # Ticks at the studied fractions, written plainly ('1', '5', '100'), not as powers of ten.
   ticks = sorted({100 * s['fraction'] for s in summary})
-  ax.set_xticks(ticks, [f'{t:g}' for t in ticks])
-  ax.xaxis.set_minor_locator(plots.matplotlib.ticker.NullLocator())
-  ax.set_xlabel('labelled training images (%, log scale)')
-  ax.set_ylabel(metric)
-  ax.grid(alpha=0.3, which='both')
-  ax.legend()
+  panels = [(axes[0][0], summary, metric, None)]
+  if pairs:
+    panels.append((axes[0][1], pairs, f'{metric}, less {reference} on the same subsets'
+                   + (' (points)' if _as_percent(summary) else ''), reference))
+  for ax, points, ylabel, less in panels:
+    for k, init in enumerate(dict.fromkeys(s['init'] for s in summary)):
+      pts = [s for s in points if s['init'] == init]
+      if pts:
+        scale = 100 if less and _as_percent(summary) else 1
+        ax.errorbar([100 * s['fraction'] for s in pts], [scale * s['mean'] for s in pts],
+                    yerr=[scale * s['std'] for s in pts], marker='o', ms=3, capsize=3, label=init, color=f'C{k}')
+    if less:
+      ax.axhline(0.0, color='black', ls='--', lw=1, label=less)
+    ax.set_xscale('log')
+    ax.set_xticks(ticks, [f'{t:g}' for t in ticks])
+    ax.xaxis.set_minor_locator(plots.matplotlib.ticker.NullLocator())
+    ax.set_xlabel('labelled training images (%, log scale)')
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.grid(alpha=0.3, which='both')
+    ax.legend(fontsize=7)
   fig.tight_layout()
   with writing(workdir, workdir):
     files.save_figure(fig, files.join(workdir, 'label_efficiency.png'), dpi=110)

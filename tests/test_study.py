@@ -132,6 +132,10 @@ def test_tiny_study_runs_every_cell_once_and_summarizes(tfds_dir, tmp_path):
   with open(os.path.join(workdir, 'results.json'), encoding='utf-8') as f:
     summary = json.load(f)['cells']
   assert [(s['init'], s['fraction'], s['n']) for s in summary] == [('pretext', 0.25, 1), ('scratch', 0.25, 1)]
+  with open(os.path.join(workdir, 'results.json'), encoding='utf-8') as f:   # scratch: the init of no backbone
+    pair = json.load(f)['paired']
+  assert pair['reference'] == 'scratch' and abs(pair['cells'][0]['mean'] - (rows[0]['classify/top1'] -
+                                                                            rows[1]['classify/top1'])) < 1e-12
   with open(os.path.join(workdir, 'results.csv'), encoding='utf-8') as f:
     assert len(list(csv.DictReader(f))) == 2
   assert os.path.exists(os.path.join(workdir, 'label_efficiency.png'))
@@ -162,6 +166,40 @@ def test_summary_mean_and_std_over_seeds(tmp_path):
   assert cells[0]['mean'] == 0.6 and abs(cells[0]['std'] - np.std([0.5, 0.7], ddof=1)) < 1e-12
   assert cells[1] == {'init': 'b', 'fraction': 0.1, 'n': 1, 'mean': 0.4, 'std': 0.0}
   assert (tmp_path / 'label_efficiency.png').exists()
+
+
+def test_each_init_is_paired_with_scratch_on_the_same_subsets(tmp_path):
+  """results.json pairs each init's cells with the scratch init's on the same (fraction, seed): per seed the
+  difference, its mean and std over the seeds both have (a seed scratch lacks is left out); results.md tables
+  mean +- std with the mean difference; label_efficiency.png gains the differences' panel (wider)."""
+  vals = {('a', 0.01): (0.70, 0.72, 0.75), ('scratch', 0.01): (0.65, 0.70), ('a', 0.1): (0.85, 0.86, 0.87),
+          ('scratch', 0.1): (0.84, 0.85, 0.90)}
+  rows = [{'init': i, 'fraction': f, 'seed': seed, 'classify/top1': v} for (i, f), vs in vals.items()
+          for seed, v in enumerate(vs)]
+  study.write_results(rows, str(tmp_path), 'classify/top1', reference='scratch')
+  with open(tmp_path / 'results.json', encoding='utf-8') as f:
+    paired = json.load(f)['paired']
+  assert paired['reference'] == 'scratch' and [(p['init'], p['fraction'], p['n']) for p in paired['cells']] == [
+      ('a', 0.01, 2), ('a', 0.1, 3)]
+  one = paired['cells'][0]
+  assert {k: round(v, 6) for k, v in one['per_seed'].items()} == {'0': 0.05, '1': 0.02}
+  assert abs(one['mean'] - 0.035) < 1e-9 and abs(one['std'] - np.std([0.05, 0.02], ddof=1)) < 1e-9
+  assert abs(paired['cells'][1]['mean'] - (0.01 + 0.01 - 0.03) / 3) < 1e-9
+  lines = (tmp_path / 'results.md').read_text(encoding='utf-8').splitlines()
+  assert lines[0] == '| init | 1% | 10% |'
+  assert lines[2] == '| a | 72.3 +- 2.5 (+3.5) | 86.0 +- 1.0 (-0.3) |'
+  assert lines[3] == '| scratch | 67.5 +- 3.5 [n=2] | 86.3 +- 3.2 |'
+  assert 'mean difference from scratch on the same subsets, in points' in lines[5]
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  with Image.open(tmp_path / 'label_efficiency.png') as im:
+    wide = im.size[0]
+  (tmp_path / 'alone').mkdir()
+  study.write_results(rows, str(tmp_path / 'alone'), 'classify/top1')   # no reference: one panel, no pairs
+  with Image.open(tmp_path / 'alone' / 'label_efficiency.png') as im:
+    assert wide > 1.8 * im.size[0]
+  with open(tmp_path / 'alone' / 'results.json', encoding='utf-8') as f:
+    assert json.load(f)['paired'] is None
+  assert '(+' not in (tmp_path / 'alone' / 'results.md').read_text(encoding='utf-8')
 
 
 def test_a_labelled_subset_of_unlabelled_records_is_one_clear_error():
