@@ -121,10 +121,10 @@ def gain_over_scratch(r: dict[str, Any], path: str) -> dict[str, list[str]]:
   inits = list(drawn)
   look = styles([row['init'] for row in r['inits']], r['protocol'].get('labelled', ()))
   targets = r['protocol'].get('targets') or {}
-  lines = {f'{float(f):g}': (100 * float(p), f'target +{100 * float(p):g}')
-           for f, p in targets.get('over_scratch', ())}
-  lines.update({f'{float(f):g}': (-100 * float(p), f'floor -{100 * float(p):g}')
-                for f, p in targets.get('below_scratch', ())})
+  lines: dict[str, list[tuple[float, str]]] = {}   # fraction -> its targets' (points, label)
+  for key, sign, word in (('over_scratch', 1, 'target +'), ('below_scratch', -1, 'floor -')):
+    for f, p in targets.get(key, ()):
+      lines.setdefault(f'{float(f):g}', []).append((sign * 100 * float(p), f'{word}{100 * float(p):g}'))
   fig, axes = plt.subplots(1, len(fractions), figsize=(2.9 * len(fractions) + 1.4, 0.32 * len(inits) + 1.5),
                            sharey=True, squeeze=False)
   for ax, f in zip(axes[0], fractions):
@@ -136,9 +136,9 @@ def gain_over_scratch(r: dict[str, Any], path: str) -> dict[str, list[str]]:
       ax.plot(got, [y] * len(got), 'o', ms=3, color=style['color'], alpha=0.45, mfc='none')
       ax.plot([sum(got) / len(got)], [y], style['marker'], ms=7, color=style['color'])
     ax.axvline(0.0, color='black', ls='--', lw=1)
-    if f in lines:
-      ax.axvline(lines[f][0], color='tab:red', ls=':', lw=1.5)
-      ax.text(lines[f][0], -0.75, lines[f][1], color='tab:red', fontsize=7, ha='center', va='top')
+    for at, label in lines.get(f, ()):
+      ax.axvline(at, color='tab:red', ls=':', lw=1.5)
+      ax.text(at, -0.75, label, color='tab:red', fontsize=7, ha='center', va='top')
     ax.set_title(f'{100 * float(f):g}% of the labels', fontsize=9)
     ax.set_xlabel('points over scratch (same subset)', fontsize=8)
     ax.tick_params(labelsize=7)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import sys
 from typing import Any
 
@@ -176,7 +177,7 @@ def run_study(config, workdir: str) -> list[dict[str, Any]]:
       check_metric(str(config.study.metric), rows[0], cell_name(init, fraction, seed))
   if jax.process_index() == 0:
     write_results(rows, workdir, config.study.metric, skipped=skipped, subsets_mode=mode,
-                  reference=next((init for init, spec in config.study.inits.items() if not spec), None))
+                  reference=reference_init(config.study.inits), split=str(config.data.eval_split))
   return rows
 
 
@@ -189,6 +190,13 @@ def summarize(rows, metric: str) -> list[dict[str, Any]]:
       out.append({'init': init, 'fraction': fraction, 'n': len(vals), 'mean': float(np.mean(vals)),
                   'std': float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0})
   return out
+
+
+def reference_init(inits) -> str | None:
+  """The init the others are compared with: one of no backbone ('', trained from scratch), the one named
+  'scratch' where there are several (ml_collections lists keys sorted); None where every init has one."""
+  scratch = [init for init, spec in inits.items() if not spec]
+  return 'scratch' if 'scratch' in scratch else (scratch or [None])[0]
 
 
 def paired(rows, metric: str, reference: str) -> list[dict[str, Any]]:
@@ -210,15 +218,16 @@ def paired(rows, metric: str, reference: str) -> list[dict[str, Any]]:
   return out
 
 
-def _as_percent(summary) -> bool:
-  """Whether the metric is a fraction (top-1, accuracy): shown in % and its differences in points."""
-  return all(0.0 <= s['mean'] <= 1.0 for s in summary)
+def _as_percent(metric: str) -> bool:
+  """Whether the metric is a fraction by its name (top-1, accuracy, F1): shown in % and its differences in points;
+  another (a loss, a PSNR) as logged."""
+  return re.search(r'(^|_)(top\d+|acc|accuracy|f1|precision|recall)(_|$)', metric.rsplit('/', 1)[-1]) is not None
 
 
-def _markdown(summary, pairs, metric: str, reference: str | None, subsets_mode: str) -> str:
+def _markdown(summary, pairs, metric: str, reference: str | None, subsets_mode: str, split: str) -> str:
   """results.md: a row per init, a column per fraction, mean +- std over the seeds and, in round brackets, the
   mean paired difference from the reference's cells."""
-  k, d = (100, 1) if _as_percent(summary) else (1, 3)   # scale and decimals
+  k, d = (100, 1) if _as_percent(metric) else (1, 3)   # scale and decimals
   fractions = sorted({s['fraction'] for s in summary})
   by = {(s['init'], s['fraction']): s for s in summary}
   vs = {(p['init'], p['fraction']): p for p in pairs}
@@ -234,7 +243,7 @@ def _markdown(summary, pairs, metric: str, reference: str | None, subsets_mode: 
     lines.append(f'| {init} | ' + ' | '.join(cells) + ' |')
   what = 'folds' if subsets_mode == 'kfold' else 'subsets'
   unit = ('%', 'points') if k == 100 else ('as logged', 'its units')
-  lines += ['', f'{metric} ({unit[0]}, test split): mean +- std over the {what} (seeds), the same images for every '
+  lines += ['', f'{metric} ({unit[0]}, {split} split): mean +- std over the {what} (seeds), the same images for every '
             'init' + (f'; in round brackets the mean difference from {reference} on the same {what}, in {unit[1]} '
                       f'(results.json: each seed\'s)' if reference else '') + '; [n=k]: a fraction with fewer cells.',
             '']
@@ -242,11 +251,11 @@ def _markdown(summary, pairs, metric: str, reference: str | None, subsets_mode: 
 
 
 def write_results(rows, workdir: str, metric: str, *, skipped=(), subsets_mode: str = 'random',
-                  reference: str | None = None) -> None:
+                  reference: str | None = None, split: str = 'test') -> None:
   """results.csv (one row per cell), results.json (mean and std per init and fraction, each init's paired
   differences from ``reference``'s cells (the scratch init) where there is one, the cells skipped), results.md
-  (the table) and their plot (with a panel of the differences). A cell without ``metric``: results.csv written,
-  then StudyError listing what the cells have."""
+  (the table; ``split``: the split the cells were scored on) and their plot (with a panel of the differences). A
+  cell without ``metric``: results.csv written, then StudyError listing what the cells have."""
   from jaxssl.runlog import write_json, write_text, writing  # pylint: disable=import-outside-toplevel
   keys = list(dict.fromkeys(k for r in rows for k in r))
   table = io.StringIO(newline='')
@@ -262,7 +271,7 @@ def write_results(rows, workdir: str, metric: str, *, skipped=(), subsets_mode: 
       'metric': metric, 'subsets': subsets_mode, 'cells': summary,
       'paired': {'reference': reference, 'cells': pairs} if pairs else None, 'skipped': list(skipped)})
   write_text(files.join(workdir, 'results.md'), _markdown(summary, pairs, metric, reference if pairs else None,
-                                                          subsets_mode))
+                                                          subsets_mode, split))
   from jaxssl.eval import plots  # pylint: disable=import-outside-toplevel  # Agg backend
   plt = plots.plt
   fig, axes = plt.subplots(1, 2 if pairs else 1, figsize=(11 if pairs else 5.5, 3.8), squeeze=False)
@@ -271,12 +280,12 @@ def write_results(rows, workdir: str, metric: str, *, skipped=(), subsets_mode: 
   panels = [(axes[0][0], summary, metric, None)]
   if pairs:
     panels.append((axes[0][1], pairs, f'{metric}, less {reference} on the same subsets'
-                   + (' (points)' if _as_percent(summary) else ''), reference))
+                   + (' (points)' if _as_percent(metric) else ''), reference))
   for ax, points, ylabel, less in panels:
     for k, init in enumerate(dict.fromkeys(s['init'] for s in summary)):
       pts = [s for s in points if s['init'] == init]
       if pts:
-        scale = 100 if less and _as_percent(summary) else 1
+        scale = 100 if less and _as_percent(metric) else 1
         ax.errorbar([100 * s['fraction'] for s in pts], [scale * s['mean'] for s in pts],
                     yerr=[scale * s['std'] for s in pts], marker='o', ms=3, capsize=3, label=init, color=f'C{k}')
     if less:
@@ -307,7 +316,7 @@ def _main(config, workdir: str) -> None:
 
 def run():
   cli.run_config_command('Study', 'configs/fmnist_label_efficiency.py',
-                         'Study directory: cells/, results.csv, results.json, the plot.', _main, StudyError)
+                         'Study directory: cells/, results.csv, results.json, results.md, the plot.', _main, StudyError)
 
 
 if __name__ == '__main__':

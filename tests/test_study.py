@@ -200,6 +200,16 @@ def test_each_init_is_paired_with_scratch_on_the_same_subsets(tmp_path):
   with open(tmp_path / 'alone' / 'results.json', encoding='utf-8') as f:
     assert json.load(f)['paired'] is None
   assert '(+' not in (tmp_path / 'alone' / 'results.md').read_text(encoding='utf-8')
+  # A loss is no fraction: as logged, not in %; the split named is the one the cells were scored on.
+  losses = [{**r, 'classify/loss': 1 - r['classify/top1']} for r in rows]
+  study.write_results(losses, str(tmp_path / 'alone'), 'classify/loss', reference='scratch', split='val')
+  lines = (tmp_path / 'alone' / 'results.md').read_text(encoding='utf-8').splitlines()
+  assert lines[2] == '| a | 0.277 +- 0.025 (-0.035) | 0.140 +- 0.010 (+0.003) |'
+  assert lines[5].startswith('classify/loss (as logged, val split)') and 'in its units' in lines[5]
+  # The reference: the init of no backbone; the one named scratch where several are ('' sorted first by name).
+  assert study.reference_init(ml_collections.ConfigDict({'a': '', 'rotation': 'r', 'scratch': ''})) == 'scratch'
+  assert study.reference_init({'rotation': 'r', 'random': ''}) == 'random'
+  assert study.reference_init({'rotation': 'r'}) is None
 
 
 def test_a_labelled_subset_of_unlabelled_records_is_one_clear_error():
