@@ -98,13 +98,19 @@ def combination_spec(candidates: list[tuple[str, str, float, Any]], top: int) ->
   return '+'.join(spec for _, spec, _ in best), [init for init, _, _ in best]
 
 
-def merge(config: ml_collections.ConfigDict, overrides, where: str) -> None:
-  """Sets ``overrides`` (nested) into ``config``; a key ``config`` lacks is one line, not a silent new key."""
+def merge(config: ml_collections.ConfigDict, overrides, where: str, path: str = '') -> None:
+  """Sets ``overrides`` (nested) into ``config`` (``path``: where ``config`` is in the run's config, '' its root);
+  a key ``config`` lacks is one line, not a silent new key, except in the blocks whose keys are open
+  (:data:`jaxssl.cli.OPEN_BLOCKS`: a backbone's option such as ``model.options.dtype``, a task), which the config
+  check then checks."""
   for key, value in overrides.items():
+    here = f'{path}.{key}' if path else key
     if key not in config:
-      raise BenchmarkConfigError(f"{where}: the config has no key '{key}' (it has: {', '.join(sorted(config))})")
-    if isinstance(value, ml_collections.ConfigDict) and isinstance(config[key], ml_collections.ConfigDict):
-      merge(config[key], value, f'{where}.{key}')
+      if not any(here.startswith(f'{block}.') for block in cli.OPEN_BLOCKS):
+        raise BenchmarkConfigError(f"{where}: the config has no key '{key}' (it has: {', '.join(sorted(config))})")
+      config[key] = value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
+    elif isinstance(value, ml_collections.ConfigDict) and isinstance(config[key], ml_collections.ConfigDict):
+      merge(config[key], value, f'{where}.{key}', here)
     else:
       config[key] = value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
 

@@ -585,6 +585,32 @@ def test_the_resnet18_benchmark_pretrains_one_backbone_in_every_run(init):
   assert set(heads) == set(p.tasks) and backbone.feature_names[-1] == 'pool'
 
 
+def test_bfloat16_computes_every_runs_backbone_in_bfloat16():
+  """:bfloat16: every pretext run (through benchmark.pretrain_overrides, which may add a backbone option: an open
+  block) and every fine-tuning cell (the benchmark's own model block) build their backbone in bfloat16; its forward
+  pass computes in it. A new key outside the open blocks stays one line."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  from jaxssl.models import build_backbone  # pylint: disable=import-outside-toplevel
+  c = fmnist_benchmark.get_config('bfloat16')
+  assert c.model.options.dtype == 'bfloat16' and 'dtype' not in fmnist_benchmark.get_config().model.options
+  for init, spec in c.benchmark.inits.items():
+    if spec:
+      p = benchmark.pretrain_config(c, spec)
+      check_config(p)
+      assert p.model.options.to_dict() == {**benchmark.load_config(spec).model.options.to_dict(),
+                                           'dtype': 'bfloat16'}, init
+  backbone = build_backbone('cifarnet', input_shape=(28, 28, 1), rngs=nnx.Rngs(0), **c.model.options)
+  out = jax.eval_shape(lambda x: backbone(x, train=False), jax.ShapeDtypeStruct((2, 28, 28, 1), jnp.float32))
+  assert out[backbone.output_name].dtype == jnp.bfloat16
+  assert backbone.conv1.kernel[...].dtype == jnp.float32   # the parameters stay float32
+  c.benchmark.pretrain_overrides.model.optionz = {'dtype': 'bfloat16'}
+  with pytest.raises(benchmark.BenchmarkConfigError, match="benchmark.pretrain_overrides.model: the config has no "
+                                                           "key 'optionz'"):
+    benchmark.pretrain_config(c, c.benchmark.inits['rotation'])
+
+
 def test_a_test_cell_takes_the_selection_cells_training_only_when_their_configs_agree(tmp_path):
   """The copy: checkpoints whole (a half copy left by a stopped call is removed), the training rows, the init
   record, reused.json last; configs that differ in more than the split they are scored on copy nothing."""

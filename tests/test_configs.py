@@ -33,7 +33,7 @@ ARGS = {
     'fmnist_knn': ('', 'conv2', 'fc1', 'layer=pool2', 'conv1', 'fc2'),
     'fmnist_finetune': ('', 'all', 'last:1', 'last:3', 'trainable=last:2'),
     'fmnist_label_efficiency': ('', 'all', 'last:1'),
-    'fmnist_benchmark': ('', 'quick', 'resnet18_cifar', 'quick,resnet18_cifar', 'model=cifarnet'),
+    'fmnist_benchmark': ('', 'quick', 'resnet18_cifar', 'quick,resnet18_cifar', 'model=cifarnet', 'quick,bfloat16'),
     'deepfashion_multitask': _DEEPFASHION + ('imagenet', 'sample,imagenet,quick'),
     'deepfashion_rotation': _DEEPFASHION,
     'deepfashion_jigsaw': _DEEPFASHION,
