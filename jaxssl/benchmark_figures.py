@@ -125,7 +125,7 @@ def gain_over_scratch(r: dict[str, Any], path: str) -> dict[str, list[str]]:
   for key, sign, word in (('over_scratch', 1, 'target +'), ('below_scratch', -1, 'floor -')):
     for f, p in targets.get(key, ()):
       lines.setdefault(f'{float(f):g}', []).append((sign * 100 * float(p), f'{word}{100 * float(p):g}'))
-  fig, axes = plt.subplots(1, len(fractions), figsize=(2.9 * len(fractions) + 1.4, 0.32 * len(inits) + 1.5),
+  fig, axes = plt.subplots(1, len(fractions), figsize=(2.9 * len(fractions) + 1.4, max(2.6, 0.32 * len(inits) + 1.5)),
                            sharey=True, squeeze=False)
   for ax, f in zip(axes[0], fractions):
     for y, init in enumerate(inits):
@@ -138,7 +138,8 @@ def gain_over_scratch(r: dict[str, Any], path: str) -> dict[str, list[str]]:
     ax.axvline(0.0, color='black', ls='--', lw=1)
     for at, label in lines.get(f, ()):
       ax.axvline(at, color='tab:red', ls=':', lw=1.5)
-      ax.text(at, -0.75, label, color='tab:red', fontsize=7, ha='center', va='top')
+      ax.text(at, -0.75, label, color='tab:red', fontsize=7, ha='center', va='top',
+              bbox={'facecolor': 'white', 'edgecolor': 'none', 'pad': 1})
     ax.set_title(f'{100 * float(f):g}% of the labels', fontsize=9)
     ax.set_xlabel('points over scratch (same subset)', fontsize=8)
     ax.tick_params(labelsize=7)
