@@ -189,7 +189,7 @@ def test_a_long_selection_says_how_far_it_is(monkeypatch, capsys):
   monkeypatch.setattr(perm_lib, 'PROGRESS_EVERY_S', 0.0)   # as if every 256 rows took longer than the interval
   perms, claimed = perm_lib.hamming_permutations(6, 600, seed=0, return_min_distance=True)
   lines = capsys.readouterr().out.splitlines()
-  assert [line.split(' chosen')[0] for line in lines] == ['jigsaw permutations: 256/600', 'jigsaw permutations: 512/600']
+  assert [line.split(' chosen')[0] for line in lines] == [f'jigsaw permutations: {n}/600' for n in (256, 512)]
   assert all(' of 6 tiles, minimum Hamming distance ' in line and ' | ETA ' in line for line in lines)
   assert int(lines[-1].split('distance ')[1].split()[0]) >= claimed == perm_lib.min_hamming_distance(perms)
 
