@@ -256,7 +256,8 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
   return [row for _, row in rows]
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+  """An ETA as the progress lines write it: ``1h02m`` or ``3m05s``."""
   seconds = int(max(seconds, 0))
   h, rem = divmod(seconds, 3600)
   return f'{h}h{rem // 60:02d}m' if h else f'{rem // 60}m{rem % 60:02d}s'
@@ -285,7 +286,7 @@ class Progress:
                      or k.endswith('acc'))
     pct = 100.0 * step / max(self.total, 1)
     msg = (f'step {step}/{self.total} ({pct:.0f}%) {shown} | {rate:.0f} img/s | '
-           f'ETA {_duration(eta) if rate else "?"}')
+           f'ETA {duration(eta) if rate else "?"}')
     return msg, rate
 
 

@@ -25,7 +25,7 @@ from typing import Callable
 
 import numpy as np
 
-from jaxssl.runlog import log
+from jaxssl.runlog import duration, log
 
 # Above this many tiles (4x4 and larger) enumerating all T! permutations is out of the question; a seeded
 # random pool of candidates is searched instead.
@@ -115,7 +115,7 @@ class _SelectionProgress:
     self.last = now
     left = (now - self.start) * (num - chosen) / chosen
     log(f'jigsaw permutations: {chosen}/{num} chosen of {self.num_tiles} tiles, minimum Hamming distance '
-        f'{minimum} so far | ETA {int(left) // 60}m{int(left) % 60:02d}s')
+        f'{minimum} so far | ETA {duration(left)}')
 
 
 def hamming_permutations(num_tiles: int, num_perms: int, seed: int, *, pool_size: int = DEFAULT_POOL_SIZE,
